@@ -1,0 +1,601 @@
+//! The scenarios of issue 9. Each adds rows to the report; throughput rows are also given as
+//! a ratio to the echo baseline measured in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use adgate::pb;
+use adgate::pb::gateway_service_client::GatewayServiceClient;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::load::{self, CONNECTIONS, closed_loop, percentile};
+use crate::proc::Proc;
+use crate::report::{Report, Verdict};
+use crate::world::{self, ABYSSALE, PICTIFY, SAL, SimSpec, World, WorldSpec};
+use crate::{Res, seed};
+
+pub const WARMUP: Duration = Duration::from_secs(2);
+pub const MEASURE: Duration = Duration::from_secs(10);
+/// Callers of the unary scenarios.
+pub const CALLERS: usize = 64;
+
+/// State shared by the scenarios of one run.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    pub echo_rps: Option<f64>,
+    pub report: Report,
+}
+
+pub(crate) fn ratio(ctx: &Ctx, rps: f64) -> f64 {
+    ctx.echo_rps
+        .map_or(0.0, |e| if e > 0.0 { rps / e } else { 0.0 })
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1_000_000.0
+}
+
+/// The sandbox world: all three simulators, webhooks, the sandbox's time scale (0.05).
+pub(crate) fn sandbox_spec() -> WorldSpec {
+    WorldSpec {
+        sims: vec![
+            SimSpec::new(SAL),
+            SimSpec::new(PICTIFY),
+            SimSpec::new(ABYSSALE),
+        ],
+        time_scale: adgate::sandbox::SANDBOX_TIME_SCALE,
+        webhooks: true,
+        defer_sims: false,
+    }
+}
+
+// ---- echo -----------------------------------------------------------------------------------
+
+pub async fn echo(ctx: &mut Ctx) -> Res<()> {
+    let server = Proc::spawn("__echo", &[]).await?;
+    let channels = load::connect(&server.grpc, CONNECTIONS).await?;
+    let stats = closed_loop(&channels, CALLERS, WARMUP, MEASURE, |ch, _, _| async move {
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    let rss = server.rss().unwrap_or(0);
+    ctx.echo_rps = Some(stats.rps());
+    ctx.report.unary(
+        "echo",
+        "Health/Check baseline, 64 callers",
+        &stats,
+        1.0,
+        "-",
+        Verdict::Info,
+    );
+    ctx.report.info(
+        "echo",
+        "server RSS after the run",
+        format!("{:.1} MB", mb(rss)),
+    );
+    Ok(())
+}
+
+pub(crate) async fn ensure_echo(ctx: &mut Ctx) -> Res<()> {
+    if ctx.echo_rps.is_none() {
+        echo(ctx).await?;
+    }
+    Ok(())
+}
+
+// ---- Submit ---------------------------------------------------------------------------------
+
+pub(crate) async fn submit_call(ch: Channel, jobs: Vec<pb::JobSpec>) -> Option<pb::SubmitResponse> {
+    GatewayServiceClient::new(ch)
+        .max_encoding_message_size(8 << 20)
+        .submit(pb::SubmitRequest {
+            request_id: String::new(),
+            jobs,
+        })
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn submit1(ctx: &mut Ctx) -> Res<()> {
+    ensure_echo(ctx).await?;
+    let world = World::new(sandbox_spec()).await?;
+    let gw = world.gateway().await?;
+    let channels = load::connect(&gw.grpc, CONNECTIONS).await?;
+    let stats = closed_loop(&channels, CALLERS, WARMUP, MEASURE, |ch, caller, seq| {
+        let job = world::sal_job(caller as u64 * 1_000_000 + seq);
+        async move { submit_call(ch, vec![job]).await.is_some() }
+    })
+    .await;
+    let r = ratio(ctx, stats.rps());
+    let met = r >= 0.30 && stats.p_ms(0.99) < 5.0;
+    ctx.report.unary(
+        "submit1",
+        "Submit 1 job/call, 64 callers, durable",
+        &stats,
+        r,
+        ">= 0.30 x echo; p99 < 5 ms",
+        Verdict::from(met),
+    );
+    Ok(())
+}
+
+pub async fn submit100(ctx: &mut Ctx) -> Res<()> {
+    ensure_echo(ctx).await?;
+    let world = World::new(sandbox_spec()).await?;
+    let gw = world.gateway().await?;
+    let channels = load::connect(&gw.grpc, CONNECTIONS).await?;
+    const CALLERS_100: usize = 16;
+    let stats = closed_loop(
+        &channels,
+        CALLERS_100,
+        WARMUP,
+        MEASURE,
+        |ch, caller, seq| {
+            let base = (caller as u64 * 1_000_000 + seq) * 100;
+            let jobs: Vec<pb::JobSpec> = (0..100).map(|i| world::sal_job(base + i)).collect();
+            async move { submit_call(ch, jobs).await.is_some() }
+        },
+    )
+    .await;
+    let jobs_per_sec = stats.rps() * 100.0;
+    ctx.report.row(
+        "submit100",
+        "Submit 100 jobs/call, 16 callers: jobs accepted/s",
+        format!(
+            "{jobs_per_sec:.0} jobs/s ({:.0} calls/s, p50 {:.1} ms, p99 {:.1} ms, {} errors)",
+            stats.rps(),
+            stats.p_ms(0.5),
+            stats.p_ms(0.99),
+            stats.errors
+        ),
+        ">= 50,000 jobs/s",
+        Verdict::from(jobs_per_sec >= 50_000.0),
+    );
+    Ok(())
+}
+
+// ---- Read path ------------------------------------------------------------------------------
+
+pub async fn read(ctx: &mut Ctx) -> Res<()> {
+    ensure_echo(ctx).await?;
+    let world = World::new(sandbox_spec()).await?;
+    let gw = world.gateway().await?;
+    let channels = load::connect(&gw.grpc, CONNECTIONS).await?;
+    // 10,000 stored jobs to read.
+    let mut ids = Vec::new();
+    for c in 0..100u64 {
+        let jobs = (0..100).map(|i| world::sal_job(c * 100 + i)).collect();
+        let reply = submit_call(channels[0].clone(), jobs)
+            .await
+            .ok_or("seeding Submit failed")?;
+        ids.extend(reply.job_ids);
+    }
+    let ids = Arc::new(ids);
+    let n = ids.len();
+    let get_ids = ids.clone();
+    let get = closed_loop(&channels, CALLERS, WARMUP, MEASURE, move |ch, _, _| {
+        let id = get_ids[fastrand_index(n)].clone();
+        async move {
+            GatewayServiceClient::new(ch)
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let r = ratio(ctx, get.rps());
+    ctx.report.unary(
+        "read",
+        "GetJob, 64 callers",
+        &get,
+        r,
+        ">= 0.5 x echo",
+        Verdict::from(r >= 0.5),
+    );
+    let batch_ids = ids.clone();
+    let batch = closed_loop(&channels, CALLERS, WARMUP, MEASURE, move |ch, _, _| {
+        let job_ids: Vec<String> = (0..100)
+            .map(|_| batch_ids[fastrand_index(n)].clone())
+            .collect();
+        async move {
+            GatewayServiceClient::new(ch)
+                .batch_status(pb::BatchStatusRequest {
+                    job_ids,
+                    batch_id: String::new(),
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let r = ratio(ctx, batch.rps());
+    ctx.report.unary(
+        "read",
+        "BatchStatus 100 ids, 64 callers",
+        &batch,
+        r,
+        "-",
+        Verdict::Info,
+    );
+    Ok(())
+}
+
+/// A cheap pseudo-random index (xorshift on a thread-local; quality is irrelevant here).
+fn fastrand_index(n: usize) -> usize {
+    use std::cell::Cell;
+    thread_local!(static S: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) });
+    S.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n.max(1) as u64) as usize
+    })
+}
+
+// ---- WatchProgress --------------------------------------------------------------------------
+
+const WATCH_STREAMS: usize = 10_000;
+const WATCH_CONNECTIONS: usize = 100;
+
+pub async fn watch(ctx: &mut Ctx) -> Res<()> {
+    // Pictify only: 100 jobs per Submit become one provider batch each, and every item's
+    // completion arrives by signed `render.completed` webhook carrying its URL. Items take
+    // 5 ms (0.5 s at scale 0.01); the simulator renders batches one after another, 5 items at
+    // a time, so the 10,000 completions spread over ~10 s.
+    let spec = WorldSpec {
+        sims: vec![
+            SimSpec::new(PICTIFY).durations(Duration::from_millis(500), Duration::from_millis(500)),
+        ],
+        time_scale: 0.01,
+        webhooks: true,
+        defer_sims: true,
+    };
+    let mut world = World::new(spec).await?;
+    let gw = world.gateway().await?;
+    let submit_ch = load::connect(&gw.grpc, 1).await?;
+    let mut ids = Vec::with_capacity(WATCH_STREAMS);
+    for c in 0..(WATCH_STREAMS / 100) as u64 {
+        let jobs = (0..100).map(|i| world::pictify_job(c * 100 + i)).collect();
+        let reply = submit_call(submit_ch[0].clone(), jobs)
+            .await
+            .ok_or("Submit failed")?;
+        ids.extend(reply.job_ids);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = gw.rss()?;
+    let channels = load::connect(&gw.grpc, WATCH_CONNECTIONS).await?;
+    let snapshots = Arc::new(AtomicU64::new(0));
+    let ended_ok = Arc::new(AtomicU64::new(0));
+    let already_done = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(WATCH_STREAMS)));
+    let opened = Instant::now();
+    let mut tasks = Vec::with_capacity(WATCH_STREAMS);
+    for (i, id) in ids.iter().enumerate() {
+        let ch = channels[i % channels.len()].clone();
+        let id = id.clone();
+        let (snapshots, ended_ok, already_done, samples) = (
+            snapshots.clone(),
+            ended_ok.clone(),
+            already_done.clone(),
+            samples.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Ok(resp) = GatewayServiceClient::new(ch)
+                .watch_progress(pb::WatchProgressRequest {
+                    job_ids: vec![id],
+                    batch_id: String::new(),
+                })
+                .await
+            else {
+                return;
+            };
+            let mut stream = resp.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => {
+                        let received = SystemTime::now();
+                        let Some(pb::watch_progress_response::Event::Job(job)) = msg.event else {
+                            continue;
+                        };
+                        let terminal = job.state() == pb::JobState::Completed;
+                        if msg.snapshot {
+                            snapshots.fetch_add(1, Ordering::Relaxed);
+                            if terminal {
+                                already_done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if terminal
+                            && let Some(t) = job.complete_time
+                            && let Ok(done) = SystemTime::try_from(t)
+                        {
+                            let lat = received
+                                .duration_since(done)
+                                .unwrap_or(Duration::ZERO)
+                                .as_micros() as u64;
+                            samples.lock().await.push(lat);
+                        }
+                    }
+                    Ok(None) => {
+                        ended_ok.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshots.load(Ordering::Relaxed) < ids.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_secs = opened.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = gw.rss()?;
+    let open = snapshots.load(Ordering::Relaxed);
+    // Now let the provider run: every job completes while its stream is open.
+    world.start_sims().await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ended_ok.load(Ordering::Relaxed) < open && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let mut lat = std::mem::take(&mut *samples.lock().await);
+    lat.sort_unstable();
+    let added = rss1.saturating_sub(rss0);
+    ctx.report.row(
+        "watch",
+        "10,000 WatchProgress streams (100 conns x 100): added server RSS",
+        format!(
+            "{:.1} MB ({:.1} KB/stream; {open} open in {open_secs:.1} s; base {:.1} MB)",
+            mb(added),
+            added as f64 / 1024.0 / open.max(1) as f64,
+            mb(rss0)
+        ),
+        "< 150 MB",
+        Verdict::from(open as usize == WATCH_STREAMS && added < 150_000_000),
+    );
+    let p99 = percentile(&lat, 0.99) as f64 / 1000.0;
+    ctx.report.row(
+        "watch",
+        "completion committed -> client receipt (p50 / p99 / max)",
+        format!(
+            "{:.1} / {p99:.1} / {:.1} ms over {} completions ({} streams ended OK, {} done before the watch)",
+            percentile(&lat, 0.5) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+            lat.len(),
+            ended_ok.load(Ordering::Relaxed),
+            already_done.load(Ordering::Relaxed),
+        ),
+        "p99 < 20 ms",
+        Verdict::from(lat.len() >= WATCH_STREAMS * 9 / 10 && p99 < 20.0),
+    );
+    Ok(())
+}
+
+// ---- 100k in flight and restart -------------------------------------------------------------
+
+pub async fn in_flight(ctx: &mut Ctx, measure_idle: bool) -> Res<()> {
+    let (world, seeded) = seed::seed_100k().await?;
+    ctx.report.info(
+        "inflight",
+        "seeding (simulators via the adapters, then the SQLite store)",
+        seeded.summary.clone(),
+    );
+    // First start over the seeded store.
+    let gw = world.gateway().await?;
+    let tracked = tracked_jobs(&gw).await?;
+    let first = gw.ready_after;
+    if measure_idle {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss = gw.rss()?;
+        let cpu0 = gw.cpu()?;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let cpu = gw.cpu()?.saturating_sub(cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+        let requests: u64 = world.sims.values().map(|h| h.ledger.total_requests()).sum();
+        ctx.report.row(
+            "inflight",
+            "100,000 in-flight jobs tracked: server RSS",
+            format!("{:.1} MB ({tracked} tracked)", mb(gw.rss()?.max(rss))),
+            "< 250 MB",
+            Verdict::from(tracked == seeded.jobs && gw.rss()?.max(rss) < 250_000_000),
+        );
+        ctx.report.row(
+            "inflight",
+            "CPU while idle-polling (15 s window, time_scale 1.0)",
+            format!(
+                "{:.1}% of one core ({requests} provider requests incl. seeding)",
+                cpu * 100.0
+            ),
+            "< 10% of one core",
+            Verdict::from(cpu < 0.10),
+        );
+    }
+    // Crash and restart: time until every job is tracked again.
+    gw.kill();
+    let gw = world.gateway().await?;
+    let tracked_again = tracked_jobs(&gw).await?;
+    let again = gw.ready_after;
+    ctx.report.row(
+        "restart",
+        "restart (kill -9) with 100,000 non-terminal jobs: exec -> all tracked",
+        format!(
+            "{:.2} s ({tracked_again} tracked; first start over the seeded store {:.2} s)",
+            again.as_secs_f64(),
+            first.as_secs_f64()
+        ),
+        "< 3 s",
+        Verdict::from(tracked_again == seeded.jobs && again < Duration::from_secs(3)),
+    );
+    Ok(())
+}
+
+/// Sum of `in_flight_jobs` over ListProviders (the trackers' job counts).
+pub(crate) async fn tracked_jobs(gw: &Proc) -> Res<u64> {
+    let ch = load::connect(&gw.grpc, 1).await?;
+    let providers = GatewayServiceClient::new(ch[0].clone())
+        .list_providers(pb::ListProvidersRequest {})
+        .await?
+        .into_inner();
+    Ok(providers
+        .providers
+        .iter()
+        .map(|p| p.in_flight_jobs.max(0) as u64)
+        .sum())
+}
+
+// ---- Provider traffic -----------------------------------------------------------------------
+
+const PROVIDER_JOBS: u64 = 1000;
+const PROVIDER_SCALE: f64 = 0.01;
+
+pub async fn providers(ctx: &mut Ctx) -> Res<()> {
+    // Documented job durations: StaticAdsLab 30–60 s; Pictify documents none (2–5 s per item
+    // here); Abyssale documents none (the simulators' 30–60 s default).
+    let sims = vec![
+        SimSpec::new(SAL),
+        SimSpec::new(PICTIFY).durations(Duration::from_secs(2), Duration::from_secs(5)),
+        SimSpec::new(ABYSSALE),
+    ];
+    let spec = WorldSpec {
+        sims,
+        time_scale: PROVIDER_SCALE,
+        webhooks: true,
+        defer_sims: false,
+    };
+    let world = World::new(spec).await?;
+    let gw = world.gateway().await?;
+    let took = run_jobs(&gw, &[SAL, PICTIFY, ABYSSALE]).await?;
+    for (name, target, limit) in [
+        (SAL, "<= 1.2", 1.2),
+        (PICTIFY, "<= 0.1", 0.1),
+        (ABYSSALE, "<= 1.5 (callbacks)", 1.5),
+    ] {
+        provider_row(ctx, &world, name, target, limit, &took, "webhooks on")?;
+    }
+    drop(gw);
+    drop(world);
+
+    let spec = WorldSpec {
+        sims: vec![SimSpec::new(ABYSSALE)],
+        time_scale: PROVIDER_SCALE,
+        webhooks: false,
+        defer_sims: false,
+    };
+    let world = World::new(spec).await?;
+    let gw = world.gateway().await?;
+    let took = run_jobs(&gw, &[ABYSSALE]).await?;
+    provider_row(
+        ctx,
+        &world,
+        ABYSSALE,
+        "<= 6 (polling only)",
+        6.0,
+        &took,
+        "no webhooks",
+    )?;
+    Ok(())
+}
+
+struct RunResult {
+    secs: f64,
+    terminal: u64,
+    completed: u64,
+    total: u64,
+}
+
+async fn run_jobs(gw: &Proc, providers: &[&str]) -> Res<RunResult> {
+    let ch = load::connect(&gw.grpc, 1).await?;
+    let mut batches = Vec::new();
+    for p in providers {
+        for c in 0..PROVIDER_JOBS / 100 {
+            let jobs = (0..100).map(|i| world::job_for(p, c * 100 + i)).collect();
+            let reply = submit_call(ch[0].clone(), jobs)
+                .await
+                .ok_or("Submit failed")?;
+            batches.push(reply.batch_id);
+        }
+    }
+    let total = PROVIDER_JOBS * providers.len() as u64;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut client = GatewayServiceClient::new(ch[0].clone());
+    loop {
+        let (mut terminal, mut completed) = (0u64, 0u64);
+        for b in &batches {
+            let r = client
+                .batch_status(pb::BatchStatusRequest {
+                    job_ids: Vec::new(),
+                    batch_id: b.clone(),
+                })
+                .await?
+                .into_inner();
+            for j in &r.jobs {
+                match j.state() {
+                    pb::JobState::Completed => {
+                        completed += 1;
+                        terminal += 1;
+                    }
+                    pb::JobState::Failed | pb::JobState::Cancelled => terminal += 1,
+                    _ => {}
+                }
+            }
+        }
+        if terminal >= total || Instant::now() >= deadline {
+            return Ok(RunResult {
+                secs: started.elapsed().as_secs_f64(),
+                terminal,
+                completed,
+                total,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn provider_row(
+    ctx: &mut Ctx,
+    world: &World,
+    name: &str,
+    target: &str,
+    limit: f64,
+    took: &RunResult,
+    mode: &str,
+) -> Res<()> {
+    let h = world.sims.get(name).ok_or("no simulator")?;
+    let requests = h.ledger.total_requests();
+    let per_job = requests as f64 / PROVIDER_JOBS as f64;
+    let n429 = h.ledger.count_429();
+    let mut by: Vec<(String, u64)> = h.ledger.requests_by_endpoint().into_iter().collect();
+    by.sort();
+    let by: Vec<String> = by.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    ctx.report.row(
+        "providers",
+        &format!("{name} ({mode}): requests/job, 429s"),
+        format!(
+            "{per_job:.2} req/job, {n429} x 429 ({requests} requests: {}; all {}/{} terminal, {} completed, in {:.1} s at time_scale {PROVIDER_SCALE})",
+            by.join(" "),
+            took.terminal,
+            took.total,
+            took.completed,
+            took.secs
+        ),
+        &format!("{target}; zero 429s"),
+        Verdict::from(per_job <= limit && n429 == 0 && took.terminal == took.total),
+    );
+    Ok(())
+}

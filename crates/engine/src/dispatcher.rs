@@ -1,0 +1,466 @@
+//! Per provider: turn QUEUED jobs into submit calls.
+//!
+//! Order of operations for every call, so that a crash at any point is recoverable:
+//! 1. record the attempt and its idempotency key in the store (the outbox);
+//! 2. wait for the request budget and a concurrency slot;
+//! 3. call the provider;
+//! 4. store the provider references (jobs become PROCESSING) and hand them to the tracker.
+//!
+//! At start-up an attempt left open by a crash is resent with the same key when the provider
+//! honours idempotency keys; otherwise it may already have created (and billed) work, so its
+//! jobs fail with `UNKNOWN_OUTCOME` rather than risk a second charge.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use adgate_generator::{GenError, JobError, JobState, SubmitBatch, SubmitItem};
+use adgate_store::{JobPatch, JobRecord};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::budget::Priority;
+use crate::engine::{ProviderRuntime, Shared, commit};
+use crate::error::EngineError;
+use crate::{codes, tracker};
+
+/// How many queued jobs one dispatcher pass reads.
+const PASS_SIZE: usize = 1000;
+/// A partly filled multi-item call waits this long for more jobs of its group.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Resend or fail the attempts a previous process (or a dead replica) left open. With `only`,
+/// just the attempts whose jobs this replica has taken over.
+pub(crate) async fn resume(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    only: Option<&HashSet<String>>,
+) -> Result<(), EngineError> {
+    let open = shared.store.open_attempts(&rt.name).await?;
+    for mut attempt in open {
+        if let Some(only) = only {
+            attempt.job_ids.retain(|id| only.contains(id));
+        }
+        let mut jobs: HashMap<String, JobRecord> = shared
+            .store
+            .get_jobs(&attempt.job_ids)
+            .await?
+            .into_iter()
+            .map(|j| (j.id.clone(), j))
+            .collect();
+        // `get_jobs` answers in no particular order, but a resend must repeat the original
+        // request body exactly (a provider refuses a reused idempotency key with a different
+        // body), so keep the attempt's own order.
+        let jobs: Vec<JobRecord> = attempt
+            .job_ids
+            .iter()
+            .filter_map(|id| jobs.remove(id))
+            .filter(|j| j.state == JobState::Queued)
+            .collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        if rt.limits.idempotency {
+            let shared = shared.clone();
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                let Ok(permit) = rt.submit_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                send_attempt(shared, rt, attempt.idempotency_key, jobs, permit, false).await;
+            });
+        } else {
+            fail(
+                shared,
+                jobs.iter().map(|j| j.id.clone()).collect(),
+                unknown_outcome_error("the gateway stopped while this job was being submitted"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+fn unknown_outcome_error(why: &str) -> JobError {
+    JobError::new(
+        codes::UNKNOWN_OUTCOME,
+        format!(
+            "{why}; the provider takes no idempotency key, so the job was not resent to avoid \
+             a double charge. Check the provider before submitting it again"
+        ),
+        true,
+    )
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        let jobs = match shared
+            .store
+            .claim_queued(
+                &rt.name,
+                &shared.replica_id,
+                shared.clock.now_ms(),
+                shared.lease.as_millis() as i64,
+                PASS_SIZE,
+            )
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(provider = %rt.name, error = %e, "reading queued jobs failed");
+                idle(&shared, &rt, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            idle(&shared, &rt, Duration::from_secs(5)).await;
+            continue;
+        }
+        let stopped: HashSet<String> = rt
+            .stopped_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (dead, jobs): (Vec<JobRecord>, Vec<JobRecord>) = jobs
+            .into_iter()
+            .partition(|j| stopped.contains(&j.batch_id));
+        if !dead.is_empty() {
+            fail(
+                &shared,
+                dead.into_iter().map(|j| j.id).collect(),
+                balance_error(),
+            )
+            .await;
+        }
+        let mut lingering = false;
+        let now_ms = shared.clock.now_ms();
+        for group in group_in_order(jobs) {
+            let max = rt.limits.max_items_per_submit.max(1);
+            for chunk in group.chunks(max) {
+                let young = now_ms - chunk[0].created_at_ms < LINGER.as_millis() as i64;
+                if chunk.len() < max && max > 1 && young {
+                    lingering = true;
+                    continue;
+                }
+                let permit = tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    p = rt.submit_slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                // A provider without idempotency keys: an attempt on record counts as "maybe
+                // sent" after a restart, so take the request budget first and record the attempt
+                // only right before the call (a drain then never leaves unsent attempts behind).
+                let budget_held = !rt.limits.idempotency;
+                if budget_held {
+                    let waited = tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        w = rt.acquire(&shared, Priority::Submit) => w,
+                    };
+                    shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
+                }
+                // Stable across retries and restarts: the first job id is unique to this call.
+                let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
+                let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
+                if let Err(e) = shared
+                    .store
+                    .create_attempt(&rt.name, &key, &ids, shared.clock.now_ms())
+                    .await
+                {
+                    tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
+                    continue;
+                }
+                tokio::spawn(send_attempt(
+                    shared.clone(),
+                    rt.clone(),
+                    key,
+                    chunk.to_vec(),
+                    permit,
+                    budget_held,
+                ));
+            }
+        }
+        if lingering {
+            idle(&shared, &rt, LINGER).await;
+        }
+    }
+}
+
+async fn idle(shared: &Shared, rt: &ProviderRuntime, max: Duration) {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => {}
+        _ = rt.wake_dispatcher.notified() => {}
+        _ = tokio::time::sleep(max) => {}
+    }
+}
+
+/// Group jobs by group key, keeping first-seen order of groups and of jobs within them.
+fn group_in_order(jobs: Vec<JobRecord>) -> Vec<Vec<JobRecord>> {
+    let mut index: HashMap<Option<String>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<JobRecord>> = Vec::new();
+    for job in jobs {
+        let i = *index.entry(job.group_key.clone()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(job);
+    }
+    groups
+}
+
+fn balance_error() -> JobError {
+    JobError::new(
+        codes::INSUFFICIENT_BALANCE,
+        "the provider account has no balance left for this job; it was not sent",
+        true,
+    )
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)]. The unit is the
+/// provider's minimum poll interval (StaticAdsLab 2 s → 0.5 s base, 30 s cap), so backoff
+/// scales with the provider's own time scale.
+fn backoff(failures: u32, unit: Duration) -> Duration {
+    let base = unit / 4;
+    let cap = unit * 15;
+    let ceiling = base.saturating_mul(1u32 << failures.min(10)).min(cap);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// Send one attempt until it is accepted or definitively fails.
+pub(crate) async fn send_attempt(
+    shared: Arc<Shared>,
+    rt: Arc<ProviderRuntime>,
+    key: String,
+    jobs: Vec<JobRecord>,
+    permit: OwnedSemaphorePermit,
+    mut budget_held: bool,
+) {
+    let batch = SubmitBatch {
+        idempotency_key: key,
+        items: jobs
+            .iter()
+            .map(|j| SubmitItem {
+                job_id: j.id.clone(),
+                spec: j.spec.clone(),
+            })
+            .collect(),
+    };
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let deadline_ms = jobs.iter().map(|j| j.deadline_at_ms).max().unwrap_or(0);
+    let mut failures = 0u32;
+    loop {
+        // With the budget already taken the attempt is on record and the call goes out now,
+        // even during a drain (which waits for in-flight submits): see `run`.
+        if !budget_held && (shared.shutdown.is_cancelled() || shared.clock.now_ms() > deadline_ms) {
+            // Left open: resumed after a restart, or failed by the deadline sweeper.
+            return;
+        }
+        let stopped = {
+            let s = rt.stopped_batches.lock().unwrap_or_else(|e| e.into_inner());
+            jobs.iter().any(|j| s.contains(&j.batch_id))
+        };
+        if stopped {
+            fail(&shared, ids, balance_error()).await;
+            return;
+        }
+        if !std::mem::take(&mut budget_held) {
+            let waited = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                w = rt.acquire(&shared, Priority::Submit) => w,
+            };
+            shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
+        }
+        let started = Instant::now();
+        let result = rt.generator.submit(batch.clone()).await;
+        let secs = started.elapsed().as_secs_f64();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class(),
+        };
+        shared.metrics.request(&rt.name, "submit", outcome, secs);
+        match result {
+            Ok(observed) => {
+                rt.observe(&shared, observed.rate);
+                rt.set_health(true, None);
+                accept(&shared, &rt, &jobs, observed.value).await;
+                break;
+            }
+            Err(GenError::RateLimited { retry_after }) => {
+                rt.set_health(true, None);
+                rt.block(
+                    &shared,
+                    retry_after.unwrap_or(rt.limits.default_retry_after),
+                );
+                shared.metrics.retry(&rt.name, "rate_limited");
+            }
+            Err(e @ GenError::UnknownOutcome { .. }) if !rt.limits.idempotency => {
+                // The call may have created billable work and the provider takes no key: never
+                // send it again.
+                rt.set_health(false, Some(e.to_string()));
+                fail(
+                    &shared,
+                    ids,
+                    unknown_outcome_error(&format!("submit failed: {e}")),
+                )
+                .await;
+                break;
+            }
+            Err(e @ (GenError::Transient { .. } | GenError::UnknownOutcome { .. })) => {
+                // Transient: nothing happened at the provider. Unknown outcome with an
+                // idempotency key: resending replays instead of creating twice.
+                rt.set_health(false, Some(e.to_string()));
+                shared.metrics.retry(&rt.name, e.class());
+                failures += 1;
+                let wait = backoff(failures, rt.limits.min_poll_interval);
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(GenError::InsufficientBalance { message }) => {
+                rt.set_health(true, None);
+                stop_batches(&shared, &rt, &jobs).await;
+                let mut err = balance_error();
+                err.provider_code = codes::INSUFFICIENT_BALANCE.to_owned();
+                err.message = format!("{}: {message}", err.message);
+                fail(&shared, ids, err).await;
+                break;
+            }
+            Err(e @ GenError::Unauthorized { .. }) => {
+                rt.set_health(false, Some(e.to_string()));
+                fail(
+                    &shared,
+                    ids,
+                    JobError::new(codes::PROVIDER_AUTH_FAILED, e.to_string(), true),
+                )
+                .await;
+                break;
+            }
+            Err(GenError::Invalid {
+                message,
+                provider_code,
+                violations,
+            }) => {
+                let detail: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                let msg = if detail.is_empty() {
+                    message
+                } else {
+                    format!("{message} ({})", detail.join("; "))
+                };
+                fail(
+                    &shared,
+                    ids,
+                    JobError::new(codes::PROVIDER_REJECTED, msg, false)
+                        .with_provider_code(provider_code),
+                )
+                .await;
+                break;
+            }
+            Err(GenError::Permanent {
+                message,
+                provider_code,
+            }) => {
+                fail(
+                    &shared,
+                    ids,
+                    JobError::new(codes::PROVIDER_REJECTED, message, false)
+                        .with_provider_code(provider_code),
+                )
+                .await;
+                break;
+            }
+            Err(e @ GenError::Unsupported(_)) => {
+                fail(
+                    &shared,
+                    ids,
+                    JobError::new(codes::PROVIDER_REJECTED, e.to_string(), false),
+                )
+                .await;
+                break;
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Store the provider references and start tracking.
+async fn accept(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    jobs: &[JobRecord],
+    accepted: Vec<adgate_generator::Accepted>,
+) {
+    let mut patches = Vec::with_capacity(accepted.len());
+    for a in &accepted {
+        patches.push(JobPatch {
+            state: Some(JobState::Processing),
+            provider_ref: Some(a.provider_ref.clone()),
+            poll_key: Some(rt.generator.poll_key(&a.provider_ref)),
+            ..JobPatch::new(a.job_id.clone())
+        });
+    }
+    match commit(shared, patches).await {
+        Ok(changed) => {
+            for rec in &changed {
+                rt.tracker.add(rec, rt.limits.first_poll_after);
+            }
+            let watched: Vec<String> = changed
+                .iter()
+                .filter(|r| shared.bus.is_watched(&r.id))
+                .map(|r| r.id.clone())
+                .collect();
+            if !watched.is_empty() {
+                tracker::stream_watched(shared, &watched).await;
+            }
+        }
+        Err(e) => {
+            // The provider has the jobs but we could not record it; the attempt stays open and
+            // a restart resends it with the same key (a replay, not a second charge).
+            tracing::error!(provider = %rt.name, error = %e, jobs = jobs.len(),
+                "recording accepted jobs failed");
+        }
+    }
+}
+
+/// Remember that these jobs' batches ran out of money at this provider and fail their jobs
+/// that no attempt has sent yet.
+async fn stop_batches(shared: &Arc<Shared>, rt: &Arc<ProviderRuntime>, jobs: &[JobRecord]) {
+    let batches: HashSet<String> = jobs.iter().map(|j| j.batch_id.clone()).collect();
+    rt.stopped_batches
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(batches.iter().cloned());
+    for batch in batches {
+        let Ok(Some(all)) = shared.store.batch_jobs(&batch).await else {
+            continue;
+        };
+        let unsent: Vec<String> = all
+            .into_iter()
+            .filter(|j| j.provider == rt.name && j.state == JobState::Queued)
+            .filter(|j| j.attempt_id.is_none())
+            .map(|j| j.id)
+            .collect();
+        fail(shared, unsent, balance_error()).await;
+    }
+}
+
+pub(crate) async fn fail(shared: &Shared, ids: Vec<String>, error: JobError) {
+    let patches = ids
+        .into_iter()
+        .map(|id| JobPatch {
+            state: Some(JobState::Failed),
+            error: Some(error.clone()),
+            ..JobPatch::new(id)
+        })
+        .collect();
+    if let Err(e) = commit(shared, patches).await {
+        tracing::error!(error = %e, "recording failed jobs failed");
+    }
+}

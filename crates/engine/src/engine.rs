@@ -1,0 +1,784 @@
+//! The [`Engine`] handle: what the server calls, plus start-up and the deadline sweeper.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adgate_generator::{FieldViolation, Generator, JobError, JobState, Limits};
+use adgate_store::{BudgetGrant, JobPatch, JobRecord, NewJob, NewSubmission, Store, SubmitOutcome};
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::{Budget, Priority};
+use crate::bus::{Bus, Watch};
+use crate::clock::Clock;
+use crate::error::{EngineError, WebhookFailure};
+use crate::metrics::{EngineMetrics, ProviderLabels, StateLabels};
+use crate::tracker::TrackerState;
+use crate::{codes, dispatcher, replica, tracker};
+
+/// One configured provider: its adapter and the limits to drive it by (the adapter's
+/// documented defaults with configuration overrides applied).
+pub struct ProviderSetup {
+    pub generator: Arc<dyn Generator>,
+    pub limits: Limits,
+}
+
+pub struct EngineConfig {
+    pub providers: Vec<ProviderSetup>,
+    /// How often the deadline sweeper runs.
+    pub sweep_interval: Duration,
+    /// Cap on jobs one Submit may carry.
+    pub max_jobs_per_submit: usize,
+    /// Lease on claimed jobs when replicas share the store: a replica that dies loses its
+    /// jobs to the others this long after its last renewal.
+    pub lease: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            providers: Vec::new(),
+            sweep_interval: Duration::from_secs(1),
+            max_jobs_per_submit: 10_000,
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One job in a Submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    pub provider: String,
+    pub spec: Value,
+    pub client_ref: String,
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the provider's default deadline.
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitCommand {
+    pub request_id: Option<String>,
+    pub jobs: Vec<JobRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitReply {
+    pub batch_id: String,
+    pub job_ids: Vec<String>,
+    /// True when this is the stored answer to an earlier identical request.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub limits: Limits,
+    /// False after the last call failed to reach the provider or was refused for credentials.
+    pub reachable: bool,
+    pub last_error: Option<String>,
+    /// Set when the provider works but cannot deliver everything (e.g. no webhooks).
+    pub degraded_reason: Option<String>,
+    pub in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Applied { updated: usize },
+    Duplicate,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub reachable: bool,
+    pub last_error: Option<String>,
+}
+
+/// Everything the engine keeps per provider.
+pub(crate) struct ProviderRuntime {
+    pub name: String,
+    pub generator: Arc<dyn Generator>,
+    pub limits: Limits,
+    pub budget: Budget,
+    pub submit_slots: Arc<Semaphore>,
+    pub wake_dispatcher: Notify,
+    pub tracker: TrackerState,
+    /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
+    pub stopped_batches: Mutex<HashSet<String>>,
+    pub health: Mutex<Health>,
+}
+
+impl ProviderRuntime {
+    /// Wait for one request's worth of budget. A single process keeps the budget in memory
+    /// (with submit-before-poll priority); replicas sharing a database take it from the store,
+    /// because a provider's limit is per API key, not per process.
+    pub async fn acquire(&self, shared: &Shared, priority: Priority) -> Duration {
+        if !shared.store.is_shared() {
+            return self.budget.acquire(priority).await;
+        }
+        let started = tokio::time::Instant::now();
+        let window_ms = self.budget.window().as_millis() as i64;
+        loop {
+            let grant = shared
+                .store
+                .take_budget(
+                    &self.name,
+                    self.limits.budget.requests,
+                    window_ms,
+                    shared.clock.now_ms(),
+                )
+                .await;
+            let wait = match grant {
+                Ok(BudgetGrant::Granted) => {
+                    shared
+                        .metrics
+                        .budget_granted(&self.name, &shared.replica_id);
+                    return started.elapsed();
+                }
+                Ok(BudgetGrant::Wait(ms)) => Duration::from_millis(ms.clamp(1, 60_000) as u64),
+                Err(e) => {
+                    tracing::warn!(provider = %self.name, error = %e, "shared budget unavailable");
+                    Duration::from_millis(500)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Stop every request to this provider for `wait` (fleet-wide on a shared store).
+    pub fn block(&self, shared: &Arc<Shared>, wait: Duration) {
+        self.budget.block_for(wait);
+        if shared.store.is_shared() {
+            let (store, name) = (shared.store.clone(), self.name.clone());
+            let until = shared.clock.now_ms() + wait.as_millis() as i64;
+            tokio::spawn(async move {
+                if let Err(e) = store.block_budget(&name, until).await {
+                    tracing::warn!(provider = %name, error = %e, "sharing a rate-limit block failed");
+                }
+            });
+        }
+    }
+
+    /// Apply rate-limit headers: an exhausted window blocks until its reset.
+    pub fn observe(&self, shared: &Arc<Shared>, rate: Option<adgate_generator::RateLimitSnapshot>) {
+        if let Some(r) = rate
+            && r.remaining == 0
+        {
+            self.block(shared, r.reset_after);
+        }
+    }
+
+    pub fn set_health(&self, reachable: bool, error: Option<String>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.reachable = reachable;
+        if error.is_some() || reachable {
+            h.last_error = error;
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub bus: Bus,
+    pub clock: Clock,
+    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    pub metrics: EngineMetrics,
+    pub shutdown: CancellationToken,
+    pub max_jobs_per_submit: usize,
+    /// This process's identity among replicas sharing a database.
+    pub replica_id: String,
+    /// How long a replica's claim on a job lasts without renewal (shared stores only).
+    pub lease: Duration,
+    /// False while the store cannot be reached; health reports NOT_SERVING.
+    pub store_ok: AtomicBool,
+}
+
+/// Cheap-clone handle over the engine's shared state.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field(
+                "providers",
+                &self.shared.providers.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Build the engine, resume every non-terminal job from the store, and start the
+    /// per-provider dispatchers and trackers. Tasks stop when `shutdown` is cancelled.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EngineError> {
+        let mut providers = HashMap::new();
+        for setup in config.providers {
+            let name = setup.generator.name().to_owned();
+            let rt = ProviderRuntime {
+                name: name.clone(),
+                tracker: TrackerState::new(&setup.limits),
+                budget: Budget::new(setup.limits.budget),
+                submit_slots: Arc::new(Semaphore::new(setup.limits.max_concurrent_submits.max(1))),
+                limits: setup.limits,
+                generator: setup.generator,
+                wake_dispatcher: Notify::new(),
+                stopped_batches: Mutex::new(HashSet::new()),
+                health: Mutex::new(Health {
+                    reachable: true,
+                    last_error: None,
+                }),
+            };
+            providers.insert(name, Arc::new(rt));
+        }
+        let engine = Self {
+            shared: Arc::new(Shared {
+                store,
+                bus: Bus::default(),
+                clock: Clock::new(),
+                providers,
+                metrics: EngineMetrics::default(),
+                shutdown,
+                max_jobs_per_submit: config.max_jobs_per_submit,
+                replica_id: new_id("rep"),
+                lease: config.lease,
+                store_ok: AtomicBool::new(true),
+            }),
+        };
+        let shared_store = engine.shared.store.is_shared();
+        if shared_store {
+            // Replicas: claim nothing a live replica holds; orphans are taken over by lease.
+            let s = &engine.shared;
+            s.store
+                .renew_leases(&s.replica_id, s.clock.now_ms(), s.lease.as_millis() as i64)
+                .await?;
+            tokio::spawn(replica::renew_leases(s.clone()));
+            tokio::spawn(replica::take_over_orphans(s.clone()));
+            if let Some(feed) = s.store.change_feed().await? {
+                tokio::spawn(replica::follow_feed(s.clone(), feed));
+            }
+        }
+        for rt in engine.shared.providers.values() {
+            if !shared_store {
+                tracker::resume(&engine.shared, rt).await?;
+                dispatcher::resume(&engine.shared, rt, None).await?;
+            }
+            tokio::spawn(dispatcher::run(engine.shared.clone(), rt.clone()));
+            tokio::spawn(tracker::run(engine.shared.clone(), rt.clone()));
+        }
+        tokio::spawn(sweep_deadlines(
+            engine.shared.clone(),
+            config.sweep_interval,
+        ));
+        Ok(engine)
+    }
+
+    /// Resolves once no submit call is in flight. After shutdown began, a drain awaits this
+    /// (bounded by its grace period) so that calls already on their way to a provider record
+    /// the provider's answer before the store closes.
+    pub async fn submits_idle(&self) {
+        for rt in self.shared.providers.values() {
+            let all = u32::try_from(rt.limits.max_concurrent_submits.max(1)).unwrap_or(u32::MAX);
+            if let Ok(permits) = rt.submit_slots.acquire_many(all).await {
+                drop(permits);
+            }
+        }
+    }
+
+    /// The most jobs one Submit may carry.
+    pub fn max_jobs_per_submit(&self) -> usize {
+        self.shared.max_jobs_per_submit
+    }
+
+    /// False while the store cannot be reached (health reports NOT_SERVING).
+    pub fn store_ok(&self) -> bool {
+        self.shared.store_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.shared.replica_id
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Names of configured providers, sorted.
+    pub fn provider_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.providers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Check one job before anything is stored. Violations are relative to the provider spec.
+    pub fn validate(&self, job: &JobRequest) -> Result<(), EngineError> {
+        let rt = self
+            .shared
+            .providers
+            .get(&job.provider)
+            .ok_or_else(|| EngineError::ProviderNotConfigured(job.provider.clone()))?;
+        rt.generator.validate(&job.spec).map_err(|v| {
+            EngineError::Invalid(
+                v.into_iter()
+                    .map(|f| (0, job.provider.clone(), f))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Store the jobs durably (state QUEUED) and wake the dispatchers. Returns once the jobs
+    /// are committed; provider calls happen in the background.
+    pub async fn submit(&self, cmd: SubmitCommand) -> Result<SubmitReply, EngineError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut violations: Vec<(usize, String, FieldViolation)> = Vec::new();
+        for (i, job) in cmd.jobs.iter().enumerate() {
+            match self.validate(job) {
+                Ok(()) => {}
+                Err(EngineError::Invalid(v)) => {
+                    violations.extend(v.into_iter().map(|(_, p, f)| (i, p, f)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(EngineError::Invalid(violations));
+        }
+        let now = self.shared.clock.now_ms();
+        // Only compared when a request id repeats: skip the hashing otherwise.
+        let content_hash = match cmd.request_id {
+            Some(_) => content_hash(&cmd),
+            None => String::new(),
+        };
+        let mut jobs = Vec::with_capacity(cmd.jobs.len());
+        let mut touched = HashSet::new();
+        for job in cmd.jobs {
+            // validate() succeeded, so the provider exists.
+            let Some(rt) = self.shared.providers.get(&job.provider) else {
+                return Err(EngineError::ProviderNotConfigured(job.provider));
+            };
+            let deadline = job.deadline.unwrap_or(rt.limits.default_deadline);
+            jobs.push(NewJob {
+                id: new_id("job"),
+                group_key: rt.generator.group_key(&job.spec),
+                correlation_key: rt.generator.correlation_key(&job.spec),
+                deadline_at_ms: now.saturating_add(deadline.as_millis() as i64),
+                provider: job.provider.clone(),
+                spec: job.spec,
+                client_ref: job.client_ref,
+                labels: job.labels,
+            });
+            touched.insert(job.provider);
+        }
+        let outcome = self
+            .shared
+            .store
+            .submit(NewSubmission {
+                batch_id: new_id("bat"),
+                content_hash,
+                request_id: cmd.request_id,
+                jobs,
+                now_ms: now,
+            })
+            .await?;
+        match outcome {
+            SubmitOutcome::Created { batch_id, job_ids } => {
+                for p in touched {
+                    if let Some(rt) = self.shared.providers.get(&p) {
+                        rt.wake_dispatcher.notify_one();
+                    }
+                }
+                Ok(SubmitReply {
+                    batch_id,
+                    job_ids,
+                    replayed: false,
+                })
+            }
+            SubmitOutcome::Replayed { batch_id, job_ids } => Ok(SubmitReply {
+                batch_id,
+                job_ids,
+                replayed: true,
+            }),
+            SubmitOutcome::Conflict => Err(EngineError::RequestIdConflict),
+        }
+    }
+
+    /// Jobs in the order asked, plus the ids that are unknown.
+    pub async fn get_jobs(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<JobRecord>, Vec<String>), EngineError> {
+        let records = self.shared.store.get_jobs(ids).await?;
+        let mut by_id: HashMap<&str, &JobRecord> =
+            records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match by_id.remove(id.as_str()) {
+                Some(r) => found.push(r.clone()),
+                None => {
+                    // A repeated id is answered once per occurrence.
+                    if let Some(r) = records.iter().find(|r| &r.id == id) {
+                        found.push(r.clone());
+                    } else {
+                        missing.push(id.clone());
+                    }
+                }
+            }
+        }
+        Ok((found, missing))
+    }
+
+    pub async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>, EngineError> {
+        Ok(self.shared.store.batch_jobs(batch_id).await?)
+    }
+
+    /// Watch jobs: a snapshot first, then every change, ending when all are terminal.
+    /// Watched jobs of a provider with a push stream get one (shared by all watchers).
+    pub async fn watch(&self, job_ids: Vec<String>) -> Result<Watch, EngineError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let watch = self
+            .shared
+            .bus
+            .watch(self.shared.store.clone(), job_ids.clone())
+            .await?;
+        tracker::stream_watched(&self.shared, &job_ids).await;
+        Ok(watch)
+    }
+
+    /// Make every watcher re-read its jobs: changes may have been committed without passing
+    /// through this process's bus (another replica, a reconnecting listener).
+    pub fn resync_watchers(&self) {
+        self.shared.bus.resync_all();
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.shared.bus.watcher_count()
+    }
+
+    /// Cancel one job: locally while it is queued and unsent; at the provider where the
+    /// provider supports it; otherwise refused with a precondition error.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let Some(job) = self
+            .shared
+            .store
+            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
+            .await?
+            .pop()
+        else {
+            return Err(EngineError::NotFound(job_id.to_owned()));
+        };
+        if job.state.is_terminal() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "job {job_id} is already {}",
+                job.state.name()
+            )));
+        }
+        let rt = self
+            .shared
+            .providers
+            .get(&job.provider)
+            .ok_or_else(|| EngineError::ProviderNotConfigured(job.provider.clone()))?;
+        if job.state == JobState::Queued && job.attempt_id.is_none() {
+            return self
+                .mark_cancelled(vec![job.id.clone()])
+                .await?
+                .pop()
+                .ok_or_else(|| {
+                    EngineError::FailedPrecondition(format!("job {job_id} changed state; retry"))
+                });
+        }
+        let Some(poll_key) = job.poll_key.clone() else {
+            return Err(EngineError::FailedPrecondition(format!(
+                "job {job_id} is being submitted to {}; cancel it once it is PROCESSING",
+                job.provider
+            )));
+        };
+        match rt.limits.cancel {
+            adgate_generator::CancelSupport::None => Err(EngineError::FailedPrecondition(format!(
+                "{} has no cancel operation; job {job_id} will run to completion",
+                job.provider
+            ))),
+            adgate_generator::CancelSupport::PerPollKey => {
+                let siblings = self
+                    .shared
+                    .store
+                    .jobs_by_poll_key(&job.provider, &poll_key)
+                    .await?;
+                let others: Vec<String> = siblings
+                    .iter()
+                    .filter(|s| s.id != job.id && !s.state.is_terminal())
+                    .filter(|s| !rt.tracker.cancel_requested(&s.id))
+                    .map(|s| s.id.clone())
+                    .collect();
+                if !others.is_empty() {
+                    rt.tracker.request_cancel(&job.id);
+                    return Err(EngineError::FailedPrecondition(format!(
+                        "{} cancels whole provider batches; job {job_id} shares one with {} \
+                         unfinished job(s) that have not been cancelled: {}",
+                        job.provider,
+                        others.len(),
+                        others.join(",")
+                    )));
+                }
+                self.cancel_at_provider(rt, &poll_key, siblings).await?;
+                self.refreshed(job_id).await
+            }
+            adgate_generator::CancelSupport::PerJob => {
+                self.cancel_at_provider(rt, &poll_key, vec![job.clone()])
+                    .await?;
+                self.refreshed(job_id).await
+            }
+        }
+    }
+
+    async fn cancel_at_provider(
+        &self,
+        rt: &Arc<ProviderRuntime>,
+        poll_key: &str,
+        jobs: Vec<JobRecord>,
+    ) -> Result<(), EngineError> {
+        rt.acquire(&self.shared, crate::budget::Priority::Submit)
+            .await;
+        rt.generator.cancel(poll_key).await.map_err(|e| {
+            EngineError::FailedPrecondition(format!("{} refused the cancel: {e}", rt.name))
+        })?;
+        let ids = jobs
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect();
+        self.mark_cancelled(ids).await?;
+        rt.tracker.mark_due(poll_key);
+        Ok(())
+    }
+
+    async fn refreshed(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        self.shared
+            .store
+            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
+            .await?
+            .pop()
+            .ok_or_else(|| EngineError::NotFound(job_id.to_owned()))
+    }
+
+    async fn mark_cancelled(&self, ids: Vec<String>) -> Result<Vec<JobRecord>, EngineError> {
+        let patches = ids
+            .into_iter()
+            .map(|id| JobPatch {
+                state: Some(JobState::Cancelled),
+                error: Some(JobError::new(
+                    codes::CANCELLED_BY_CALLER,
+                    "cancelled by the caller",
+                    false,
+                )),
+                ..JobPatch::new(id)
+            })
+            .collect();
+        Ok(commit(&self.shared, patches).await?)
+    }
+
+    /// Verify, parse and apply a provider webhook. Duplicate deliveries change nothing.
+    pub async fn handle_webhook(
+        &self,
+        provider: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookOutcome, WebhookFailure> {
+        let Some(rt) = self.shared.providers.get(provider) else {
+            self.shared.metrics.webhook(provider, "unknown_provider");
+            return Err(WebhookFailure::UnknownProvider(provider.to_owned()));
+        };
+        let event = match rt
+            .generator
+            .parse_webhook(headers, body, self.shared.clock.now_system())
+        {
+            Ok(e) => e,
+            Err(e) => {
+                self.shared.metrics.webhook(provider, "rejected");
+                return Err(e.into());
+            }
+        };
+        if let Some(id) = &event.delivery_id {
+            let fresh = self
+                .shared
+                .store
+                .record_delivery(provider, id, self.shared.clock.now_ms())
+                .await?;
+            if !fresh {
+                self.shared.metrics.webhook(provider, "duplicate");
+                return Ok(WebhookOutcome::Duplicate);
+            }
+        }
+        for key in &event.poll_hints {
+            rt.tracker.mark_due(key);
+        }
+        let updated = tracker::apply_updates(&self.shared, rt, event.updates).await?;
+        self.shared.metrics.webhook(provider, "applied");
+        Ok(WebhookOutcome::Applied { updated })
+    }
+
+    pub fn providers(&self) -> Vec<ProviderStatus> {
+        let mut out: Vec<ProviderStatus> = self
+            .shared
+            .providers
+            .values()
+            .map(|rt| {
+                let h = rt.health.lock().unwrap_or_else(|e| e.into_inner());
+                ProviderStatus {
+                    name: rt.name.clone(),
+                    limits: rt.limits.clone(),
+                    reachable: h.reachable,
+                    last_error: h.last_error.clone(),
+                    degraded_reason: rt.generator.degraded_reason(),
+                    in_flight: rt.tracker.job_count(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Refresh the per-state job gauges from the store (called before a metrics scrape).
+    pub async fn refresh_gauges(&self) {
+        if let Ok(counts) = self.shared.store.count_by_state().await {
+            self.shared.metrics.jobs.clear();
+            for c in counts {
+                self.shared
+                    .metrics
+                    .jobs
+                    .get_or_create(&StateLabels {
+                        provider: c.provider,
+                        state: c.state.name().to_owned(),
+                    })
+                    .set(c.count as i64);
+            }
+        }
+        for rt in self.shared.providers.values() {
+            self.shared
+                .metrics
+                .in_flight
+                .get_or_create(&ProviderLabels {
+                    provider: rt.name.clone(),
+                })
+                .set(rt.tracker.job_count() as i64);
+        }
+        self.shared
+            .metrics
+            .watchers
+            .set(self.shared.bus.watcher_count() as i64);
+    }
+}
+
+/// Commit patches, publish every change, and drop terminal jobs from their tracker.
+pub(crate) async fn commit(
+    shared: &Shared,
+    patches: Vec<JobPatch>,
+) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
+    if patches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
+    for rec in &changed {
+        if rec.state.is_terminal()
+            && let Some(rt) = shared.providers.get(&rec.provider)
+        {
+            rt.tracker.remove_job(rec);
+        }
+        shared.bus.publish(Arc::new(rec.clone()));
+    }
+    Ok(changed)
+}
+
+/// Fail every non-terminal job whose deadline has passed.
+async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let Ok(ids) = shared.store.expired(shared.clock.now_ms(), 1000).await else {
+                break;
+            };
+            if ids.is_empty() {
+                break;
+            }
+            let n = ids.len();
+            let patches = ids
+                .into_iter()
+                .map(|id| JobPatch {
+                    state: Some(JobState::Failed),
+                    error: Some(JobError::new(
+                        codes::DEADLINE_EXCEEDED,
+                        "the job did not finish before its deadline",
+                        true,
+                    )),
+                    ..JobPatch::new(id)
+                })
+                .collect();
+            if commit(&shared, patches).await.is_err() || n < 1000 {
+                break;
+            }
+        }
+    }
+}
+
+/// `prefix_` + 20 random lowercase hex characters.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 21);
+    s.push_str(prefix);
+    s.push('_');
+    for _ in 0..20 {
+        s.push(char::from(b"0123456789abcdef"[fastrand::usize(0..16)]));
+    }
+    s
+}
+
+/// Hash of a Submit's content, compared when an AIP-155 request id repeats.
+fn content_hash(cmd: &SubmitCommand) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for job in &cmd.jobs {
+        // serde_json's Map is ordered (BTreeMap) without the preserve_order feature, so equal
+        // specs serialise identically.
+        for part in [
+            job.provider.as_str(),
+            &job.spec.to_string(),
+            &job.client_ref,
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        for (k, v) in &job.labels {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        h.update(
+            job.deadline
+                .map_or(u128::MAX, |d| d.as_millis())
+                .to_le_bytes(),
+        );
+    }
+    hex::encode(h.finalize())
+}

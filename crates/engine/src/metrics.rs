@@ -1,0 +1,204 @@
+//! Prometheus families the engine records. Cheap to clone (families are `Arc` inside).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub provider: String,
+    pub endpoint: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub provider: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub provider: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub provider: String,
+    pub outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    pub provider_requests: Family<RequestLabels, Counter>,
+    pub provider_latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub budget_wait_seconds: Family<ProviderLabels, Counter<f64, AtomicU64>>,
+    pub in_flight: Family<ProviderLabels, Gauge>,
+    pub jobs: Family<StateLabels, Gauge>,
+    pub retries: Family<OutcomeLabels, Counter>,
+    pub webhooks: Family<OutcomeLabels, Counter>,
+    pub watchers: Gauge,
+    pub leases: Family<ReplicaLabels, Gauge>,
+    pub budget_granted: Family<ReplicaProviderLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaProviderLabels {
+    pub provider: String,
+    pub replica: String,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self {
+            provider_requests: Family::default(),
+            provider_latency: Family::new_with_constructor(latency_histogram),
+            budget_wait_seconds: Family::default(),
+            in_flight: Family::default(),
+            jobs: Family::default(),
+            retries: Family::default(),
+            webhooks: Family::default(),
+            watchers: Gauge::default(),
+            leases: Family::default(),
+            budget_granted: Family::default(),
+        }
+    }
+}
+
+impl EngineMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "adgate_provider_requests",
+            "Provider HTTP requests by endpoint and outcome",
+            self.provider_requests.clone(),
+        );
+        registry.register(
+            "adgate_provider_request_duration_seconds",
+            "Provider request latency",
+            self.provider_latency.clone(),
+        );
+        registry.register(
+            "adgate_budget_wait_seconds",
+            "Time spent waiting for a provider's request budget",
+            self.budget_wait_seconds.clone(),
+        );
+        registry.register(
+            "adgate_provider_in_flight_jobs",
+            "Jobs submitted to a provider and being tracked",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "adgate_jobs",
+            "Jobs in the store by provider and state",
+            self.jobs.clone(),
+        );
+        registry.register(
+            "adgate_provider_retries",
+            "Retried or deferred provider calls by reason",
+            self.retries.clone(),
+        );
+        registry.register(
+            "adgate_webhooks",
+            "Webhook deliveries by outcome",
+            self.webhooks.clone(),
+        );
+        registry.register(
+            "adgate_leases_held",
+            "Jobs this replica holds a lease on (shared stores)",
+            self.leases.clone(),
+        );
+        registry.register(
+            "adgate_budget_granted",
+            "Provider requests granted from the fleet-wide budget, per replica",
+            self.budget_granted.clone(),
+        );
+        registry.register(
+            "adgate_active_watchers",
+            "Open WatchProgress streams",
+            self.watchers.clone(),
+        );
+    }
+
+    pub fn request(&self, provider: &str, endpoint: &str, outcome: &str, secs: f64) {
+        self.provider_requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.provider_latency
+            .get_or_create(&EndpointLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(secs);
+    }
+
+    pub fn retry(&self, provider: &str, reason: &str) {
+        self.retries
+            .get_or_create(&OutcomeLabels {
+                provider: provider.to_owned(),
+                outcome: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, provider: &str, outcome: &str) {
+        self.webhooks
+            .get_or_create(&OutcomeLabels {
+                provider: provider.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn budget_granted(&self, provider: &str, replica: &str) {
+        self.budget_granted
+            .get_or_create(&ReplicaProviderLabels {
+                provider: provider.to_owned(),
+                replica: replica.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn budget_wait(&self, provider: &str, secs: f64) {
+        self.budget_wait_seconds
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .inc_by(secs);
+    }
+
+    /// Count of requests recorded for a provider and outcome (tests and benchmarks).
+    pub fn requests_with_outcome(&self, provider: &str, endpoint: &str, outcome: &str) -> u64 {
+        self.provider_requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    }
+}

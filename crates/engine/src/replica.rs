@@ -1,0 +1,142 @@
+//! Several replicas on one shared store (SPEC §8).
+//!
+//! Each replica owns the jobs it claimed, under a lease it renews every third of the lease
+//! time. A replica that dies stops renewing; once its leases lapse, any live replica takes its
+//! jobs over: in-flight jobs are tracked again, and open submit attempts are resent with their
+//! idempotency key — or failed with `UNKNOWN_OUTCOME` where the provider takes none, exactly as
+//! after a single-process crash. Watchers on every replica follow the store's change feed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use adgate_store::FeedEvent;
+use tokio::sync::mpsc;
+
+use crate::dispatcher;
+use crate::engine::Shared;
+use crate::metrics::ReplicaLabels;
+
+pub(crate) async fn renew_leases(shared: Arc<Shared>) {
+    let every = (shared.lease / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let renewed = shared
+            .store
+            .renew_leases(
+                &shared.replica_id,
+                shared.clock.now_ms(),
+                shared.lease.as_millis() as i64,
+            )
+            .await;
+        match renewed {
+            Ok(held) => {
+                shared.store_ok.store(true, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .leases
+                    .get_or_create(&ReplicaLabels {
+                        replica: shared.replica_id.clone(),
+                    })
+                    .set(held as i64);
+            }
+            Err(e) => {
+                // Without a database this replica can neither keep nor claim work; health
+                // turns NOT_SERVING and the takeover loop stops claiming until it is back.
+                shared.store_ok.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "renewing leases failed");
+            }
+        }
+    }
+}
+
+pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
+    let every = (shared.lease / 2).max(Duration::from_millis(50));
+    loop {
+        if shared.store_ok.load(Ordering::Relaxed) {
+            for rt in shared.providers.values() {
+                let claimed = shared
+                    .store
+                    .claim_orphans(
+                        &rt.name,
+                        &shared.replica_id,
+                        shared.clock.now_ms(),
+                        shared.lease.as_millis() as i64,
+                        1000,
+                    )
+                    .await;
+                let jobs = match claimed {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(provider = %rt.name, error = %e, "claiming orphans failed");
+                        continue;
+                    }
+                };
+                if jobs.is_empty() {
+                    continue;
+                }
+                tracing::info!(provider = %rt.name, jobs = jobs.len(), "took over jobs");
+                let mut attempted = HashSet::new();
+                for job in &jobs {
+                    if job.provider_ref.is_some() {
+                        rt.tracker.add(job, Duration::ZERO);
+                    } else if job.attempt_id.is_some() {
+                        attempted.insert(job.id.clone());
+                    }
+                }
+                if !attempted.is_empty()
+                    && let Err(e) = dispatcher::resume(&shared, rt, Some(&attempted)).await
+                {
+                    tracing::warn!(provider = %rt.name, error = %e, "resuming attempts failed");
+                }
+                rt.wake_dispatcher.notify_one();
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Publish changes other replicas committed, and drop jobs they finished from our trackers.
+pub(crate) async fn follow_feed(shared: Arc<Shared>, mut feed: mpsc::Receiver<FeedEvent>) {
+    loop {
+        let event = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            e = feed.recv() => e,
+        };
+        match event {
+            None => {
+                shared.bus.resync_all();
+                return;
+            }
+            Some(FeedEvent::Gap) => shared.bus.resync_all(),
+            Some(FeedEvent::Changed { job_id, .. }) => {
+                let tracked = shared
+                    .providers
+                    .values()
+                    .any(|rt| rt.tracker.has_job(&job_id));
+                if !tracked && !shared.bus.is_watched(&job_id) {
+                    continue;
+                }
+                let Ok(records) = shared.store.get_jobs(std::slice::from_ref(&job_id)).await else {
+                    shared.bus.resync_all();
+                    continue;
+                };
+                for rec in records {
+                    if rec.state.is_terminal()
+                        && let Some(rt) = shared.providers.get(&rec.provider)
+                    {
+                        rt.tracker.remove_job(&rec);
+                    }
+                    shared.bus.publish(Arc::new(rec));
+                }
+            }
+        }
+    }
+}

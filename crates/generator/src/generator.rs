@@ -1,0 +1,191 @@
+//! The `Generator` trait and the limits descriptor.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+
+use crate::error::{FieldViolation, GenError, WebhookError};
+use crate::model::ProviderUpdate;
+
+/// A provider's request budget: at most `requests` in any rolling `per` window, per API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBudget {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+/// Which push channels an adapter can use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushChannels {
+    /// Per-job server-sent events ([`Generator::stream_updates`]).
+    pub sse: bool,
+    /// Signed webhooks ([`Generator::parse_webhook`]) — true only when a secret is configured
+    /// and the provider can reach the gateway (public URL set).
+    pub webhooks: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CancelSupport {
+    #[default]
+    None,
+    /// Cancel works on a whole poll key (e.g. a Pictify batch): all its jobs go together.
+    PerPollKey,
+    /// Each job can be cancelled on its own.
+    PerJob,
+}
+
+/// What the engine needs to know to drive a provider well. Defaults come from the provider's
+/// documents; every field can be overridden from configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Jobs per submit call (StaticAdsLab 1, Pictify 100, Abyssale 1).
+    pub max_items_per_submit: usize,
+    /// Poll keys per poll call (StaticAdsLab 80 ids, Pictify/Abyssale 1).
+    pub max_keys_per_poll: usize,
+    /// Never poll the same key more often than this.
+    pub min_poll_interval: Duration,
+    /// First spacing between polls of one key.
+    pub poll_interval: Duration,
+    /// When `Some`, spacing doubles after each poll that finds the key still running, up to
+    /// this ceiling (Abyssale's SDK: 3 s doubling to 30 s).
+    pub max_poll_interval: Option<Duration>,
+    /// Don't poll a freshly submitted key before this much time has passed: the provider's
+    /// documented minimum job duration. Polls before it can only answer "processing".
+    pub first_poll_after: Duration,
+    /// Shared by submits, polls and streams.
+    pub budget: RequestBudget,
+    /// Wait applied after a 429 that carried no Retry-After.
+    pub default_retry_after: Duration,
+    pub max_concurrent_submits: usize,
+    /// Whether the provider honours an `Idempotency-Key`; without it the engine never
+    /// resubmits a call whose outcome is unknown.
+    pub idempotency: bool,
+    pub push: PushChannels,
+    pub cancel: CancelSupport,
+    pub default_deadline: Duration,
+}
+
+/// A rate-limit reading from a provider's response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSnapshot {
+    pub limit: Option<u32>,
+    pub remaining: u32,
+    /// Time until the window resets (converted from Unix time where the provider uses it).
+    pub reset_after: Duration,
+}
+
+/// A value together with the rate-limit headers of the response that carried it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed<T> {
+    pub value: T,
+    pub rate: Option<RateLimitSnapshot>,
+}
+
+impl<T> Observed<T> {
+    pub fn new(value: T, rate: Option<RateLimitSnapshot>) -> Self {
+        Self { value, rate }
+    }
+}
+
+/// One job inside a submit call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitItem {
+    pub job_id: String,
+    pub spec: Value,
+}
+
+/// One provider call's worth of jobs. `idempotency_key` is stable across retries and restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitBatch {
+    pub idempotency_key: String,
+    pub items: Vec<SubmitItem>,
+}
+
+/// A job the provider accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub job_id: String,
+    /// The provider's reference for this job (`ia_…`, `batch_x:3`, a UUID).
+    pub provider_ref: String,
+    /// True when the provider said it replayed an earlier response for this key.
+    pub replayed: bool,
+}
+
+/// A verified webhook, parsed into updates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    /// The provider's delivery id, stable across its retries; used to drop duplicates.
+    pub delivery_id: Option<String>,
+    pub updates: Vec<ProviderUpdate>,
+    /// Poll keys worth polling now (e.g. Pictify `batch.completed` names a batch).
+    pub poll_hints: Vec<String>,
+}
+
+pub type UpdateStream = BoxStream<'static, Result<ProviderUpdate, GenError>>;
+
+/// A provider adapter. Implementations translate between the engine's model and one
+/// provider's HTTP API and nothing more: no retries, sleeps, budgets or persistence.
+#[async_trait]
+pub trait Generator: Send + Sync + 'static {
+    /// Short lowercase name used in config, metrics and the API (`staticadslab`).
+    fn name(&self) -> &'static str;
+
+    fn limits(&self) -> Limits;
+
+    /// Check a spec before anything is stored. Paths are relative to the spec.
+    fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>>;
+
+    /// Jobs with the same group key may share one submit call (Pictify: template and render
+    /// options). `None` means any jobs may be grouped.
+    fn group_key(&self, _spec: &Value) -> Option<String> {
+        None
+    }
+
+    /// A key that webhook updates may use instead of a provider reference
+    /// ([`crate::UpdateTarget::Correlation`]).
+    fn correlation_key(&self, _spec: &Value) -> Option<String> {
+        None
+    }
+
+    /// The key polls are made by. Several jobs may share one (a Pictify batch).
+    fn poll_key(&self, provider_ref: &str) -> String {
+        provider_ref.to_owned()
+    }
+
+    /// Submit one call's worth of jobs. On success every item is accepted.
+    async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError>;
+
+    /// Ask for the state of up to `max_keys_per_poll` poll keys in one call. Updates target
+    /// provider refs; a key the provider does not know yields `RemoteState::NotFound` for it.
+    async fn poll(&self, keys: &[String]) -> Result<Observed<Vec<ProviderUpdate>>, GenError>;
+
+    /// Open a push stream for one job (StaticAdsLab SSE). The stream ends after a terminal
+    /// event or when the connection drops; the engine then polls once more.
+    async fn stream_updates(&self, _provider_ref: &str) -> Result<UpdateStream, GenError> {
+        Err(GenError::Unsupported("stream_updates"))
+    }
+
+    /// Verify a webhook's signature and parse it. Must be constant-time in the signature and
+    /// reject timestamps more than the tolerance away from `now`.
+    fn parse_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+        _now: SystemTime,
+    ) -> Result<WebhookEvent, WebhookError> {
+        Err(WebhookError::NotConfigured)
+    }
+
+    /// Cancel at the provider, by poll key (see [`Limits::cancel`]).
+    async fn cancel(&self, _poll_key: &str) -> Result<(), GenError> {
+        Err(GenError::Unsupported("cancel"))
+    }
+
+    /// Why the adapter is degraded even when reachable (e.g. Pictify without webhooks cannot
+    /// deliver URLs). `None` when fully functional.
+    fn degraded_reason(&self) -> Option<String> {
+        None
+    }
+}

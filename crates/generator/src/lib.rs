@@ -1,0 +1,24 @@
+//! The contract between adgate's engine and its provider adapters.
+//!
+//! Adapters are pure translators: they build a provider request, parse its response and verify
+//! its webhooks. Everything that decides *when* to call a provider (budgets, retries, polling
+//! schedules, persistence, fan-out) lives in the engine, which only sees this crate.
+//!
+//! - [`model`]: the provider-neutral job model (state, progress, outputs, errors, updates).
+//! - [`generator`]: the [`Generator`] trait and the [`Limits`] descriptor each adapter publishes.
+//! - [`error`]: the small error taxonomy adapters report ([`GenError`]).
+//! - [`signature`]: `t=…,v1=…` HMAC-SHA256 webhook signatures, shared by adapters and simulators.
+//! - [`time`]: RFC 3339 formatting without a calendar dependency.
+
+pub mod error;
+pub mod generator;
+pub mod model;
+pub mod signature;
+pub mod time;
+
+pub use error::{FieldViolation, GenError, WebhookError};
+pub use generator::{
+    Accepted, CancelSupport, Generator, Limits, Observed, PushChannels, RateLimitSnapshot,
+    RequestBudget, SubmitBatch, SubmitItem, UpdateStream, WebhookEvent,
+};
+pub use model::{JobError, JobState, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget};

@@ -1,0 +1,182 @@
+//! The provider-neutral job model.
+//!
+//! A provider spec travels through the engine as an opaque `serde_json::Value`: only the adapter
+//! that owns it parses it, so adding a provider never touches this crate.
+
+use serde::{Deserialize, Serialize};
+
+/// The lifecycle of a gateway job. Terminal states never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Stable small integer used by stores; never reorder.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::Queued => 1,
+            Self::Processing => 2,
+            Self::Completed => 3,
+            Self::Failed => 4,
+            Self::Cancelled => 5,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Option<Self> {
+        Some(match v {
+            1 => Self::Queued,
+            2 => Self::Processing,
+            3 => Self::Completed,
+            4 => Self::Failed,
+            5 => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Processing => "PROCESSING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// A progress hint. `percentage` is always normalised to 0–100 by the adapter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: String,
+    pub message: String,
+    pub percentage: f64,
+}
+
+/// One produced file. Abyssale yields several per job (one per format).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub url: String,
+    pub width: u32,
+    pub height: u32,
+    /// Provider format name, e.g. `facebook-feed`; empty when the provider has none.
+    pub format: String,
+    pub mime_type: String,
+}
+
+/// Why a job failed (or, for partial success, why one of its formats did).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Stable UPPER_SNAKE code callers can switch on, e.g. `PROVIDER_JOB_FAILED`.
+    pub code: String,
+    pub message: String,
+    /// Whether submitting the same spec again may succeed.
+    pub retryable: bool,
+    /// The provider's own code, verbatim (e.g. `PIPELINE_ERROR`, `RENDER_TIMEOUT`).
+    pub provider_code: String,
+}
+
+impl JobError {
+    pub fn new(code: &str, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable,
+            provider_code: String::new(),
+        }
+    }
+
+    pub fn with_provider_code(mut self, code: impl Into<String>) -> Self {
+        self.provider_code = code.into();
+        self
+    }
+}
+
+/// What the provider says about one job, as an adapter parsed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteState {
+    /// Still running; optionally with a progress hint.
+    Processing,
+    /// Done. `outputs` is never empty: an adapter that has no URL yet reports `Processing`.
+    Completed,
+    /// Done without output. `error` says why.
+    Failed,
+    Cancelled,
+    /// The provider does not know this reference (expired, deleted, or never created).
+    NotFound,
+}
+
+/// How an update finds its job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpdateTarget {
+    /// The provider reference returned by submit (e.g. `ia_…`, `batch_x:3`, a UUID).
+    ProviderRef(String),
+    /// Every job under a poll key (e.g. all items of a Pictify batch the provider lost).
+    PollKey(String),
+    /// A correlation key the adapter computed from the spec at submit time
+    /// (Pictify's `render.completed` names variables, not an item index).
+    Correlation(String),
+}
+
+/// One observation of one job, from a poll, a stream or a webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderUpdate {
+    pub target: UpdateTarget,
+    pub state: RemoteState,
+    pub progress: Option<Progress>,
+    pub outputs: Vec<Output>,
+    /// Set when `state` is `Failed`; for `Completed` it may describe formats that failed
+    /// alongside the outputs that succeeded (partial success).
+    pub error: Option<JobError>,
+}
+
+impl ProviderUpdate {
+    pub fn processing(target: UpdateTarget, progress: Option<Progress>) -> Self {
+        Self {
+            target,
+            state: RemoteState::Processing,
+            progress,
+            outputs: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn completed(target: UpdateTarget, outputs: Vec<Output>) -> Self {
+        Self {
+            target,
+            state: RemoteState::Completed,
+            progress: None,
+            outputs,
+            error: None,
+        }
+    }
+
+    pub fn failed(target: UpdateTarget, error: JobError) -> Self {
+        Self {
+            target,
+            state: RemoteState::Failed,
+            progress: None,
+            outputs: Vec::new(),
+            error: Some(error),
+        }
+    }
+
+    pub fn with_state(target: UpdateTarget, state: RemoteState) -> Self {
+        Self {
+            target,
+            state,
+            progress: None,
+            outputs: Vec::new(),
+            error: None,
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! adgate's Pictify adapter: a pure translator behind [`adgate_generator::Generator`].
+//!
+//! - [`spec`]: the caller's spec (`template_uid`, `variables`, `format`, `quality`, `layout`),
+//!   its validation, the group key and the correlation key.
+//! - [`wire`]: Pictify's request/response/event types (camelCase, tolerant).
+//! - [`results`]: batch results → per-item updates.
+//! - [`webhook`]: `X-Pictify-Signature` verification and event translation.
+//! - [`errors`]: error bodies and `X-RateLimit-*` headers → `GenError` / `RateLimitSnapshot`.
+//!
+//! Conventions the engine relies on:
+//! - One submit = one `POST /templates/{uid}/batch-render` of up to `batch_size` (100) items that
+//!   share a group key; item *i* gets provider ref `"{batchId}:{i}"` and poll key `batchId`.
+//! - Pictify's poll returns no URLs ([PX-PY], [SEED-3]); URLs come only in `render.completed`
+//!   webhooks, which name the template and the variable values, so those updates target
+//!   `UpdateTarget::Correlation(correlation_key(spec))`. Without usable webhooks (secret and
+//!   public URL), a rendered item ends `Failed` with `OUTPUT_URL_UNAVAILABLE`.
+//! - A batch Pictify does not know (404 on results) yields one update with
+//!   `UpdateTarget::PollKey(batchId)` and `RemoteState::NotFound`: it stands for every item of
+//!   that batch.
+
+pub mod errors;
+pub mod results;
+pub mod spec;
+pub mod webhook;
+pub mod wire;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use adgate_generator::{
+    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed, ProviderUpdate,
+    PushChannels, RemoteState, RequestBudget, SubmitBatch, UpdateTarget, WebhookError,
+    WebhookEvent,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::spec::Spec;
+use crate::wire::{BatchRenderRequest, BatchRenderResponse, BatchResults};
+
+pub const NAME: &str = "pictify";
+pub const DEFAULT_BASE_URL: &str = "https://api.pictify.io";
+/// Variable sets per `batch-render` [PX-LIVE:…/batch/render], [SEED-3].
+pub const MAX_BATCH_SIZE: usize = 100;
+/// Free plan [PX-LIVE:authentication].
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
+/// [PX-PY] uses 30 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Adapter configuration. `Debug` redacts the API key and the webhook secret.
+#[derive(Clone)]
+pub struct PictifyConfig {
+    pub api_key: String,
+    pub base_url: String,
+    pub webhook_secret: Option<String>,
+    /// True when `ADGATE_PUBLIC_URL` is set, i.e. Pictify can reach our webhook endpoint.
+    pub webhooks_reachable: bool,
+    pub batch_size: usize,
+    pub requests_per_minute: u32,
+    pub request_timeout: Duration,
+}
+
+impl PictifyConfig {
+    /// Documented defaults around an API key.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self {
+            api_key: api_key.into(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            webhook_secret: None,
+            webhooks_reachable: false,
+            batch_size: MAX_BATCH_SIZE,
+            requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    fn webhooks_usable(&self) -> bool {
+        self.webhook_secret.is_some() && self.webhooks_reachable
+    }
+}
+
+impl fmt::Debug for PictifyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PictifyConfig")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhooks_reachable", &self.webhooks_reachable)
+            .field("batch_size", &self.batch_size)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// The Pictify adapter.
+#[derive(Debug)]
+pub struct Pictify {
+    cfg: PictifyConfig,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn config_error(field: &str, description: &str) -> GenError {
+    GenError::Invalid {
+        message: format!("invalid Pictify configuration: {field} {description}"),
+        provider_code: "CONFIG".to_owned(),
+        violations: vec![FieldViolation::new(field, description)],
+    }
+}
+
+/// Ids that go into URL paths.
+fn path_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+impl Pictify {
+    pub fn new(cfg: PictifyConfig) -> Result<Self, GenError> {
+        if cfg.api_key.trim().is_empty() || cfg.api_key.bytes().any(|c| c.is_ascii_control()) {
+            return Err(config_error(
+                "api_key",
+                "must be a non-empty printable string",
+            ));
+        }
+        let base = cfg.base_url.trim_end_matches('/').to_owned();
+        let url_ok = reqwest::Url::parse(&base)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !url_ok {
+            return Err(config_error("base_url", "must be an http(s) URL"));
+        }
+        if cfg.webhook_secret.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(config_error("webhook_secret", "must not be empty when set"));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&cfg.batch_size) {
+            return Err(config_error("batch_size", "must be between 1 and 100"));
+        }
+        if cfg.requests_per_minute == 0 {
+            return Err(config_error("requests_per_minute", "must be at least 1"));
+        }
+        if cfg.request_timeout.is_zero() {
+            return Err(config_error("request_timeout", "must be positive"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .user_agent(concat!("adgate-pictify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GenError::transient_from("could not build the HTTP client", e))?;
+        Ok(Self { cfg, base, http })
+    }
+
+    /// Send a request; return status, headers and body, or the transport error.
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        has_effects: bool,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
+        let resp = req
+            .bearer_auth(&self.cfg.api_key)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| errors::send_error(e, has_effects))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| errors::send_error(e, has_effects))?;
+        Ok((status, headers, body))
+    }
+
+    async fn poll_one(&self, key: &str) -> Result<Observed<Vec<ProviderUpdate>>, GenError> {
+        if !path_safe(key) {
+            return Ok(Observed::new(vec![not_found(key)], None));
+        }
+        let url = format!("{}/templates/batch/{key}/results", self.base);
+        let (status, headers, body) = self.call(self.http.get(url), false).await?;
+        let rate = errors::rate_snapshot(&headers, SystemTime::now());
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Observed::new(vec![not_found(key)], rate));
+        }
+        if !status.is_success() {
+            return Err(errors::map_status(status, &headers, &body));
+        }
+        let results: BatchResults = serde_json::from_slice(&body).map_err(|e| {
+            GenError::transient_from("Pictify batch results were not valid JSON", e)
+        })?;
+        let updates = results::translate(key, &results, self.cfg.webhooks_usable());
+        Ok(Observed::new(updates, rate))
+    }
+}
+
+/// Every item of an unknown batch.
+fn not_found(batch_id: &str) -> ProviderUpdate {
+    ProviderUpdate::with_state(
+        UpdateTarget::PollKey(batch_id.to_owned()),
+        RemoteState::NotFound,
+    )
+}
+
+fn invalid_batch(message: impl Into<String>) -> GenError {
+    GenError::Invalid {
+        message: message.into(),
+        provider_code: String::new(),
+        violations: Vec::new(),
+    }
+}
+
+#[async_trait]
+impl Generator for Pictify {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_items_per_submit: self.cfg.batch_size,
+            max_keys_per_poll: 1,
+            min_poll_interval: Duration::from_secs(2),
+            // The seed's polling loop checks every 5 s [SEED-3].
+            poll_interval: Duration::from_secs(5),
+            max_poll_interval: None,
+            // No documented minimum render time; a batch is queued then rendered, so a poll
+            // sooner than 2 s can only say "pending" (GUESS).
+            first_poll_after: Duration::from_secs(2),
+            budget: RequestBudget {
+                requests: self.cfg.requests_per_minute,
+                per: Duration::from_secs(60),
+            },
+            default_retry_after: Duration::from_secs(60),
+            // Free plan: 1 concurrent batch [PX-LIVE:api-reference/batch] (Pro 3, Business 10).
+            max_concurrent_submits: 1,
+            idempotency: true,
+            push: PushChannels {
+                sse: false,
+                webhooks: self.cfg.webhooks_usable(),
+            },
+            cancel: CancelSupport::PerPollKey,
+            default_deadline: Duration::from_secs(15 * 60),
+        }
+    }
+
+    fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
+        Spec::parse(spec).map(|_| ())
+    }
+
+    fn group_key(&self, spec: &Value) -> Option<String> {
+        Spec::parse(spec).ok().map(|s| s.group_key())
+    }
+
+    fn correlation_key(&self, spec: &Value) -> Option<String> {
+        Spec::parse(spec).ok().map(|s| s.correlation_key())
+    }
+
+    fn poll_key(&self, provider_ref: &str) -> String {
+        provider_ref
+            .rsplit_once(':')
+            .map_or(provider_ref, |(batch, _)| batch)
+            .to_owned()
+    }
+
+    async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
+        if batch.items.is_empty() || batch.items.len() > self.cfg.batch_size {
+            return Err(invalid_batch(format!(
+                "a Pictify batch takes 1–{} items, got {}",
+                self.cfg.batch_size,
+                batch.items.len()
+            )));
+        }
+        let mut specs = Vec::with_capacity(batch.items.len());
+        for (i, item) in batch.items.iter().enumerate() {
+            let spec = Spec::parse(&item.spec).map_err(|violations| GenError::Invalid {
+                message: format!("item {i} ({}) has an invalid Pictify spec", item.job_id),
+                provider_code: String::new(),
+                violations,
+            })?;
+            specs.push(spec);
+        }
+        let first = &specs[0];
+        let group = first.group_key();
+        if specs.iter().any(|s| s.group_key() != group) {
+            return Err(invalid_batch(
+                "items of one Pictify batch must share template, format, quality and layout",
+            ));
+        }
+        let body = BatchRenderRequest {
+            variable_sets: specs.iter().map(|s| &s.variables).collect(),
+            format: first.format(),
+            quality: first.quality(),
+            layout: first.layout.as_deref(),
+        };
+        let url = format!(
+            "{}/templates/{}/batch-render",
+            self.base, first.template_uid
+        );
+        let req = self
+            .http
+            .post(url)
+            .header("Idempotency-Key", &batch.idempotency_key)
+            .json(&body);
+        let (status, headers, raw) = self.call(req, true).await?;
+        let rate = errors::rate_snapshot(&headers, SystemTime::now());
+        if !status.is_success() {
+            return Err(errors::map_status(status, &headers, &raw));
+        }
+        let created: BatchRenderResponse = serde_json::from_slice(&raw).map_err(|e| {
+            // The batch may exist; resending with the same Idempotency-Key replays it.
+            GenError::transient_from("Pictify batch-render response was not valid JSON", e)
+        })?;
+        if !path_safe(&created.batch_id) {
+            return Err(GenError::transient(
+                "Pictify batch-render response carried an unusable batchId",
+            ));
+        }
+        if let Some(total) = created.total_items
+            && total != batch.items.len() as u64
+        {
+            tracing::warn!(
+                batch_id = %created.batch_id,
+                sent = batch.items.len(),
+                total,
+                "Pictify reported a different item count; missing items will fail at the end"
+            );
+        }
+        // Pictify documents no replay marker; honour the common header names if present.
+        let replayed = ["idempotent-replayed", "idempotency-replayed"]
+            .iter()
+            .any(|h| headers.get(*h).is_some_and(|v| v.as_bytes() == b"true"));
+        let accepted = batch
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| Accepted {
+                job_id: item.job_id.clone(),
+                provider_ref: format!("{}:{i}", created.batch_id),
+                replayed,
+            })
+            .collect();
+        Ok(Observed::new(accepted, rate))
+    }
+
+    /// `max_keys_per_poll` is 1; if given more keys, they are polled one after another.
+    async fn poll(&self, keys: &[String]) -> Result<Observed<Vec<ProviderUpdate>>, GenError> {
+        let mut updates = Vec::new();
+        let mut rate = None;
+        for key in keys {
+            let observed = self.poll_one(key).await?;
+            updates.extend(observed.value);
+            rate = observed.rate.or(rate);
+        }
+        Ok(Observed::new(updates, rate))
+    }
+
+    fn parse_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<WebhookEvent, WebhookError> {
+        webhook::parse(self.cfg.webhook_secret.as_deref(), headers, body, now)
+    }
+
+    async fn cancel(&self, poll_key: &str) -> Result<(), GenError> {
+        if !path_safe(poll_key) {
+            return Err(GenError::Permanent {
+                message: "not a Pictify batch id".to_owned(),
+                provider_code: "NOT_FOUND".to_owned(),
+            });
+        }
+        let url = format!("{}/templates/batch/{poll_key}/cancel", self.base);
+        let (status, headers, body) = self.call(self.http.post(url), true).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(errors::map_status(status, &headers, &body))
+        }
+    }
+
+    fn degraded_reason(&self) -> Option<String> {
+        let missing = match (
+            self.cfg.webhook_secret.is_some(),
+            self.cfg.webhooks_reachable,
+        ) {
+            (true, true) => return None,
+            (false, false) => "ADGATE_PUBLIC_URL and ADGATE_PICTIFY_WEBHOOK_SECRET are",
+            (false, true) => "ADGATE_PICTIFY_WEBHOOK_SECRET is",
+            (true, false) => "ADGATE_PUBLIC_URL is",
+        };
+        Some(format!(
+            "Pictify returns rendered image URLs only through signed render.completed webhooks \
+             and {missing} not set: rendered items fail with OUTPUT_URL_UNAVAILABLE"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn adapter(secret: Option<&str>, reachable: bool) -> Pictify {
+        let mut cfg = PictifyConfig::new("pk_test_secret_key");
+        cfg.webhook_secret = secret.map(str::to_owned);
+        cfg.webhooks_reachable = reachable;
+        Pictify::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let p = adapter(Some("whsec_super_secret"), true);
+        let s = format!("{p:?}");
+        assert!(
+            !s.contains("pk_test_secret_key") && !s.contains("whsec_super_secret"),
+            "{s}"
+        );
+        assert!(s.contains("<redacted>"));
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let bad = |f: fn(&mut PictifyConfig)| {
+            let mut c = PictifyConfig::new("k");
+            f(&mut c);
+            Pictify::new(c).is_err()
+        };
+        assert!(bad(|c| c.api_key = String::new()));
+        assert!(bad(|c| c.base_url = "ftp://x".into()));
+        assert!(bad(|c| c.batch_size = 101));
+        assert!(bad(|c| c.batch_size = 0));
+        assert!(bad(|c| c.requests_per_minute = 0));
+        assert!(bad(|c| c.webhook_secret = Some(String::new())));
+        assert!(!bad(|c| c.base_url = "http://127.0.0.1:9/".into()));
+    }
+
+    #[test]
+    fn limits_follow_the_documents() {
+        let l = adapter(None, false).limits();
+        assert_eq!(l.max_items_per_submit, 100);
+        assert_eq!(l.max_keys_per_poll, 1);
+        assert_eq!(l.budget.requests, 60);
+        assert_eq!(l.cancel, CancelSupport::PerPollKey);
+        assert!(l.idempotency && !l.push.webhooks && !l.push.sse);
+        assert!(adapter(Some("s"), true).limits().push.webhooks);
+        assert!(!adapter(Some("s"), false).limits().push.webhooks);
+    }
+
+    #[test]
+    fn degraded_without_webhooks() {
+        assert!(adapter(Some("s"), true).degraded_reason().is_none());
+        let r = adapter(None, true).degraded_reason().unwrap();
+        assert!(r.contains("ADGATE_PICTIFY_WEBHOOK_SECRET") && !r.contains("ADGATE_PUBLIC_URL"));
+        assert!(
+            adapter(Some("s"), false)
+                .degraded_reason()
+                .unwrap()
+                .contains("ADGATE_PUBLIC_URL")
+        );
+    }
+
+    #[test]
+    fn keys() {
+        let p = adapter(None, false);
+        assert_eq!(p.poll_key("batch_abc:17"), "batch_abc");
+        let spec = json!({"template_uid": "tmpl_a", "variables": {"b": 2, "a": 1}});
+        let same =
+            json!({"template_uid": "tmpl_a", "variables": {"a": 1, "b": 2}, "format": "png"});
+        assert_eq!(p.correlation_key(&spec), p.correlation_key(&same));
+        assert_eq!(p.group_key(&spec), p.group_key(&same));
+        assert!(p.validate(&json!({"template_uid": "tmpl_a"})).is_err());
+        assert_eq!(p.name(), "pictify");
+    }
+
+    #[test]
+    fn webhook_needs_a_secret() {
+        let p = adapter(None, true);
+        let err = p.parse_webhook(&HeaderMap::new(), b"{}", SystemTime::now());
+        assert_eq!(err.unwrap_err(), WebhookError::NotConfigured);
+    }
+}

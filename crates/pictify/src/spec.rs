@@ -1,0 +1,314 @@
+//! The caller's Pictify spec (our API, snake_case), its validation, and the two keys derived from
+//! it: the group key (batch-level options that must match to share one `batch-render` call) and
+//! the correlation key (how a `render.completed` webhook finds its job).
+
+use adgate_generator::FieldViolation;
+use adgate_generator::signature;
+use serde_json::{Map, Value};
+
+pub const MAX_TEMPLATE_UID_LEN: usize = 128;
+pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+pub const FORMATS: [&str; 3] = ["png", "jpeg", "webp"];
+/// Documented defaults of `batch-render` [PX-LIVE:…/batch/render].
+pub const DEFAULT_FORMAT: &str = "png";
+pub const DEFAULT_QUALITY: f64 = 0.9;
+const FIELDS: [&str; 5] = ["template_uid", "variables", "format", "quality", "layout"];
+/// Key of the keyed hash behind correlation keys. Not a secret: it only makes the key a fixed
+/// size and collision-resistant (variables may be up to 64 KiB).
+const CORRELATION_HASH_KEY: &[u8] = b"adgate-pictify-correlation-v1";
+
+/// A validated spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub template_uid: String,
+    pub variables: Map<String, Value>,
+    pub format: Option<String>,
+    pub quality: Option<f64>,
+    pub layout: Option<String>,
+}
+
+impl Spec {
+    /// Parse and validate; every problem is reported, with paths relative to the spec.
+    pub fn parse(spec: &Value) -> Result<Self, Vec<FieldViolation>> {
+        let mut v = Vec::new();
+        let Some(obj) = spec.as_object() else {
+            return Err(vec![FieldViolation::new("", "must be a JSON object")]);
+        };
+        for key in obj.keys() {
+            if !FIELDS.contains(&key.as_str()) {
+                v.push(FieldViolation::new(key.as_str(), "unknown field"));
+            }
+        }
+        let template_uid = match obj.get("template_uid") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_TEMPLATE_UID_LEN => {
+                // It becomes a URL path segment: allow the characters Pictify uids use only.
+                if s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+                {
+                    s.clone()
+                } else {
+                    v.push(FieldViolation::new(
+                        "template_uid",
+                        "may contain only letters, digits, '_' and '-'",
+                    ));
+                    String::new()
+                }
+            }
+            Some(Value::String(_)) => {
+                v.push(FieldViolation::new(
+                    "template_uid",
+                    format!("must be 1–{MAX_TEMPLATE_UID_LEN} characters"),
+                ));
+                String::new()
+            }
+            Some(_) => {
+                v.push(FieldViolation::new("template_uid", "must be a string"));
+                String::new()
+            }
+            None => {
+                v.push(FieldViolation::new("template_uid", "is required"));
+                String::new()
+            }
+        };
+        let variables = match obj.get("variables") {
+            Some(Value::Object(m)) => {
+                let size = Value::Object(m.clone()).to_string().len();
+                if size > MAX_VARIABLES_BYTES {
+                    v.push(FieldViolation::new(
+                        "variables",
+                        format!(
+                            "must serialise to at most {MAX_VARIABLES_BYTES} bytes (got {size})"
+                        ),
+                    ));
+                }
+                m.clone()
+            }
+            Some(_) => {
+                v.push(FieldViolation::new("variables", "must be a JSON object"));
+                Map::new()
+            }
+            None => {
+                v.push(FieldViolation::new("variables", "is required"));
+                Map::new()
+            }
+        };
+        let format = match obj.get("format") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if FORMATS.contains(&s.as_str()) => Some(s.clone()),
+            Some(_) => {
+                v.push(FieldViolation::new(
+                    "format",
+                    "must be one of png, jpeg, webp",
+                ));
+                None
+            }
+        };
+        let quality = match obj.get("quality") {
+            None | Some(Value::Null) => None,
+            Some(q) => match q.as_f64() {
+                Some(q) if q.is_finite() && (0.1..=1.0).contains(&q) => Some(q),
+                _ => {
+                    v.push(FieldViolation::new(
+                        "quality",
+                        "must be a number between 0.1 and 1.0",
+                    ));
+                    None
+                }
+            },
+        };
+        let layout = match obj.get("layout") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if layout_ok(s) => Some(s.clone()),
+            Some(_) => {
+                v.push(FieldViolation::new(
+                    "layout",
+                    "must match ^[a-z0-9-]{1,64}$",
+                ));
+                None
+            }
+        };
+        if v.is_empty() {
+            Ok(Self {
+                template_uid,
+                variables,
+                format,
+                quality,
+                layout,
+            })
+        } else {
+            Err(v)
+        }
+    }
+
+    pub fn format(&self) -> &str {
+        self.format.as_deref().unwrap_or(DEFAULT_FORMAT)
+    }
+
+    pub fn quality(&self) -> f64 {
+        self.quality.unwrap_or(DEFAULT_QUALITY)
+    }
+
+    /// Template + format + quality + layout, with documented defaults filled in so that an
+    /// omitted option groups with its explicit default.
+    pub fn group_key(&self) -> String {
+        format!(
+            "{}|{}|{:?}|{}",
+            self.template_uid,
+            self.format(),
+            self.quality(),
+            self.layout.as_deref().unwrap_or("")
+        )
+    }
+
+    pub fn correlation_key(&self) -> String {
+        correlation_key(&self.template_uid, &self.variables)
+    }
+}
+
+/// `^[a-z0-9-]{1,64}$`
+pub fn layout_ok(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// `"<template uid>:<hex keyed SHA-256 of the canonical JSON of the variables>"`. Computable both
+/// from a spec and from a `render.completed` event's `templateId` + `variables`.
+pub fn correlation_key(template_uid: &str, variables: &Map<String, Value>) -> String {
+    let mut canonical = String::new();
+    write_canonical(&Value::Object(variables.clone()), &mut canonical);
+    let digest = signature::sign(CORRELATION_HASH_KEY, "", 0, canonical.as_bytes());
+    format!("{template_uid}:{digest}")
+}
+
+/// JSON with sorted object keys, no whitespace, and integral floats written as integers (a
+/// provider that re-serialises `1.0` as `1` must still correlate).
+pub fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(k) {
+                    write_canonical(x, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => {
+            if n.is_i64() || n.is_u64() {
+                out.push_str(&n.to_string());
+            } else {
+                let f = n.as_f64().unwrap_or(0.0);
+                if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    out.push_str(&(f as i64).to_string());
+                } else {
+                    out.push_str(&f.to_string());
+                }
+            }
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: &Value) -> Vec<String> {
+        Spec::parse(v)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.field)
+            .collect()
+    }
+
+    #[test]
+    fn valid_spec_parses_with_defaults() {
+        let s = Spec::parse(&json!({"template_uid": "tmpl_a", "variables": {"t": 1}})).unwrap();
+        assert_eq!(s.format(), "png");
+        assert_eq!(s.quality(), 0.9);
+        assert_eq!(s.group_key(), "tmpl_a|png|0.9|");
+    }
+
+    #[test]
+    fn violations_name_their_fields() {
+        assert_eq!(fields(&json!({})), ["template_uid", "variables"]);
+        assert_eq!(fields(&json!([])), [""]);
+        let bad = json!({
+            "template_uid": "tmpl/../x", "variables": [], "format": "jpg",
+            "quality": 1.5, "layout": "Bad_Layout", "extra": 1,
+        });
+        assert_eq!(
+            fields(&bad),
+            [
+                "extra",
+                "template_uid",
+                "variables",
+                "format",
+                "quality",
+                "layout"
+            ]
+        );
+        assert_eq!(
+            fields(&json!({"template_uid": "x".repeat(129), "variables": {}})),
+            ["template_uid"]
+        );
+        let big = json!({"template_uid": "tmpl_a", "variables": {"v": "x".repeat(70_000)}});
+        assert_eq!(fields(&big), ["variables"]);
+        assert_eq!(
+            fields(&json!({"template_uid": "tmpl_a", "variables": {}, "quality": 0.05})),
+            ["quality"]
+        );
+    }
+
+    #[test]
+    fn group_key_fills_defaults_and_separates_options() {
+        let a = Spec::parse(&json!({"template_uid": "t", "variables": {}})).unwrap();
+        let b = Spec::parse(
+            &json!({"template_uid": "t", "variables": {"x": 1}, "format": "png", "quality": 0.9}),
+        )
+        .unwrap();
+        let c =
+            Spec::parse(&json!({"template_uid": "t", "variables": {}, "format": "jpeg"})).unwrap();
+        let d =
+            Spec::parse(&json!({"template_uid": "t", "variables": {}, "layout": "story"})).unwrap();
+        assert_eq!(a.group_key(), b.group_key());
+        assert_ne!(a.group_key(), c.group_key());
+        assert_ne!(a.group_key(), d.group_key());
+    }
+
+    #[test]
+    fn correlation_key_ignores_key_order_and_integral_floats() {
+        let a: Map<String, Value> =
+            serde_json::from_str(r#"{"b": 1.0, "a": {"y": [1, "x"], "x": null}}"#).unwrap();
+        let b: Map<String, Value> =
+            serde_json::from_str(r#"{"a": {"x": null, "y": [1, "x"]}, "b": 1}"#).unwrap();
+        let c: Map<String, Value> = serde_json::from_str(r#"{"a": {}, "b": 1}"#).unwrap();
+        assert_eq!(correlation_key("t", &a), correlation_key("t", &b));
+        assert_ne!(correlation_key("t", &a), correlation_key("t", &c));
+        assert_ne!(correlation_key("t", &a), correlation_key("u", &a));
+        assert!(correlation_key("tmpl_a", &a).starts_with("tmpl_a:"));
+        let mut s = String::new();
+        write_canonical(&Value::Object(a), &mut s);
+        assert_eq!(s, r#"{"a":{"x":null,"y":[1,"x"]},"b":1}"#);
+    }
+}

@@ -1,0 +1,465 @@
+//! Pieces every simulator shares: configuration, the scaled clock, fault injection, the ledger
+//! tests read, a rolling-window rate limiter, webhook delivery and PNG rendering.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Where a simulator delivers webhooks, and the secret it signs them with.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+/// Static configuration of one simulator instance.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The API key the simulator accepts; any other key gets the provider's 401.
+    pub api_key: String,
+    /// Multiplies every documented duration (job runtime, rate-limit windows, heartbeats,
+    /// webhook retry delays). 1.0 = real time; 0.01 = a hundred times faster.
+    pub time_scale: f64,
+    /// Job runtime range at scale 1.0 (each job draws uniformly from it).
+    pub job_duration: (Duration, Duration),
+    /// Fraction of jobs (or Abyssale formats, Pictify items) that fail.
+    pub failure_ratio: f64,
+    /// Override the documented rate limit: (requests, window at scale 1.0). `None` = documented.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// Wallet in provider units (StaticAdsLab: cents; Pictify/Abyssale: credits). `None` = unlimited.
+    pub wallet: Option<u64>,
+    /// Where webhooks go (Pictify subscription / Abyssale global endpoint). Abyssale also
+    /// honours a per-request `callback_url`.
+    pub webhook: Option<WebhookTarget>,
+    /// Public base URL the simulator puts in output URLs; defaults to its own address.
+    pub public_base_url: Option<String>,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            api_key: "sim_key".to_owned(),
+            time_scale: 1.0,
+            job_duration: (Duration::from_secs(30), Duration::from_secs(60)),
+            failure_ratio: 0.0,
+            rate_limit: None,
+            wallet: None,
+            webhook: None,
+            public_base_url: None,
+            seed: 42,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Scale a documented duration by `time_scale`.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.time_scale.max(0.0))
+    }
+}
+
+/// Faults a test can switch on at run time. All ratios are 0.0–1.0.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Added before every response.
+    pub latency: Duration,
+    /// Fraction of API requests answered with a 5xx before doing any work.
+    pub error_5xx_ratio: f64,
+    /// The next N requests are answered 429 (with the provider's documented headers).
+    pub burst_429: u32,
+    /// Fraction of requests whose connection is dropped without a response.
+    pub drop_ratio: f64,
+    /// Fraction of successful JSON responses whose body is truncated (malformed JSON).
+    pub malformed_ratio: f64,
+    /// StaticAdsLab SSE: drop every stream after this many events.
+    pub sse_drop_after: Option<u32>,
+    /// Deliver every webhook twice (same delivery id).
+    pub webhook_duplicate: bool,
+    /// Delay every webhook by this much (scaled time is NOT applied; this is wall time).
+    pub webhook_delay: Duration,
+    /// Deliver webhooks of one job/batch in reverse order where there are several.
+    pub webhook_reorder: bool,
+    /// After this many charges, answer the provider's "out of money" error.
+    pub insufficient_after_charges: Option<u64>,
+}
+
+/// A record of one webhook delivery attempt.
+#[derive(Debug, Clone)]
+pub struct WebhookRecord {
+    pub event: String,
+    pub delivery_id: String,
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerInner {
+    requests: HashMap<String, u64>,
+    /// Charges per job (provider id) and per idempotency key.
+    charges_by_job: HashMap<String, u64>,
+    charges_by_key: HashMap<String, u64>,
+    /// Creations (new work started) per idempotency key; replays don't count.
+    creations_by_key: HashMap<String, u64>,
+    creations: u64,
+    replays: u64,
+    served_429: u64,
+    served_5xx: u64,
+    dropped: u64,
+    request_times: Vec<Instant>,
+    webhooks: Vec<WebhookRecord>,
+}
+
+/// What the simulator did, for tests to read. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    inner: Arc<Mutex<LedgerInner>>,
+}
+
+impl Ledger {
+    // A poisoned lock only means a test thread panicked; the counters are still usable.
+    fn lock(&self) -> MutexGuard<'_, LedgerInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count one request to an endpoint, e.g. `POST /v1/image-ads`.
+    pub fn request(&self, endpoint: &str) {
+        let mut l = self.lock();
+        *l.requests.entry(endpoint.to_owned()).or_default() += 1;
+        l.request_times.push(Instant::now());
+    }
+    pub fn charge(&self, job: &str, key: Option<&str>) {
+        let mut l = self.lock();
+        *l.charges_by_job.entry(job.to_owned()).or_default() += 1;
+        if let Some(k) = key {
+            *l.charges_by_key.entry(k.to_owned()).or_default() += 1;
+        }
+    }
+    pub fn creation(&self, key: Option<&str>) {
+        let mut l = self.lock();
+        l.creations += 1;
+        if let Some(k) = key {
+            *l.creations_by_key.entry(k.to_owned()).or_default() += 1;
+        }
+    }
+    pub fn replay(&self) {
+        self.lock().replays += 1;
+    }
+    pub fn served_429(&self) {
+        self.lock().served_429 += 1;
+    }
+    pub fn served_5xx(&self) {
+        self.lock().served_5xx += 1;
+    }
+    pub fn dropped(&self) {
+        self.lock().dropped += 1;
+    }
+    pub fn webhook(&self, record: WebhookRecord) {
+        self.lock().webhooks.push(record);
+    }
+
+    pub fn requests(&self, endpoint: &str) -> u64 {
+        self.lock().requests.get(endpoint).copied().unwrap_or(0)
+    }
+    pub fn total_requests(&self) -> u64 {
+        self.lock().requests.values().sum()
+    }
+    pub fn requests_by_endpoint(&self) -> HashMap<String, u64> {
+        self.lock().requests.clone()
+    }
+    pub fn total_charges(&self) -> u64 {
+        self.lock().charges_by_job.values().sum()
+    }
+    pub fn charges_by_job(&self) -> HashMap<String, u64> {
+        self.lock().charges_by_job.clone()
+    }
+    pub fn charges_by_key(&self) -> HashMap<String, u64> {
+        self.lock().charges_by_key.clone()
+    }
+    pub fn creations(&self) -> u64 {
+        self.lock().creations
+    }
+    pub fn creations_by_key(&self) -> HashMap<String, u64> {
+        self.lock().creations_by_key.clone()
+    }
+    pub fn replays(&self) -> u64 {
+        self.lock().replays
+    }
+    pub fn count_429(&self) -> u64 {
+        self.lock().served_429
+    }
+    pub fn count_5xx(&self) -> u64 {
+        self.lock().served_5xx
+    }
+    pub fn count_dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+    pub fn webhooks(&self) -> Vec<WebhookRecord> {
+        self.lock().webhooks.clone()
+    }
+    /// The largest number of requests seen inside any window of length `window`.
+    pub fn max_requests_in_window(&self, window: Duration) -> usize {
+        let l = self.lock();
+        let times = &l.request_times;
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= window {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+}
+
+/// A rolling-window limiter as the providers document theirs ("N requests per rolling W").
+#[derive(Debug)]
+pub struct RollingWindow {
+    limit: u32,
+    window: Duration,
+    hits: Mutex<std::collections::VecDeque<Instant>>,
+}
+
+/// The limiter's answer for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Time until the oldest hit leaves the window (never zero when not allowed).
+    pub reset_after: Duration,
+}
+
+impl RollingWindow {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            hits: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn check(&self) -> RateDecision {
+        let now = Instant::now();
+        let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        while hits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            hits.pop_front();
+        }
+        let reset_after = hits
+            .front()
+            .map(|t| self.window.saturating_sub(now.duration_since(*t)))
+            .unwrap_or(self.window);
+        if hits.len() as u32 >= self.limit {
+            return RateDecision {
+                allowed: false,
+                limit: self.limit,
+                remaining: 0,
+                reset_after: reset_after.max(Duration::from_millis(1)),
+            };
+        }
+        hits.push_back(now);
+        RateDecision {
+            allowed: true,
+            limit: self.limit,
+            remaining: self.limit - hits.len() as u32,
+            reset_after,
+        }
+    }
+}
+
+/// A running simulator. Dropping it does not stop the server; call [`SimHandle::shutdown`].
+#[derive(Debug)]
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub ledger: Ledger,
+    pub faults: Arc<Mutex<Faults>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl SimHandle {
+    pub fn set_faults(&self, f: Faults) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.faults.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serve `router` on `listener` in a background task and return a handle.
+pub fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    ledger: Ledger,
+    faults: Arc<Mutex<Faults>>,
+) -> std::io::Result<SimHandle> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(SimHandle {
+        addr,
+        base_url: format!("http://{addr}"),
+        ledger,
+        faults,
+        stop: Some(tx),
+    })
+}
+
+/// Lock a simulator mutex, recovering the data if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deterministic-enough randomness for simulators (seeded per instance).
+pub fn rng(seed: u64) -> Mutex<fastrand::Rng> {
+    Mutex::new(fastrand::Rng::with_seed(seed))
+}
+
+/// `len` lowercase hex characters.
+pub fn hex_id(rng: &Mutex<fastrand::Rng>, len: usize) -> String {
+    let mut r = rng.lock().unwrap_or_else(|e| e.into_inner());
+    (0..len)
+        .map(|_| char::from(b"0123456789abcdef"[r.usize(0..16)]))
+        .collect()
+}
+
+/// A random UUID v4 string.
+pub fn uuid_v4(rng: &Mutex<fastrand::Rng>) -> String {
+    let h = hex_id(rng, 32);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+pub mod png {
+    //! Minimal valid PNGs: a solid colour with a darker band whose position encodes a label,
+    //! written with stored (uncompressed) deflate blocks so no compression crate is needed.
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                let mask = (!(crc & 1)).wrapping_add(1);
+                crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+            }
+        }
+        !crc
+    }
+
+    fn adler32(bytes: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in bytes {
+            a = (a + u32::from(x)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        (b << 16) | a
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    }
+
+    /// An RGB PNG of `width`×`height` whose colour is derived from `label`.
+    pub fn render(width: u32, height: u32, label: &str) -> Vec<u8> {
+        let width = width.clamp(1, 4096);
+        let height = height.clamp(1, 4096);
+        let h = label.bytes().fold(2_166_136_261u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(16_777_619)
+        });
+        let base = [(h >> 16) as u8, (h >> 8) as u8, h as u8];
+        let band = (h as usize % height as usize).min(height as usize - 1);
+        let mut raw = Vec::with_capacity((width as usize * 3 + 1) * height as usize);
+        for y in 0..height as usize {
+            raw.push(0); // filter: none
+            let dark = y.abs_diff(band) < (height as usize / 8).max(1);
+            for _ in 0..width {
+                for c in base {
+                    raw.push(if dark { c / 3 } else { c });
+                }
+            }
+        }
+        let mut z = vec![0x78, 0x01];
+        let mut blocks = raw.chunks(65_535).peekable();
+        while let Some(block) = blocks.next() {
+            z.push(u8::from(blocks.peek().is_none()));
+            let len = block.len() as u16;
+            z.extend_from_slice(&len.to_le_bytes());
+            z.extend_from_slice(&(!len).to_le_bytes());
+            z.extend_from_slice(block);
+        }
+        z.extend_from_slice(&adler32(&raw).to_be_bytes());
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &z);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_window_refuses_the_101st_request() {
+        let w = RollingWindow::new(100, Duration::from_secs(60));
+        for i in 0..100 {
+            let d = w.check();
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 99 - i);
+        }
+        let d = w.check();
+        assert!(!d.allowed);
+        assert!(d.reset_after > Duration::ZERO);
+    }
+
+    #[test]
+    fn png_has_signature_and_dimensions() {
+        let p = png::render(64, 32, "dt_x");
+        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(u32::from_be_bytes([p[16], p[17], p[18], p[19]]), 64);
+        assert_eq!(u32::from_be_bytes([p[20], p[21], p[22], p[23]]), 32);
+    }
+
+    #[test]
+    fn ledger_window_counts() {
+        let l = Ledger::default();
+        for _ in 0..5 {
+            l.request("GET /x");
+        }
+        assert_eq!(l.requests("GET /x"), 5);
+        assert_eq!(l.max_requests_in_window(Duration::from_secs(60)), 5);
+    }
+}

@@ -1,0 +1,192 @@
+//! Rendering: one batch at a time, `concurrency` item workers, and the webhook payloads.
+
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime};
+
+use adgate_generator::time::rfc3339;
+use axum::body::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::webhooks::{dispatch, spawn_delivery};
+use super::{App, BatchStatus, Delivery, Image, ItemState, OUTPUT_HEIGHT, OUTPUT_WIDTH};
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+pub(super) async fn run_batches(app: Weak<App>, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(id) = rx.recv().await {
+        let Some(app) = app.upgrade() else { return };
+        run_batch(&app, &id).await;
+    }
+}
+
+async fn run_batch(app: &Arc<App>, id: &str) {
+    let workers = {
+        let mut inner = app.lock();
+        let Some(b) = inner.batches.get_mut(id) else {
+            return;
+        };
+        if b.status == BatchStatus::Pending {
+            b.status = BatchStatus::Processing;
+            b.started_at = Some(SystemTime::now());
+            b.started = Some(Instant::now());
+            b.concurrency.min(b.items.len()).max(1)
+        } else {
+            0
+        }
+    };
+    let handles: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(worker(app.clone(), id.to_owned())))
+        .collect();
+    for h in handles {
+        let _ = h.await;
+    }
+    finish_batch(app, id);
+}
+
+async fn worker(app: Arc<App>, id: String) {
+    loop {
+        let index = {
+            let mut inner = app.lock();
+            let Some(b) = inner.batches.get_mut(&id) else {
+                return;
+            };
+            if b.status != BatchStatus::Processing {
+                return;
+            }
+            let Some(index) = b.items.iter().position(|i| i.state == ItemState::Queued) else {
+                return;
+            };
+            b.items[index].state = ItemState::Rendering;
+            index
+        };
+        tokio::time::sleep(app.item_duration()).await;
+        let delivery = finish_item(&app, &id, index);
+        if let Some(d) = delivery {
+            dispatch(&app, &id, d);
+        }
+    }
+}
+
+/// Mark one item done and build its webhook (if a subscription exists).
+fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
+    let image_id = app.id("img_");
+    let mut inner = app.lock();
+    let inner = &mut *inner;
+    let b = inner.batches.get_mut(id)?;
+    if b.status == BatchStatus::Cancelled {
+        b.items[index].state = ItemState::Skipped;
+        return None;
+    }
+    let now = rfc3339(SystemTime::now());
+    let item = &mut b.items[index];
+    let (event, data) = match item.fail {
+        Some((code, message)) => {
+            item.state = ItemState::Failed(code, message);
+            // [PX-LIVE:concepts/webhooks] shows no variables on render.failed; none are sent.
+            let data = json!({
+                "type": "image", "templateId": b.template_uid,
+                "error": message, "errorCode": code,
+            });
+            ("render.failed", data)
+        }
+        None => {
+            item.state = ItemState::Rendered;
+            inner.charged += 1;
+            app.ledger
+                .charge(&format!("{id}:{index}"), b.idempotency_key.as_deref());
+            inner.images.insert(
+                image_id.clone(),
+                Image {
+                    width: OUTPUT_WIDTH,
+                    height: OUTPUT_HEIGHT,
+                    label: format!("{id}:{index}"),
+                },
+            );
+            // [SEED-3] payload plus width/height from [PX-LIVE:concepts/webhooks].
+            let data = json!({
+                "type": "image", "source": "api", "imageId": image_id,
+                "url": format!("{}/renders/{image_id}.{}", app.base, b.format),
+                "templateId": b.template_uid, "variables": item.variables,
+                "width": OUTPUT_WIDTH, "height": OUTPUT_HEIGHT, "renderedAt": now,
+            });
+            ("render.completed", data)
+        }
+    };
+    app.cfg.webhook.as_ref()?;
+    Some(envelope(app, event, data))
+}
+
+fn envelope(app: &App, event: &'static str, data: Value) -> Delivery {
+    let body = json!({"event": event, "timestamp": rfc3339(SystemTime::now()), "data": data});
+    Delivery {
+        event,
+        delivery_id: app.id("del_"),
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+fn finish_batch(app: &Arc<App>, id: &str) {
+    let (delivery, held) = {
+        let mut inner = app.lock();
+        let Some(b) = inner.batches.get_mut(id) else {
+            return;
+        };
+        for item in &mut b.items {
+            if matches!(item.state, ItemState::Queued | ItemState::Rendering) {
+                item.state = ItemState::Skipped;
+            }
+        }
+        let completed = b
+            .items
+            .iter()
+            .filter(|i| i.state == ItemState::Rendered)
+            .count();
+        let failed = b
+            .items
+            .iter()
+            .filter(|i| matches!(i.state, ItemState::Failed(..)))
+            .count();
+        if b.status != BatchStatus::Cancelled {
+            b.status = match (completed, failed) {
+                (_, 0) => BatchStatus::Completed,
+                (0, _) => BatchStatus::Failed,
+                _ => BatchStatus::Partial,
+            };
+            b.completed_at = Some(SystemTime::now());
+            b.finished = Some(Instant::now());
+        }
+        let duration = b.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+        // batch.failed when every item failed, batch.completed otherwise (including partial
+        // and cancelled) — the event list names both [PX-DOCREPO], the split is a GUESS.
+        let event = if b.status == BatchStatus::Failed {
+            "batch.failed"
+        } else {
+            "batch.completed"
+        };
+        let data = json!({
+            "batchId": id, "templateUid": b.template_uid, "status": b.status.as_str(),
+            "totalCount": b.items.len(), "completedCount": completed, "failedCount": failed,
+            "duration": duration,
+        });
+        let held = std::mem::take(&mut b.held);
+        drop(inner);
+        let delivery = app
+            .cfg
+            .webhook
+            .is_some()
+            .then(|| envelope(app, event, data));
+        (delivery, held)
+    };
+    let Some(delivery) = delivery else { return };
+    if held.is_empty() && !app.faults().webhook_reorder {
+        spawn_delivery(app, vec![delivery]);
+    } else {
+        // webhook_reorder: the batch's events go out newest first, batch.completed leading.
+        let mut all = held;
+        all.push(delivery);
+        all.reverse();
+        spawn_delivery(app, all);
+    }
+}

@@ -1,0 +1,316 @@
+//! StaticAdsLab simulator, written from the provider's documents (`shared/seeds/staticadslab-*`
+//! and `shared/reference/providers.md` §1). Source tags in comments: [SEED-0..2] are the seeds,
+//! [SAL:path] a docs page as summarised in providers.md; GUESS marks our own stricter reading.
+//!
+//! Surface:
+//! - `POST /v1/image-ads` → 202 `{data: ImageAd, meta}` (one ad per call) [SEED-1], [SEED-2];
+//! - `GET /v1/image-ads/{id}` (JSON, or SSE with `Accept: text/event-stream`) [SEED-1];
+//! - `GET /v1/image-ads?ids=a,b` batch poll, or a plain cursor list [SEED-0], [SAL:reference/pagination];
+//! - `GET /files/{id}.png`: the rendered output (stands in for the provider's CDN).
+//!
+//! Ads run on a scaled clock: each draws a duration from `SimConfig::job_duration`, its progress
+//! advances with time and a background task finalises it when due, charging the wallet exactly
+//! once on completion ([SEED-1] "billed only on completed").
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use adgate_generator::time::rfc3339;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::routing::get;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle, lock};
+
+mod create;
+mod gateway;
+mod lifecycle;
+mod list;
+mod sse;
+mod validate;
+
+use create::create_ad;
+use lifecycle::spawn_finalizer;
+use list::list_ads;
+use sse::get_ad;
+
+/// 100 requests per rolling 60 s, per API key [SAL:reference/rate-limits].
+const DEFAULT_LIMIT: u32 = 100;
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+/// 413 above 15 MB [SAL:reference/errors].
+const MAX_BODY: usize = 15 * 1024 * 1024;
+/// 24 h default TTL [SAL:reference/idempotency].
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// "One acquires a 30-second lock and executes" [SAL:reference/idempotency].
+const IDEMPOTENCY_LOCK: Duration = Duration::from_secs(30);
+/// GUESS: keys longer than this are refused with 400 (the docs name no limit).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// "heartbeat — every 15 seconds" [SEED-1].
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// "Max #ids: docs literally say 'up to N'" [SEED-0]; GUESS: 100, the list `limit` maximum
+/// [SAL:reference/pagination]; more → 400.
+const MAX_IDS: usize = 100;
+const DEFAULT_LIST_LIMIT: usize = 20;
+/// $1.00 flat, $4.00 editable, in cents [SEED-2], [SAL:guides/errors-and-billing].
+const PRICE_FLAT: u64 = 100;
+const PRICE_EDITABLE: u64 = 400;
+/// The docs promise "a single 4K PNG" [SEED-2]; we serve 1080×1080 to keep the uncompressed PNGs
+/// small, and report exactly these dimensions in `width`/`height`.
+pub const OUTPUT_SIDE: u32 = 1080;
+const TOP_UP_URL: &str = "https://www.staticadslab.com/dashboard/billing";
+
+/// Pipeline steps, as [SEED-2] names them: the flat SKU runs the Perfect Ad pipeline only; the
+/// editable one runs the full chain.
+const FLAT_STEPS: &[(&str, &str)] = &[
+    ("queued", "Waiting for a worker"),
+    ("perfect_ad", "Running the Perfect Ad pipeline"),
+    ("final_render", "Rendering the final PNG"),
+];
+const EDITABLE_STEPS: &[(&str, &str)] = &[
+    ("concept", "Developing the concept"),
+    ("perfect_ad", "Running the Perfect Ad pipeline"),
+    ("image_generation", "Generating images"),
+    ("template_population", "Populating the template"),
+    ("polish", "Polishing"),
+    ("final_render", "Rendering the final PNG"),
+];
+
+const REQUIRED_IDS: &[(&str, &str)] = &[
+    ("design_template_id", "dt_"),
+    ("brand_id", "brand_"),
+    ("product_id", "prod_"),
+    ("audience_id", "aud_"),
+];
+const KNOWN_FIELDS: &[&str] = &[
+    "design_template_id",
+    "brand_id",
+    "product_id",
+    "audience_id",
+    "product_variant_id",
+    "prompt",
+    "editable",
+    "options",
+    "node_overrides",
+];
+
+/// Start a simulator on an ephemeral loopback port.
+pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    spawn_on(listener, cfg).await
+}
+
+/// Start a simulator on `listener`.
+pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let addr = listener.local_addr()?;
+    let base_url = cfg
+        .public_base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let ledger = Ledger::default();
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let sim = Arc::new(Sim::new(cfg, ledger.clone(), faults.clone(), base_url));
+    spawn_finalizer(Arc::downgrade(&sim));
+    let router = Router::new()
+        .route("/v1/image-ads", get(list_ads).post(create_ad))
+        .route("/v1/image-ads/{id}", get(get_ad))
+        .route("/files/{file}", get(get_file))
+        .fallback(fallback)
+        .with_state(sim);
+    common::serve(listener, router, ledger, faults)
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Processing,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Ad {
+    id: String,
+    request: Map<String, Value>,
+    editable: bool,
+    created: Instant,
+    created_wall: SystemTime,
+    duration: Duration,
+    will_fail: bool,
+    status: Status,
+    idempotency_key: Option<String>,
+}
+
+impl Ad {
+    fn price(&self) -> u64 {
+        if self.editable {
+            PRICE_EDITABLE
+        } else {
+            PRICE_FLAT
+        }
+    }
+
+    fn steps(&self) -> &'static [(&'static str, &'static str)] {
+        if self.editable {
+            EDITABLE_STEPS
+        } else {
+            FLAT_STEPS
+        }
+    }
+
+    /// Elapsed fraction of the run, 0..1.
+    fn fraction(&self, now: Instant) -> f64 {
+        if self.duration.is_zero() {
+            return 1.0;
+        }
+        (now.duration_since(self.created).as_secs_f64() / self.duration.as_secs_f64()).min(1.0)
+    }
+
+    /// (step index, percentage as a 0..1 fraction with two decimals).
+    fn progress(&self, now: Instant) -> (usize, f64) {
+        let f = self.fraction(now);
+        let steps = self.steps().len();
+        let idx = ((f * steps as f64) as usize).min(steps - 1);
+        // Never report 100 % while still processing.
+        let pct = ((f * 100.0).floor() / 100.0).min(0.99);
+        (idx, pct)
+    }
+}
+
+#[derive(Debug)]
+enum IdemEntry {
+    InProgress {
+        body: Value,
+        since: Instant,
+    },
+    Done {
+        body: Value,
+        at: Instant,
+        status: StatusCode,
+        response: Bytes,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ads: HashMap<String, Ad>,
+    order: Vec<String>,
+    due: BinaryHeap<Reverse<(Instant, String)>>,
+    /// (api key, idempotency key) → entry: keys are scoped per API key [SAL:reference/idempotency].
+    idem: HashMap<(String, String), IdemEntry>,
+    charges: u64,
+    spent_cents: u64,
+    reserved_cents: u64,
+    in_flight: u64,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    ledger: Ledger,
+    faults: Arc<Mutex<Faults>>,
+    base_url: String,
+    limit: u32,
+    window: Duration,
+    /// Documented window in seconds, for the 429 message.
+    window_label: u64,
+    limiters: Mutex<HashMap<String, Arc<RollingWindow>>>,
+    rng: Mutex<fastrand::Rng>,
+    inner: Mutex<Inner>,
+}
+
+impl Sim {
+    fn new(cfg: SimConfig, ledger: Ledger, faults: Arc<Mutex<Faults>>, base_url: String) -> Self {
+        let (limit, window) = cfg.rate_limit.unwrap_or((DEFAULT_LIMIT, DEFAULT_WINDOW));
+        Self {
+            window: cfg.scaled(window).max(Duration::from_millis(1)),
+            window_label: window.as_secs().max(1),
+            limit: limit.max(1),
+            rng: common::rng(cfg.seed),
+            cfg,
+            ledger,
+            faults,
+            base_url,
+            limiters: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        self.cfg.scaled(d)
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && lock(&self.rng).f64() < p
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        format!("{prefix}{}", common::hex_id(&self.rng, 16))
+    }
+
+    fn meta(&self) -> Value {
+        json!({"request_id": self.new_id("req_"), "timestamp": rfc3339(SystemTime::now())})
+    }
+
+    fn limiter(&self, key: &str) -> Arc<RollingWindow> {
+        lock(&self.limiters)
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(RollingWindow::new(self.limit, self.window)))
+            .clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output files and fallback
+// ---------------------------------------------------------------------------------------------
+
+/// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
+async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
+    let id = file.strip_suffix(".png").unwrap_or("");
+    match sim.view(id) {
+        Some((_, Status::Completed, ..)) => {
+            let png = common::png::render(OUTPUT_SIDE, OUTPUT_SIDE, id);
+            let mut resp = Response::new(Body::from(png));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+            resp
+        }
+        _ => sim.error(StatusCode::NOT_FOUND, "NOT_FOUND", "File not found"),
+    }
+}
+
+async fn fallback(State(sim): State<Arc<Sim>>) -> Response<Body> {
+    sim.error(StatusCode::NOT_FOUND, "NOT_FOUND", "No such endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_never_reaches_one_while_processing() {
+        let ad = Ad {
+            id: "ia_x".into(),
+            request: Map::new(),
+            editable: true,
+            created: Instant::now() - Duration::from_secs(10),
+            created_wall: SystemTime::now(),
+            duration: Duration::from_secs(10),
+            will_fail: false,
+            status: Status::Processing,
+            idempotency_key: None,
+        };
+        let (idx, pct) = ad.progress(Instant::now());
+        assert_eq!(idx, EDITABLE_STEPS.len() - 1);
+        assert!(pct < 1.0);
+    }
+}

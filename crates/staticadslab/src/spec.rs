@@ -1,0 +1,344 @@
+//! Our spec JSON for a StaticAdsLab job, its validation, and its translation to the wire body.
+//!
+//! ```json
+//! {"design_template_id": "dt_…", "brand_id": "brand_…", "product_id": "prod_…",
+//!  "audience_id": "aud_…", "product_variant_id": "pv_…", "prompt": "…", "editable": false,
+//!  "options": {"generate_ai_images": true, "generate_copy": true},
+//!  "node_overrides": {"<node-id>": {"characters": "…"} | {"image_fill_url": "https://…"}}}
+//! ```
+
+use std::collections::BTreeMap;
+
+use adgate_generator::FieldViolation;
+use serde_json::{Map, Value};
+
+use crate::wire::{AdOptions, CreateImageAd, NodeOverride};
+
+/// Required ids and their prefixes [SAL:reference/id-prefixes].
+const REQUIRED_IDS: &[(&str, &str)] = &[
+    ("design_template_id", "dt_"),
+    ("brand_id", "brand_"),
+    ("product_id", "prod_"),
+    ("audience_id", "aud_"),
+];
+const KNOWN_FIELDS: &[&str] = &[
+    "design_template_id",
+    "brand_id",
+    "product_id",
+    "audience_id",
+    "product_variant_id",
+    "prompt",
+    "editable",
+    "options",
+    "node_overrides",
+];
+/// Our own sanity bounds (the provider documents none); generous for real use.
+pub const MAX_ID_LEN: usize = 64;
+pub const MAX_PROMPT_CHARS: usize = 4000;
+pub const MAX_NODE_OVERRIDES: usize = 50;
+pub const MAX_NODE_ID_LEN: usize = 128;
+pub const MAX_CHARACTERS: usize = 2000;
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Check a spec; field paths are relative to the spec.
+pub fn validate(spec: &Value) -> Result<(), Vec<FieldViolation>> {
+    let Some(obj) = spec.as_object() else {
+        return Err(vec![FieldViolation::new("", "spec must be a JSON object")]);
+    };
+    let mut v = Vec::new();
+    for key in obj.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str()) {
+            v.push(FieldViolation::new(key.as_str(), "unknown field"));
+        }
+    }
+    for (field, prefix) in REQUIRED_IDS {
+        check_id(obj, field, prefix, true, &mut v);
+    }
+    check_id(obj, "product_variant_id", "pv_", false, &mut v);
+    match obj.get("prompt") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.chars().count() > MAX_PROMPT_CHARS => v.push(
+            FieldViolation::new("prompt", format!("at most {MAX_PROMPT_CHARS} characters")),
+        ),
+        Some(Value::String(_)) => {}
+        Some(_) => v.push(FieldViolation::new("prompt", "must be a string")),
+    }
+    match obj.get("editable") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(_) => v.push(FieldViolation::new("editable", "must be a boolean")),
+    }
+    match obj.get("options") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            for (k, val) in o {
+                let path = format!("options.{k}");
+                if k != "generate_ai_images" && k != "generate_copy" {
+                    v.push(FieldViolation::new(path, "unknown field"));
+                } else if !(val.is_boolean() || val.is_null()) {
+                    v.push(FieldViolation::new(path, "must be a boolean"));
+                }
+            }
+        }
+        Some(_) => v.push(FieldViolation::new("options", "must be an object")),
+    }
+    match obj.get("node_overrides") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => check_overrides(o, &mut v),
+        Some(_) => v.push(FieldViolation::new("node_overrides", "must be an object")),
+    }
+    if v.is_empty() { Ok(()) } else { Err(v) }
+}
+
+fn check_id(
+    obj: &Map<String, Value>,
+    field: &str,
+    prefix: &str,
+    required: bool,
+    v: &mut Vec<FieldViolation>,
+) {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            if required {
+                v.push(FieldViolation::new(field, "required"));
+            }
+        }
+        Some(Value::String(s)) => {
+            let body = s.strip_prefix(prefix);
+            if body.is_none_or(str::is_empty) {
+                v.push(FieldViolation::new(
+                    field,
+                    format!("must be an id starting with {prefix}"),
+                ));
+            } else if s.len() > MAX_ID_LEN {
+                v.push(FieldViolation::new(
+                    field,
+                    format!("at most {MAX_ID_LEN} characters"),
+                ));
+            } else if !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                v.push(FieldViolation::new(
+                    field,
+                    "only letters, digits, '_' and '-' allowed",
+                ));
+            }
+        }
+        Some(_) => v.push(FieldViolation::new(field, "must be a string")),
+    }
+}
+
+fn check_overrides(o: &Map<String, Value>, v: &mut Vec<FieldViolation>) {
+    if o.len() > MAX_NODE_OVERRIDES {
+        v.push(FieldViolation::new(
+            "node_overrides",
+            format!("at most {MAX_NODE_OVERRIDES} overrides"),
+        ));
+    }
+    for (node, val) in o {
+        let path = format!("node_overrides.{node}");
+        if node.is_empty() || node.len() > MAX_NODE_ID_LEN {
+            v.push(FieldViolation::new(
+                path.as_str(),
+                format!("node id must be 1..={MAX_NODE_ID_LEN} characters"),
+            ));
+            continue;
+        }
+        let Some(ov) = val.as_object() else {
+            v.push(FieldViolation::new(path, "must be an object"));
+            continue;
+        };
+        if ov.contains_key("imageFillUrl") {
+            v.push(FieldViolation::new(
+                format!("{path}.imageFillUrl"),
+                "use image_fill_url (snake_case) in the spec",
+            ));
+            continue;
+        }
+        match (ov.get("characters"), ov.get("image_fill_url"), ov.len()) {
+            (Some(Value::String(s)), None, 1) => {
+                if s.chars().count() > MAX_CHARACTERS {
+                    v.push(FieldViolation::new(
+                        format!("{path}.characters"),
+                        format!("at most {MAX_CHARACTERS} characters"),
+                    ));
+                }
+            }
+            (Some(_), None, 1) => {
+                v.push(FieldViolation::new(
+                    format!("{path}.characters"),
+                    "must be a string",
+                ));
+            }
+            (None, Some(Value::String(u)), 1) => {
+                let ok_scheme = u.starts_with("https://") || u.starts_with("http://");
+                if !ok_scheme || u.len() > MAX_URL_LEN || u.contains(char::is_whitespace) {
+                    v.push(FieldViolation::new(
+                        format!("{path}.image_fill_url"),
+                        format!("must be an http(s) URL of at most {MAX_URL_LEN} characters"),
+                    ));
+                }
+            }
+            (None, Some(_), 1) => {
+                v.push(FieldViolation::new(
+                    format!("{path}.image_fill_url"),
+                    "must be a string",
+                ));
+            }
+            _ => v.push(FieldViolation::new(
+                path,
+                "must hold exactly one of characters or image_fill_url",
+            )),
+        }
+    }
+}
+
+fn opt_str(obj: &Map<String, Value>, k: &str) -> Option<String> {
+    obj.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Validate and translate a spec into the `POST /v1/image-ads` body.
+pub fn to_wire(spec: &Value) -> Result<CreateImageAd, Vec<FieldViolation>> {
+    validate(spec)?;
+    let Some(obj) = spec.as_object() else {
+        return Err(vec![FieldViolation::new("", "spec must be a JSON object")]);
+    };
+    let req = |k: &str| opt_str(obj, k).unwrap_or_default();
+    let options = obj
+        .get("options")
+        .and_then(Value::as_object)
+        .map(|o| AdOptions {
+            generate_ai_images: o.get("generate_ai_images").and_then(Value::as_bool),
+            generate_copy: o.get("generate_copy").and_then(Value::as_bool),
+        });
+    let node_overrides = obj
+        .get("node_overrides")
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .filter_map(|(node, val)| {
+                    let ov = val.as_object()?;
+                    let wire = match (opt_str(ov, "characters"), opt_str(ov, "image_fill_url")) {
+                        (Some(characters), _) => NodeOverride::Characters { characters },
+                        (None, Some(image_fill_url)) => NodeOverride::ImageFill { image_fill_url },
+                        (None, None) => return None,
+                    };
+                    Some((node.clone(), wire))
+                })
+                .collect::<BTreeMap<_, _>>()
+        });
+    Ok(CreateImageAd {
+        design_template_id: req("design_template_id"),
+        brand_id: req("brand_id"),
+        product_id: req("product_id"),
+        audience_id: req("audience_id"),
+        product_variant_id: opt_str(obj, "product_variant_id"),
+        prompt: opt_str(obj, "prompt"),
+        editable: obj.get("editable").and_then(Value::as_bool),
+        options,
+        node_overrides,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "design_template_id": "dt_a1b2c3d4e5f67890",
+            "brand_id": "brand_a1b2c3d4e5f67890",
+            "product_id": "prod_a1b2c3d4e5f67890",
+            "audience_id": "aud_a1b2c3d4e5f67890",
+        })
+    }
+
+    fn fields(spec: &Value) -> Vec<String> {
+        validate(spec)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_valid_spec_translates() {
+        let mut s = valid();
+        s["product_variant_id"] = json!("pv_1");
+        s["prompt"] = json!("summer vibes");
+        s["editable"] = json!(true);
+        s["options"] = json!({"generate_ai_images": true, "generate_copy": false});
+        s["node_overrides"] = json!({
+            "hero": {"image_fill_url": "https://cdn.example.com/h.jpg"},
+            "headline": {"characters": "25% off"}
+        });
+        assert_eq!(validate(&s), Ok(()));
+        let wire = serde_json::to_value(to_wire(&s).unwrap()).unwrap();
+        assert_eq!(
+            wire["node_overrides"]["hero"],
+            json!({"imageFillUrl": "https://cdn.example.com/h.jpg"})
+        );
+        assert_eq!(wire["editable"], true);
+        assert_eq!(wire["options"]["generate_copy"], false);
+        assert_eq!(wire["product_variant_id"], "pv_1");
+    }
+
+    #[test]
+    fn missing_and_misprefixed_ids() {
+        let mut s = valid();
+        s.as_object_mut().unwrap().remove("audience_id");
+        s["brand_id"] = json!("prod_123");
+        s["product_variant_id"] = json!("var_1");
+        s["design_template_id"] = json!("dt_");
+        let f = fields(&s);
+        for want in [
+            "audience_id",
+            "brand_id",
+            "product_variant_id",
+            "design_template_id",
+        ] {
+            assert!(f.contains(&want.to_owned()), "{want} in {f:?}");
+        }
+        assert_eq!(fields(&json!([1])), vec![String::new()]);
+    }
+
+    #[test]
+    fn lengths_and_types() {
+        let mut s = valid();
+        s["brand_id"] = json!(format!("brand_{}", "a".repeat(64)));
+        s["prompt"] = json!("p".repeat(MAX_PROMPT_CHARS + 1));
+        s["editable"] = json!("yes");
+        s["options"] = json!({"generate_everything": true});
+        s["surprise"] = json!(1);
+        let f = fields(&s);
+        assert_eq!(f.len(), 5, "{f:?}");
+        assert!(f.contains(&"options.generate_everything".to_owned()));
+        assert!(f.contains(&"surprise".to_owned()));
+    }
+
+    #[test]
+    fn node_override_paths() {
+        let mut s = valid();
+        s["node_overrides"] = json!({
+            "hero": {"image_fill_url": "ftp://x"},
+            "a": {"characters": 5},
+            "b": {"characters": "x", "image_fill_url": "https://y"},
+            "c": {"imageFillUrl": "https://y"},
+        });
+        let f = fields(&s);
+        assert!(
+            f.contains(&"node_overrides.hero.image_fill_url".to_owned()),
+            "{f:?}"
+        );
+        assert!(f.contains(&"node_overrides.a.characters".to_owned()));
+        assert!(f.contains(&"node_overrides.b".to_owned()));
+        assert!(f.contains(&"node_overrides.c.imageFillUrl".to_owned()));
+        let many: Map<String, Value> = (0..=MAX_NODE_OVERRIDES)
+            .map(|i| (format!("n{i}"), json!({"characters": "x"})))
+            .collect();
+        s["node_overrides"] = Value::Object(many);
+        assert_eq!(fields(&s), vec!["node_overrides".to_owned()]);
+    }
+}

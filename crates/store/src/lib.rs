@@ -1,0 +1,235 @@
+//! adgate's durable job store.
+//!
+//! - [`Store`]: the one trait the engine talks to. Every write that the API acknowledges goes
+//!   through it and is on disk before the call returns.
+//! - [`sqlite`]: the default backend (sqlx, WAL, embedded migrations). Writes from many callers
+//!   are group-committed by a single writer task: one transaction and one fsync serve every
+//!   call that arrived while the previous commit was running.
+//! - [`model`]: the records the store returns.
+//!
+//! The trait is written so that a PostgreSQL backend (several replicas, SPEC §8) can implement
+//! it without the engine changing: request-id dedupe is decided by a unique constraint inside
+//! the write, never by a read-then-write in the caller.
+
+mod codec;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::{Attempt, JobPatch, JobRecord, NewJob, NewSubmission, StateCount, SubmitOutcome};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// A change committed by any replica, from a shared backend's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    Changed {
+        job_id: String,
+        revision: i64,
+    },
+    /// The feed was interrupted (reconnect): changes may have been missed, so every watcher
+    /// must re-read its jobs.
+    Gap,
+}
+
+/// An in-flight job as a tracker needs it (see [`Store::active_refs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRef {
+    pub job_id: String,
+    pub provider_ref: String,
+    pub poll_key: Option<String>,
+}
+
+/// The answer of a shared request budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetGrant {
+    Granted,
+    /// Refused; try again after this many milliseconds.
+    Wait(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Opens the store that `url` names: SQLite for `sqlite:` URLs (the default backend),
+/// PostgreSQL for `postgres://` and `postgresql://` URLs (several replicas, SPEC §8).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::InvalidUrl(format!(
+            "expected a sqlite: or postgres:// URL, got {:?}",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
+
+/// All times are Unix milliseconds, chosen by the caller (the engine's clock), so tests can
+/// drive time and two replicas agree on one format.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Store a batch of new jobs (state QUEUED), deduplicated by `request_id`: the same id with
+    /// the same `content_hash` returns the original batch and job ids and stores nothing; with a
+    /// different hash it returns [`SubmitOutcome::Conflict`]. Group-committed.
+    async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome>;
+
+    /// Jobs by id, in no particular order; unknown ids are simply absent.
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>>;
+
+    /// Every job of a batch in submission order, or `None` when the batch is unknown.
+    async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>>;
+
+    /// QUEUED jobs of a provider that no attempt covers yet, oldest first.
+    async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>>;
+
+    /// Record a submit attempt (the outbox) and link its jobs to it, before any HTTP call.
+    /// Returns the attempt id. Group-committed.
+    async fn create_attempt(
+        &self,
+        provider: &str,
+        idempotency_key: &str,
+        job_ids: &[String],
+        now_ms: i64,
+    ) -> Result<i64>;
+
+    /// Attempts of a provider that still have QUEUED jobs (created but never resolved), with
+    /// those jobs' ids. Used at start-up to resume or to apply the unknown-outcome rule.
+    async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>>;
+
+    /// Apply patches in one group-committed transaction. A patch to a terminal job, or one that
+    /// changes nothing, is skipped. Each changed job gets `revision + 1` and `updated_at = now`
+    /// (and `completed_at` when it becomes terminal). Returns the changed jobs after the change.
+    async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>>;
+
+    /// Non-terminal jobs of a provider that have a provider reference (being tracked).
+    async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>>;
+
+    /// What a tracker resumes from — `(job id, provider ref, poll key)` of every job
+    /// [`Store::active_jobs`] returns, in the same order — without loading full records (specs,
+    /// outputs, labels): at start-up with 100,000 jobs in flight that is the difference between
+    /// a few MB and a few hundred MB of transient heap. Backends should override the default,
+    /// which loads the full records.
+    async fn active_refs(&self, provider: &str) -> Result<Vec<ActiveRef>> {
+        Ok(self
+            .active_jobs(provider)
+            .await?
+            .into_iter()
+            .filter_map(|j| {
+                Some(ActiveRef {
+                    provider_ref: j.provider_ref?,
+                    poll_key: j.poll_key,
+                    job_id: j.id,
+                })
+            })
+            .collect())
+    }
+
+    /// The job that a provider reference names.
+    async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>>;
+
+    /// The oldest non-terminal, submitted job with this correlation key and no outputs yet.
+    async fn find_by_correlation(
+        &self,
+        provider: &str,
+        correlation_key: &str,
+    ) -> Result<Option<JobRecord>>;
+
+    /// All jobs sharing a poll key (a Pictify batch).
+    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>>;
+
+    /// Ids of non-terminal jobs whose deadline is at or before `now_ms`.
+    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
+
+    /// Remember a webhook delivery id. True when it was new, false for a duplicate.
+    async fn record_delivery(&self, provider: &str, delivery_id: &str, now_ms: i64)
+    -> Result<bool>;
+
+    /// Job counts per provider and state, for metrics.
+    async fn count_by_state(&self) -> Result<Vec<StateCount>>;
+
+    /// Number of write transactions committed so far (group-commit observability).
+    fn commit_count(&self) -> u64;
+
+    // ---- Several replicas on one database (SPEC §8). Single-process backends keep the
+    // defaults: one process owns everything, its budget is local and its bus sees every change.
+
+    /// True for backends that several replicas share. The engine then claims work by lease,
+    /// takes over orphans, shares provider budgets through the store and follows the feed.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Claim up to `limit` QUEUED jobs of a provider that no attempt covers and that no other
+    /// live replica owns (`SELECT … FOR UPDATE SKIP LOCKED`): unowned jobs, jobs whose lease
+    /// expired, and jobs `replica` already owns (it may have left some for a later call). They
+    /// become owned by `replica` with a lease until `now_ms + lease_ms`.
+    async fn claim_queued(
+        &self,
+        provider: &str,
+        _replica: &str,
+        _now_ms: i64,
+        _lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        self.queued_unassigned(provider, limit).await
+    }
+
+    /// Extend the lease of every non-terminal job `replica` owns and record its heartbeat.
+    /// Returns how many leases it holds.
+    async fn renew_leases(&self, _replica: &str, _now_ms: i64, _lease_ms: i64) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Take over non-terminal jobs of a provider whose owner's lease has expired and that
+    /// either have a provider reference (to track) or an attempt (to resume or fail).
+    async fn claim_orphans(
+        &self,
+        _provider: &str,
+        _replica: &str,
+        _now_ms: i64,
+        _lease_ms: i64,
+        _limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        Ok(Vec::new())
+    }
+
+    /// Count one request against a provider's fleet-wide rolling window of `limit` requests
+    /// per `window_ms`, atomically across replicas; also refuses while a block is in force.
+    async fn take_budget(
+        &self,
+        _provider: &str,
+        _limit: u32,
+        _window_ms: i64,
+        _now_ms: i64,
+    ) -> Result<BudgetGrant> {
+        Ok(BudgetGrant::Granted)
+    }
+
+    /// Refuse every replica's requests to a provider until `until_ms` (a 429's Retry-After).
+    async fn block_budget(&self, _provider: &str, _until_ms: i64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Changes committed by any replica (LISTEN/NOTIFY), or `None` for a single process.
+    async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<FeedEvent>>> {
+        Ok(None)
+    }
+
+    /// Flush and stop the writer; later writes fail with [`StoreError::Closed`].
+    async fn close(&self);
+}

@@ -1,0 +1,595 @@
+//! The SQLite backend of [`Store`]: the default, single-process job store.
+//!
+//! # Writes: one writer task, group commit
+//!
+//! SQLite allows one writer at a time, and with `synchronous = FULL` every commit is an
+//! fsync of the WAL — a millisecond or more on real disks. Letting each caller run its own
+//! transaction would serialise them on the database lock *and* pay one fsync each.
+//!
+//! Instead, one task (the private `writer` module) owns the only write connection. `submit`,
+//! `create_attempt`, `apply` and `record_delivery` send a command over a channel and wait on
+//! a oneshot. The task takes the first command and everything queued behind it (up to 512),
+//! runs them all in one transaction, commits once, and only then answers every caller. While
+//! one fsync runs, the next group accumulates, so 200 concurrent single-job submits cost a
+//! handful of commits, and an acknowledged write is always on disk (SPEC §7). One failing
+//! command never takes the others down; the writer module explains how it does that with few
+//! statements (submits are coalesced into multi-row INSERTs; SAVEPOINTs only where needed).
+//! WAL checkpoints run from a background task (`checkpoint`), not inside a COMMIT.
+//!
+//! # Reads: a small pool
+//!
+//! Reads go to a separate set of connections with `query_only` set (`reads`: a semaphore and
+//! a free list rather than `sqlx::SqlitePool`, whose pings cost two extra thread hops a read). In WAL mode readers
+//! never block the writer nor each other, and each read sees the last committed state —
+//! which includes every write that has been acknowledged.
+//!
+//! # Schema
+//!
+//! Embedded, versioned migrations (`migrations/*.sql`) run at [`SqliteStore::open`], inside
+//! one transaction, recorded in `schema_migrations`; running them again is a no-op.
+
+mod checkpoint;
+mod reads;
+mod rows;
+mod writer;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use adgate_generator::JobState;
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use self::checkpoint::Checkpointer;
+use self::reads::ReadPool;
+use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
+use self::writer::Command;
+use crate::model::{Attempt, JobPatch, JobRecord, NewSubmission, StateCount, SubmitOutcome};
+use crate::{Result, Store, StoreError};
+
+/// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
+/// (status calls, watchers' snapshots, pollers) without holding many file handles.
+const READ_CONNECTIONS: u32 = 4;
+
+/// How long a connection waits for a lock held by another process before failing. Inside this
+/// process the writer never competes for the lock, so this only matters for external tools.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commands that may wait for the writer. Bounded so that a flood of callers queues in the
+/// channel (backpressure on `send`) instead of growing memory without limit.
+const WRITE_QUEUE: usize = 4096;
+
+/// Largest `IN (…)` list of one `get_jobs` query.
+const MAX_IN_PARAMS: usize = 500;
+
+/// `IN` list sizes used by `get_jobs`. A chunk is padded (by repeating its last id) to the
+/// next size, so only these few statements exist and each stays in the prepared cache.
+const IN_SIZES: [usize; 6] = [1, 4, 16, 64, 256, MAX_IN_PARAMS];
+
+/// The SQLite job store. Cheap to share behind an `Arc`; see the module docs for its design.
+pub struct SqliteStore {
+    /// Commands to the writer task. The receiver is closed by `close()`, after which every
+    /// send fails and the call returns [`StoreError::Closed`].
+    writes: mpsc::Sender<Command>,
+    reads: ReadPool,
+    /// Commits done by the writer; shared with it.
+    commits: Arc<AtomicU64>,
+    /// The writer task and the WAL checkpoint task (file databases only), taken by the first
+    /// `close()`. An async mutex so that a second, concurrent `close()` waits until the first
+    /// has finished flushing.
+    writer: Mutex<Option<(JoinHandle<()>, Option<Checkpointer>)>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("commits", &self.commits.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` — `sqlite://adgate.db`,
+    /// `sqlite:///abs/path.db`, or `sqlite::memory:` — applies the embedded migrations and
+    /// starts the writer task. Must be called inside a Tokio runtime.
+    ///
+    /// Settings: WAL journal (readers never block the writer), `synchronous = FULL` (a commit
+    /// is durable when it returns; group commit amortises the fsync), foreign keys on, and a
+    /// busy timeout for locks held by other processes.
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::InvalidUrl(format!(
+                "expected a sqlite: URL, got {:?}",
+                url.split(':').next().unwrap_or_default()
+            )));
+        }
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            // Statement logging at INFO would print every query; keep it for debugging only.
+            .log_statements(tracing::log::LevelFilter::Trace);
+
+        // An in-memory database has no WAL (SQLite keeps its journal in memory); asking for
+        // one is ignored, so only files get it. `sqlite::memory:` is shared-cache, so the
+        // writer and the readers see one database, alive while the writer connection is.
+        let mut write_options = base
+            .clone()
+            .synchronous(SqliteSynchronous::Full)
+            // Room for the multi-row INSERT variants and every other statement.
+            .statement_cache_capacity(256)
+            // The writer is the only connection that changes pages, so its cache stays valid
+            // from one transaction to the next; 32 MiB (the default is 2 MiB) keeps the hot
+            // index pages of a large table in memory instead of re-reading them per group.
+            .pragma("cache_size", "-32768")
+            // Statement journals (a multi-row INSERT inside a transaction needs one, so that a
+            // constraint failure undoes that statement alone) and SAVEPOINT journals go to
+            // memory instead of a temp file: profiles showed their pwrite()s at ~10% of the
+            // writer's time. They are scratch space for rolling back inside a transaction and
+            // never part of durability (the WAL is).
+            .pragma("temp_store", "MEMORY");
+        if !in_memory {
+            write_options = write_options
+                .journal_mode(SqliteJournalMode::Wal)
+                // Checkpoints run in the background (`checkpoint`); the writer's own
+                // auto-checkpoint (which would run inside a COMMIT) is only a backstop.
+                .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT);
+        }
+        let mut conn = write_options.connect().await.map_err(db)?;
+        if let Err(e) = migrate(&mut conn).await {
+            drop(conn.close().await);
+            return Err(e);
+        }
+
+        // `query_only` turns a write slipping into the read path into an error instead of a
+        // second writer that would contend with the writer task for the lock.
+        let reads = match ReadPool::open(&base.clone().pragma("query_only", "ON"), READ_CONNECTIONS)
+            .await
+        {
+            Ok(reads) => reads,
+            Err(e) => {
+                drop(conn.close().await);
+                return Err(e);
+            }
+        };
+        // An in-memory database has no WAL, so nothing to checkpoint.
+        let checkpointer = if in_memory {
+            None
+        } else {
+            match Checkpointer::start(&base).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    reads.close().await;
+                    drop(conn.close().await);
+                    return Err(e);
+                }
+            }
+        };
+
+        let commits = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let handle = tokio::spawn(writer::run(conn, rx, Arc::clone(&commits)));
+        Ok(SqliteStore {
+            writes: tx,
+            reads,
+            commits,
+            writer: Mutex::new(Some((handle, checkpointer))),
+        })
+    }
+
+    /// Sends a command to the writer and waits for its answer (given after the commit).
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer stopped before answering (closed, or its task died).
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Applies the embedded migrations that this database has not seen, in one transaction.
+async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    // IMMEDIATE: two processes opening a fresh file at once migrate one after the other.
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    match migrate_in_transaction(conn).await {
+        Ok(()) => sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(db),
+        Err(e) => {
+            drop(sqlx::query("ROLLBACK").execute(&mut *conn).await);
+            Err(e)
+        }
+    }
+}
+
+async fn migrate_in_transaction(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (\
+             version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?
+        .try_get(0)
+        .map_err(db)?;
+    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if current > latest {
+        // Opened by an older binary than the one that last migrated it: the tables may hold
+        // columns this code does not know. Reading and writing the known ones still works.
+        tracing::warn!(current, latest, "database schema is newer than this build");
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.map_err(db)?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(version)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        tracing::info!(version, "store: applied migration");
+    }
+    Ok(())
+}
+
+/// `SELECT … WHERE id IN (?, …)` for each of [`IN_SIZES`].
+static GET_JOBS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    IN_SIZES
+        .iter()
+        .map(|&n| {
+            let marks = vec!["?"; n].join(", ");
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})")
+        })
+        .collect()
+});
+
+/// Non-terminal, written exactly as the partial index `jobs_deadline` is declared.
+const ACTIVE: &str = "state IN (1, 2)";
+
+static BATCH_JOBS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY seq"));
+
+static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND state = {queued} \
+         AND attempt_id IS NULL ORDER BY created_at, rowid LIMIT ?",
+        queued = JobState::Queued.as_i64()
+    )
+});
+
+static ACTIVE_JOBS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND {ACTIVE} \
+         AND provider_ref IS NOT NULL ORDER BY created_at, rowid"
+    )
+});
+
+// Only what a tracker resumes from (see `Store::active_refs`); same filter and order as
+// ACTIVE_JOBS.
+static ACTIVE_REFS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, provider_ref, poll_key FROM jobs WHERE provider = ? AND {ACTIVE} \
+         AND provider_ref IS NOT NULL ORDER BY created_at, rowid"
+    )
+});
+
+static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_ref = ? \
+         ORDER BY created_at, rowid LIMIT 1"
+    )
+});
+
+static FIND_BY_CORRELATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND correlation_key = ? AND {ACTIVE} \
+         AND provider_ref IS NOT NULL AND outputs = '[]' ORDER BY created_at, rowid LIMIT 1"
+    )
+});
+
+static BY_POLL_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND poll_key = ? \
+         ORDER BY created_at, rowid"
+    )
+});
+
+static EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT id FROM jobs WHERE {ACTIVE} AND deadline_at <= ? ORDER BY deadline_at LIMIT ?")
+});
+
+static OPEN_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
+    // Driven from `jobs` (provider, state = QUEUED, attempt_id set) so the cost follows the
+    // open work, not the ever-growing attempts table.
+    format!(
+        "SELECT a.id, a.idempotency_key, a.created_at, j.id FROM jobs j \
+         JOIN attempts a ON a.id = j.attempt_id \
+         WHERE j.provider = ? AND j.state = {queued} AND j.attempt_id IS NOT NULL \
+         AND a.provider = j.provider \
+         ORDER BY a.id, j.attempt_seq, j.rowid",
+        queued = JobState::Queued.as_i64()
+    )
+});
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
+        self.write(|reply| Command::Submit { submission, reply })
+            .await
+    }
+
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
+        // Each id once, so a job asked for twice is returned once, as with a single IN list.
+        let mut seen = HashSet::with_capacity(ids.len());
+        let unique: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let mut jobs = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(MAX_IN_PARAMS) {
+            let level = IN_SIZES
+                .iter()
+                .position(|&n| n >= chunk.len())
+                .unwrap_or(IN_SIZES.len() - 1);
+            let mut query = sqlx::query(&GET_JOBS[level]);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            // Padding repeats the last id; IN ignores duplicates.
+            let last = chunk.last().copied().unwrap_or_default();
+            for _ in chunk.len()..IN_SIZES[level] {
+                query = query.bind(last);
+            }
+            let rows = query
+                .fetch_all(&mut *self.reads.get().await?)
+                .await
+                .map_err(db)?;
+            jobs.extend(jobs_from_rows(&rows)?);
+        }
+        Ok(jobs)
+    }
+
+    async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
+        let rows = sqlx::query(&BATCH_JOBS)
+            .bind(batch_id)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        if !rows.is_empty() {
+            return jobs_from_rows(&rows).map(Some);
+        }
+        // No jobs: an empty batch, or no batch at all.
+        let known = sqlx::query("SELECT 1 FROM batches WHERE id = ?")
+            .bind(batch_id)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        Ok(known.map(|_| Vec::new()))
+    }
+
+    async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&QUEUED_UNASSIGNED)
+            .bind(provider)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn create_attempt(
+        &self,
+        provider: &str,
+        idempotency_key: &str,
+        job_ids: &[String],
+        now_ms: i64,
+    ) -> Result<i64> {
+        self.write(|reply| Command::CreateAttempt {
+            provider: provider.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+            job_ids: job_ids.to_vec(),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(&OPEN_ATTEMPTS)
+            .bind(provider)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        let mut attempts: Vec<Attempt> = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(db)?;
+            let job_id: String = row.try_get(3).map_err(db)?;
+            // Rows come ordered by attempt id, so an attempt's jobs are adjacent.
+            match attempts.last_mut() {
+                Some(last) if last.id == id => last.job_ids.push(job_id),
+                _ => attempts.push(Attempt {
+                    id,
+                    provider: provider.to_owned(),
+                    idempotency_key: row.try_get(1).map_err(db)?,
+                    job_ids: vec![job_id],
+                    created_at_ms: row.try_get(2).map_err(db)?,
+                }),
+            }
+        }
+        Ok(attempts)
+    }
+
+    async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
+        if patches.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Command::Apply {
+            patches,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&ACTIVE_JOBS)
+            .bind(provider)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
+        let rows = sqlx::query(&ACTIVE_REFS)
+            .bind(provider)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(crate::ActiveRef {
+                job_id: row.try_get(0).map_err(db)?,
+                provider_ref: row.try_get(1).map_err(db)?,
+                poll_key: row.try_get(2).map_err(db)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(&FIND_BY_REF)
+            .bind(provider)
+            .bind(provider_ref)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(rows::job_from_row).transpose()
+    }
+
+    async fn find_by_correlation(
+        &self,
+        provider: &str,
+        correlation_key: &str,
+    ) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(&FIND_BY_CORRELATION)
+            .bind(provider)
+            .bind(correlation_key)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(rows::job_from_row).transpose()
+    }
+
+    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&BY_POLL_KEY)
+            .bind(provider)
+            .bind(poll_key)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        jobs_from_rows(&rows)
+    }
+
+    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        sqlx::query(&EXPIRED)
+            .bind(now_ms)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|row| row.try_get(0).map_err(db))
+            .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        self.write(|reply| Command::RecordDelivery {
+            provider: provider.to_owned(),
+            delivery_id: delivery_id.to_owned(),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<StateCount>> {
+        let rows = sqlx::query(
+            "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state \
+             ORDER BY provider, state",
+        )
+        .fetch_all(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let raw: i64 = row.try_get(1).map_err(db)?;
+                let state = JobState::from_i64(raw)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {raw}")))?;
+                let count: i64 = row.try_get(2).map_err(db)?;
+                Ok(StateCount {
+                    provider: row.try_get(0).map_err(db)?,
+                    state,
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Commits every write already queued, stops the writer and closes the connections.
+    /// Writes after this fail with [`StoreError::Closed`], and so do reads (the pool is closed).
+    async fn close(&self) {
+        let mut writer = self.writer.lock().await;
+        let Some((handle, checkpointer)) = writer.take() else {
+            return; // closed already (a concurrent close waited on the lock above)
+        };
+        // Stop checkpointing first: the last connection to close checkpoints the WAL itself.
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.stop().await;
+        }
+        // Queued behind every command sent before it; the writer closes its receiver on it.
+        // Failure means the writer is gone already, which is what we want.
+        drop(self.writes.send(Command::Shutdown).await);
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "store writer task failed");
+        }
+        self.reads.close().await;
+    }
+}

@@ -1,0 +1,74 @@
+//! Mapping between `jobs` rows and [`JobRecord`], and the JSON encoding of stored columns.
+
+use std::collections::BTreeMap;
+
+use adgate_generator::{JobError, JobState, Output, Progress};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::model::JobRecord;
+use crate::{Result, StoreError};
+
+/// The columns [`job_from_row`] expects, in this order. Every query that returns jobs selects
+/// exactly this list (qualified with `j.` where a join needs it).
+pub(super) const JOB_COLUMNS: &str = "id, batch_id, provider, spec, state, provider_ref, poll_key, \
+     group_key, correlation_key, attempt_id, progress, outputs, error, client_ref, labels, \
+     created_at, updated_at, completed_at, deadline_at, revision";
+
+/// Maps an sqlx error to a store error. A closed pool means the store was closed.
+pub(super) fn db(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolClosed => StoreError::Closed,
+        other => StoreError::Database(Box::new(other)),
+    }
+}
+
+use crate::codec::{from_json, opt_from_json};
+pub(super) use crate::codec::{sanitize_progress, to_json};
+
+/// Decodes one row selected with [`JOB_COLUMNS`].
+pub(super) fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+    let id: String = row.try_get(0).map_err(db)?;
+    let state_raw: i64 = row.try_get(4).map_err(db)?;
+    let state = JobState::from_i64(state_raw)
+        .ok_or_else(|| StoreError::Corrupt(format!("job {id}: unknown state {state_raw}")))?;
+    let spec_text: String = row.try_get(3).map_err(db)?;
+    let progress: Option<Progress> = opt_from_json(row.try_get(10).map_err(db)?, &id, "progress")?;
+    let outputs_text: String = row.try_get(11).map_err(db)?;
+    let outputs: Vec<Output> = from_json(&outputs_text, &id, "outputs")?;
+    let error: Option<JobError> = opt_from_json(row.try_get(12).map_err(db)?, &id, "error")?;
+    let labels_text: String = row.try_get(14).map_err(db)?;
+    let labels: BTreeMap<String, String> = from_json(&labels_text, &id, "labels")?;
+    Ok(JobRecord {
+        spec: from_json(&spec_text, &id, "spec")?,
+        batch_id: row.try_get(1).map_err(db)?,
+        provider: row.try_get(2).map_err(db)?,
+        state,
+        provider_ref: row.try_get(5).map_err(db)?,
+        poll_key: row.try_get(6).map_err(db)?,
+        group_key: row.try_get(7).map_err(db)?,
+        correlation_key: row.try_get(8).map_err(db)?,
+        attempt_id: row.try_get(9).map_err(db)?,
+        progress,
+        outputs,
+        error,
+        client_ref: row.try_get(13).map_err(db)?,
+        labels,
+        created_at_ms: row.try_get(15).map_err(db)?,
+        updated_at_ms: row.try_get(16).map_err(db)?,
+        completed_at_ms: row.try_get(17).map_err(db)?,
+        deadline_at_ms: row.try_get(18).map_err(db)?,
+        revision: row.try_get(19).map_err(db)?,
+        id,
+    })
+}
+
+/// Decodes every row, failing on the first corrupt one.
+pub(super) fn jobs_from_rows(rows: &[SqliteRow]) -> Result<Vec<JobRecord>> {
+    rows.iter().map(job_from_row).collect()
+}
+
+/// Converts a caller's `limit` to SQLite's signed LIMIT.
+pub(super) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

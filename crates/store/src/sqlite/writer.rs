@@ -1,0 +1,923 @@
+//! The writer task: the only code that writes to the database.
+//!
+//! It owns one connection. Callers send [`Command`]s over a bounded channel, each carrying a
+//! oneshot for its answer. The task takes everything that is queued (up to [`MAX_GROUP`]),
+//! runs it inside one `BEGIN IMMEDIATE … COMMIT`, and answers every caller only after the
+//! commit returned, so an answer always means "on disk" (synchronous = FULL).
+//!
+//! # Cost model
+//!
+//! sqlx runs every statement on the connection's own worker thread and hands it over a
+//! channel: each statement is a cross-thread round trip (two wake-ups), which profiles showed
+//! to cost more than SQLite itself. So the writer minimises *statements*, not rows:
+//!
+//! - All submissions of a group are coalesced ([`submit_coalesced`]): one lookup of their
+//!   request ids, then multi-row INSERTs into `batches`, `request_ids` and `jobs` for all of
+//!   them together — about five statements for a group of 64 single-job submits, where one
+//!   SAVEPOINT per op cost six each.
+//! - If a coalesced statement fails (a duplicate batch or job id), the transaction is rolled
+//!   back — only the submits had run — and redone op by op, each submit in its own
+//!   `SAVEPOINT`, so the faulty one fails alone and the others still commit.
+//! - `create_attempt` and `apply` (several statements each) keep a SAVEPOINT, so a failing
+//!   one rolls back alone; `record_delivery` is one statement that cannot fail for data
+//!   reasons and needs none.
+//!
+//! Application outcomes such as a request-id conflict are not errors at all and write nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use adgate_generator::JobState;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rows::{JOB_COLUMNS, db, job_from_row, sanitize_progress, to_json};
+use crate::model::{JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::{Result, StoreError};
+
+/// Most commands committed in one transaction. Bounds the latency of the first caller in a
+/// group and the work lost to a rollback; 512 single-job submits commit in a few milliseconds.
+pub(super) const MAX_GROUP: usize = 512;
+
+/// Most rows in one multi-row INSERT. 256 rows × 12 parameters (jobs) = 3,072, far below
+/// SQLite's limit of 32,766; inserting in power-of-two chunks keeps the set of distinct
+/// statements per table (and so sqlx's per-connection prepared-statement cache) to nine.
+/// Large chunks matter because every statement is a round trip to sqlx's worker thread.
+const MAX_INSERT_ROWS: usize = 256;
+
+/// One write, with the channel its answer goes back on.
+pub(super) enum Command {
+    Submit {
+        submission: NewSubmission,
+        reply: oneshot::Sender<Result<SubmitOutcome>>,
+    },
+    CreateAttempt {
+        provider: String,
+        idempotency_key: String,
+        job_ids: Vec<String>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    Apply {
+        patches: Vec<JobPatch>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Vec<JobRecord>>>,
+    },
+    RecordDelivery {
+        provider: String,
+        delivery_id: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
+    Shutdown,
+}
+
+/// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
+/// in the group gets the same error, so it is reference-counted.
+type GroupFailure = Arc<sqlx::Error>;
+
+fn group_error(e: &GroupFailure) -> StoreError {
+    StoreError::Database(Box::new(Arc::clone(e)))
+}
+
+impl Command {
+    /// Answers a command that never ran because its group failed.
+    fn fail(self, e: &GroupFailure) {
+        // A caller that gave up (dropped its future) no longer listens; that is fine.
+        match self {
+            Command::Submit { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::CreateAttempt { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Shutdown => {}
+        }
+    }
+}
+
+/// A computed answer waiting for the group's COMMIT.
+trait Pending: Send {
+    /// Sends the answer, or `failure` instead when the group did not commit.
+    fn finish(self: Box<Self>, failure: Option<&GroupFailure>);
+}
+
+struct Reply<T> {
+    tx: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+}
+
+impl<T: Send> Pending for Reply<T> {
+    fn finish(self: Box<Self>, failure: Option<&GroupFailure>) {
+        let result = match failure {
+            Some(e) => Err(group_error(e)),
+            None => self.result,
+        };
+        // The caller may have been cancelled; its write still committed, as documented.
+        drop(self.tx.send(result));
+    }
+}
+
+fn pending<T: Send + 'static>(
+    tx: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+) -> (Box<dyn Pending>, bool) {
+    let ok = result.is_ok();
+    (Box::new(Reply { tx, result }), ok)
+}
+
+/// The writer loop. Returns when every sender is gone or after a `Shutdown` once the queue is
+/// drained; closes the connection on the way out so the WAL is checkpointed.
+pub(super) async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Command>,
+    commits: Arc<AtomicU64>,
+) {
+    let mut queued: Vec<Command> = Vec::with_capacity(MAX_GROUP);
+    // `recv_many` waits for the first command and then takes whatever else is already queued
+    // without waiting: this is the group. Under no load a group is one command and commits at
+    // once; under load, commands pile up while the previous fsync runs and share the next one.
+    while rx.recv_many(&mut queued, MAX_GROUP).await > 0 {
+        let mut group = Vec::with_capacity(queued.len());
+        for command in queued.drain(..) {
+            match command {
+                // Closing the receiver makes every later send fail (→ `StoreError::Closed`)
+                // while keeping what was sent before, which the loop still commits; once that
+                // is drained `recv_many` returns 0 and the loop ends.
+                Command::Shutdown => rx.close(),
+                other => group.push(other),
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&mut conn, group, &commits).await;
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the store's write connection failed");
+    }
+}
+
+async fn exec(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(&mut *conn).await.map(drop)
+}
+
+/// Runs one group in one transaction and answers its callers after the commit.
+///
+/// Order inside the group: every `Submit` first (coalesced, see [`submit_coalesced`]), then
+/// the other commands in arrival order. Reordering is safe because no command of a group can
+/// depend on another command of the same group: a caller learns ids and outcomes only from
+/// an answer, and answers are sent after the COMMIT. Submits keep their arrival order among
+/// themselves, which is what request-id dedupe needs (the first one claims the id).
+async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits: &AtomicU64) {
+    let size = group.len();
+    let mut answers: Vec<Box<dyn Pending>> = Vec::with_capacity(size);
+    let mut submits: Vec<(PreparedSubmit, SubmitReply)> = Vec::new();
+    let mut others: Vec<Command> = Vec::new();
+    for command in group {
+        match command {
+            // Encoding happens before anything is written, so a submission that cannot be
+            // encoded fails alone and never claims its request id.
+            Command::Submit { submission, reply } => match PreparedSubmit::new(submission) {
+                Ok(prepared) => submits.push((prepared, reply)),
+                Err(e) => answers.push(pending(reply, Err(e)).0),
+            },
+            Command::Shutdown => {} // filtered out by `run`
+            other => others.push(other),
+        }
+    }
+
+    // IMMEDIATE takes the write lock up front: with one writer in the process it never waits,
+    // and if another process holds the file it waits (busy_timeout) here rather than failing
+    // halfway through the group. Holding it also makes the request-id lookup in
+    // `submit_coalesced` a safe read-then-write: nobody else can write until COMMIT.
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+        tracing::error!(error = %e, size, "store: cannot begin a write transaction");
+        abort_group(Arc::new(e), answers, submits, others);
+        return;
+    }
+
+    if !submits.is_empty() {
+        match submit_coalesced(conn, &submits).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in submits.drain(..).zip(outcomes) {
+                    answers.push(pending(reply, Ok(outcome)).0);
+                }
+            }
+            Err(e) => {
+                // One of the coalesced statements failed (a duplicate batch or job id, say).
+                // Nothing but the submits has run in this transaction yet, so rolling it all
+                // back loses nothing; then redo the submits one by one, each in a SAVEPOINT,
+                // so that only the faulty one fails — the old, slower path, taken only on
+                // errors. ROLLBACK may fail if SQLite already ended the transaction itself
+                // (I/O errors do); BEGIN tells whether we can go on.
+                tracing::debug!(error = %e, "store: coalesced submit failed, redoing op by op");
+                drop(exec(conn, "ROLLBACK").await);
+                if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+                    tracing::error!(error = %e, size, "store: cannot begin a write transaction");
+                    abort_group(Arc::new(e), answers, submits, others);
+                    return;
+                }
+                let mut rest = submits.drain(..);
+                while let Some((prepared, reply)) = rest.next() {
+                    match in_savepoint_begin(conn).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            let rest: Vec<_> =
+                                std::iter::once((prepared, reply)).chain(rest).collect();
+                            broken_group(conn, e, size, answers, rest, others).await;
+                            return;
+                        }
+                    }
+                    let result = submit(conn, &prepared).await;
+                    let end = in_savepoint_end(conn, result.is_ok()).await;
+                    answers.push(pending(reply, result).0);
+                    if let Err(e) = end {
+                        let rest: Vec<_> = rest.collect();
+                        broken_group(conn, e, size, answers, rest, others).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    let mut commands = others.into_iter();
+    while let Some(command) = commands.next() {
+        match run_command(conn, command).await {
+            Ok(answer) => answers.push(answer),
+            Err((broken, e)) => {
+                answers.push(broken);
+                broken_group(conn, e, size, answers, Vec::new(), commands.collect()).await;
+                return;
+            }
+        }
+    }
+
+    match exec(conn, "COMMIT").await {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(size, "store: group committed");
+            answers.into_iter().for_each(|a| a.finish(None));
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            tracing::error!(error = %e, size, "store: commit failed");
+            // A failed COMMIT can leave the transaction open (e.g. SQLITE_BUSY); end it.
+            if let Err(re) = exec(conn, "ROLLBACK").await {
+                tracing::debug!(error = %re, "store: rollback after failed commit");
+            }
+            answers.into_iter().for_each(|a| a.finish(Some(&e)));
+        }
+    }
+}
+
+type SubmitReply = oneshot::Sender<Result<SubmitOutcome>>;
+
+/// The transaction is in an unknown state (a savepoint statement, or a statement that cannot
+/// fail for data reasons, failed): roll it all back and fail the whole group rather than
+/// commit half of something.
+async fn broken_group(
+    conn: &mut SqliteConnection,
+    e: sqlx::Error,
+    size: usize,
+    answers: Vec<Box<dyn Pending>>,
+    submits: Vec<(PreparedSubmit, SubmitReply)>,
+    others: Vec<Command>,
+) {
+    tracing::error!(error = %e, size, "store: write transaction broken, rolling back");
+    if let Err(re) = exec(conn, "ROLLBACK").await {
+        tracing::warn!(error = %re, "store: rollback failed");
+    }
+    abort_group(Arc::new(e), answers, submits, others);
+}
+
+/// Fails every caller of a group that will not commit.
+fn abort_group(
+    e: GroupFailure,
+    answers: Vec<Box<dyn Pending>>,
+    submits: Vec<(PreparedSubmit, SubmitReply)>,
+    others: Vec<Command>,
+) {
+    answers.into_iter().for_each(|a| a.finish(Some(&e)));
+    for (_, reply) in submits {
+        drop(reply.send(Err(group_error(&e))));
+    }
+    others.into_iter().for_each(|c| c.fail(&e));
+}
+
+async fn in_savepoint_begin(conn: &mut SqliteConnection) -> std::result::Result<(), sqlx::Error> {
+    exec(conn, "SAVEPOINT op").await
+}
+
+/// Releases the savepoint, first undoing the command's partial writes when it failed.
+async fn in_savepoint_end(
+    conn: &mut SqliteConnection,
+    ok: bool,
+) -> std::result::Result<(), sqlx::Error> {
+    if !ok {
+        exec(conn, "ROLLBACK TO op").await?;
+    }
+    exec(conn, "RELEASE op").await
+}
+
+/// Runs one non-submit command. `Err` only when the transaction is broken (a savepoint
+/// statement failed, or `record_delivery`, which has no savepoint, failed).
+async fn run_command(
+    conn: &mut SqliteConnection,
+    command: Command,
+) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, sqlx::Error)> {
+    match command {
+        // One statement, `ON CONFLICT DO NOTHING`: it cannot fail for data reasons and a
+        // statement is atomic on its own, so it needs no SAVEPOINT (two fewer round trips to
+        // sqlx's worker thread and no subjournal). Whatever does make it fail (I/O, disk
+        // full) may have ended the transaction, so that failure breaks the group.
+        Command::RecordDelivery {
+            provider,
+            delivery_id,
+            now_ms,
+            reply,
+        } => match record_delivery(conn, &provider, &delivery_id, now_ms).await {
+            Ok(new) => Ok(pending(reply, Ok(new)).0),
+            Err(e) => {
+                let answer = pending(reply, Err(StoreError::Closed)).0;
+                Err((answer, e))
+            }
+        },
+        // Several statements each: a SAVEPOINT makes a failure undo this command alone.
+        Command::CreateAttempt {
+            provider,
+            idempotency_key,
+            job_ids,
+            now_ms,
+            reply,
+        } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Apply {
+            patches,
+            now_ms,
+            reply,
+        } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = apply(conn, patches, now_ms).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Submit { .. } | Command::Shutdown => Ok(Box::new(Nothing)),
+    }
+}
+
+/// The answer of a command that has none (`Shutdown`, which `run` filters out earlier).
+struct Nothing;
+
+impl Pending for Nothing {
+    fn finish(self: Box<Self>, _failure: Option<&GroupFailure>) {}
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// `{head} VALUES {row}, {row}, …` for 1, 2, 4, … [`MAX_INSERT_ROWS`] rows, indexed by log2.
+fn multi_row_inserts(head: &str, row: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut rows = 1;
+    while rows <= MAX_INSERT_ROWS {
+        let values = vec![row; rows].join(", ");
+        statements.push(format!("{head} VALUES {values}"));
+        rows *= 2;
+    }
+    statements
+}
+
+static JOB_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    multi_row_inserts(
+        "INSERT INTO jobs (id, batch_id, seq, provider, spec, state, group_key, \
+         correlation_key, outputs, client_ref, labels, created_at, updated_at, deadline_at, \
+         revision)",
+        &format!(
+            "(?, ?, ?, ?, ?, {queued}, ?, ?, '[]', ?, ?, ?, ?, ?, 1)",
+            queued = JobState::Queued.as_i64()
+        ),
+    )
+});
+
+static BATCH_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    multi_row_inserts(
+        "INSERT INTO batches (id, created_at, job_count)",
+        "(?, ?, ?)",
+    )
+});
+
+/// No `ON CONFLICT`: the coalesced path has checked that these ids are new (under the write
+/// lock), so a conflict here is a bug to surface, and it sends the group to the op-by-op path.
+static REQUEST_ID_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    multi_row_inserts(
+        "INSERT INTO request_ids (request_id, content_hash, batch_id, created_at)",
+        "(?, ?, ?, ?)",
+    )
+});
+
+/// `SELECT … FROM request_ids WHERE request_id IN (?, …)` for each of [`LOOKUP_SIZES`].
+static REQUEST_ID_LOOKUPS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    LOOKUP_SIZES
+        .iter()
+        .map(|&n| {
+            let marks = vec!["?"; n].join(", ");
+            format!(
+                "SELECT request_id, content_hash, batch_id FROM request_ids \
+                 WHERE request_id IN ({marks})"
+            )
+        })
+        .collect()
+});
+
+/// `IN` list sizes of the request-id lookup; a chunk is padded to the next size (by repeating
+/// its last id) so that only these few statements exist in the prepared cache.
+const LOOKUP_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
+
+/// Inserts `rows` with as few statements as possible: chunks of the largest power of two
+/// that fits (600 rows → 256 + 256 + 64 + 16 + 8), each one multi-row INSERT, i.e. one round
+/// trip to sqlx's worker thread per chunk instead of one per row.
+async fn insert_rows<'q, T>(
+    conn: &mut SqliteConnection,
+    statements: &'q [String],
+    rows: &'q [T],
+    bind: impl Fn(SqliteQuery<'q>, &'q T) -> SqliteQuery<'q>,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let mut level = 0;
+        while level + 1 < statements.len() && (1usize << (level + 1)) <= rest.len() {
+            level += 1;
+        }
+        let (chunk, tail) = rest.split_at(1usize << level);
+        let mut query = sqlx::query(&statements[level]);
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *conn).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// A job with its JSON columns already encoded, ready to bind.
+struct EncodedJob {
+    id: String,
+    provider: String,
+    spec: String,
+    group_key: Option<String>,
+    correlation_key: Option<String>,
+    client_ref: String,
+    labels: String,
+    deadline_at_ms: i64,
+}
+
+/// A submission with its JSON encoded. Kept (not consumed) by the coalesced path, so that
+/// the op-by-op fallback can run it again.
+struct PreparedSubmit {
+    batch_id: String,
+    request_id: Option<String>,
+    content_hash: String,
+    now_ms: i64,
+    jobs: Vec<EncodedJob>,
+}
+
+impl PreparedSubmit {
+    fn new(s: NewSubmission) -> Result<PreparedSubmit> {
+        let mut jobs = Vec::with_capacity(s.jobs.len());
+        for job in s.jobs {
+            jobs.push(EncodedJob {
+                spec: to_json(&job.spec, "spec")?,
+                labels: to_json(&job.labels, "labels")?,
+                id: job.id,
+                provider: job.provider,
+                group_key: job.group_key,
+                correlation_key: job.correlation_key,
+                client_ref: job.client_ref,
+                deadline_at_ms: job.deadline_at_ms,
+            });
+        }
+        Ok(PreparedSubmit {
+            batch_id: s.batch_id,
+            request_id: s.request_id,
+            content_hash: s.content_hash,
+            now_ms: s.now_ms,
+            jobs,
+        })
+    }
+
+    fn job_ids(&self) -> Vec<String> {
+        self.jobs.iter().map(|j| j.id.clone()).collect()
+    }
+
+    fn created(&self) -> SubmitOutcome {
+        SubmitOutcome::Created {
+            batch_id: self.batch_id.clone(),
+            job_ids: self.job_ids(),
+        }
+    }
+}
+
+/// One row of the jobs INSERT: a job and what it takes from its submission.
+struct JobRow<'a> {
+    submit: &'a PreparedSubmit,
+    seq: i64,
+    job: &'a EncodedJob,
+}
+
+fn bind_job<'q>(query: SqliteQuery<'q>, row: &'q JobRow<'q>) -> SqliteQuery<'q> {
+    query
+        .bind(&row.job.id)
+        .bind(&row.submit.batch_id)
+        .bind(row.seq)
+        .bind(&row.job.provider)
+        .bind(&row.job.spec)
+        .bind(&row.job.group_key)
+        .bind(&row.job.correlation_key)
+        .bind(&row.job.client_ref)
+        .bind(&row.job.labels)
+        .bind(row.submit.now_ms)
+        .bind(row.submit.now_ms)
+        .bind(row.job.deadline_at_ms)
+}
+
+fn bind_batch<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
+    let job_count = i64::try_from(s.jobs.len()).unwrap_or(i64::MAX);
+    query.bind(&s.batch_id).bind(s.now_ms).bind(job_count)
+}
+
+fn bind_request_id<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
+    query
+        .bind(&s.request_id)
+        .bind(&s.content_hash)
+        .bind(&s.batch_id)
+        .bind(s.now_ms)
+}
+
+/// Writes the rows of new submissions: their batches, their request ids (when `claim`), and
+/// all their jobs, each table with a few multi-row INSERTs.
+async fn insert_submissions(
+    conn: &mut SqliteConnection,
+    fresh: &[&PreparedSubmit],
+    claim: bool,
+) -> std::result::Result<(), sqlx::Error> {
+    insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch).await?;
+    if claim {
+        let claimed: Vec<&PreparedSubmit> = fresh
+            .iter()
+            .copied()
+            .filter(|s| s.request_id.is_some())
+            .collect();
+        insert_rows(conn, &REQUEST_ID_INSERTS, &claimed, bind_request_id).await?;
+    }
+    let rows: Vec<JobRow<'_>> = fresh
+        .iter()
+        .flat_map(|s| {
+            s.jobs.iter().zip(0i64..).map(move |(job, seq)| JobRow {
+                submit: s,
+                seq,
+                job,
+            })
+        })
+        .collect();
+    insert_rows(conn, &JOB_INSERTS, &rows, bind_job).await
+}
+
+async fn stored_job_ids(
+    conn: &mut SqliteConnection,
+    batch_id: &str,
+) -> std::result::Result<Vec<String>, sqlx::Error> {
+    sqlx::query("SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq")
+        .bind(batch_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect()
+}
+
+/// What the coalesced path decided for one submission.
+enum Plan<'a> {
+    Create,
+    /// The request id was stored by an earlier transaction with the same content.
+    ReplayStored(String),
+    /// The request id was claimed by an earlier submission of this group, same content.
+    ReplayInGroup(&'a PreparedSubmit),
+    Conflict,
+}
+
+/// Every submission of a group with a handful of statements: one lookup of the request ids
+/// already stored, then multi-row INSERTs of batches, request ids and jobs for all the new
+/// submissions together. Request-id dedupe is decided here, in arrival order, against both
+/// the stored ids and those claimed earlier in the group (the same outcomes the op-by-op
+/// path gets from `ON CONFLICT DO NOTHING`). Any database error fails the whole block; the
+/// caller then rolls back and redoes the group op by op.
+async fn submit_coalesced(
+    conn: &mut SqliteConnection,
+    submits: &[(PreparedSubmit, SubmitReply)],
+) -> std::result::Result<Vec<SubmitOutcome>, sqlx::Error> {
+    // Request ids already stored, with (content hash, batch id).
+    let mut stored: HashMap<String, (String, String)> = HashMap::new();
+    let mut wanted: Vec<&str> = submits
+        .iter()
+        .filter_map(|(s, _)| s.request_id.as_deref())
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    for chunk in wanted.chunks(LOOKUP_SIZES[LOOKUP_SIZES.len() - 1]) {
+        let level = LOOKUP_SIZES
+            .iter()
+            .position(|&n| n >= chunk.len())
+            .unwrap_or(LOOKUP_SIZES.len() - 1);
+        let mut query = sqlx::query(&REQUEST_ID_LOOKUPS[level]);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        let last = chunk.last().copied().unwrap_or_default();
+        for _ in chunk.len()..LOOKUP_SIZES[level] {
+            query = query.bind(last);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            stored.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+    }
+
+    let mut claimed: HashMap<&str, &PreparedSubmit> = HashMap::new();
+    let mut plans = Vec::with_capacity(submits.len());
+    for (s, _) in submits {
+        let plan = match s.request_id.as_deref() {
+            None => Plan::Create,
+            Some(request_id) => {
+                if let Some((hash, batch_id)) = stored.get(request_id) {
+                    if *hash == s.content_hash {
+                        Plan::ReplayStored(batch_id.clone())
+                    } else {
+                        Plan::Conflict
+                    }
+                } else if let Some(first) = claimed.get(request_id) {
+                    if first.content_hash == s.content_hash {
+                        Plan::ReplayInGroup(first)
+                    } else {
+                        Plan::Conflict
+                    }
+                } else {
+                    claimed.insert(request_id, s);
+                    Plan::Create
+                }
+            }
+        };
+        plans.push(plan);
+    }
+
+    let fresh: Vec<&PreparedSubmit> = submits
+        .iter()
+        .zip(&plans)
+        .filter(|(_, plan)| matches!(plan, Plan::Create))
+        .map(|((s, _), _)| s)
+        .collect();
+    insert_submissions(conn, &fresh, true).await?;
+
+    let mut outcomes = Vec::with_capacity(submits.len());
+    for ((s, _), plan) in submits.iter().zip(plans) {
+        outcomes.push(match plan {
+            Plan::Create => s.created(),
+            Plan::ReplayStored(batch_id) => SubmitOutcome::Replayed {
+                job_ids: stored_job_ids(conn, &batch_id).await?,
+                batch_id,
+            },
+            Plan::ReplayInGroup(first) => SubmitOutcome::Replayed {
+                batch_id: first.batch_id.clone(),
+                job_ids: first.job_ids(),
+            },
+            Plan::Conflict => SubmitOutcome::Conflict,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// One submission on its own (the fallback path; runs inside its caller's SAVEPOINT).
+async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<SubmitOutcome> {
+    if let Some(request_id) = &s.request_id {
+        // Claim the request id first. The unique key decides, inside this transaction, whether
+        // this is the first time: no read-then-write race, the same rule a PostgreSQL backend
+        // gets from `INSERT … ON CONFLICT DO NOTHING`.
+        let claimed = sqlx::query(
+            "INSERT INTO request_ids (request_id, content_hash, batch_id, created_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(&s.content_hash)
+        .bind(&s.batch_id)
+        .bind(s.now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if claimed.rows_affected() == 0 {
+            let row =
+                sqlx::query("SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?")
+                    .bind(request_id)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            let hash: String = row.try_get(0).map_err(db)?;
+            if hash != s.content_hash {
+                return Ok(SubmitOutcome::Conflict);
+            }
+            let batch_id: String = row.try_get(1).map_err(db)?;
+            let job_ids = stored_job_ids(conn, &batch_id).await.map_err(db)?;
+            return Ok(SubmitOutcome::Replayed { batch_id, job_ids });
+        }
+    }
+    // The request id (if any) is claimed above, hence `claim = false`.
+    insert_submissions(conn, &[s], false).await.map_err(db)?;
+    Ok(s.created())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
+struct KeyOwnedByOtherProvider {
+    key: String,
+    owner: String,
+}
+
+async fn create_attempt(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    idempotency_key: &str,
+    job_ids: &[String],
+    now_ms: i64,
+) -> Result<i64> {
+    let inserted = sqlx::query(
+        "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    )
+    .bind(provider)
+    .bind(idempotency_key)
+    .bind(now_ms)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let attempt_id: i64 = match inserted {
+        Some(row) => row.try_get(0).map_err(db)?,
+        None => {
+            // The key exists already (an engine retrying after a restart): reuse that attempt,
+            // so the key keeps naming one outbox entry.
+            let row = sqlx::query("SELECT id, provider FROM attempts WHERE idempotency_key = ?")
+                .bind(idempotency_key)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?;
+            let owner: String = row.try_get(1).map_err(db)?;
+            if owner != provider {
+                return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
+                    key: idempotency_key.to_owned(),
+                    owner,
+                })));
+            }
+            row.try_get(0).map_err(db)?
+        }
+    };
+    for (position, job_id) in job_ids.iter().enumerate() {
+        // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
+        sqlx::query("UPDATE jobs SET attempt_id = ?, attempt_seq = ? WHERE id = ?")
+            .bind(attempt_id)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(job_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(attempt_id)
+}
+
+static SELECT_JOB: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"));
+
+static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET state = ?, provider_ref = ?, poll_key = ?, progress = ?, outputs = ?, \
+         error = ?, updated_at = ?, completed_at = ?, revision = revision + 1 WHERE id = ? \
+         RETURNING {JOB_COLUMNS}"
+    )
+});
+
+async fn apply(
+    conn: &mut SqliteConnection,
+    patches: Vec<JobPatch>,
+    now_ms: i64,
+) -> Result<Vec<JobRecord>> {
+    let mut changed: Vec<JobRecord> = Vec::new();
+    // Position in `changed` of each job already changed by an earlier patch of this call.
+    let mut position: HashMap<String, usize> = HashMap::new();
+    for patch in patches {
+        let Some(row) = sqlx::query(&SELECT_JOB)
+            .bind(&patch.job_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?
+        else {
+            continue; // unknown job
+        };
+        let current = job_from_row(&row)?;
+        if current.state.is_terminal() {
+            continue; // terminal states never change again
+        }
+        let mut next = current.clone();
+        if let Some(state) = patch.state {
+            next.state = state;
+        }
+        if let Some(provider_ref) = patch.provider_ref {
+            next.provider_ref = Some(provider_ref);
+        }
+        if let Some(poll_key) = patch.poll_key {
+            next.poll_key = Some(poll_key);
+        }
+        if let Some(progress) = patch.progress {
+            next.progress = Some(sanitize_progress(progress));
+        }
+        if let Some(outputs) = patch.outputs {
+            next.outputs = outputs;
+        }
+        if let Some(error) = patch.error {
+            next.error = Some(error);
+        }
+        if next == current {
+            continue; // changes nothing: no revision bump, no event
+        }
+        let completed_at = if next.state.is_terminal() {
+            Some(now_ms)
+        } else {
+            current.completed_at_ms
+        };
+        let row = sqlx::query(&UPDATE_JOB)
+            .bind(next.state.as_i64())
+            .bind(&next.provider_ref)
+            .bind(&next.poll_key)
+            .bind(
+                next.progress
+                    .as_ref()
+                    .map(|p| to_json(p, "progress"))
+                    .transpose()?,
+            )
+            .bind(to_json(&next.outputs, "outputs")?)
+            .bind(
+                next.error
+                    .as_ref()
+                    .map(|e| to_json(e, "error"))
+                    .transpose()?,
+            )
+            .bind(now_ms)
+            .bind(completed_at)
+            .bind(&patch.job_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        // Read back from the row just written, inside the same transaction.
+        let record = job_from_row(&row)?;
+        match position.get(&record.id) {
+            Some(&i) => changed[i] = record,
+            None => {
+                position.insert(record.id.clone(), changed.len());
+                changed.push(record);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+async fn record_delivery(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    delivery_id: &str,
+    now_ms: i64,
+) -> std::result::Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?) \
+         ON CONFLICT (provider, delivery_id) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(delivery_id)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

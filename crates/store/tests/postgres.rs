@@ -1,0 +1,1041 @@
+//! The conformance suite and the multi-replica checks on PostgreSQL.
+//!
+//! Needs the server on 127.0.0.1:5432 (trust auth, user `postgres`; override the admin URL
+//! with `ADGATE_TEST_POSTGRES_URL`). Each test creates a database of its own and drops it at
+//! the end, even when it fails. An unreachable server fails every test with a clear message:
+//! these tests run in CI and are never skipped silently.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod suite;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use adgate_generator::JobState;
+use adgate_store::{
+    BudgetGrant, FeedEvent, JobPatch, NewSubmission, PgStore, Store, StoreError, SubmitOutcome,
+};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::mpsc;
+
+use suite::{T0, job, submission, submit_ok};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn admin_url() -> String {
+    std::env::var("ADGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+async fn admin() -> PgConnection {
+    let url = admin_url();
+    PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is required for the adgate-store PostgreSQL tests and is not reachable \
+             at {url} ({e}). Start it (trust auth, user postgres) or set \
+             ADGATE_TEST_POSTGRES_URL."
+        )
+    })
+}
+
+/// A database of its own for one test, dropped (with its connections) when the guard goes.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        let name = format!(
+            "adgate_test_{}_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = admin().await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.expect("close admin");
+        let base = admin_url();
+        let server = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+
+    async fn open(&self) -> PgStore {
+        PgStore::open(&self.url).await.expect("open PgStore")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async (and maybe while unwinding): use a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut conn = admin().await;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map(drop)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// One test per suite function, each on its own fresh database.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let db = TestDb::create().await;
+            let store = db.open().await;
+            suite::$name(&store).await;
+            store.close().await;
+        }
+    )*};
+}
+
+conformance!(
+    submit_and_read,
+    get_many_jobs,
+    request_id_dedupe,
+    apply_semantics,
+    attempts_and_queue,
+    tracking_lookups,
+    expiry,
+    webhook_deliveries,
+    counts,
+    failing_command_is_isolated,
+    attempt_key_reuse,
+    single_replica_claims,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persistence_across_reopen() {
+    let db = TestDb::create().await;
+    let url = db.url.clone();
+    suite::persistence(|| {
+        let url = url.clone();
+        async move { Arc::new(PgStore::open(&url).await.expect("open")) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(db.open().await);
+    suite::group_commit(Arc::clone(&store)).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_flushes_then_rejects_writes() {
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    suite::close_then_write(&store).await;
+    let read = store.get_jobs(&["job_1".to_owned()]).await;
+    assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
+    assert!(matches!(store.change_feed().await, Err(StoreError::Closed)));
+    drop(store);
+
+    let store = db.open().await;
+    let jobs = store
+        .batch_jobs("batch_1")
+        .await
+        .expect("batch")
+        .expect("flushed");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(store.batch_jobs("batch_2").await.expect("batch"), None);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_picks_the_backend_by_url() {
+    let db = TestDb::create().await;
+    let store = adgate_store::open(&db.url).await.expect("postgres");
+    assert!(store.is_shared());
+    store.close().await;
+    let alt = db.url.replacen("postgres://", "postgresql://", 1);
+    let store = adgate_store::open(&alt).await.expect("postgresql");
+    assert!(store.is_shared());
+    store.close().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = adgate_store::open(&sqlite).await.expect("sqlite");
+    assert!(!store.is_shared());
+    store.close().await;
+
+    for bad in ["mysql://localhost/adgate", "adgate.db", "postgres:/x", ""] {
+        let err = adgate_store::open(bad).await.err().expect(bad);
+        assert!(matches!(err, StoreError::InvalidUrl(_)), "{bad}: {err:?}");
+    }
+    let err = PgStore::open("sqlite::memory:")
+        .await
+        .expect_err("sqlite url");
+    assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
+    let db = TestDb::create().await;
+    // Two replicas starting together on a fresh database.
+    let (a, b) = tokio::join!(PgStore::open(&db.url), PgStore::open(&db.url));
+    let (a, b) = (a.expect("open a"), b.expect("open b"));
+    a.close().await;
+    b.close().await;
+    let c = db.open().await;
+    c.close().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let versions: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
+        .fetch_all(&mut conn)
+        .await
+        .expect("versions");
+    assert_eq!(versions, vec![(1,)]);
+    conn.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_rows_are_reported_not_panicked_on() {
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    submit_ok(
+        &store,
+        submission(
+            "batch_1",
+            vec![job("job_1", "pictify"), job("job_2", "pictify")],
+            T0,
+        ),
+    )
+    .await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("UPDATE jobs SET labels = 'not json' WHERE id = 'job_1'")
+        .execute(&mut conn)
+        .await
+        .expect("corrupt labels");
+    sqlx::query("UPDATE jobs SET state = 42 WHERE id = 'job_2'")
+        .execute(&mut conn)
+        .await
+        .expect("corrupt state");
+    conn.close().await.expect("close");
+    let err = store
+        .get_jobs(&["job_1".to_owned()])
+        .await
+        .expect_err("labels");
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("job_1")),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.count_by_state().await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut patch = JobPatch::new("job_1");
+    patch.state = Some(JobState::Processing);
+    assert!(matches!(
+        store.apply(vec![patch], T0).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store
+            .record_delivery("pictify", "d-1", T0)
+            .await
+            .expect("still writing")
+    );
+    store.close().await;
+}
+
+// ---- Several replicas on one database.
+
+fn queued_jobs(prefix: &str, n: usize, provider: &str) -> Vec<adgate_store::NewJob> {
+    (0..n)
+        .map(|i| job(&format!("{prefix}_{i:04}"), provider))
+        .collect()
+}
+
+/// Eight claimers on two stores, concurrently: every job is handed to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_queued_never_hands_a_job_to_two_replicas() {
+    const JOBS: usize = 300;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    submit_ok(
+        &*a,
+        submission("batch_1", queued_jobs("job", JOBS, "pictify"), T0),
+    )
+    .await;
+    submit_ok(
+        &*a,
+        submission("batch_x", queued_jobs("other", 5, "abyssale"), T0),
+    )
+    .await;
+
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move {
+                let replica = format!("replica-{n}");
+                let mut mine = Vec::new();
+                loop {
+                    let jobs = store
+                        .claim_queued("pictify", &replica, T0 + 1_000, 60_000, 7)
+                        .await
+                        .expect("claim");
+                    if jobs.is_empty() {
+                        return mine;
+                    }
+                    let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+                    // As the dispatcher does: record the attempt, so the jobs leave the queue.
+                    store
+                        .create_attempt("pictify", &format!("{replica}-{}", mine.len()), &ids, T0)
+                        .await
+                        .expect("attempt");
+                    mine.extend(ids);
+                }
+            })
+        })
+        .collect();
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut per_claimer = Vec::new();
+    for (n, task) in tasks.into_iter().enumerate() {
+        let mine = task.await.expect("task");
+        per_claimer.push(mine.len());
+        for id in mine {
+            if let Some(other) = owner.insert(id.clone(), n) {
+                panic!("{id} claimed by claimer {other} and claimer {n}");
+            }
+        }
+    }
+    eprintln!("claims per claimer: {per_claimer:?}");
+    assert_eq!(owner.len(), JOBS, "every job claimed once");
+    assert!(owner.keys().all(|id| id.starts_with("job_")));
+    assert!(
+        per_claimer.iter().filter(|&&n| n > 0).count() > 1,
+        "the claimers ran concurrently: {per_claimer:?}"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// A lease keeps a job its owner's until it lapses; renewing keeps it; after the lapse the
+/// other replica takes queued, attempted and tracked jobs over. Times are the caller's, so
+/// the lease is "waited out" by passing a later time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_expire_renew_and_are_taken_over() {
+    const LEASE: i64 = 200;
+    let db = TestDb::create().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    submit_ok(
+        &a,
+        submission("batch_1", queued_jobs("job", 4, "pictify"), T0),
+    )
+    .await;
+    let t = T0 + 1_000;
+    let claimed = a
+        .claim_queued("pictify", "a", t, LEASE, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    // job_0000 is tracked at the provider, job_0001 in an open attempt, job_0002 still
+    // queued and unattempted, job_0003 finished.
+    let mut tracked = JobPatch::new("job_0000");
+    tracked.state = Some(JobState::Processing);
+    tracked.provider_ref = Some("gen-0".to_owned());
+    let mut done = JobPatch::new("job_0003");
+    done.state = Some(JobState::Completed);
+    a.apply(vec![tracked, done], t).await.expect("apply");
+    a.create_attempt("pictify", "idem-1", &["job_0001".to_owned()], t)
+        .await
+        .expect("attempt");
+
+    // Live lease: B gets nothing, neither as orphans nor as queued work.
+    assert!(
+        b.claim_queued("pictify", "b", t + LEASE - 1, LEASE, 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+    assert!(
+        b.claim_orphans("pictify", "b", t + LEASE - 1, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+
+    // A renews before the lapse: its three live jobs, still B's to wait for.
+    assert_eq!(a.renew_leases("a", t + 150, LEASE).await.expect("renew"), 3);
+    assert!(
+        b.claim_orphans("pictify", "b", t + LEASE + 100, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+    assert!(
+        b.claim_queued("pictify", "b", t + LEASE + 100, LEASE, 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+    // The owner itself never takes its own jobs as orphans.
+    assert!(
+        a.claim_orphans("pictify", "a", t + 10_000, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+
+    // A stops renewing (killed): at the lapse B takes over tracked and attempted jobs ...
+    let lapse = t + 150 + LEASE;
+    let mut orphans: Vec<String> = b
+        .claim_orphans("pictify", "b", lapse, LEASE, 10)
+        .await
+        .expect("orphans")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    orphans.sort();
+    assert_eq!(orphans, ["job_0000", "job_0001"]);
+    // ... and the unattempted queued job through claim_queued.
+    let queued = b
+        .claim_queued("pictify", "b", lapse, LEASE, 10)
+        .await
+        .expect("q");
+    assert_eq!(
+        queued.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["job_0002"]
+    );
+    // Taken once: a third replica finds nothing, and A holds nothing any more.
+    let c = db.open().await;
+    assert!(
+        c.claim_orphans("pictify", "c", lapse, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+    assert!(
+        c.claim_queued("pictify", "c", lapse, LEASE, 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+    assert_eq!(
+        a.renew_leases("a", lapse + 1, LEASE).await.expect("renew"),
+        0
+    );
+    assert_eq!(
+        b.renew_leases("b", lapse + 1, LEASE).await.expect("renew"),
+        3
+    );
+    // The heartbeat table knows both replicas.
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let beats: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, heartbeat_at FROM replicas ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .expect("replicas");
+    assert_eq!(
+        beats,
+        [("a".to_owned(), lapse + 1), ("b".to_owned(), lapse + 1)]
+    );
+    conn.close().await.expect("close");
+    for s in [a, b, c] {
+        s.close().await;
+    }
+}
+
+/// Orphans that are being claimed concurrently by several replicas go to one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_are_taken_over_once() {
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    submit_ok(
+        &*a,
+        submission("batch_1", queued_jobs("job", 200, "pictify"), T0),
+    )
+    .await;
+    let claimed = a
+        .claim_queued("dead", "x", T0, 100, 1000)
+        .await
+        .expect("none");
+    assert!(claimed.is_empty());
+    let claimed = a
+        .claim_queued("pictify", "dead", T0, 100, 1000)
+        .await
+        .expect("claim");
+    let patches = claimed
+        .iter()
+        .map(|j| {
+            let mut p = JobPatch::new(&j.id);
+            p.state = Some(JobState::Processing);
+            p.provider_ref = Some(format!("ref-{}", j.id));
+            p
+        })
+        .collect();
+    a.apply(patches, T0).await.expect("apply");
+    let tasks: Vec<_> = (0..6)
+        .map(|n| {
+            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .claim_orphans("pictify", &format!("r{n}"), T0 + 1_000, 60_000, 9)
+                        .await
+                        .expect("orphans");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for id in task.await.expect("task") {
+            assert!(seen.insert(id.clone()), "{id} taken over twice");
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    a.close().await;
+    b.close().await;
+}
+
+/// Two stores hammering one provider's budget (20 per 500 ms) never exceed it in any
+/// 500 ms window, and the window rolls; a block refuses both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_budget_is_an_exact_rolling_window() {
+    const LIMIT: u32 = 20;
+    const WINDOW: i64 = 500;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    let until = Instant::now() + Duration::from_millis(1_600);
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move {
+                let (mut grants, mut calls) = (Vec::new(), 0u64);
+                while Instant::now() < until {
+                    let now = now_ms();
+                    calls += 1;
+                    match store
+                        .take_budget("pictify", LIMIT, WINDOW, now)
+                        .await
+                        .expect("take")
+                    {
+                        BudgetGrant::Granted => grants.push(now),
+                        // A caller whose `now` lags a request granted to a faster caller may be
+                        // told to wait up to one window past that request, hence 2 × WINDOW.
+                        BudgetGrant::Wait(ms) => assert!((1..=2 * WINDOW).contains(&ms), "{ms}"),
+                    }
+                }
+                (grants, calls)
+            })
+        })
+        .collect();
+    let mut grants = Vec::new();
+    let mut calls = 0;
+    for task in tasks {
+        let (g, c) = task.await.expect("task");
+        grants.extend(g);
+        calls += c;
+    }
+    grants.sort_unstable();
+    // Every window [t, t + WINDOW) starting at a grant holds at most LIMIT grants.
+    for (i, &start) in grants.iter().enumerate() {
+        let inside = grants[i..]
+            .iter()
+            .take_while(|&&g| g < start + WINDOW)
+            .count();
+        assert!(
+            inside <= LIMIT as usize,
+            "{inside} grants in the window starting at {start}: {grants:?}"
+        );
+    }
+    eprintln!(
+        "shared budget: {calls} calls, {} grants in 1.6 s",
+        grants.len()
+    );
+    // 1.6 s is more than three windows: the budget was used up and refilled several times.
+    assert!(grants.len() > 2 * LIMIT as usize, "{} grants", grants.len());
+    // Other providers have budgets of their own.
+    assert_eq!(
+        a.take_budget("abyssale", 1, WINDOW, now_ms())
+            .await
+            .expect("other"),
+        BudgetGrant::Granted
+    );
+
+    // A 429 on one replica blocks every replica until the given time.
+    let now = now_ms() + 10 * WINDOW; // the window is empty by then
+    a.block_budget("pictify", now + 300).await.expect("block");
+    b.block_budget("pictify", now + 100)
+        .await
+        .expect("an earlier block never shortens it");
+    for store in [&a, &b] {
+        assert_eq!(
+            store
+                .take_budget("pictify", LIMIT, WINDOW, now)
+                .await
+                .expect("take"),
+            BudgetGrant::Wait(300)
+        );
+    }
+    assert_eq!(
+        b.take_budget("pictify", LIMIT, WINDOW, now + 300)
+            .await
+            .expect("take"),
+        BudgetGrant::Granted
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// The wait a full window answers is the time until its oldest request leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_wait_is_until_the_oldest_request_leaves() {
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    for t in [0, 10, 20] {
+        assert_eq!(
+            store.take_budget("p", 3, 100, T0 + t).await.expect("take"),
+            BudgetGrant::Granted
+        );
+    }
+    assert_eq!(
+        store.take_budget("p", 3, 100, T0 + 50).await.expect("full"),
+        BudgetGrant::Wait(50)
+    );
+    assert_eq!(
+        store.take_budget("p", 3, 100, T0 + 99).await.expect("full"),
+        BudgetGrant::Wait(1)
+    );
+    assert_eq!(
+        store
+            .take_budget("p", 3, 100, T0 + 100)
+            .await
+            .expect("rolled"),
+        BudgetGrant::Granted
+    );
+    // A lowered limit waits until enough requests have left: all three (10, 20 and 100).
+    assert_eq!(
+        store
+            .take_budget("p", 1, 100, T0 + 101)
+            .await
+            .expect("lower"),
+        BudgetGrant::Wait(99)
+    );
+    store.close().await;
+}
+
+/// How many take_budget decisions one provider sustains (all replicas serialise on its row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_throughput() {
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    for (label, limit, window) in [
+        ("saturated 100/1s", 100u32, 1_000i64),
+        ("mostly granted 5000/200ms", 5_000, 200),
+    ] {
+        let provider = format!("p-{limit}");
+        let started = Instant::now();
+        let run_for = Duration::from_millis(1_500);
+        let tasks: Vec<_> = (0..8)
+            .map(|n| {
+                let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+                let provider = provider.clone();
+                tokio::spawn(async move {
+                    let (mut calls, mut granted) = (0u64, 0u64);
+                    while started.elapsed() < run_for {
+                        calls += 1;
+                        if store
+                            .take_budget(&provider, limit, window, now_ms())
+                            .await
+                            .expect("take")
+                            == BudgetGrant::Granted
+                        {
+                            granted += 1;
+                        }
+                    }
+                    (calls, granted)
+                })
+            })
+            .collect();
+        let (mut calls, mut granted) = (0, 0);
+        for t in tasks {
+            let (c, g) = t.await.expect("task");
+            calls += c;
+            granted += g;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "budget throughput ({label}, 2 stores x 4 callers): {:.0} calls/s, {:.0} grants/s",
+            calls as f64 / secs,
+            granted as f64 / secs
+        );
+        assert!(calls as f64 / secs > 200.0, "{calls} calls in {secs:.2}s");
+    }
+    a.close().await;
+    b.close().await;
+}
+
+async fn next_event(feed: &mut mpsc::Receiver<FeedEvent>) -> FeedEvent {
+    tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("a feed event within 10 s")
+        .expect("the feed is open")
+}
+
+/// A change committed through store A arrives on B's feed with its revision; after B's
+/// listener connection is killed, B's feed says Gap and then carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_feed_crosses_replicas_and_reports_gaps() {
+    let db = TestDb::create().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut feed = b.change_feed().await.expect("feed").expect("shared");
+    let mut other = b.change_feed().await.expect("feed 2").expect("shared");
+
+    submit_ok(
+        &a,
+        submission(
+            "batch_1",
+            vec![job("job_1", "pictify"), job("job_2", "pictify")],
+            T0,
+        ),
+    )
+    .await;
+    let mut got = vec![next_event(&mut feed).await, next_event(&mut feed).await];
+    got.sort_by_key(|e| format!("{e:?}"));
+    let changed = |id: &str, revision| FeedEvent::Changed {
+        job_id: id.to_owned(),
+        revision,
+    };
+    assert_eq!(got, [changed("job_1", 1), changed("job_2", 1)]);
+
+    // Two patches to one job in one call: one notification, with the last revision.
+    let mut p1 = JobPatch::new("job_1");
+    p1.state = Some(JobState::Processing);
+    let mut p2 = JobPatch::new("job_1");
+    p2.provider_ref = Some("gen-1".to_owned());
+    let applied = a.apply(vec![p1, p2], T0 + 1).await.expect("apply");
+    assert_eq!(applied[0].revision, 3);
+    assert_eq!(next_event(&mut feed).await, changed("job_1", 3));
+    // A no-op changes nothing and announces nothing; the next real change comes next.
+    assert!(
+        a.apply(vec![JobPatch::new("job_2")], T0 + 2)
+            .await
+            .expect("noop")
+            .is_empty()
+    );
+    let mut p3 = JobPatch::new("job_2");
+    p3.state = Some(JobState::Cancelled);
+    a.apply(vec![p3], T0 + 3).await.expect("apply");
+    assert_eq!(next_event(&mut feed).await, changed("job_2", 2));
+    // Every feed gets every change.
+    for expected in [
+        changed("job_1", 1),
+        changed("job_2", 1),
+        changed("job_1", 3),
+        changed("job_2", 2),
+    ] {
+        let e = next_event(&mut other).await;
+        if e != expected {
+            // The two submit events may come in either order.
+            assert!(matches!(e, FeedEvent::Changed { revision: 1, .. }), "{e:?}");
+        }
+    }
+
+    // Kill B's listener connections (as a network cut or a server restart would).
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("terminate listeners");
+    assert_eq!(killed.len(), 2, "both listeners found");
+    conn.close().await.expect("close");
+    // Each feed says Gap once its listener is back: changes from then on are delivered.
+    assert_eq!(next_event(&mut feed).await, FeedEvent::Gap);
+    assert_eq!(next_event(&mut other).await, FeedEvent::Gap);
+    let mut p4 = JobPatch::new("job_1");
+    p4.state = Some(JobState::Completed);
+    a.apply(vec![p4], T0 + 4).await.expect("apply");
+    assert_eq!(next_event(&mut feed).await, changed("job_1", 4));
+    assert_eq!(next_event(&mut other).await, changed("job_1", 4));
+
+    // Closing the store ends its feeds.
+    b.close().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), feed.recv()).await;
+    assert_eq!(end.expect("feed ends"), None);
+    a.close().await;
+}
+
+/// A reader that does not keep up loses events for a Gap, never memory without bound, and
+/// never loses an event silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_feed_drops_events_for_a_gap() {
+    const BUFFER: usize = 4_096;
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    let mut feed = store.change_feed().await.expect("feed").expect("shared");
+    // More changes than the feed buffers, not read until the buffer is full.
+    for n in 0..5 {
+        let jobs = queued_jobs(&format!("job{n}"), 1_000, "pictify");
+        submit_ok(&store, submission(&format!("batch_{n}"), jobs, T0)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while feed.len() < BUFFER {
+        assert!(
+            Instant::now() < deadline,
+            "the feed never filled: {}",
+            feed.len()
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(feed.len(), BUFFER, "bounded");
+    submit_ok(
+        &store,
+        submission("batch_last", vec![job("job_last", "pictify")], T0),
+    )
+    .await;
+
+    // Draining: the events that fitted, then (once there is room) a Gap for the dropped
+    // ones. Whatever the timing, the feed either says Gap or delivers every change.
+    let mut changed = HashSet::new();
+    let mut gap = false;
+    while !changed.contains("job_last") {
+        match next_event(&mut feed).await {
+            FeedEvent::Changed { job_id, revision } => {
+                assert_eq!(revision, 1);
+                changed.insert(job_id);
+            }
+            FeedEvent::Gap => {
+                gap = true;
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "full feed: gap = {gap}, {} changes delivered",
+        changed.len()
+    );
+    assert!(changed.len() <= BUFFER + 1, "{}", changed.len());
+    if gap {
+        // After the Gap the feed delivers again.
+        submit_ok(
+            &store,
+            submission("batch_after", vec![job("job_after", "pictify")], T0),
+        )
+        .await;
+        loop {
+            match next_event(&mut feed).await {
+                FeedEvent::Changed { job_id, .. } if job_id == "job_after" => break,
+                FeedEvent::Changed { .. } => {}
+                FeedEvent::Gap => panic!("a second gap without drops"),
+            }
+        }
+    } else {
+        assert_eq!(changed.len(), 5_001, "no gap, so every change");
+    }
+    store.close().await;
+}
+
+/// The same request id sent to two replicas at once creates its jobs once; the other gets
+/// the original ids back (or a conflict when the content differs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_request_id_on_two_replicas_creates_jobs_once() {
+    const REQUESTS: usize = 40;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    let request = |replica: &str, n: usize, hash: &str| NewSubmission {
+        batch_id: format!("batch_{replica}_{n}"),
+        request_id: Some(format!("req-{n}")),
+        content_hash: hash.to_owned(),
+        jobs: queued_jobs(&format!("job_{replica}_{n}"), 3, "pictify"),
+        now_ms: T0,
+    };
+    // All at once on both stores, so the writers' groups interleave the same ids (in
+    // opposite orders on A and B: the deadlock case too).
+    let tasks: Vec<_> = (0..REQUESTS)
+        .flat_map(|n| {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            let (ra, rb) = (request("a", n, "h"), request("b", REQUESTS - 1 - n, "h"));
+            [
+                tokio::spawn(async move { a.submit(ra).await }),
+                tokio::spawn(async move { b.submit(rb).await }),
+            ]
+        })
+        .collect();
+    let mut created: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut replayed: Vec<(String, Vec<String>)> = Vec::new();
+    for task in tasks {
+        match task.await.expect("task").expect("submit") {
+            SubmitOutcome::Created { batch_id, job_ids } => {
+                assert!(created.insert(batch_id, job_ids).is_none());
+            }
+            SubmitOutcome::Replayed { batch_id, job_ids } => replayed.push((batch_id, job_ids)),
+            SubmitOutcome::Conflict => panic!("same content must not conflict"),
+        }
+    }
+    assert_eq!(created.len(), REQUESTS, "one creation per request id");
+    assert_eq!(replayed.len(), REQUESTS);
+    for (batch_id, job_ids) in replayed {
+        assert_eq!(
+            created.get(&batch_id),
+            Some(&job_ids),
+            "replay names the created jobs"
+        );
+    }
+    let total: u64 = a
+        .count_by_state()
+        .await
+        .expect("count")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, (REQUESTS * 3) as u64);
+
+    // Different content under one id, concurrently: one creation, one conflict.
+    let (x, y) = tokio::join!(
+        a.submit(request("a", 1_000, "h1")),
+        b.submit(request("b", 1_000, "h2"))
+    );
+    let mut outcomes = [x.expect("x"), y.expect("y")];
+    outcomes.sort_by_key(|o| matches!(o, SubmitOutcome::Conflict));
+    assert!(
+        matches!(outcomes[0], SubmitOutcome::Created { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], SubmitOutcome::Conflict);
+    a.close().await;
+    b.close().await;
+}
+
+/// Concurrent applies from two replicas to the same jobs in opposite orders: none is lost
+/// (row locks, no lost update) and a deadlock between the writers is retried, not returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_applies_from_two_replicas_lose_nothing() {
+    const JOBS: usize = 20;
+    const ROUNDS: usize = 15;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    submit_ok(
+        &*a,
+        submission("batch_1", queued_jobs("job", JOBS, "pictify"), T0),
+    )
+    .await;
+    let ids: Vec<String> = (0..JOBS).map(|i| format!("job_{i:04}")).collect();
+    let tasks: Vec<_> = (0..2)
+        .map(|side| {
+            let store = Arc::clone(if side == 0 { &a } else { &b });
+            let mut ids = ids.clone();
+            if side == 1 {
+                ids.reverse();
+            }
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    // Every patch changes the job (a new progress message each time).
+                    let patches = ids
+                        .iter()
+                        .map(|id| {
+                            let mut p = JobPatch::new(id);
+                            p.progress = Some(adgate_generator::Progress {
+                                step: format!("{side}-{round}"),
+                                message: String::new(),
+                                percentage: 1.0,
+                            });
+                            p
+                        })
+                        .collect();
+                    let changed = store.apply(patches, T0 + 1).await.expect("apply");
+                    assert_eq!(changed.len(), JOBS);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    for j in a.get_jobs(&ids).await.expect("get") {
+        assert_eq!(j.revision, 1 + 2 * ROUNDS as i64, "{}", j.id);
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// Bulk throughput on PostgreSQL: prints the figure (the assertion is loose; CI is slow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_submit_and_group_commit_throughput() {
+    let db = TestDb::create().await;
+    let store = Arc::new(db.open().await);
+    let started = Instant::now();
+    let commits = store.commit_count();
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for call in 0..10 {
+                    let id = format!("{w}_{call}");
+                    submit_ok(
+                        &*store,
+                        submission(
+                            &format!("batch_{id}"),
+                            queued_jobs(&format!("job_{id}"), 100, "pictify"),
+                            T0,
+                        ),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let commits = store.commit_count() - commits;
+    eprintln!(
+        "postgres bulk submit: 16 callers x 10 calls x 100 jobs in {secs:.2}s ({:.0} jobs/s), \
+         {commits} commits",
+        16_000.0 / secs
+    );
+    assert!(commits < 160, "{commits} commits for 160 calls");
+    store.close().await;
+}

@@ -1,0 +1,528 @@
+//! Conversions between the public proto messages and the engine's model: typed provider
+//! messages → the engine's opaque spec JSON (each adapter validates its own), and job records
+//! → `adgate.v1.Job`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use adgate_engine::ProviderStatus;
+use adgate_generator::JobState;
+use adgate_store::JobRecord;
+use serde_json::{Map, Number, Value};
+
+use crate::errors::Violation;
+use crate::pb;
+use crate::pb::job_spec::Provider;
+
+/// The provider a spec targets and its spec JSON. Conversion problems (non-finite numbers,
+/// unknown enum values) are pushed to `out` with paths relative to the provider spec.
+pub fn provider_spec(p: &Provider, out: &mut Vec<(String, String)>) -> (&'static str, Value) {
+    match p {
+        Provider::Staticadslab(m) => (adgate_staticadslab::NAME, staticadslab(m)),
+        Provider::Pictify(m) => (adgate_pictify::NAME, pictify(m, out)),
+        Provider::Abyssale(m) => (adgate_abyssale::NAME, abyssale(m, out)),
+    }
+}
+
+fn put_str(obj: &mut Map<String, Value>, key: &str, v: &str) {
+    if !v.is_empty() {
+        obj.insert(key.to_owned(), Value::String(v.to_owned()));
+    }
+}
+
+fn staticadslab(m: &pb::StaticAdsLabImageAd) -> Value {
+    let mut o = Map::new();
+    put_str(&mut o, "design_template_id", &m.design_template_id);
+    put_str(&mut o, "brand_id", &m.brand_id);
+    put_str(&mut o, "product_id", &m.product_id);
+    put_str(&mut o, "audience_id", &m.audience_id);
+    put_str(&mut o, "product_variant_id", &m.product_variant_id);
+    put_str(&mut o, "prompt", &m.prompt);
+    o.insert("editable".into(), Value::Bool(m.editable));
+    if let Some(opts) = &m.options {
+        let mut so = Map::new();
+        so.insert(
+            "generate_ai_images".into(),
+            Value::Bool(opts.generate_ai_images),
+        );
+        so.insert("generate_copy".into(), Value::Bool(opts.generate_copy));
+        o.insert("options".into(), Value::Object(so));
+    }
+    if !m.node_overrides.is_empty() {
+        let mut nodes = Map::new();
+        for (id, ov) in &m.node_overrides {
+            let mut n = Map::new();
+            match &ov.value {
+                Some(pb::node_override::Value::Characters(s)) => {
+                    n.insert("characters".into(), Value::String(s.clone()));
+                }
+                Some(pb::node_override::Value::ImageFillUrl(s)) => {
+                    n.insert("image_fill_url".into(), Value::String(s.clone()));
+                }
+                // An empty override: the adapter reports it.
+                None => {}
+            }
+            nodes.insert(id.clone(), Value::Object(n));
+        }
+        o.insert("node_overrides".into(), Value::Object(nodes));
+    }
+    Value::Object(o)
+}
+
+fn pictify(m: &pb::PictifyRender, out: &mut Vec<(String, String)>) -> Value {
+    let mut o = Map::new();
+    put_str(&mut o, "template_uid", &m.template_uid);
+    if let Some(vars) = &m.variables {
+        o.insert("variables".into(), struct_to_json(vars, "variables", out));
+    }
+    match pb::PictifyFormat::try_from(m.format) {
+        Ok(pb::PictifyFormat::Unspecified) => {}
+        Ok(pb::PictifyFormat::Png) => put_str(&mut o, "format", "png"),
+        Ok(pb::PictifyFormat::Jpeg) => put_str(&mut o, "format", "jpeg"),
+        Ok(pb::PictifyFormat::Webp) => put_str(&mut o, "format", "webp"),
+        Err(_) => out.push((
+            "format".into(),
+            format!("unknown PictifyFormat value {}", m.format),
+        )),
+    }
+    if let Some(q) = m.quality {
+        match Number::from_f64(q) {
+            Some(n) => {
+                o.insert("quality".into(), Value::Number(n));
+            }
+            None => out.push(("quality".into(), "must be a finite number in (0, 1]".into())),
+        }
+    }
+    put_str(&mut o, "layout", &m.layout);
+    Value::Object(o)
+}
+
+fn abyssale(m: &pb::AbyssaleGeneration, out: &mut Vec<(String, String)>) -> Value {
+    let mut o = Map::new();
+    put_str(&mut o, "design_id", &m.design_id);
+    if !m.format_names.is_empty() {
+        let names = m.format_names.iter().cloned().map(Value::String).collect();
+        o.insert("format_names".into(), Value::Array(names));
+    }
+    if let Some(el) = &m.elements {
+        o.insert("elements".into(), struct_to_json(el, "elements", out));
+    }
+    put_str(&mut o, "image_file_type", &m.image_file_type);
+    if m.file_compression_level != 0 {
+        o.insert(
+            "file_compression_level".into(),
+            Value::from(m.file_compression_level),
+        );
+    }
+    Value::Object(o)
+}
+
+/// `google.protobuf.Struct` → a JSON object. Integral numbers become JSON integers (protobuf
+/// has only doubles); non-finite numbers are reported, since JSON cannot hold them.
+pub fn struct_to_json(
+    s: &prost_types::Struct,
+    path: &str,
+    out: &mut Vec<(String, String)>,
+) -> Value {
+    let mut o = Map::new();
+    for (k, v) in &s.fields {
+        o.insert(k.clone(), value_to_json(v, &format!("{path}.{k}"), out));
+    }
+    Value::Object(o)
+}
+
+fn value_to_json(v: &prost_types::Value, path: &str, out: &mut Vec<(String, String)>) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            // 2^53: beyond it an f64 no longer holds every integer exactly.
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                Value::from(*n as i64)
+            } else if let Some(num) = Number::from_f64(*n) {
+                Value::Number(num)
+            } else {
+                out.push((path.to_owned(), "must be a finite number".into()));
+                Value::Null
+            }
+        }
+        Some(Kind::StructValue(s)) => struct_to_json(s, path, out),
+        Some(Kind::ListValue(l)) => Value::Array(
+            l.values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| value_to_json(v, &format!("{path}[{i}]"), out))
+                .collect(),
+        ),
+    }
+}
+
+/// Check a `JobSpec`'s gateway-level fields (everything but the provider spec).
+pub fn check_envelope(i: usize, spec: &pb::JobSpec, out: &mut Vec<Violation>) -> Option<Duration> {
+    const MAX_CLIENT_REF: usize = 256;
+    const MAX_LABELS: usize = 32;
+    const MAX_LABEL_KEY: usize = 63;
+    const MAX_LABEL_VALUE: usize = 256;
+    const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+    if spec.client_ref.chars().count() > MAX_CLIENT_REF {
+        out.push(Violation::new(
+            format!("jobs[{i}].client_ref"),
+            format!("at most {MAX_CLIENT_REF} characters"),
+        ));
+    }
+    if spec.labels.len() > MAX_LABELS {
+        out.push(Violation::new(
+            format!("jobs[{i}].labels"),
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in &spec.labels {
+        if k.is_empty() || k.chars().count() > MAX_LABEL_KEY {
+            out.push(Violation::new(
+                format!("jobs[{i}].labels"),
+                format!("label keys must be 1–{MAX_LABEL_KEY} characters"),
+            ));
+        }
+        if v.chars().count() > MAX_LABEL_VALUE {
+            out.push(Violation::new(
+                format!("jobs[{i}].labels[{k}]"),
+                format!("label values must be at most {MAX_LABEL_VALUE} characters"),
+            ));
+        }
+    }
+    let d = spec.deadline?;
+    match Duration::try_from(d) {
+        Ok(d) if !d.is_zero() && d <= MAX_DEADLINE => Some(d),
+        _ => {
+            out.push(Violation::new(
+                format!("jobs[{i}].deadline"),
+                "must be greater than 0 and at most 24h",
+            ));
+            None
+        }
+    }
+}
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn sat_i32(v: impl TryInto<i32>) -> i32 {
+    v.try_into().unwrap_or(i32::MAX)
+}
+
+pub fn state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Processing => pb::JobState::Processing,
+        JobState::Completed => pb::JobState::Completed,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn job(r: &JobRecord) -> pb::Job {
+    pb::Job {
+        id: r.id.clone(),
+        batch_id: r.batch_id.clone(),
+        provider: r.provider.clone(),
+        provider_job_id: r.provider_ref.clone().unwrap_or_default(),
+        state: state(r.state).into(),
+        progress: r.progress.as_ref().map(|p| pb::Progress {
+            step: p.step.clone(),
+            message: p.message.clone(),
+            percentage: p.percentage,
+        }),
+        outputs: r
+            .outputs
+            .iter()
+            .map(|o| pb::Output {
+                url: o.url.clone(),
+                width: sat_i32(o.width),
+                height: sat_i32(o.height),
+                format: o.format.clone(),
+                mime_type: o.mime_type.clone(),
+            })
+            .collect(),
+        error: r.error.as_ref().map(|e| pb::JobError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+            provider_code: e.provider_code.clone(),
+        }),
+        client_ref: r.client_ref.clone(),
+        labels: r
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        create_time: Some(timestamp(r.created_at_ms)),
+        update_time: Some(timestamp(r.updated_at_ms)),
+        complete_time: r.completed_at_ms.map(timestamp),
+        deadline_time: Some(timestamp(r.deadline_at_ms)),
+        revision: r.revision,
+    }
+}
+
+/// Counts per state, in state order, omitting empty states.
+pub fn state_counts<'a>(jobs: impl IntoIterator<Item = &'a JobRecord>) -> Vec<pb::StateCount> {
+    let mut counts: BTreeMap<i64, i32> = BTreeMap::new();
+    for j in jobs {
+        *counts.entry(j.state.as_i64()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter_map(|(s, count)| {
+            let s = JobState::from_i64(s)?;
+            Some(pb::StateCount {
+                state: state(s).into(),
+                count,
+            })
+        })
+        .collect()
+}
+
+pub fn provider(p: &ProviderStatus) -> pb::ProviderInfo {
+    let (health, reason) = if !p.reachable {
+        (
+            pb::ProviderHealth::Unreachable,
+            p.last_error.clone().unwrap_or_else(|| "unreachable".into()),
+        )
+    } else if let Some(r) = &p.degraded_reason {
+        (pb::ProviderHealth::Degraded, r.clone())
+    } else {
+        (pb::ProviderHealth::Serving, String::new())
+    };
+    let l = &p.limits;
+    pb::ProviderInfo {
+        name: p.name.clone(),
+        health: health.into(),
+        reason,
+        limits: Some(pb::ProviderLimits {
+            requests_per_window: sat_i32(l.budget.requests),
+            window: Some(duration(l.budget.per)),
+            max_items_per_submit: sat_i32(l.max_items_per_submit),
+            max_keys_per_poll: sat_i32(l.max_keys_per_poll),
+            poll_interval: Some(duration(l.poll_interval)),
+            max_concurrent_submits: sat_i32(l.max_concurrent_submits),
+            idempotency: l.idempotency,
+            sse: l.push.sse,
+            webhooks: l.push.webhooks,
+            default_deadline: Some(duration(l.default_deadline)),
+        }),
+        in_flight_jobs: sat_i32(p.in_flight),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn pv(kind: prost_types::value::Kind) -> prost_types::Value {
+        prost_types::Value { kind: Some(kind) }
+    }
+
+    fn pstruct(fields: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
+        prost_types::Struct {
+            fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    #[test]
+    fn staticadslab_spec_json() {
+        let m = pb::StaticAdsLabImageAd {
+            design_template_id: "dt_1".into(),
+            brand_id: "brand_1".into(),
+            product_id: "prod_1".into(),
+            audience_id: "aud_1".into(),
+            prompt: String::new(),
+            editable: true,
+            options: Some(pb::StaticAdsLabOptions {
+                generate_ai_images: true,
+                generate_copy: false,
+            }),
+            node_overrides: HashMap::from([
+                (
+                    "title".to_owned(),
+                    pb::NodeOverride {
+                        value: Some(pb::node_override::Value::Characters("Hi".into())),
+                    },
+                ),
+                (
+                    "hero".to_owned(),
+                    pb::NodeOverride {
+                        value: Some(pb::node_override::Value::ImageFillUrl(
+                            "https://x/a.png".into(),
+                        )),
+                    },
+                ),
+            ]),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let (name, v) = provider_spec(&Provider::Staticadslab(m), &mut out);
+        assert_eq!(name, "staticadslab");
+        assert!(out.is_empty());
+        assert_eq!(
+            v,
+            json!({"design_template_id":"dt_1","brand_id":"brand_1","product_id":"prod_1","audience_id":"aud_1",
+                   "editable":true,"options":{"generate_ai_images":true,"generate_copy":false},
+                   "node_overrides":{"title":{"characters":"Hi"},"hero":{"image_fill_url":"https://x/a.png"}}})
+        );
+    }
+
+    #[test]
+    fn pictify_spec_json() {
+        use prost_types::value::Kind;
+        let m = pb::PictifyRender {
+            template_uid: "tpl_1".into(),
+            variables: Some(pstruct(vec![
+                ("name", pv(Kind::StringValue("Ada".into()))),
+                ("count", pv(Kind::NumberValue(3.0))),
+                ("ratio", pv(Kind::NumberValue(0.5))),
+                (
+                    "tags",
+                    pv(Kind::ListValue(prost_types::ListValue {
+                        values: vec![pv(Kind::BoolValue(true))],
+                    })),
+                ),
+            ])),
+            format: pb::PictifyFormat::Webp.into(),
+            quality: Some(0.8),
+            layout: String::new(),
+        };
+        let mut out = Vec::new();
+        let (_, v) = provider_spec(&Provider::Pictify(m.clone()), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            v,
+            json!({"template_uid":"tpl_1","variables":{"name":"Ada","count":3,"ratio":0.5,"tags":[true]},
+                   "format":"webp","quality":0.8})
+        );
+        // Unset quality and format are omitted, not zero.
+        let bare = pb::PictifyRender {
+            template_uid: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            provider_spec(&Provider::Pictify(bare), &mut out).1,
+            json!({"template_uid":"t"})
+        );
+        // NaN and unknown enum values are reported.
+        let bad = pb::PictifyRender {
+            quality: Some(f64::NAN),
+            format: 42,
+            ..m
+        };
+        provider_spec(&Provider::Pictify(bad), &mut out);
+        let fields: Vec<&str> = out.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["format", "quality"]);
+    }
+
+    #[test]
+    fn abyssale_spec_json() {
+        use prost_types::value::Kind;
+        let m = pb::AbyssaleGeneration {
+            design_id: "497f6eca-6276-4993-bfeb-53cbbbba6f08".into(),
+            format_names: vec!["facebook-feed".into()],
+            elements: Some(pstruct(vec![(
+                "title",
+                pv(Kind::StructValue(pstruct(vec![(
+                    "payload",
+                    pv(Kind::StringValue("Hi".into())),
+                )]))),
+            )])),
+            image_file_type: "png".into(),
+            file_compression_level: 0,
+        };
+        let mut out = Vec::new();
+        let (name, v) = provider_spec(&Provider::Abyssale(m), &mut out);
+        assert_eq!(name, "abyssale");
+        assert_eq!(
+            v,
+            json!({"design_id":"497f6eca-6276-4993-bfeb-53cbbbba6f08","format_names":["facebook-feed"],
+                   "elements":{"title":{"payload":"Hi"}},"image_file_type":"png"})
+        );
+        let inf = pstruct(vec![("x", pv(Kind::NumberValue(f64::INFINITY)))]);
+        struct_to_json(&inf, "elements", &mut out);
+        assert_eq!(out[0].0, "elements.x");
+    }
+
+    #[test]
+    fn envelope_limits() {
+        let mut v = Vec::new();
+        let ok = pb::JobSpec {
+            deadline: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_envelope(0, &ok, &mut v),
+            Some(Duration::from_secs(60))
+        );
+        assert!(v.is_empty());
+        let bad = pb::JobSpec {
+            client_ref: "x".repeat(257),
+            labels: (0..33).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+            deadline: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        check_envelope(2, &bad, &mut v);
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["jobs[2].client_ref", "jobs[2].labels", "jobs[2].deadline"]
+        );
+        let mut v = Vec::new();
+        let long = pb::JobSpec {
+            deadline: Some(prost_types::Duration {
+                seconds: 24 * 3600 + 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        check_envelope(0, &long, &mut v);
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn timestamps_and_counts() {
+        assert_eq!(
+            timestamp(1_500),
+            prost_types::Timestamp {
+                seconds: 1,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(
+            timestamp(-1),
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 999_000_000
+            }
+        );
+    }
+}

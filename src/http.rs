@@ -1,0 +1,117 @@
+//! The plain-HTTP listener: provider webhooks, Prometheus metrics and a liveness probe.
+//!
+//! - `POST /webhooks/{provider}`: raw body (≤ 1 MiB, `application/json`) and headers go to the
+//!   engine, which verifies the signature before anything changes.
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /healthz`: `200 ok`, or `503 draining` once shutdown began.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use adgate_engine::{Engine, WebhookOutcome};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::errors::{WebhookReject, webhook_status};
+
+/// Largest webhook body accepted.
+pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub engine: Engine,
+    pub registry: Arc<Registry>,
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/webhooks/{provider}", post(webhook))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn reject(r: WebhookReject) -> Response {
+    let e = webhook_status(r);
+    let body =
+        json!({"error": {"code": e.status.as_u16(), "reason": e.reason, "message": e.message}});
+    (e.status, axum::Json(body)).into_response()
+}
+
+async fn webhook(
+    State(st): State<HttpState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !is_json(&headers) {
+        return reject(WebhookReject::UnsupportedMediaType);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY as u64) {
+        return reject(WebhookReject::TooLarge {
+            limit: MAX_WEBHOOK_BODY,
+        });
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_WEBHOOK_BODY).await else {
+        return reject(WebhookReject::TooLarge {
+            limit: MAX_WEBHOOK_BODY,
+        });
+    };
+    match st.engine.handle_webhook(&provider, &headers, &bytes).await {
+        Ok(WebhookOutcome::Applied { updated }) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "applied", "updated": updated})),
+        )
+            .into_response(),
+        Ok(WebhookOutcome::Duplicate) => {
+            (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(provider = %provider, error = %e, "webhook refused");
+            reject(WebhookReject::Engine(e))
+        }
+    }
+}
+
+async fn metrics(State(st): State<HttpState>) -> Response {
+    st.engine.refresh_gauges().await;
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &st.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn healthz(State(st): State<HttpState>) -> Response {
+    if st.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}

@@ -1,0 +1,251 @@
+//! The provider registry: one row per provider. Adding a fourth provider takes one adapter
+//! crate, one row in [`REGISTRY`] (its builder is a few lines below) and nothing else: the
+//! configuration reads `ADGATE_<NAME>_API_KEY` / `_BASE_URL` / `_WEBHOOK_SECRET` and
+//! `[providers.<name>]` for every registered name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use adgate_engine::ProviderSetup;
+use adgate_generator::{GenError, Generator, Limits};
+
+use crate::config::{ConfigError, LimitOverrides, Settings};
+
+/// What a builder gets: one provider's resolved settings.
+#[derive(Debug)]
+pub struct ProviderContext<'a> {
+    pub api_key: &'a str,
+    pub base_url: &'a str,
+    pub webhook_secret: Option<&'a str>,
+    /// `{ADGATE_PUBLIC_URL}/webhooks/<name>` when a public URL is configured.
+    pub webhook_url: Option<String>,
+    pub request_timeout: Duration,
+    pub limits: &'a LimitOverrides,
+}
+
+type Build = fn(&ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError>;
+
+/// One registered provider.
+pub struct Entry {
+    pub name: &'static str,
+    pub default_base_url: &'static str,
+    build: Build,
+}
+
+/// The registry.
+pub const REGISTRY: &[Entry] = &[
+    Entry {
+        name: adgate_staticadslab::NAME,
+        default_base_url: adgate_staticadslab::DEFAULT_BASE_URL,
+        build: staticadslab,
+    },
+    Entry {
+        name: adgate_pictify::NAME,
+        default_base_url: adgate_pictify::DEFAULT_BASE_URL,
+        build: pictify,
+    },
+    Entry {
+        name: adgate_abyssale::NAME,
+        default_base_url: adgate_abyssale::DEFAULT_BASE_URL,
+        build: abyssale,
+    },
+];
+
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn staticadslab(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = adgate_staticadslab::StaticAdsLabConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.request_timeout = cx.request_timeout;
+    if let Some(n) = cx.limits.max_keys_per_poll {
+        cfg.ids_per_poll = n;
+    }
+    Ok(Arc::new(adgate_staticadslab::StaticAdsLab::new(cfg)?))
+}
+
+fn pictify(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = adgate_pictify::PictifyConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
+    cfg.webhooks_reachable = cx.webhook_url.is_some();
+    cfg.request_timeout = cx.request_timeout;
+    if let Some(n) = cx.limits.max_items_per_submit {
+        cfg.batch_size = n;
+    }
+    // A plan's budget is given per minute; other windows are applied to the limits only.
+    if let (Some(r), None | Some(60.0)) = (cx.limits.requests, cx.limits.window_secs) {
+        cfg.requests_per_minute = r;
+    }
+    Ok(Arc::new(adgate_pictify::Pictify::new(cfg)?))
+}
+
+fn abyssale(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = adgate_abyssale::AbyssaleConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
+    // Only ask for callbacks we can verify.
+    cfg.callback_url = cx.webhook_secret.and(cx.webhook_url.clone());
+    cfg.request_timeout = cx.request_timeout;
+    if let (Some(r), None | Some(1.0)) = (cx.limits.requests, cx.limits.window_secs) {
+        cfg.requests_per_second = r;
+    }
+    Ok(Arc::new(adgate_abyssale::Abyssale::new(cfg)?))
+}
+
+/// Names of every registered provider.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|e| e.name)
+}
+
+/// The registry row for `name`.
+pub fn entry(name: &str) -> Option<&'static Entry> {
+    REGISTRY.iter().find(|e| e.name == name)
+}
+
+/// Build every provider that has an API key, with its limits (documented defaults, then the
+/// configured overrides, then `time_scale`).
+pub fn build(settings: &Settings) -> Result<Vec<ProviderSetup>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in REGISTRY {
+        let Some(p) = settings.providers.get(entry.name) else {
+            continue;
+        };
+        let Some(key) = &p.api_key else {
+            continue;
+        };
+        let cx = ProviderContext {
+            api_key: key.expose(),
+            base_url: p.base_url.as_deref().unwrap_or(entry.default_base_url),
+            webhook_secret: p.webhook_secret.as_ref().map(|s| s.expose()),
+            webhook_url: settings
+                .public_url
+                .as_ref()
+                .map(|u| format!("{u}/webhooks/{}", entry.name)),
+            request_timeout: p.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            limits: &p.limits,
+        };
+        // Adapter errors describe configuration fields, never their secret values.
+        let generator = (entry.build)(&cx).map_err(|e| {
+            ConfigError::Other(format!("cannot configure provider {}: {e}", entry.name))
+        })?;
+        let limits = apply_overrides(generator.limits(), &p.limits, settings.time_scale());
+        out.push(ProviderSetup { generator, limits });
+    }
+    Ok(out)
+}
+
+/// Apply configured overrides, then scale every duration except the job deadline.
+pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Limits {
+    let ms = Duration::from_millis;
+    if let Some(v) = o.requests {
+        l.budget.requests = v;
+    }
+    if let Some(v) = o
+        .window_secs
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        l.budget.per = v;
+    }
+    if let Some(v) = o.max_concurrent_submits {
+        l.max_concurrent_submits = v;
+    }
+    if let Some(v) = o.poll_interval_ms {
+        l.poll_interval = ms(v);
+    }
+    if let Some(v) = o.min_poll_interval_ms {
+        l.min_poll_interval = ms(v);
+    }
+    if let Some(v) = o.max_keys_per_poll {
+        l.max_keys_per_poll = v;
+    }
+    if let Some(v) = o.max_items_per_submit {
+        l.max_items_per_submit = v;
+    }
+    if let Some(v) = o.first_poll_after_ms {
+        l.first_poll_after = ms(v);
+    }
+    if let Some(v) = o.deadline_secs {
+        l.default_deadline = Duration::from_secs(v);
+    }
+    if l.min_poll_interval > l.poll_interval {
+        l.poll_interval = l.min_poll_interval;
+    }
+    if (time_scale - 1.0).abs() > f64::EPSILON {
+        let scale = |d: Duration| d.mul_f64(time_scale);
+        l.budget.per = scale(l.budget.per);
+        l.poll_interval = scale(l.poll_interval);
+        l.min_poll_interval = scale(l.min_poll_interval);
+        l.max_poll_interval = l.max_poll_interval.map(scale);
+        l.first_poll_after = scale(l.first_poll_after);
+        l.default_retry_after = scale(l.default_retry_after);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use adgate_generator::{CancelSupport, PushChannels, RequestBudget};
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_items_per_submit: 100,
+            max_keys_per_poll: 1,
+            min_poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(4),
+            max_poll_interval: Some(Duration::from_secs(30)),
+            first_poll_after: Duration::from_secs(3),
+            budget: RequestBudget {
+                requests: 100,
+                per: Duration::from_secs(60),
+            },
+            default_retry_after: Duration::from_secs(1),
+            max_concurrent_submits: 4,
+            idempotency: true,
+            push: PushChannels::default(),
+            cancel: CancelSupport::None,
+            default_deadline: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn overrides_then_scale_except_deadline() {
+        let o = LimitOverrides {
+            requests: Some(10),
+            poll_interval_ms: Some(8000),
+            max_items_per_submit: Some(20),
+            ..LimitOverrides::default()
+        };
+        let l = apply_overrides(limits(), &o, 0.5);
+        assert_eq!(l.budget.requests, 10);
+        assert_eq!(l.budget.per, Duration::from_secs(30));
+        assert_eq!(l.poll_interval, Duration::from_secs(4));
+        assert_eq!(l.min_poll_interval, Duration::from_secs(1));
+        assert_eq!(l.max_poll_interval, Some(Duration::from_secs(15)));
+        assert_eq!(l.max_items_per_submit, 20);
+        assert_eq!(
+            l.default_deadline,
+            Duration::from_secs(900),
+            "deadline is never scaled"
+        );
+        assert_eq!(
+            apply_overrides(limits(), &LimitOverrides::default(), 1.0),
+            limits()
+        );
+    }
+
+    #[test]
+    fn only_providers_with_keys_are_built() {
+        let env = |k: &str| (k == "ADGATE_PICTIFY_API_KEY").then(|| "pk_test".to_owned());
+        let s =
+            Settings::from_toml(false, "[providers.pictify]\ndeadline_secs = 60", &env).unwrap();
+        let setups = build(&s).unwrap();
+        assert_eq!(setups.len(), 1);
+        assert_eq!(setups[0].generator.name(), "pictify");
+        assert_eq!(setups[0].limits.default_deadline, Duration::from_secs(60));
+        assert!(names().all(|n| entry(n).is_some()));
+    }
+}

@@ -1,0 +1,444 @@
+//! The `adgate.v1.GatewayService` implementation: request checks, then one engine call.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use adgate_engine::{Engine, JobRequest, SubmitCommand};
+use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::errors::{ApiError, Violation, job_field};
+use crate::metrics::GrpcMetrics;
+use crate::pb;
+use crate::pb::gateway_service_server::GatewayService;
+
+/// Most ids one BatchStatus may name.
+pub const MAX_BATCH_STATUS_IDS: usize = 1_000;
+/// Most jobs one WatchProgress may watch.
+pub const MAX_WATCH_IDS: usize = 10_000;
+const MAX_REQUEST_ID: usize = 128;
+const MAX_ID_LEN: usize = 128;
+
+/// Service knobs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub max_watch_streams: usize,
+    pub heartbeat: Duration,
+}
+
+/// The gRPC service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    engine: Engine,
+    shutdown: CancellationToken,
+    watch_slots: Arc<Semaphore>,
+    cfg: ServiceConfig,
+    metrics: GrpcMetrics,
+}
+
+impl Gateway {
+    pub fn new(
+        engine: Engine,
+        cfg: ServiceConfig,
+        shutdown: CancellationToken,
+        metrics: GrpcMetrics,
+    ) -> Self {
+        Self {
+            engine,
+            shutdown,
+            watch_slots: Arc::new(Semaphore::new(cfg.max_watch_streams)),
+            cfg,
+            metrics,
+        }
+    }
+
+    fn observe<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        let r = r.map(Response::new).map_err(Status::from);
+        self.metrics.record(
+            method,
+            r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
+        r
+    }
+
+    /// Validate every job and build the engine command. Nothing is stored on error.
+    fn submit_command(&self, req: pb::SubmitRequest) -> Result<SubmitCommand, ApiError> {
+        let mut violations = Vec::new();
+        if req.request_id.chars().count() > MAX_REQUEST_ID {
+            violations.push(Violation::new(
+                "request_id",
+                format!("at most {MAX_REQUEST_ID} characters"),
+            ));
+        }
+        let max = self.engine.max_jobs_per_submit();
+        if req.jobs.is_empty() || req.jobs.len() > max {
+            violations.push(Violation::new(
+                "jobs",
+                format!("between 1 and {max} jobs are required"),
+            ));
+            return Err(ApiError::InvalidJobSpec(violations));
+        }
+        let configured: HashSet<String> = self.engine.provider_names().into_iter().collect();
+        let mut unconfigured = None;
+        let mut jobs = Vec::with_capacity(req.jobs.len());
+        for (i, spec) in req.jobs.into_iter().enumerate() {
+            let deadline = convert::check_envelope(i, &spec, &mut violations);
+            let Some(provider) = &spec.provider else {
+                violations.push(Violation::new(
+                    format!("jobs[{i}].provider"),
+                    "exactly one of staticadslab, pictify, abyssale is required",
+                ));
+                continue;
+            };
+            let mut conv = Vec::new();
+            let (name, json) = convert::provider_spec(provider, &mut conv);
+            violations.extend(
+                conv.into_iter()
+                    .map(|(f, d)| Violation::new(job_field(i, name, &f), d)),
+            );
+            if !configured.contains(name) {
+                unconfigured.get_or_insert((name, i));
+                continue;
+            }
+            let job = JobRequest {
+                provider: name.to_owned(),
+                spec: json,
+                client_ref: spec.client_ref,
+                labels: spec.labels.into_iter().collect(),
+                deadline,
+            };
+            match self.engine.validate(&job) {
+                Ok(()) => {}
+                Err(adgate_engine::EngineError::Invalid(v)) => {
+                    violations.extend(v.into_iter().map(|(_, p, f)| {
+                        Violation::new(job_field(i, &p, &f.field), f.description)
+                    }));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            jobs.push(job);
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidJobSpec(violations));
+        }
+        if let Some((name, i)) = unconfigured {
+            return Err(ApiError::ProviderNotConfigured {
+                provider: name.to_owned(),
+                field: format!("jobs[{i}].{name}"),
+            });
+        }
+        Ok(SubmitCommand {
+            request_id: (!req.request_id.is_empty()).then_some(req.request_id),
+            jobs,
+        })
+    }
+
+    async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let cmd = self.submit_command(req)?;
+        let reply = self.engine.submit(cmd).await?;
+        Ok(pb::SubmitResponse {
+            batch_id: reply.batch_id,
+            job_ids: reply.job_ids,
+            replayed: reply.replayed,
+        })
+    }
+
+    async fn batch_status_inner(
+        &self,
+        req: pb::BatchStatusRequest,
+    ) -> Result<pb::BatchStatusResponse, ApiError> {
+        let (records, unknown) =
+            match select_ids(&req.job_ids, &req.batch_id, MAX_BATCH_STATUS_IDS)? {
+                Selector::Ids(ids) => self.engine.get_jobs(ids).await?,
+                Selector::Batch(b) => {
+                    let jobs = self
+                        .engine
+                        .batch_jobs(b)
+                        .await?
+                        .ok_or_else(|| ApiError::BatchNotFound(b.to_owned()))?;
+                    (jobs, Vec::new())
+                }
+            };
+        Ok(pb::BatchStatusResponse {
+            counts: convert::state_counts(&records),
+            jobs: records.iter().map(convert::job).collect(),
+            unknown_job_ids: unknown,
+        })
+    }
+
+    async fn get_job_inner(&self, req: pb::GetJobRequest) -> Result<pb::GetJobResponse, ApiError> {
+        check_id("job_id", &req.job_id)?;
+        let (mut found, _) = self
+            .engine
+            .get_jobs(std::slice::from_ref(&req.job_id))
+            .await?;
+        let rec = found.pop().ok_or(ApiError::JobNotFound(req.job_id))?;
+        Ok(pb::GetJobResponse {
+            job: Some(convert::job(&rec)),
+        })
+    }
+
+    async fn cancel_job_inner(
+        &self,
+        req: pb::CancelJobRequest,
+    ) -> Result<pb::CancelJobResponse, ApiError> {
+        check_id("job_id", &req.job_id)?;
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let rec = self.engine.cancel(&req.job_id).await?;
+        Ok(pb::CancelJobResponse {
+            job: Some(convert::job(&rec)),
+        })
+    }
+
+    async fn watch_inner(&self, req: pb::WatchProgressRequest) -> Result<WatchStream, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let ids: Vec<String> = match select_ids(&req.job_ids, &req.batch_id, MAX_WATCH_IDS)? {
+            Selector::Ids(ids) => {
+                let mut seen = HashSet::new();
+                ids.iter()
+                    .filter(|id| seen.insert(id.as_str()))
+                    .cloned()
+                    .collect()
+            }
+            Selector::Batch(b) => {
+                let jobs = self
+                    .engine
+                    .batch_jobs(b)
+                    .await?
+                    .ok_or_else(|| ApiError::BatchNotFound(b.to_owned()))?;
+                jobs.into_iter().map(|j| j.id).collect()
+            }
+        };
+        let permit = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::TooManyWatchStreams {
+                limit: self.cfg.max_watch_streams,
+            }
+        })?;
+        let watch = self.engine.watch(ids.clone()).await?;
+        if !watch.unknown_ids().is_empty() {
+            return Err(ApiError::JobsNotFound(watch.unknown_ids().to_vec()));
+        }
+        Ok(self.spawn_watch(watch, ids.len(), permit))
+    }
+
+    /// Serve one stream: snapshot, changes, heartbeats; end OK when every job is terminal,
+    /// UNAVAILABLE on drain; stop at once when the client leaves.
+    ///
+    /// No task and no channel per stream: hyper polls the returned stream directly, and the
+    /// stream polls the engine's `Watch`, the shutdown token and the heartbeat timer. Back-
+    /// pressure is HTTP/2 flow control (hyper stops polling when the client's window is full;
+    /// the bus keeps only the latest record per job meanwhile), and a departed client is
+    /// noticed at once because hyper drops the stream on RST_STREAM or connection loss, which
+    /// drops the `Watch` (unregistering it from the bus) and the permit.
+    fn spawn_watch(
+        &self,
+        watch: adgate_engine::Watch,
+        snapshot_len: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> WatchStream {
+        self.metrics.watch_streams.inc();
+        Box::pin(ProgressStream {
+            watch,
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            idle: Box::pin(tokio::time::sleep(self.cfg.heartbeat)),
+            heartbeat: self.cfg.heartbeat,
+            remaining_snapshot: snapshot_len,
+            ended: false,
+            streams: self.metrics.watch_streams.clone(),
+            events: self.metrics.watch_events.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+/// One WatchProgress response stream (see [`Gateway::spawn_watch`]).
+struct ProgressStream {
+    watch: adgate_engine::Watch,
+    // Boxed because both futures are `!Unpin`; two small allocations per stream instead of a
+    // task, its future and a channel block.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    heartbeat: Duration,
+    remaining_snapshot: usize,
+    ended: bool,
+    streams: prometheus_client::metrics::gauge::Gauge,
+    events: prometheus_client::metrics::counter::Counter,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream for ProgressStream {
+    type Item = Result<pb::WatchProgressResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Drain first (as a biased select would): a stream ends with UNAVAILABLE once the
+        // drain begins, so the client reconnects to another instance and loses nothing.
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Status::from(ApiError::ShuttingDown))));
+        }
+        let msg = match this.watch.poll_record(cx) {
+            Poll::Ready(Some(rec)) => {
+                let snapshot = this.remaining_snapshot > 0;
+                this.remaining_snapshot = this.remaining_snapshot.saturating_sub(1);
+                pb::WatchProgressResponse {
+                    event: Some(pb::watch_progress_response::Event::Job(convert::job(&rec))),
+                    snapshot,
+                }
+            }
+            Poll::Ready(None) => {
+                // Every job terminal: end with OK.
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => pb::WatchProgressResponse {
+                    event: Some(pb::watch_progress_response::Event::Heartbeat(
+                        pb::Heartbeat {
+                            time: Some(prost_types::Timestamp::from(SystemTime::now())),
+                        },
+                    )),
+                    snapshot: false,
+                },
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        this.events.inc();
+        let next = Instant::now() + this.heartbeat;
+        this.idle.as_mut().reset(next);
+        Poll::Ready(Some(Ok(msg)))
+    }
+}
+
+impl Drop for ProgressStream {
+    fn drop(&mut self) {
+        // Dropping `watch` unregisters it from the bus; `_permit` frees the stream slot.
+        self.streams.dec();
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchProgressResponse, Status>> + Send + 'static>>;
+
+enum Selector<'a> {
+    Ids(&'a [String]),
+    Batch(&'a str),
+}
+
+/// Exactly one of `job_ids` and `batch_id`, within limits.
+fn select_ids<'a>(ids: &'a [String], batch: &'a str, max: usize) -> Result<Selector<'a>, ApiError> {
+    match (ids.is_empty(), batch.is_empty()) {
+        (true, true) | (false, false) => Err(ApiError::InvalidRequest(vec![Violation::new(
+            "job_ids",
+            "set exactly one of job_ids and batch_id",
+        )])),
+        (false, true) => {
+            if ids.len() > max {
+                return Err(ApiError::InvalidRequest(vec![Violation::new(
+                    "job_ids",
+                    format!("at most {max} ids per call"),
+                )]));
+            }
+            if let Some(i) = ids
+                .iter()
+                .position(|id| id.is_empty() || id.len() > MAX_ID_LEN)
+            {
+                return Err(ApiError::InvalidRequest(vec![Violation::new(
+                    format!("job_ids[{i}]"),
+                    format!("must be 1–{MAX_ID_LEN} characters"),
+                )]));
+            }
+            Ok(Selector::Ids(ids))
+        }
+        (true, false) => {
+            check_id("batch_id", batch)?;
+            Ok(Selector::Batch(batch))
+        }
+    }
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(ApiError::InvalidRequest(vec![Violation::new(
+            field,
+            format!("required, 1–{MAX_ID_LEN} characters"),
+        )]));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl GatewayService for Gateway {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let r = self.submit_inner(request.into_inner()).await;
+        self.observe("Submit", r)
+    }
+
+    async fn batch_status(
+        &self,
+        request: Request<pb::BatchStatusRequest>,
+    ) -> Result<Response<pb::BatchStatusResponse>, Status> {
+        let r = self.batch_status_inner(request.into_inner()).await;
+        self.observe("BatchStatus", r)
+    }
+
+    type WatchProgressStream = WatchStream;
+
+    async fn watch_progress(
+        &self,
+        request: Request<pb::WatchProgressRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        let r = self.watch_inner(request.into_inner()).await;
+        self.observe("WatchProgress", r)
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let r = self.get_job_inner(request.into_inner()).await;
+        self.observe("GetJob", r)
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let r = self.cancel_job_inner(request.into_inner()).await;
+        self.observe("CancelJob", r)
+    }
+
+    async fn list_providers(
+        &self,
+        _request: Request<pb::ListProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        let providers = self
+            .engine
+            .providers()
+            .iter()
+            .map(convert::provider)
+            .collect();
+        self.observe("ListProviders", Ok(pb::ListProvidersResponse { providers }))
+    }
+}
