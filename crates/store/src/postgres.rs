@@ -7,8 +7,10 @@
 //! # Writes: group commit
 //!
 //! As on SQLite, one writer task (the private `writer` module) owns a dedicated connection and
-//! commits every write that queued up while the previous commit ran in one transaction, with a
-//! SAVEPOINT per call, so concurrent Submits share one WAL flush. Each committed job change is
+//! commits every write that queued up while the previous commit ran in one transaction, so
+//! concurrent Submits share one WAL flush. Submissions are coalesced into array statements
+//! (`submit`), patches applied in one read and one write per call (`patch`); savepoints, one
+//! per call, are used only to redo a group in which something failed. Each committed job change is
 //! announced with `pg_notify` in the same transaction (see *Change feed*). Reads, claims,
 //! leases and the budget use a pool of [`READ_CONNECTIONS`] connections.
 //!
@@ -73,7 +75,9 @@
 //! one transaction under an advisory lock (replicas starting together migrate one after the
 //! other), recorded in `schema_migrations`.
 
+mod patch;
 mod rows;
+mod submit;
 mod writer;
 
 use std::str::FromStr;

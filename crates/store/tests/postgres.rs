@@ -132,6 +132,7 @@ conformance!(
     webhook_deliveries,
     counts,
     failing_command_is_isolated,
+    coalesced_group_mixes_replays_conflicts_and_fresh_submits,
     attempt_key_reuse,
     single_replica_claims,
 );

@@ -2,9 +2,15 @@
 //!
 //! Like the SQLite writer, one task owns one dedicated connection. Callers send [`Command`]s
 //! over a bounded channel; the task takes everything queued (up to [`MAX_GROUP`]), runs it in
-//! one `BEGIN … COMMIT` with a `SAVEPOINT` per command, and answers every caller only after
-//! the commit returned. PostgreSQL's commit waits for the WAL flush (`synchronous_commit` on by
-//! default), so an answer means "durable", and concurrent Submits share that flush.
+//! one `BEGIN … COMMIT`, and answers every caller only after the commit returned.
+//! PostgreSQL's commit waits for the WAL flush (`synchronous_commit` on by default), so an
+//! answer means "durable", and concurrent Submits share that flush.
+//!
+//! The connection is the bottleneck — every statement is a round trip, and they run one after
+//! the other — so a group is first run without savepoints, its submissions coalesced into a
+//! few array statements (`submit` module) and its patches applied in one read and one write
+//! per command (`patch` module). Only when something in it fails is the group rolled back and
+//! run again with a `SAVEPOINT` per command, so that the failing command fails alone.
 //!
 //! Every job change committed by a group (new jobs, applied patches) is announced with one
 //! `pg_notify('adgate_jobs', '<job id>:<revision>')` per changed job, sent inside the same
@@ -19,14 +25,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use adgate_generator::JobState;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{JOB_COLUMNS, db, job_from_row, sanitize_progress, sqlstate, to_json};
+use super::patch::apply;
+use super::rows::{db, sqlstate};
+use super::submit::{submit, submit_coalesced};
 use crate::model::{JobPatch, JobRecord, NewSubmission, SubmitOutcome};
 use crate::{Result, StoreError};
 
@@ -181,31 +188,127 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> std::result::Result
 }
 
 /// Runs one group in one transaction and answers its callers after the commit.
+///
+/// First the fast way ([`run_fast`]): submissions coalesced, no savepoints, so a group costs
+/// a handful of round trips plus two per other command. In PostgreSQL any failed statement
+/// aborts the whole transaction, so if anything fails there (a duplicate id, a deadlock, a
+/// corrupt row), the group is rolled back and run again op by op, each command in a
+/// savepoint of its own: the failing command fails alone, exactly as if there were no fast
+/// path. Failures are rare, so the common group pays no savepoints at all.
 async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &AtomicU64) -> GroupEnd {
     let size = group.len();
-    if let Err(e) = exec(conn, "BEGIN").await {
-        let lost = connection_lost(&e);
-        let e = Arc::new(e);
-        tracing::error!(error = %e, size, "store: cannot begin a write transaction");
-        group
-            .into_iter()
-            .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
-        return GroupEnd::Failed { lost };
+    if let Err(end) = begin_locked(conn, &group).await {
+        return fail_group(group, end);
     }
+    match run_fast(conn, &group).await {
+        Ok(results) => match exec(conn, "COMMIT").await {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(size, "store: group committed");
+                // A caller that gave up no longer listens; its write still committed.
+                for (item, result) in group.into_iter().zip(results) {
+                    drop(item.reply.send(Ok(result)));
+                }
+                return GroupEnd::Committed(Vec::new());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size, "store: commit failed");
+                let lost = connection_lost(&e);
+                return fail_group(group, (Arc::new(e), lost));
+            }
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, size, "store: fast group failed, redoing op by op");
+            if let Err(re) = exec(conn, "ROLLBACK").await {
+                tracing::error!(error = %re, size, "store: rollback failed");
+                return fail_group(group, (Arc::new(re), true));
+            }
+        }
+    }
+    if let Err(end) = begin_locked(conn, &group).await {
+        return fail_group(group, end);
+    }
+    commit_op_by_op(conn, group, commits).await
+}
 
-    if let Err(e) = prelock(conn, &group).await {
+/// Answers every command of a group with the error that ended it.
+fn fail_group(group: Vec<Item>, (e, lost): (GroupFailure, bool)) -> GroupEnd {
+    group
+        .into_iter()
+        .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
+    GroupEnd::Failed { lost }
+}
+
+/// BEGIN, then the group's locks ([`prelock`]). On failure the transaction is closed and the
+/// error is returned with whether the connection is lost.
+async fn begin_locked(
+    conn: &mut PgConnection,
+    group: &[Item],
+) -> std::result::Result<(), (GroupFailure, bool)> {
+    if let Err(e) = exec(conn, "BEGIN").await {
+        tracing::error!(error = %e, size = group.len(), "store: cannot begin a write transaction");
+        let lost = connection_lost(&e);
+        return Err((Arc::new(e), lost));
+    }
+    if let Err(e) = prelock(conn, group).await {
+        tracing::error!(error = %e, size = group.len(), "store: cannot lock the rows of a write group");
         let mut lost = connection_lost(&e);
-        let e = Arc::new(e);
-        tracing::error!(error = %e, size, "store: cannot lock the rows of a write group");
         if !lost && exec(conn, "ROLLBACK").await.is_err() {
             lost = true;
         }
-        group
-            .into_iter()
-            .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
-        return GroupEnd::Failed { lost };
+        return Err((Arc::new(e), lost));
     }
+    Ok(())
+}
 
+/// The whole group without savepoints: every submission in [`submit_coalesced`]'s few
+/// statements (the ones it leaves over, one by one), every other command in order, then the
+/// notifications. Returns one answer per command, in group order; any error means the
+/// transaction is aborted and must be rolled back.
+async fn run_fast(conn: &mut PgConnection, group: &[Item]) -> Result<Vec<Answer>> {
+    let mut changes: Vec<(String, i64)> = Vec::new();
+    let mut answers: Vec<Option<Answer>> = group.iter().map(|_| None).collect();
+    // Submissions first: they only create rows, so running them ahead of the group's other
+    // writes changes no outcome (as on SQLite).
+    let submits: Vec<(usize, &NewSubmission)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| match &item.op {
+            Op::Submit(s) => Some((i, s)),
+            _ => None,
+        })
+        .collect();
+    if !submits.is_empty() {
+        let list: Vec<&NewSubmission> = submits.iter().map(|(_, s)| *s).collect();
+        let outcomes = submit_coalesced(conn, &list, &mut changes).await?;
+        for ((i, s), outcome) in submits.into_iter().zip(outcomes) {
+            let outcome = match outcome {
+                Some(o) => o,
+                // A request id claimed before: replayed or refused against the stored row.
+                None => submit(conn, s, &mut changes).await?,
+            };
+            answers[i] = Some(Answer::Submit(outcome));
+        }
+    }
+    for (answer, item) in answers.iter_mut().zip(group) {
+        if answer.is_none() {
+            *answer = Some(run_op(conn, &item.op, &mut changes).await?);
+        }
+    }
+    if !changes.is_empty() {
+        notify(conn, &changes).await.map_err(db)?;
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// The careful way: each command in a savepoint, so one that fails is rolled back alone;
+/// deadlock victims are carried over to the next group.
+async fn commit_op_by_op(
+    conn: &mut PgConnection,
+    group: Vec<Item>,
+    commits: &AtomicU64,
+) -> GroupEnd {
+    let size = group.len();
     let mut answers: Vec<(oneshot::Sender<Result<Answer>>, Result<Answer>)> =
         Vec::with_capacity(size);
     let mut carried: Vec<Item> = Vec::new();
@@ -403,119 +506,6 @@ async fn run_op(
     }
 }
 
-/// Every job of a submission in one statement, whatever their number: the columns travel as
-/// arrays and `UNNEST … WITH ORDINALITY` gives each its position in the batch. Rows are
-/// inserted in batch order, so `pos` (the queue's tie-breaker) follows it.
-static INSERT_JOBS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO jobs (id, batch_id, seq, provider, spec, state, group_key, correlation_key, \
-         outputs, client_ref, labels, created_at, updated_at, deadline_at, revision) \
-         SELECT t.id, $1, t.n - 1, t.provider, t.spec, {queued}, t.group_key, \
-         t.correlation_key, '[]', t.client_ref, t.labels, $2, $2, t.deadline_at, 1 \
-         FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::bigint[]) WITH ORDINALITY \
-         AS t(id, provider, spec, group_key, correlation_key, client_ref, labels, deadline_at, n) \
-         ORDER BY t.n",
-        queued = JobState::Queued.as_i64()
-    )
-});
-
-async fn submit(
-    conn: &mut PgConnection,
-    s: &NewSubmission,
-    changes: &mut Vec<(String, i64)>,
-) -> Result<SubmitOutcome> {
-    if let Some(request_id) = &s.request_id {
-        // The unique key decides: the first transaction to insert the id wins, a concurrent
-        // one (another replica's writer) waits on it and then does nothing. No read-then-write.
-        let claimed = sqlx::query(
-            "INSERT INTO request_ids (request_id, content_hash, batch_id, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(&s.content_hash)
-        .bind(&s.batch_id)
-        .bind(s.now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if claimed.rows_affected() == 0 {
-            // READ COMMITTED: this statement sees the winner's committed row.
-            let row =
-                sqlx::query("SELECT content_hash, batch_id FROM request_ids WHERE request_id = $1")
-                    .bind(request_id)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            let hash: String = row.try_get(0).map_err(db)?;
-            if hash != s.content_hash {
-                return Ok(SubmitOutcome::Conflict);
-            }
-            let batch_id: String = row.try_get(1).map_err(db)?;
-            let job_ids = sqlx::query("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY seq")
-                .bind(&batch_id)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0).map_err(db))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(SubmitOutcome::Replayed { batch_id, job_ids });
-        }
-    }
-
-    let job_count = i64::try_from(s.jobs.len()).unwrap_or(i64::MAX);
-    sqlx::query("INSERT INTO batches (id, created_at, job_count) VALUES ($1, $2, $3)")
-        .bind(&s.batch_id)
-        .bind(s.now_ms)
-        .bind(job_count)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-
-    if !s.jobs.is_empty() {
-        let n = s.jobs.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut providers = Vec::with_capacity(n);
-        let mut specs = Vec::with_capacity(n);
-        let mut group_keys = Vec::with_capacity(n);
-        let mut correlation_keys = Vec::with_capacity(n);
-        let mut client_refs = Vec::with_capacity(n);
-        let mut labels = Vec::with_capacity(n);
-        let mut deadlines = Vec::with_capacity(n);
-        for job in &s.jobs {
-            ids.push(job.id.as_str());
-            providers.push(job.provider.as_str());
-            specs.push(to_json(&job.spec, "spec")?);
-            group_keys.push(job.group_key.as_deref());
-            correlation_keys.push(job.correlation_key.as_deref());
-            client_refs.push(job.client_ref.as_str());
-            labels.push(to_json(&job.labels, "labels")?);
-            deadlines.push(job.deadline_at_ms);
-        }
-        sqlx::query(&INSERT_JOBS)
-            .bind(&s.batch_id)
-            .bind(s.now_ms)
-            .bind(&ids)
-            .bind(&providers)
-            .bind(&specs)
-            .bind(&group_keys)
-            .bind(&correlation_keys)
-            .bind(&client_refs)
-            .bind(&labels)
-            .bind(&deadlines)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
-
-    changes.extend(s.jobs.iter().map(|j| (j.id.clone(), 1)));
-    Ok(SubmitOutcome::Created {
-        batch_id: s.batch_id.clone(),
-        job_ids: s.jobs.iter().map(|j| j.id.clone()).collect(),
-    })
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
 struct KeyOwnedByOtherProvider {
@@ -576,103 +566,6 @@ async fn create_attempt(
         .map_err(db)?;
     }
     Ok(attempt_id)
-}
-
-/// Locks the row: another replica's writer cannot change the job between this read and the
-/// UPDATE below (no lost update), it waits for this group's COMMIT instead.
-static SELECT_JOB: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"));
-
-static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE jobs SET state = $1, provider_ref = $2, poll_key = $3, progress = $4, \
-         outputs = $5, error = $6, updated_at = $7, completed_at = $8, \
-         revision = revision + 1 WHERE id = $9 RETURNING {JOB_COLUMNS}"
-    )
-});
-
-async fn apply(
-    conn: &mut PgConnection,
-    patches: &[JobPatch],
-    now_ms: i64,
-    changes: &mut Vec<(String, i64)>,
-) -> Result<Vec<JobRecord>> {
-    let mut changed: Vec<JobRecord> = Vec::new();
-    let mut position: HashMap<String, usize> = HashMap::new();
-    for patch in patches {
-        let Some(row) = sqlx::query(&SELECT_JOB)
-            .bind(&patch.job_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?
-        else {
-            continue; // unknown job
-        };
-        let current = job_from_row(&row)?;
-        if current.state.is_terminal() {
-            continue; // terminal states never change again
-        }
-        let mut next = current.clone();
-        if let Some(state) = patch.state {
-            next.state = state;
-        }
-        if let Some(provider_ref) = &patch.provider_ref {
-            next.provider_ref = Some(provider_ref.clone());
-        }
-        if let Some(poll_key) = &patch.poll_key {
-            next.poll_key = Some(poll_key.clone());
-        }
-        if let Some(progress) = &patch.progress {
-            next.progress = Some(sanitize_progress(progress.clone()));
-        }
-        if let Some(outputs) = &patch.outputs {
-            next.outputs = outputs.clone();
-        }
-        if let Some(error) = &patch.error {
-            next.error = Some(error.clone());
-        }
-        if next == current {
-            continue; // changes nothing: no revision bump, no event
-        }
-        let completed_at = if next.state.is_terminal() {
-            Some(now_ms)
-        } else {
-            current.completed_at_ms
-        };
-        let row = sqlx::query(&UPDATE_JOB)
-            .bind(next.state.as_i64())
-            .bind(&next.provider_ref)
-            .bind(&next.poll_key)
-            .bind(
-                next.progress
-                    .as_ref()
-                    .map(|p| to_json(p, "progress"))
-                    .transpose()?,
-            )
-            .bind(to_json(&next.outputs, "outputs")?)
-            .bind(
-                next.error
-                    .as_ref()
-                    .map(|e| to_json(e, "error"))
-                    .transpose()?,
-            )
-            .bind(now_ms)
-            .bind(completed_at)
-            .bind(&patch.job_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
-        let record = job_from_row(&row)?;
-        changes.push((record.id.clone(), record.revision));
-        match position.get(&record.id) {
-            Some(&i) => changed[i] = record,
-            None => {
-                position.insert(record.id.clone(), changed.len());
-                changed.push(record);
-            }
-        }
-    }
-    Ok(changed)
 }
 
 async fn record_delivery(

@@ -1014,6 +1014,151 @@ pub async fn failing_command_is_isolated(store: &dyn Store) {
     assert_eq!(total_jobs(store).await, 4);
 }
 
+/// One group mixing fresh submits, replays and conflicts (against a stored request id and
+/// against one claimed earlier in the same group): the coalesced write path (where a backend has one) must give each
+/// the outcome the op-by-op path gives. Then a group where one submit fails (duplicate job
+/// id): the group is redone op by op, the faulty submit fails alone and does not keep its
+/// request id, so a later submit of the same group claims it.
+pub async fn coalesced_group_mixes_replays_conflicts_and_fresh_submits(store: &dyn Store) {
+    submit_ok(
+        store,
+        with_request(
+            submission(
+                "batch_a",
+                vec![job("job_a2", "pictify"), job("job_a1", "pictify")],
+                T0,
+            ),
+            "req-a",
+            "ha",
+        ),
+    )
+    .await;
+
+    // Polled in order, so queued in this order (and most likely committed as one group).
+    let (replay_stored, conflict_stored, fresh_b, replay_b, conflict_b, plain) = tokio::join!(
+        store.submit(with_request(
+            submission("batch_x", vec![job("job_x", "pictify")], T0),
+            "req-a",
+            "ha"
+        )),
+        store.submit(with_request(
+            submission("batch_y", vec![job("job_y", "pictify")], T0),
+            "req-a",
+            "zz"
+        )),
+        store.submit(with_request(
+            submission(
+                "batch_b",
+                vec![job("job_b1", "pictify"), job("job_b2", "pictify")],
+                T0
+            ),
+            "req-b",
+            "hb",
+        )),
+        store.submit(with_request(
+            submission("batch_b2", vec![job("job_b3", "pictify")], T0),
+            "req-b",
+            "hb"
+        )),
+        store.submit(with_request(
+            submission("batch_b3", vec![job("job_b4", "pictify")], T0),
+            "req-b",
+            "no"
+        )),
+        store.submit(submission("batch_p", vec![job("job_p", "pictify")], T0)),
+    );
+    assert_eq!(
+        replay_stored.expect("replay"),
+        SubmitOutcome::Replayed {
+            batch_id: "batch_a".to_owned(),
+            job_ids: strings(&["job_a2", "job_a1"]),
+        }
+    );
+    assert_eq!(conflict_stored.expect("conflict"), SubmitOutcome::Conflict);
+    assert_eq!(
+        fresh_b.expect("fresh"),
+        SubmitOutcome::Created {
+            batch_id: "batch_b".to_owned(),
+            job_ids: strings(&["job_b1", "job_b2"]),
+        }
+    );
+    assert_eq!(
+        replay_b.expect("replay in group"),
+        SubmitOutcome::Replayed {
+            batch_id: "batch_b".to_owned(),
+            job_ids: strings(&["job_b1", "job_b2"]),
+        }
+    );
+    assert_eq!(
+        conflict_b.expect("conflict in group"),
+        SubmitOutcome::Conflict
+    );
+    assert!(
+        matches!(plain, Ok(SubmitOutcome::Created { .. })),
+        "{plain:?}"
+    );
+    for batch in ["batch_x", "batch_y", "batch_b2", "batch_b3"] {
+        assert_eq!(
+            store.batch_jobs(batch).await.expect("batch"),
+            None,
+            "{batch}"
+        );
+    }
+    let b = store
+        .batch_jobs("batch_b")
+        .await
+        .expect("batch")
+        .expect("stored");
+    assert_eq!(
+        b.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["job_b1", "job_b2"]
+    );
+    assert_eq!(
+        store.get_jobs(&strings(&["job_p"])).await.expect("get").len(),
+        1
+    );
+
+    // A failing submit (job_a1 exists) in a group with a fresh one and a later one reusing
+    // its request id.
+    let (ok, bad, reuse) = tokio::join!(
+        store.submit(submission("batch_ok", vec![job("job_ok", "pictify")], T0)),
+        store.submit(with_request(
+            submission(
+                "batch_bad",
+                vec![job("job_c", "pictify"), job("job_a1", "pictify")],
+                T0
+            ),
+            "req-c",
+            "hc",
+        )),
+        store.submit(with_request(
+            submission("batch_c", vec![job("job_c2", "pictify")], T0),
+            "req-c",
+            "hc"
+        )),
+    );
+    assert!(matches!(ok, Ok(SubmitOutcome::Created { .. })), "{ok:?}");
+    assert!(matches!(bad, Err(StoreError::Database(_))), "{bad:?}");
+    assert_eq!(
+        reuse.expect("reuse"),
+        SubmitOutcome::Created {
+            batch_id: "batch_c".to_owned(),
+            job_ids: strings(&["job_c2"]),
+        }
+    );
+    assert_eq!(store.batch_jobs("batch_bad").await.expect("batch"), None);
+    assert!(
+        store
+            .get_jobs(&strings(&["job_c"]))
+            .await
+            .expect("get")
+            .is_empty()
+    );
+    // The unchanged original.
+    let a1 = store.get_jobs(&strings(&["job_a1"])).await.expect("get");
+    assert_eq!((a1[0].batch_id.as_str(), a1[0].revision), ("batch_a", 1));
+}
+
 /// create_attempt with a key that exists reuses that attempt; the same key for another
 /// provider is an error.
 pub async fn attempt_key_reuse(store: &dyn Store) {
