@@ -1003,6 +1003,14 @@ async fn concurrent_applies_from_two_replicas_lose_nothing() {
 
 /// Bulk throughput on PostgreSQL: prints the figure (the assertion is loose; CI is slow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_job_submits_from_64_callers() {
+    let db = TestDb::create().await;
+    let store = Arc::new(db.open().await);
+    suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bulk_submit_and_group_commit_throughput() {
     let db = TestDb::create().await;
     let store = Arc::new(db.open().await);

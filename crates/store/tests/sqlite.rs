@@ -262,48 +262,11 @@ async fn bulk_submit_throughput() {
     store.close().await;
 }
 
-/// Single-job submits from 64 concurrent callers: group commit keeps them fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_job_submits_from_64_callers() {
-    const CALLERS: usize = 64;
-    const EACH: usize = 50;
     let (_dir, store) = fresh().await;
     let store = Arc::new(store);
-    let started = Instant::now();
-    let commits = store.commit_count();
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                for i in 0..EACH {
-                    let id = format!("{c}_{i}");
-                    submit_ok(
-                        &*store,
-                        submission(
-                            &format!("batch_{id}"),
-                            vec![job(&format!("job_{id}"), "pictify")],
-                            T0,
-                        ),
-                    )
-                    .await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let commits = store.commit_count() - commits;
-    let calls = CALLERS * EACH;
-    eprintln!(
-        "64 callers: {calls} single-job submits in {secs:.2}s ({:.0}/s), {commits} commits",
-        calls as f64 / secs
-    );
-    assert!(
-        (commits as usize) < calls / 4,
-        "{commits} commits for {calls} calls"
-    );
+    suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
     store.close().await;
 }
 

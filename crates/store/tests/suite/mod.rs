@@ -934,6 +934,50 @@ pub async fn group_commit(store: Arc<dyn Store>) -> u64 {
     used
 }
 
+/// 64 callers each submitting one job at a time, 50 times: every submit succeeds, and they
+/// share far fewer commits than calls (group commit under a closed loop, the Submit
+/// benchmark's shape). Prints the rate (`-- --nocapture`).
+pub async fn single_job_submits_from_64_callers(store: Arc<dyn Store>) {
+    const CALLERS: usize = 64;
+    const EACH: usize = 50;
+    let started = std::time::Instant::now();
+    let commits = store.commit_count();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let id = format!("{c}_{i}");
+                    submit_ok(
+                        &*store,
+                        submission(
+                            &format!("batch_{id}"),
+                            vec![job(&format!("job_{id}"), "pictify")],
+                            T0,
+                        ),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let commits = store.commit_count() - commits;
+    let calls = CALLERS * EACH;
+    eprintln!(
+        "64 callers: {calls} single-job submits in {secs:.2}s ({:.0}/s), {commits} commits",
+        calls as f64 / secs
+    );
+    assert!(
+        (commits as usize) < calls / 4,
+        "{commits} commits for {calls} calls"
+    );
+    assert_eq!(total_jobs(&*store).await, calls as u64);
+}
+
 /// close() commits what was already sent, and every later write fails with Closed.
 pub async fn close_then_write(store: &dyn Store) {
     // The submit is polled first, so it is queued before close() asks the writer to stop.
