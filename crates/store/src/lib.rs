@@ -175,9 +175,10 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Claim up to `limit` QUEUED jobs of a provider that no attempt covers and that no other
-    /// live replica owns (`SELECT … FOR UPDATE SKIP LOCKED`): unowned jobs, jobs whose lease
-    /// expired, and jobs `replica` already owns (it may have left some for a later call). They
-    /// become owned by `replica` with a lease until `now_ms + lease_ms`.
+    /// live replica owns (`SELECT … FOR UPDATE SKIP LOCKED`): unowned jobs, jobs whose owner's
+    /// lease expired, and jobs `replica` already owns (it may have left some for a later call).
+    /// They become owned by `replica`. Claiming is a sign of life: `replica`'s lease is
+    /// extended to at least `now_ms + lease_ms`.
     async fn claim_queued(
         &self,
         provider: &str,
@@ -189,8 +190,8 @@ pub trait Store: Send + Sync + 'static {
         self.queued_unassigned(provider, limit).await
     }
 
-    /// Extend the lease of every non-terminal job `replica` owns and record its heartbeat.
-    /// Returns how many leases it holds.
+    /// The heartbeat: extend `replica`'s lease (which covers every job it owns) to
+    /// `now_ms + lease_ms`. Returns how many non-terminal jobs it owns.
     async fn renew_leases(&self, _replica: &str, _now_ms: i64, _lease_ms: i64) -> Result<u64> {
         Ok(0)
     }

@@ -21,18 +21,20 @@
 //!
 //! # Ownership by lease
 //!
-//! `jobs.owner` names the replica working on a job and `jobs.lease_until` until when that
-//! holds. [`Store::claim_queued`] takes QUEUED, unattempted jobs that are free (no owner, or a
-//! lapsed lease) *or already this replica's* — a replica that held a job back (waiting to fill
-//! a provider batch) must get it again, and its own leases never lapse while it renews them —
-//! with `SELECT … FOR UPDATE SKIP LOCKED`, so two replicas claiming at once never get the same
-//! job: the second skips the rows the first has locked, and re-checks rows the first has
-//! meanwhile committed (owner set, lease live → no longer match). [`Store::renew_leases`]
-//! records the replica's heartbeat in `replicas` and extends every live job it owns (skipping
-//! rows locked by a writer right now, so it can never deadlock with one; they are renewed on
-//! the next beat). A replica that dies without a goodbye stops renewing; once `lease_until`
-//! passes, [`Store::claim_orphans`] lets a live replica take over its tracked jobs (provider
-//! reference) and open attempts, and [`Store::claim_queued`] its unattempted queued jobs.
+//! `jobs.owner` names the replica working on a job; the replica's lease is one row in
+//! `replicas` (`lease_until`), not a column per job, so keeping a lease costs one row update
+//! whatever the number of jobs in flight. A job is *free* when it has no owner or its owner's
+//! lease has lapsed. [`Store::claim_queued`] takes QUEUED, unattempted jobs that are free *or
+//! already this replica's* — a replica that held a job back (waiting to fill a provider batch)
+//! must get it again — with `SELECT … FOR UPDATE SKIP LOCKED`, so two replicas claiming at
+//! once never get the same job: the second skips the rows the first has locked, and re-checks
+//! rows the first has meanwhile committed (owner set to a live replica → no longer free).
+//! Claiming is a sign of life: it registers the replica and extends its lease.
+//! [`Store::renew_leases`] is the heartbeat (every third of the lease time). A replica that
+//! dies without a goodbye stops renewing; once its `lease_until` passes,
+//! [`Store::claim_orphans`] lets a live replica take over its tracked jobs (provider reference)
+//! and open attempts, and [`Store::claim_queued`] its unattempted queued jobs. Each job moves to
+//! the claimer alone, under its row lock, so every orphan is taken over exactly once.
 //!
 //! # One budget for the fleet: an exact rolling window
 //!
@@ -93,13 +95,19 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::rows::{J_JOB_COLUMNS, JOB_COLUMNS, db, jobs_from_rows, sql_limit};
+use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Answer, Command, Op};
 use crate::model::{Attempt, JobPatch, JobRecord, NewSubmission, StateCount, SubmitOutcome};
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_replica_leases.sql"),
+    ),
+];
 
 /// Pool connections for reads, claims and leases.
 const READ_CONNECTIONS: u32 = 8;
@@ -317,20 +325,33 @@ static OPEN_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Registers the claiming replica and extends its lease (`$2` replica, `$3` now, `$4` lease),
+/// then names the replicas whose lease has lapsed: the start of both claiming statements.
+/// The locking `c` step returns each row as last committed (READ COMMITTED re-reads a row a
+/// concurrent writer changed before locking it), so the claimed records are current.
+const CLAIMER_AND_LAPSED: &str = "me AS (\
+         INSERT INTO replicas (id, heartbeat_at, lease_until) VALUES ($2, $3, $3 + $4) \
+         ON CONFLICT (id) DO UPDATE \
+         SET heartbeat_at = GREATEST(replicas.heartbeat_at, EXCLUDED.heartbeat_at), \
+             lease_until = GREATEST(replicas.lease_until, EXCLUDED.lease_until)), \
+     lapsed AS (SELECT id FROM replicas WHERE lease_until <= $3 AND id <> $2)";
+
 /// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit. Free means no owner or a
-/// lapsed lease; the replica's own jobs are included (see the module docs).
+/// lapsed owner; the replica's own jobs are included (see the module docs). Only rows that
+/// change hands are written.
 static CLAIM_QUEUED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH c AS (\
-             SELECT id FROM jobs \
+        "WITH {CLAIMER_AND_LAPSED}, \
+         c AS (\
+             SELECT {JOB_COLUMNS}, pos, owner FROM jobs \
              WHERE provider = $1 AND state = {queued} AND attempt_id IS NULL \
-               AND (owner IS NULL OR owner = $2 OR lease_until IS NULL OR lease_until <= $3) \
+               AND (owner IS NULL OR owner = $2 OR owner IN (SELECT id FROM lapsed)) \
              ORDER BY created_at, pos LIMIT $5 \
              FOR UPDATE SKIP LOCKED), \
          u AS (\
-             UPDATE jobs j SET owner = $2, lease_until = $3 + $4 FROM c WHERE j.id = c.id \
-             RETURNING {J_JOB_COLUMNS}, j.pos) \
-         SELECT {JOB_COLUMNS} FROM u ORDER BY created_at, pos",
+             UPDATE jobs j SET owner = $2 FROM c \
+             WHERE j.id = c.id AND c.owner IS DISTINCT FROM $2) \
+         SELECT {JOB_COLUMNS} FROM c ORDER BY created_at, pos",
         queued = JobState::Queued.as_i64()
     )
 });
@@ -338,33 +359,28 @@ static CLAIM_QUEUED: LazyLock<String> = LazyLock::new(|| {
 /// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit.
 static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH c AS (\
-             SELECT id FROM jobs \
+        "WITH {CLAIMER_AND_LAPSED}, \
+         c AS (\
+             SELECT {JOB_COLUMNS}, pos FROM jobs \
              WHERE provider = $1 AND {ACTIVE} \
                AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
-               AND owner IS DISTINCT FROM $2 \
-               AND (lease_until IS NULL OR lease_until <= $3) \
+               AND (owner IS NULL OR owner IN (SELECT id FROM lapsed)) \
              ORDER BY created_at, pos LIMIT $5 \
              FOR UPDATE SKIP LOCKED), \
-         u AS (\
-             UPDATE jobs j SET owner = $2, lease_until = $3 + $4 FROM c WHERE j.id = c.id \
-             RETURNING {J_JOB_COLUMNS}, j.pos) \
-         SELECT {JOB_COLUMNS} FROM u ORDER BY created_at, pos"
+         u AS (UPDATE jobs j SET owner = $2 FROM c WHERE j.id = c.id) \
+         SELECT {JOB_COLUMNS} FROM c ORDER BY created_at, pos"
     )
 });
 
-/// `$1` replica, `$2` now, `$3` lease. Heartbeat, renewal and the count in one statement; the
-/// count reads the snapshot before the renewal, i.e. every live job the replica owns.
+/// `$1` replica, `$2` now, `$3` lease. Heartbeat and lease in one row; the count (from the
+/// partial `jobs_owner` index) is every live job the replica owns, for the metrics.
 static RENEW_LEASES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH hb AS (\
-             INSERT INTO replicas (id, heartbeat_at) VALUES ($1, $2) \
+             INSERT INTO replicas (id, heartbeat_at, lease_until) VALUES ($1, $2, $2 + $3) \
              ON CONFLICT (id) DO UPDATE \
-             SET heartbeat_at = GREATEST(replicas.heartbeat_at, EXCLUDED.heartbeat_at)), \
-         mine AS (\
-             SELECT id FROM jobs WHERE owner = $1 AND {ACTIVE} FOR UPDATE SKIP LOCKED), \
-         renewed AS (\
-             UPDATE jobs j SET lease_until = $2 + $3 FROM mine WHERE j.id = mine.id) \
+             SET heartbeat_at = GREATEST(replicas.heartbeat_at, EXCLUDED.heartbeat_at), \
+                 lease_until = GREATEST(replicas.lease_until, EXCLUDED.lease_until)) \
          SELECT count(*) FROM jobs WHERE owner = $1 AND {ACTIVE}"
     )
 });

@@ -215,11 +215,12 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
     let c = db.open().await;
     c.close().await;
     let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-    let versions: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
-        .fetch_all(&mut conn)
-        .await
-        .expect("versions");
-    assert_eq!(versions, vec![(1,)]);
+    let versions: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .expect("versions");
+    assert_eq!(versions, vec![(1,), (2,)]);
     conn.close().await.expect("close");
 }
 
@@ -392,8 +393,21 @@ async fn leases_expire_renew_and_are_taken_over() {
             .is_empty()
     );
 
-    // A renews before the lapse: its three live jobs, still B's to wait for.
+    // A renews before the lapse: its three live jobs, still B's to wait for. The renewal is
+    // one row in `replicas`: no job row is rewritten (their row versions stay the same).
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let versions = "SELECT id, xmin::text FROM jobs ORDER BY id";
+    let before: Vec<(String, String)> = sqlx::query_as(versions)
+        .fetch_all(&mut conn)
+        .await
+        .expect("row versions");
     assert_eq!(a.renew_leases("a", t + 150, LEASE).await.expect("renew"), 3);
+    let after: Vec<(String, String)> = sqlx::query_as(versions)
+        .fetch_all(&mut conn)
+        .await
+        .expect("row versions");
+    assert_eq!(before, after, "renewing rewrote job rows");
+    conn.close().await.expect("close");
     assert!(
         b.claim_orphans("pictify", "b", t + LEASE + 100, LEASE, 10)
             .await
@@ -406,9 +420,10 @@ async fn leases_expire_renew_and_are_taken_over() {
             .expect("q")
             .is_empty()
     );
-    // The owner itself never takes its own jobs as orphans.
+    // The owner itself never takes its own jobs as orphans (claiming is a heartbeat, so this
+    // is at the renewal's time and leaves the lapse where the renewal put it).
     assert!(
-        a.claim_orphans("pictify", "a", t + 10_000, LEASE, 10)
+        a.claim_orphans("pictify", "a", t + 150, LEASE, 10)
             .await
             .expect("o")
             .is_empty()
@@ -456,16 +471,20 @@ async fn leases_expire_renew_and_are_taken_over() {
         b.renew_leases("b", lapse + 1, LEASE).await.expect("renew"),
         3
     );
-    // The heartbeat table knows both replicas.
+    // The heartbeat table knows every replica that renewed or claimed, with its one lease.
     let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-    let beats: Vec<(String, i64)> =
-        sqlx::query_as("SELECT id, heartbeat_at FROM replicas ORDER BY id")
+    let beats: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT id, heartbeat_at, lease_until FROM replicas ORDER BY id")
             .fetch_all(&mut conn)
             .await
             .expect("replicas");
     assert_eq!(
         beats,
-        [("a".to_owned(), lapse + 1), ("b".to_owned(), lapse + 1)]
+        [
+            ("a".to_owned(), lapse + 1, lapse + 1 + LEASE),
+            ("b".to_owned(), lapse + 1, lapse + 1 + LEASE),
+            ("c".to_owned(), lapse, lapse + LEASE),
+        ]
     );
     conn.close().await.expect("close");
     for s in [a, b, c] {

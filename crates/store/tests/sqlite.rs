@@ -269,4 +269,3 @@ async fn single_job_submits_from_64_callers() {
     suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
     store.close().await;
 }
-

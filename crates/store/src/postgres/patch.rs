@@ -129,8 +129,12 @@ pub(super) async fn apply(
         c.states.push(n.state.as_i64());
         c.provider_refs.push(n.provider_ref.as_deref());
         c.poll_keys.push(n.poll_key.as_deref());
-        c.progress
-            .push(n.progress.as_ref().map(|p| to_json(p, "progress")).transpose()?);
+        c.progress.push(
+            n.progress
+                .as_ref()
+                .map(|p| to_json(p, "progress"))
+                .transpose()?,
+        );
         c.outputs.push(to_json(&n.outputs, "outputs")?);
         c.errors
             .push(n.error.as_ref().map(|e| to_json(e, "error")).transpose()?);
@@ -154,7 +158,10 @@ pub(super) async fn apply(
     let mut stored: Vec<(usize, JobRecord)> = Vec::with_capacity(rows.len());
     for row in &rows {
         let record = job_from_row(row)?;
-        let at = position.get(record.id.as_str()).copied().unwrap_or(usize::MAX);
+        let at = position
+            .get(record.id.as_str())
+            .copied()
+            .unwrap_or(usize::MAX);
         stored.push((at, record));
     }
     stored.sort_by_key(|(at, _)| *at);

@@ -16,8 +16,8 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::rows::{db, to_json};
-use crate::model::{NewSubmission, SubmitOutcome};
 use crate::Result;
+use crate::model::{NewSubmission, SubmitOutcome};
 
 /// The jobs of any number of submissions in one statement. Rows are inserted in array order
 /// (submission by submission, each in batch order), so `pos` — the queue's tie-breaker —

@@ -1158,7 +1158,11 @@ pub async fn coalesced_group_mixes_replays_conflicts_and_fresh_submits(store: &d
         ["job_b1", "job_b2"]
     );
     assert_eq!(
-        store.get_jobs(&strings(&["job_p"])).await.expect("get").len(),
+        store
+            .get_jobs(&strings(&["job_p"]))
+            .await
+            .expect("get")
+            .len(),
         1
     );
 
