@@ -615,21 +615,22 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        if let Some(id) = &event.delivery_id {
-            let fresh = self
-                .shared
-                .store
-                .record_delivery(provider, id, self.shared.clock.now_ms())
-                .await?;
-            if !fresh {
-                self.shared.metrics.webhook(provider, "duplicate");
-                return Ok(WebhookOutcome::Duplicate);
-            }
-        }
+        // The delivery id is recorded in the same transaction as the delivery's first
+        // changes: a store failure leaves it unrecorded, so the provider's retry is applied.
+        let Some(updated) = tracker::apply_updates(
+            &self.shared,
+            rt,
+            event.updates,
+            event.delivery_id.as_deref(),
+        )
+        .await?
+        else {
+            self.shared.metrics.webhook(provider, "duplicate");
+            return Ok(WebhookOutcome::Duplicate);
+        };
         for key in &event.poll_hints {
             rt.tracker.mark_due(key);
         }
-        let updated = tracker::apply_updates(&self.shared, rt, event.updates).await?;
         self.shared.metrics.webhook(provider, "applied");
         Ok(WebhookOutcome::Applied { updated })
     }
@@ -695,7 +696,31 @@ pub(crate) async fn commit(
         return Ok(Vec::new());
     }
     let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
-    for rec in &changed {
+    publish(shared, &changed);
+    Ok(changed)
+}
+
+/// [`commit`] for the patches a webhook delivery carries: the delivery id and the changes go
+/// in one transaction (`Store::apply_delivery`). `None` for a delivery seen before.
+pub(crate) async fn commit_delivery(
+    shared: &Shared,
+    provider: &str,
+    delivery_id: &str,
+    patches: Vec<JobPatch>,
+) -> Result<Option<Vec<JobRecord>>, adgate_store::StoreError> {
+    let changed = shared
+        .store
+        .apply_delivery(provider, delivery_id, patches, shared.clock.now_ms())
+        .await?;
+    if let Some(changed) = &changed {
+        publish(shared, changed);
+    }
+    Ok(changed)
+}
+
+/// Publish committed changes and drop terminal jobs from their tracker.
+fn publish(shared: &Shared, changed: &[JobRecord]) {
+    for rec in changed {
         if rec.state.is_terminal()
             && let Some(rt) = shared.providers.get(&rec.provider)
         {
@@ -703,7 +728,6 @@ pub(crate) async fn commit(
         }
         shared.bus.publish(Arc::new(rec.clone()));
     }
-    Ok(changed)
 }
 
 /// Fail every non-terminal job whose deadline has passed.

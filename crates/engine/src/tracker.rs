@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::budget::Priority;
 use crate::codes;
-use crate::engine::{ProviderRuntime, Shared, commit};
+use crate::engine::{ProviderRuntime, Shared, commit, commit_delivery};
 use crate::error::EngineError;
 
 /// Consecutive polls that must miss a job before it is failed as lost.
@@ -479,7 +479,7 @@ async fn poll_chunk(
         Ok(observed) => {
             rt.observe(shared, observed.rate);
             rt.set_health(true, None);
-            if let Err(e) = apply_updates(shared, rt, observed.value).await {
+            if let Err(e) = apply_updates(shared, rt, observed.value, None).await {
                 tracing::warn!(provider = %rt.name, error = %e, "applying poll results failed");
             }
         }
@@ -498,11 +498,18 @@ async fn poll_chunk(
 }
 
 /// Resolve, commit and publish updates. Returns how many jobs changed.
+///
+/// With a webhook's `delivery` id, the id is recorded in the same transaction as the first
+/// changes committed (see `Store::apply_delivery`); `Ok(None)` means the delivery was seen
+/// before and nothing was applied. Without one, the result is always `Some`.
 pub(crate) async fn apply_updates(
     shared: &Arc<Shared>,
     rt: &Arc<ProviderRuntime>,
     updates: Vec<ProviderUpdate>,
-) -> Result<usize, StoreError> {
+    delivery: Option<&str>,
+) -> Result<Option<usize>, StoreError> {
+    // Taken by the first commit below; every later one is a plain commit.
+    let mut delivery = delivery;
     let mut patches = Vec::new();
     let mut changed = 0;
     for update in updates {
@@ -545,7 +552,11 @@ pub(crate) async fn apply_updates(
                 if let Some(job) = shared.store.find_by_correlation(&rt.name, key).await?
                     && let Some(p) = to_patch(rt, job.id, &update)
                 {
-                    changed += commit(shared, vec![p]).await?.len();
+                    let Some(committed) = commit_with(shared, rt, vec![p], &mut delivery).await?
+                    else {
+                        return Ok(None);
+                    };
+                    changed += committed.len();
                 }
             }
         }
@@ -555,7 +566,9 @@ pub(crate) async fn apply_updates(
         .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
         .map(|p| p.job_id.clone())
         .collect();
-    let committed = commit(shared, patches).await?;
+    let Some(committed) = commit_with(shared, rt, patches, &mut delivery).await? else {
+        return Ok(None);
+    };
     changed += committed.len();
     // A terminal report for a job the store did not change means it was already terminal
     // (a webhook, another replica, a deadline got there first): stop tracking it here too.
@@ -571,7 +584,21 @@ pub(crate) async fn apply_updates(
             }
         }
     }
-    Ok(changed)
+    Ok(Some(changed))
+}
+
+/// Commits `patches`, with the delivery id if it is still to be recorded (then taken).
+/// `None` when that delivery was seen before.
+async fn commit_with(
+    shared: &Arc<Shared>,
+    rt: &ProviderRuntime,
+    patches: Vec<JobPatch>,
+    delivery: &mut Option<&str>,
+) -> Result<Option<Vec<JobRecord>>, StoreError> {
+    match delivery.take() {
+        Some(id) => commit_delivery(shared, &rt.name, id, patches).await,
+        None => commit(shared, patches).await.map(Some),
+    }
 }
 
 fn to_patch(rt: &ProviderRuntime, job_id: String, u: &ProviderUpdate) -> Option<JobPatch> {
@@ -696,7 +723,7 @@ async fn follow_stream(
                 Some(Ok(update)) => {
                     let terminal =
                         matches!(update.state, RemoteState::Failed | RemoteState::Cancelled);
-                    if let Err(e) = apply_updates(&shared, &rt, vec![update]).await {
+                    if let Err(e) = apply_updates(&shared, &rt, vec![update], None).await {
                         tracing::warn!(provider = %rt.name, error = %e, "applying a stream update failed");
                     }
                     if terminal {

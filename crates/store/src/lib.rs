@@ -155,9 +155,31 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-terminal jobs whose deadline is at or before `now_ms`.
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
 
+    /// Remember a webhook delivery id and apply the patches it carries, in one transaction:
+    /// `None` (and nothing applied) for a delivery seen before, else the changed jobs as
+    /// [`Store::apply`] returns them. One transaction, so a delivery is on record exactly when
+    /// its changes are: a failed apply leaves the id unrecorded and the provider's retry of the
+    /// same delivery is applied, not dropped as a duplicate.
+    async fn apply_delivery(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+        patches: Vec<JobPatch>,
+        now_ms: i64,
+    ) -> Result<Option<Vec<JobRecord>>>;
+
     /// Remember a webhook delivery id. True when it was new, false for a duplicate.
-    async fn record_delivery(&self, provider: &str, delivery_id: &str, now_ms: i64)
-    -> Result<bool>;
+    async fn record_delivery(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        Ok(self
+            .apply_delivery(provider, delivery_id, Vec::new(), now_ms)
+            .await?
+            .is_some())
+    }
 
     /// Job counts per provider and state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<StateCount>>;

@@ -587,15 +587,17 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn record_delivery(
+    async fn apply_delivery(
         &self,
         provider: &str,
         delivery_id: &str,
+        patches: Vec<JobPatch>,
         now_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<Vec<JobRecord>>> {
         let op = Op::RecordDelivery {
             provider: provider.to_owned(),
             delivery_id: delivery_id.to_owned(),
+            patches,
             now_ms,
         };
         match self.write(op).await? {

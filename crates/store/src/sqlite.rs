@@ -531,15 +531,17 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn record_delivery(
+    async fn apply_delivery(
         &self,
         provider: &str,
         delivery_id: &str,
+        patches: Vec<JobPatch>,
         now_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<Vec<JobRecord>>> {
         self.write(|reply| Command::RecordDelivery {
             provider: provider.to_owned(),
             delivery_id: delivery_id.to_owned(),
+            patches,
             now_ms,
             reply,
         })

@@ -193,11 +193,21 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
         store.apply(vec![patch], T0).await,
         Err(StoreError::Corrupt(_))
     ));
+    // A delivery whose patch cannot be applied is not recorded either: the provider's retry
+    // of it will be applied, not dropped as a duplicate.
+    let mut patch = JobPatch::new("job_1");
+    patch.state = Some(JobState::Completed);
+    assert!(matches!(
+        store
+            .apply_delivery("pictify", "d-1", vec![patch], T0)
+            .await,
+        Err(StoreError::Corrupt(_))
+    ));
     assert!(
         store
             .record_delivery("pictify", "d-1", T0)
             .await
-            .expect("still writing")
+            .expect("still writing; d-1 not on record")
     );
     store.close().await;
 }

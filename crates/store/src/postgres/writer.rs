@@ -60,9 +60,11 @@ pub(super) enum Op {
         patches: Vec<JobPatch>,
         now_ms: i64,
     },
+    /// A webhook delivery id and the patches it carries (see `Store::apply_delivery`).
     RecordDelivery {
         provider: String,
         delivery_id: String,
+        patches: Vec<JobPatch>,
         now_ms: i64,
     },
 }
@@ -73,7 +75,8 @@ pub(super) enum Answer {
     Submit(SubmitOutcome),
     Attempt(i64),
     Apply(Vec<JobRecord>),
-    Delivery(bool),
+    /// `None` for a duplicate delivery.
+    Delivery(Option<Vec<JobRecord>>),
 }
 
 pub(super) enum Command {
@@ -417,7 +420,9 @@ async fn prelock(conn: &mut PgConnection, group: &[Item]) -> std::result::Result
                 job_ids.extend(ids.iter().map(String::as_str))
             }
             Op::Submit(s) => request_keys.extend(s.request_id.as_deref().map(request_lock_key)),
-            Op::RecordDelivery { .. } => {}
+            Op::RecordDelivery { patches, .. } => {
+                job_ids.extend(patches.iter().map(|p| p.job_id.as_str()))
+            }
         }
     }
     if !job_ids.is_empty() {
@@ -499,10 +504,21 @@ async fn run_op(
         Op::RecordDelivery {
             provider,
             delivery_id,
+            patches,
             now_ms,
-        } => record_delivery(conn, provider, delivery_id, *now_ms)
-            .await
-            .map(Answer::Delivery),
+        } => {
+            // Both or neither: the op runs in the group's transaction (and, on the op-by-op
+            // path, in its own savepoint), so a failed apply also un-records the id.
+            if !record_delivery(conn, provider, delivery_id, *now_ms).await? {
+                return Ok(Answer::Delivery(None));
+            }
+            let changed = if patches.is_empty() {
+                Vec::new()
+            } else {
+                apply(conn, patches, *now_ms, changes).await?
+            };
+            Ok(Answer::Delivery(Some(changed)))
+        }
     }
 }
 

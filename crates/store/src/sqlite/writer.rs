@@ -65,11 +65,13 @@ pub(super) enum Command {
         now_ms: i64,
         reply: oneshot::Sender<Result<Vec<JobRecord>>>,
     },
+    /// A webhook delivery id and the patches it carries (see `Store::apply_delivery`).
     RecordDelivery {
         provider: String,
         delivery_id: String,
+        patches: Vec<JobPatch>,
         now_ms: i64,
-        reply: oneshot::Sender<Result<bool>>,
+        reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
     },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
@@ -331,22 +333,48 @@ async fn run_command(
     command: Command,
 ) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, sqlx::Error)> {
     match command {
-        // One statement, `ON CONFLICT DO NOTHING`: it cannot fail for data reasons and a
-        // statement is atomic on its own, so it needs no SAVEPOINT (two fewer round trips to
-        // sqlx's worker thread and no subjournal). Whatever does make it fail (I/O, disk
-        // full) may have ended the transaction, so that failure breaks the group.
+        // Without patches: one statement, `ON CONFLICT DO NOTHING`: it cannot fail for data
+        // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
+        // round trips to sqlx's worker thread and no subjournal). Whatever does make it fail
+        // (I/O, disk full) may have ended the transaction, so that failure breaks the group.
         Command::RecordDelivery {
             provider,
             delivery_id,
+            patches,
             now_ms,
             reply,
-        } => match record_delivery(conn, &provider, &delivery_id, now_ms).await {
-            Ok(new) => Ok(pending(reply, Ok(new)).0),
-            Err(e) => {
-                let answer = pending(reply, Err(StoreError::Closed)).0;
-                Err((answer, e))
+        } if patches.is_empty() => {
+            match record_delivery(conn, &provider, &delivery_id, now_ms).await {
+                Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
+                Err(e) => {
+                    let answer = pending(reply, Err(StoreError::Closed)).0;
+                    Err((answer, e))
+                }
             }
-        },
+        }
+        // With patches: the id and the changes in one savepoint, so both or neither stay.
+        Command::RecordDelivery {
+            provider,
+            delivery_id,
+            patches,
+            now_ms,
+            reply,
+        } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = match record_delivery(conn, &provider, &delivery_id, now_ms).await {
+                Ok(true) => apply(conn, patches, now_ms).await.map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(db(e)),
+            };
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
         // Several statements each: a SAVEPOINT makes a failure undo this command alone.
         Command::CreateAttempt {
             provider,

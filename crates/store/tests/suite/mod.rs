@@ -780,6 +780,46 @@ pub async fn webhook_deliveries(store: &dyn Store) {
             .await
             .expect("second")
     );
+
+    // A delivery with patches: applied with its id, once.
+    submit_ok(
+        store,
+        submission("batch_w", vec![job("job_w", "pictify")], T0),
+    )
+    .await;
+    let mut done = JobPatch::new("job_w");
+    done.state = Some(JobState::Completed);
+    done.outputs = Some(vec![output(1)]);
+    let changed = store
+        .apply_delivery("pictify", "d-3", vec![done.clone()], T0 + 5)
+        .await
+        .expect("apply delivery")
+        .expect("new delivery");
+    assert_eq!(
+        changed
+            .iter()
+            .map(|j| (j.id.as_str(), j.state, j.revision))
+            .collect::<Vec<_>>(),
+        [("job_w", JobState::Completed, 2)]
+    );
+    // The same delivery again (even carrying something else) changes nothing.
+    let mut other = JobPatch::new("job_w");
+    other.state = Some(JobState::Failed);
+    assert_eq!(
+        store
+            .apply_delivery("pictify", "d-3", vec![other], T0 + 6)
+            .await
+            .expect("duplicate"),
+        None
+    );
+    let stored = one(store, "job_w").await;
+    assert_eq!((stored.state, stored.revision), (JobState::Completed, 2));
+    assert!(
+        !store
+            .record_delivery("pictify", "d-3", T0)
+            .await
+            .expect("dup")
+    );
 }
 
 /// count_by_state: one row per (provider, state) that has jobs.
