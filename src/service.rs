@@ -167,12 +167,12 @@ impl Gateway {
                         .batch_jobs(b)
                         .await?
                         .ok_or_else(|| ApiError::BatchNotFound(b.to_owned()))?;
-                    (jobs, Vec::new())
+                    (jobs.into_iter().map(Arc::new).collect(), Vec::new())
                 }
             };
         Ok(pb::BatchStatusResponse {
-            counts: convert::state_counts(&records),
-            jobs: records.iter().map(convert::job).collect(),
+            counts: convert::state_counts(records.iter().map(|r| &**r)),
+            jobs: records.iter().map(|r| convert::job(r)).collect(),
             unknown_job_ids: unknown,
         })
     }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Priority};
 use crate::bus::{Bus, Watch};
+use crate::cache::RecordCache;
 use crate::clock::Clock;
 use crate::error::{EngineError, WebhookFailure};
 use crate::metrics::{EngineMetrics, ProviderLabels, StateLabels};
@@ -194,7 +195,12 @@ pub(crate) struct Shared {
     pub lease: Duration,
     /// False while the store cannot be reached; health reports NOT_SERVING.
     pub store_ok: AtomicBool,
+    /// Recent records for `get_jobs` (off with a shared store: see the `cache` module).
+    pub(crate) cache: RecordCache,
 }
+
+/// Records the read API keeps in memory (single process): about 25 MB at most.
+const READ_CACHE_JOBS: usize = 16_384;
 
 /// Cheap-clone handle over the engine's shared state.
 #[derive(Clone)]
@@ -240,6 +246,7 @@ impl Engine {
             };
             providers.insert(name, Arc::new(rt));
         }
+        let shared_store = store.is_shared();
         let engine = Self {
             shared: Arc::new(Shared {
                 store,
@@ -252,9 +259,9 @@ impl Engine {
                 replica_id: new_id("rep"),
                 lease: config.lease,
                 store_ok: AtomicBool::new(true),
+                cache: RecordCache::new(if shared_store { 0 } else { READ_CACHE_JOBS }),
             }),
         };
-        let shared_store = engine.shared.store.is_shared();
         if shared_store {
             // Replicas: claim nothing a live replica holds; orphans are taken over by lease.
             let s = &engine.shared;
@@ -417,30 +424,49 @@ impl Engine {
         }
     }
 
-    /// Jobs in the order asked, plus the ids that are unknown.
+    /// Jobs in the order asked, plus the ids that are unknown: what the read API shows.
+    /// Served from the read cache where it can be, from the store otherwise.
     pub async fn get_jobs(
         &self,
         ids: &[String],
-    ) -> Result<(Vec<JobRecord>, Vec<String>), EngineError> {
-        let records = self.shared.store.get_jobs(ids).await?;
-        let mut by_id: HashMap<&str, &JobRecord> =
-            records.iter().map(|r| (r.id.as_str(), r)).collect();
-        let mut found = Vec::with_capacity(ids.len());
-        let mut missing = Vec::new();
+    ) -> Result<(Vec<Arc<JobRecord>>, Vec<String>), EngineError> {
+        let cache = &self.shared.cache;
+        let mut found: HashMap<&str, Arc<JobRecord>> = HashMap::with_capacity(ids.len());
+        let mut misses: Vec<String> = Vec::new();
+        let mut epochs: HashMap<&str, u64> = HashMap::new();
         for id in ids {
-            match by_id.remove(id.as_str()) {
-                Some(r) => found.push(r.clone()),
-                None => {
-                    // A repeated id is answered once per occurrence.
-                    if let Some(r) = records.iter().find(|r| &r.id == id) {
-                        found.push(r.clone());
-                    } else {
-                        missing.push(id.clone());
-                    }
+            if found.contains_key(id.as_str()) || epochs.contains_key(id.as_str()) {
+                continue;
+            }
+            match cache.get(id) {
+                Ok(r) => {
+                    found.insert(id, r);
+                }
+                Err(epoch) => {
+                    epochs.insert(id, epoch);
+                    misses.push(id.clone());
                 }
             }
         }
-        Ok((found, missing))
+        if !misses.is_empty() {
+            for r in self.shared.store.get_jobs(&misses).await? {
+                let r = Arc::new(r);
+                if let Some((id, epoch)) = epochs.get_key_value(r.id.as_str()) {
+                    cache.fill(&r, *epoch);
+                    found.insert(id, r);
+                }
+            }
+        }
+        let mut jobs = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        // A repeated id is answered once per occurrence.
+        for id in ids {
+            match found.get(id.as_str()) {
+                Some(r) => jobs.push(Arc::clone(r)),
+                None => unknown.push(id.clone()),
+            }
+        }
+        Ok((jobs, unknown))
     }
 
     pub async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>, EngineError> {
@@ -726,7 +752,9 @@ fn publish(shared: &Shared, changed: &[JobRecord]) {
         {
             rt.tracker.remove_job(rec);
         }
-        shared.bus.publish(Arc::new(rec.clone()));
+        let rec = Arc::new(rec.clone());
+        shared.cache.changed(&rec);
+        shared.bus.publish(rec);
     }
 }
 

@@ -9,6 +9,7 @@
 //!   push streams for watched jobs, applies updates from polls, streams and webhooks.
 //! - [`budget`]: the rolling-window request budget shared by submits, polls and streams.
 //! - [`bus`]: progress fan-out to watchers with latest-wins coalescing and bounded memory.
+//! - `cache`: the read API's bounded read-through cache of job records (single process).
 //! - [`clock`]: wall-clock milliseconds that follow tokio's (pausable) clock.
 //! - `replica`: several replicas on one shared store — lease renewal, orphan takeover, and
 //!   the cross-replica change feed.
@@ -20,6 +21,7 @@
 
 pub mod budget;
 pub mod bus;
+mod cache;
 pub mod clock;
 pub mod dispatcher;
 pub mod engine;

@@ -134,7 +134,9 @@ pub(crate) async fn follow_feed(shared: Arc<Shared>, mut feed: mpsc::Receiver<Fe
                     {
                         rt.tracker.remove_job(&rec);
                     }
-                    shared.bus.publish(Arc::new(rec));
+                    let rec = Arc::new(rec);
+                    shared.cache.changed(&rec);
+                    shared.bus.publish(rec);
                 }
             }
         }

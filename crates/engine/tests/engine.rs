@@ -314,7 +314,7 @@ async fn jobs_fail_at_their_deadline() {
     let (jobs, _) = h.engine.get_jobs(&ids).await.unwrap();
     for j in jobs {
         assert_eq!(j.state, JobState::Failed);
-        assert_eq!(j.error.unwrap().code, codes::DEADLINE_EXCEEDED);
+        assert_eq!(j.error.as_ref().unwrap().code, codes::DEADLINE_EXCEEDED);
     }
     h.stop().await;
 }
