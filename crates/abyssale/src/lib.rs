@@ -533,6 +533,33 @@ mod tests {
         );
     }
 
+    /// Computed outside the project: python3 `hmac.new(b"whsec_" + b"a" * 64,
+    /// b"v1:webhook:1700000000." + BODY, hashlib.sha256).hexdigest()` — the [AB-TS]/[AB-PY]
+    /// message `"v1:webhook:" + t + "." + raw_body`, with [AB-PY]'s test-secret shape.
+    const LITERAL_V1: &str = "d77d4dd4f2c8d4ebec0a19d587e69e89d688988a703f7aa37e0f28fb3c50fdeb";
+
+    #[test]
+    fn literal_vector_verifies_and_one_changed_digit_does_not() {
+        let a = adapter(Some(SECRET));
+        let good = format!("t={T},v1={LITERAL_V1}");
+        let ev = a
+            .parse_webhook(&headers(&good), BODY.as_bytes(), at(T))
+            .unwrap();
+        assert_eq!(ev.updates[0].state, RemoteState::Completed);
+        // Change the first hex digit (d → e).
+        let changed = format!("t={T},v1=e{}", &LITERAL_V1[1..]);
+        assert_eq!(
+            a.parse_webhook(&headers(&changed), BODY.as_bytes(), at(T)),
+            Err(WebhookError::BadSignature("signature mismatch"))
+        );
+        // A second, wrong v1 beside the literal (rotation overlap) still verifies.
+        let two = format!("t={T},v1={},v1={LITERAL_V1}", "0".repeat(64));
+        assert!(
+            a.parse_webhook(&headers(&two), BODY.as_bytes(), at(T))
+                .is_ok()
+        );
+    }
+
     #[test]
     fn legacy_id_key_and_malformed_bodies() {
         let a = adapter(Some(SECRET));

@@ -123,11 +123,38 @@ mod tests {
 
     #[test]
     fn known_vector() {
-        // HMAC-SHA256(key="whsec_test", msg="1700000000.{}") computed independently.
-        let sig = sign(SECRET, "", 1_700_000_000, b"{}");
-        assert_eq!(sig.len(), 64);
-        assert_eq!(sig, sign(SECRET, "", 1_700_000_000, b"{}"));
-        assert_ne!(sig, sign(SECRET, "v1:webhook:", 1_700_000_000, b"{}"));
+        // Literals computed outside the project (python3 hmac/hashlib):
+        // hmac.new(b"whsec_test", b"1700000000.{}", hashlib.sha256).hexdigest()
+        // hmac.new(b"whsec_test", b"v1:webhook:1700000000.{}", hashlib.sha256).hexdigest()
+        const PICTIFY: &str = "35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91";
+        const ABYSSALE: &str = "d1498fef2eae1fd59cdd728d2c8ebe6d9e6576eca05dc4e857e85c1468032cad";
+        assert_eq!(sign(SECRET, "", 1_700_000_000, b"{}"), PICTIFY);
+        assert_eq!(
+            header_value(SECRET, "", 1_700_000_000, b"{}"),
+            format!("t=1700000000,v1={PICTIFY}")
+        );
+        assert_eq!(sign(SECRET, "v1:webhook:", 1_700_000_000, b"{}"), ABYSSALE);
+        // The [AB-PY] test-secret shape, `"whsec_" + "a" * 64` (providers.md §3.4):
+        // hmac.new(b"whsec_"+b"a"*64, b'v1:webhook:1700000000.{"id":"x"}', hashlib.sha256)
+        let ab_secret = format!("whsec_{}", "a".repeat(64));
+        assert_eq!(
+            sign(
+                ab_secret.as_bytes(),
+                "v1:webhook:",
+                1_700_000_000,
+                br#"{"id":"x"}"#
+            ),
+            "e5092c09fde6a651c260e9da0c627f2cb2c0335fbe53e199bda1ec34ca4e252e"
+        );
+        // The literal header verifies; the same header with one hex digit changed does not.
+        let header = format!("t=1700000000,v1={PICTIFY}");
+        let now = at(1_700_000_000);
+        assert_eq!(
+            verify(&header, &[SECRET], "", b"{}", now, DEFAULT_TOLERANCE),
+            Ok(())
+        );
+        let flipped = format!("t=1700000000,v1=4{}", &PICTIFY[1..]); // leading 3 → 4
+        assert!(verify(&flipped, &[SECRET], "", b"{}", now, DEFAULT_TOLERANCE).is_err());
     }
 
     #[test]

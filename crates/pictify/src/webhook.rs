@@ -250,6 +250,37 @@ mod tests {
         assert!(parse(Some(SECRET), &multi, body, at(T)).is_err());
     }
 
+    /// Computed outside the project: python3 `hmac.new(b"whsec_test", b"1769682600." +
+    /// RENDER_COMPLETED, hashlib.sha256).hexdigest()` — HMAC-SHA256(secret, "<t>.<raw body>")
+    /// [PX-LIVE:security/webhook-verification]. The simulator pins the same literal.
+    const LITERAL_V1: &str = "acfb36339b593d536506d170019c369c44ccca51303b00e387a1b5c9683663fa";
+
+    fn literal_headers(v1: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let value = format!("t={T},v1={v1}");
+        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&value).unwrap());
+        h
+    }
+
+    #[test]
+    fn literal_vector_verifies_and_one_changed_digit_does_not() {
+        let body = RENDER_COMPLETED.as_bytes();
+        let ev = parse(Some(SECRET), &literal_headers(LITERAL_V1), body, at(T)).unwrap();
+        assert_eq!(ev.updates.len(), 1);
+        // Change the last hex digit (a → b).
+        let changed = format!("{}b", &LITERAL_V1[..63]);
+        assert_ne!(changed, LITERAL_V1);
+        assert_eq!(
+            parse(Some(SECRET), &literal_headers(&changed), body, at(T)).unwrap_err(),
+            WebhookError::BadSignature("signature mismatch")
+        );
+        // And the test helper signs exactly the literal.
+        assert_eq!(
+            signed(RENDER_COMPLETED, T)[SIGNATURE_HEADER],
+            format!("t={T},v1={LITERAL_V1}").as_str()
+        );
+    }
+
     #[test]
     fn signed_garbage_is_malformed_not_a_panic() {
         let body = "{not json";

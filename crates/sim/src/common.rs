@@ -86,6 +86,32 @@ pub struct Faults {
     pub webhook_reorder: bool,
     /// After this many charges, answer the provider's "out of money" error.
     pub insufficient_after_charges: Option<u64>,
+    /// Submit endpoints only (Pictify `batch-render`, Abyssale `generate`, StaticAdsLab
+    /// `POST /v1/image-ads`): the submit is processed at once — work created, charged as usual,
+    /// rendering started on the sim clock so its webhooks fire on time — but the HTTP answer is
+    /// held back this long (wall time, not scaled) before it is sent. Produces "webhook before
+    /// the submit answer". Applies to every answer the submit handler produces (creation,
+    /// replay or refusal); answers of the gate (401, 429, injected 5xx) are not held.
+    pub submit_answer_delay: Duration,
+    /// Submit endpoints only: the next N submits that *create* work are answered by dropping
+    /// the connection without any response, after the work was created (it completes, bills
+    /// and fires webhooks normally). Each cut decrements the count; replays and refusals are
+    /// answered normally and do not consume it. Counted by [`Ledger::count_cut`].
+    pub cut_after_create: u32,
+    /// Webhooks are not sent at all (a lost push). Each delivery that would have been made is
+    /// recorded in the ledger with `suppressed: true` and no status; the provider treats it as
+    /// delivered (no retries, no pause). StaticAdsLab has no webhooks (providers.md §1.9), so
+    /// the fault changes nothing there.
+    pub suppress_webhooks: bool,
+}
+
+impl Faults {
+    /// Consume one `cut_after_create` if any is left (true = cut this answer).
+    pub(crate) fn take_cut(&mut self) -> bool {
+        let hit = self.cut_after_create > 0;
+        self.cut_after_create = self.cut_after_create.saturating_sub(1);
+        hit
+    }
 }
 
 /// A record of one webhook delivery attempt.
@@ -93,7 +119,10 @@ pub struct Faults {
 pub struct WebhookRecord {
     pub event: String,
     pub delivery_id: String,
+    /// The receiver's HTTP status; `None` when no answer came (or nothing was sent).
     pub status: Option<u16>,
+    /// True when the `suppress_webhooks` fault swallowed this delivery: nothing was sent.
+    pub suppressed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -105,10 +134,13 @@ struct LedgerInner {
     /// Creations (new work started) per idempotency key; replays don't count.
     creations_by_key: HashMap<String, u64>,
     creations: u64,
+    /// Provider ids of created work (batch id, ad id, generation request id), in order.
+    created_ids: Vec<String>,
     replays: u64,
     served_429: u64,
     served_5xx: u64,
     dropped: u64,
+    cut: u64,
     request_times: Vec<Instant>,
     webhooks: Vec<WebhookRecord>,
 }
@@ -145,6 +177,10 @@ impl Ledger {
             *l.creations_by_key.entry(k.to_owned()).or_default() += 1;
         }
     }
+    /// The provider id of work just created, so a test can find work whose answer was lost.
+    pub fn created_id(&self, id: &str) {
+        self.lock().created_ids.push(id.to_owned());
+    }
     pub fn replay(&self) {
         self.lock().replays += 1;
     }
@@ -156,6 +192,10 @@ impl Ledger {
     }
     pub fn dropped(&self) {
         self.lock().dropped += 1;
+    }
+    /// A submit answer cut by the `cut_after_create` fault.
+    pub fn cut(&self) {
+        self.lock().cut += 1;
     }
     pub fn webhook(&self, record: WebhookRecord) {
         self.lock().webhooks.push(record);
@@ -185,6 +225,9 @@ impl Ledger {
     pub fn creations_by_key(&self) -> HashMap<String, u64> {
         self.lock().creations_by_key.clone()
     }
+    pub fn created_ids(&self) -> Vec<String> {
+        self.lock().created_ids.clone()
+    }
     pub fn replays(&self) -> u64 {
         self.lock().replays
     }
@@ -196,6 +239,9 @@ impl Ledger {
     }
     pub fn count_dropped(&self) -> u64 {
         self.lock().dropped
+    }
+    pub fn count_cut(&self) -> u64 {
+        self.lock().cut
     }
     pub fn webhooks(&self) -> Vec<WebhookRecord> {
         self.lock().webhooks.clone()
@@ -321,6 +367,18 @@ pub fn serve(
         faults,
         stop: Some(tx),
     })
+}
+
+/// A response whose body fails before anything is written: hyper then closes the connection
+/// without sending even a status line, which is what a dropped connection looks like to the
+/// client. Shared by the `drop_ratio` and `cut_after_create` faults of Pictify and StaticAdsLab.
+pub(crate) fn dropped_connection() -> axum::response::Response {
+    let stream = futures_util::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::other(
+            "connection dropped by fault injection",
+        ))
+    });
+    axum::response::Response::new(axum::body::Body::from_stream(stream))
 }
 
 /// Lock a simulator mutex, recovering the data if a holder panicked.

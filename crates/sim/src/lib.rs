@@ -10,6 +10,7 @@
 //! - [`pictify`]: `batch-render` of 1–100 variable sets, results without URLs, signed
 //!   `render.completed` / `batch.completed` webhooks, cancel, `X-RateLimit-*` headers.
 //! - [`abyssale`]: one request → N formats, 202/200/404/410 polling, signed callbacks, bare 429.
+//! - [`signing`]: the simulators' own webhook signing (independent of the adapters' verifier).
 //! - [`conformance`]: the suite every adapter runs against its simulator.
 //! - `props` (feature `props`): property-test support shared by the adapters' tests.
 
@@ -19,6 +20,7 @@ pub mod conformance;
 pub mod pictify;
 #[cfg(feature = "props")]
 pub mod props;
+pub mod signing;
 pub mod staticadslab;
 
 pub use common::{Faults, Ledger, SimConfig, SimHandle, WebhookTarget};

@@ -739,3 +739,144 @@ async fn drop_malformed_and_5xx_faults() {
     assert_eq!(sim.ledger.creations(), 1, "the batch was still created");
     sim.shutdown();
 }
+
+// --- submit-answer faults and lost pushes -----------------------------------------------------
+
+/// Send a batch-render in its own task so the test can watch the receiver meanwhile.
+fn render_in_background(
+    sim: &SimHandle,
+    body: Value,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<Result<(StatusCode, Value), reqwest::Error>> {
+    let url = format!("{}/templates/tmpl_blog_card/batch-render", sim.base_url);
+    let key = key.map(str::to_owned);
+    tokio::spawn(async move {
+        let mut req = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .post(url)
+            .bearer_auth(KEY)
+            .json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    })
+}
+
+#[tokio::test]
+async fn submit_answer_delay_lets_render_completed_arrive_before_the_202() {
+    let (sim, rx) = sim_with_webhooks(fast()).await;
+    // Items take 10–30 ms of sim time; the answer is held for 5 s of wall time.
+    sim.update_faults(|f| f.submit_answer_delay = Duration::from_secs(5));
+    let post = render_in_background(&sim, json!({"variableSets": sets(1)}), None);
+    wait_until("batch.completed before the answer", || {
+        rx.count("batch.completed") == 1
+    })
+    .await;
+    assert!(
+        !post.is_finished(),
+        "the webhooks arrived while the POST was still unanswered"
+    );
+    let all = rx.all();
+    let rendered = all
+        .iter()
+        .find(|r| r.event() == "render.completed")
+        .expect("render.completed delivered");
+    assert!(verify(rendered), "signed as documented");
+    // The work was done at once: created, rendered and charged before the answer.
+    assert_eq!(sim.ledger.creations(), 1);
+    assert_eq!(sim.ledger.total_charges(), 1);
+    let (status, answer) = post.await.unwrap().expect("the answer does come");
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let done = all.iter().find(|r| r.event() == "batch.completed").unwrap();
+    assert_eq!(answer["batchId"], done.json()["data"]["batchId"]);
+    assert_eq!(
+        sim.ledger.created_ids(),
+        [answer["batchId"].as_str().unwrap()]
+    );
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn cut_after_create_drops_the_answer_but_the_batch_runs_and_a_resend_replays() {
+    let (sim, rx) = sim_with_webhooks(fast()).await;
+    sim.update_faults(|f| f.cut_after_create = 1);
+    let body = json!({"variableSets": sets(2)});
+    let sent = render_in_background(&sim, body.clone(), Some("cut-key"))
+        .await
+        .unwrap();
+    assert!(sent.is_err(), "transport error, no response: {sent:?}");
+    assert_eq!(sim.ledger.count_cut(), 1);
+    assert_eq!(sim.ledger.creations(), 1);
+    let ids = sim.ledger.created_ids();
+    assert_eq!(ids.len(), 1);
+    let batch = ids[0].clone();
+    // The batch exists, renders and bills as if the answer had arrived.
+    let done = wait_terminal(&sim, &batch).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(sim.ledger.charges_by_key().get("cut-key"), Some(&2));
+    wait_until("its webhooks", || rx.count("batch.completed") == 1).await;
+    assert_eq!(rx.count("render.completed"), 2);
+    assert!(rx.all().iter().all(verify));
+    // The fault is spent; the resend with the same key replays the cached 202
+    // [PX-LIVE:api-reference/overview] instead of creating a second batch.
+    let (status, _, replay) = render(&sim, "tmpl_blog_card", body, Some("cut-key")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(replay["batchId"], batch.as_str());
+    assert_eq!(sim.ledger.replays(), 1);
+    assert_eq!(sim.ledger.creations(), 1);
+    assert_eq!(
+        sim.ledger.count_cut(),
+        1,
+        "replays do not consume the fault"
+    );
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn cut_after_create_spares_refusals_and_counts_only_creations() {
+    let sim = pictify::spawn(fast()).await.unwrap();
+    sim.update_faults(|f| f.cut_after_create = 1);
+    // A refused submit creates nothing, so it is answered and the cut waits for a creation.
+    let (status, _, _) = render(&sim, "tmpl_missing", json!({"variableSets": sets(1)}), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let sent = render_in_background(&sim, json!({"variableSets": sets(1)}), None)
+        .await
+        .unwrap();
+    assert!(sent.is_err());
+    let (status, _, _) = render(&sim, "tmpl_a", json!({"variableSets": sets(1)}), None).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "only the next N creations are cut"
+    );
+    assert_eq!(sim.ledger.count_cut(), 1);
+    assert_eq!(sim.ledger.creations(), 2);
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn suppress_webhooks_sends_nothing_while_results_show_completion() {
+    let (sim, rx) = sim_with_webhooks(fast()).await;
+    sim.update_faults(|f| f.suppress_webhooks = true);
+    let (_, _, created) = render(&sim, "tmpl_a", json!({"variableSets": sets(2)}), None).await;
+    let done = wait_terminal(&sim, created["batchId"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["completedItems"], 2);
+    // 2 × render.completed + batch.completed would have gone out; each is on record as
+    // suppressed, and a suppressed delivery is never sent later (no retry of a lost push).
+    let ledger = sim.ledger.clone();
+    wait_until("3 suppressed deliveries", || {
+        ledger.webhooks().iter().filter(|w| w.suppressed).count() == 3
+    })
+    .await;
+    let records = sim.ledger.webhooks();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|w| w.suppressed && w.status.is_none()));
+    assert!(rx.all().is_empty(), "nothing reached the receiver");
+    sim.shutdown();
+}

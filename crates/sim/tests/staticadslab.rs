@@ -680,3 +680,124 @@ async fn malformed_fault_truncates_json() {
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
     sim.shutdown();
 }
+
+// --- submit-answer faults ---------------------------------------------------------------------
+
+fn post_in_background(
+    sim: &SimHandle,
+    body: &Value,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<Result<(u16, Value), reqwest::Error>> {
+    let mut req = client()
+        .post(format!("{}/v1/image-ads", sim.base_url))
+        .header("X-API-Key", KEY)
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    tokio::spawn(async move {
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    })
+}
+
+#[tokio::test]
+async fn submit_answer_delay_lets_the_ad_complete_before_the_202() {
+    // StaticAdsLab has no webhooks (providers.md §1.9); the observable race is that the ad is
+    // already completed, and billed, when the 202 that created it arrives.
+    let sim = spawn(cfg()).await.unwrap();
+    sim.update_faults(|f| f.submit_answer_delay = Duration::from_secs(5));
+    let post = post_in_background(&sim, &body(1), Some("k-delay"));
+    let ledger = sim.ledger.clone();
+    wait_until(|| ledger.created_ids().len() == 1).await;
+    let id = sim.ledger.created_ids()[0].clone();
+    let done = wait_terminal(&sim, &id).await;
+    assert_eq!(done["status"], "completed");
+    wait_until(|| ledger.total_charges() == 1).await;
+    assert!(
+        !post.is_finished(),
+        "the ad finished while its POST was still unanswered"
+    );
+    let (status, answer) = post.await.unwrap().expect("the answer does come");
+    assert_eq!(status, 202);
+    assert_eq!(answer["data"]["id"], id.as_str());
+    // The answer describes the ad as it was when created.
+    assert_eq!(answer["data"]["status"], "processing");
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn cut_after_create_drops_the_answer_and_a_resend_with_the_key_replays() {
+    let sim = spawn(cfg()).await.unwrap();
+    sim.update_faults(|f| f.cut_after_create = 1);
+    let sent = post_in_background(&sim, &body(1), Some("k-cut"))
+        .await
+        .unwrap();
+    assert!(sent.is_err(), "transport error, no response: {sent:?}");
+    assert_eq!(sim.ledger.count_cut(), 1);
+    let ids = sim.ledger.created_ids();
+    assert_eq!(ids.len(), 1);
+    let id = ids[0].clone();
+    // The ad exists (a later batch poll finds it), completes and is billed once.
+    let (status, _, listed) = get_json(&sim, &format!("/v1/image-ads?ids={id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert_eq!(wait_terminal(&sim, &id).await["status"], "completed");
+    let ledger = sim.ledger.clone();
+    wait_until(|| ledger.total_charges() == 1).await;
+    assert_eq!(sim.ledger.charges_by_key().get("k-cut"), Some(&1));
+    // Same key again: the cached 202 is replayed [SAL:reference/idempotency], nothing new.
+    let r = post(&sim, &body(1), Some("k-cut")).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"]["id"], id.as_str());
+    assert_eq!(sim.ledger.creations(), 1);
+    assert_eq!(sim.ledger.total_charges(), 1);
+    assert_eq!(
+        sim.ledger.count_cut(),
+        1,
+        "a replay does not consume the fault"
+    );
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn cut_after_create_counts_the_next_n_creations() {
+    let sim = spawn(cfg()).await.unwrap();
+    sim.update_faults(|f| f.cut_after_create = 2);
+    // A refusal creates nothing and is answered.
+    let mut bad = body(1);
+    bad["brand_id"] = json!("prod_a1b2c3d4e5f67890");
+    let r = post(&sim, &bad, None).await;
+    assert!(r.status().is_client_error());
+    for i in 0..2 {
+        let sent = post_in_background(&sim, &body(i), None).await.unwrap();
+        assert!(sent.is_err(), "creation {i} is cut");
+    }
+    assert_eq!(post(&sim, &body(3), None).await.status(), 202);
+    assert_eq!(sim.ledger.count_cut(), 2);
+    assert_eq!(sim.ledger.creations(), 3);
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn suppress_webhooks_has_nothing_to_suppress_and_leaves_sse_alone() {
+    // No webhooks exist (providers.md §1.9), so the fault must not touch the push channel
+    // StaticAdsLab does have: the SSE stream still ends with `complete`.
+    let sim = spawn(cfg()).await.unwrap();
+    sim.update_faults(|f| f.suppress_webhooks = true);
+    let id = create(&sim, 1).await;
+    let resp = open_sse(&sim, &id).await;
+    assert_eq!(resp.status(), 200);
+    let raw = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .expect("stream ends")
+        .unwrap();
+    let events = parse_sse(&raw);
+    assert_eq!(events.last().unwrap().0, "complete", "{events:?}");
+    assert_eq!(wait_terminal(&sim, &id).await["status"], "completed");
+    assert!(sim.ledger.webhooks().is_empty());
+    sim.shutdown();
+}

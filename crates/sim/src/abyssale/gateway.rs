@@ -150,11 +150,16 @@ pub(super) async fn gate(State(gate): State<Gate>, req: Request, next: Next) -> 
     }
     if drop_connection {
         app.ledger.dropped();
-        // Unwinding the connection task makes hyper drop the socket without writing a response
-        // (`resume_unwind` skips the panic hook, so nothing is printed).
-        std::panic::resume_unwind(Box::new("abyssale sim: dropped connection"));
+        drop_connection_now();
     }
     resp
+}
+
+/// Unwinding the connection task makes hyper drop the socket without writing a response
+/// (`resume_unwind` skips the panic hook, so nothing is printed). Used by `drop_ratio` here and
+/// by `cut_after_create` in the generate handler.
+pub(super) fn drop_connection_now() -> ! {
+    std::panic::resume_unwind(Box::new("abyssale sim: dropped connection"))
 }
 
 async fn truncate_body(resp: Response) -> Response {

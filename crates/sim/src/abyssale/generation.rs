@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::gateway::{endpoint_not_found, error, json_response};
+use super::gateway::{drop_connection_now, endpoint_not_found, error, json_response};
 use super::validate::{GenerateRequest, has_json_content_type, is_uuid, parse_generate};
 use super::{App, Delivery, FAILURE_REASONS, GenRequest};
 use crate::common::{self, lock};
@@ -24,39 +24,70 @@ pub(super) async fn generate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let (resp, created) = generate_inner(&app, design_id, &headers, &body).await;
+    // A created generation runs in its own task from here on, so neither fault below can stop
+    // it from completing, billing and calling back.
+    let cut = created && lock(&app.faults).take_cut();
+    let delay = app.faults().submit_answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if cut {
+        app.ledger.cut();
+        drop_connection_now();
+    }
+    resp
+}
+
+/// Validate and create. The flag is true only when a generation request was created.
+async fn generate_inner(
+    app: &Arc<App>,
+    design_id: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (Response, bool) {
     // A non-UUID design id does not match the route [AB-TS], [SEED-4].
     if !is_uuid(&design_id) {
-        return endpoint_not_found().await;
+        return (endpoint_not_found().await, false);
     }
     // `Content-Type: application/json` is required [AB:rest-api]; the spec's code for its
     // absence is `unsupported_media_type`, which we serve with its natural status, 415 (GUESS).
-    if !has_json_content_type(&headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json.",
+    if !has_json_content_type(headers) {
+        return (
+            error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json.",
+            ),
+            false,
         );
     }
-    let parsed: Value = match serde_json::from_slice(&body) {
+    let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("Body is not valid JSON: {e}"),
+            return (
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("Body is not valid JSON: {e}"),
+                ),
+                false,
             );
         }
     };
     let Value::Object(body) = parsed else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "wrong_type",
-            "Body must be a JSON object.",
+        return (
+            error(
+                StatusCode::BAD_REQUEST,
+                "wrong_type",
+                "Body must be a JSON object.",
+            ),
+            false,
         );
     };
     let req = match parse_generate(&body) {
         Ok(r) => r,
-        Err(resp) => return *resp,
+        Err(resp) => return (*resp, false),
     };
 
     // Credits: one per banner (GUESS: reserved up front for every requested format, so a
@@ -69,10 +100,13 @@ pub(super) async fn generate(
         if *reserved + wanted > limit {
             drop(reserved);
             app.ledger.served_429();
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                "All your image generation credits have been consumed. Upgrade your plan to get more credits.",
+            return (
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    "All your image generation credits have been consumed. Upgrade your plan to get more credits.",
+                ),
+                false,
             );
         }
         *reserved += wanted;
@@ -83,6 +117,7 @@ pub(super) async fn generate(
     // No idempotency mechanism exists [AB-TS]: every POST is new work.
     app.ledger.creation(None);
     let id = app.uuid();
+    app.ledger.created_id(&id);
     let created = Instant::now();
     lock(&app.requests).insert(
         id.clone(),
@@ -93,12 +128,16 @@ pub(super) async fn generate(
             finalized: false,
         },
     );
+    // The per-job `callback_url` "receives the POST" [SEED-4], [AB-TS]: it is kept as the
+    // string the client sent — path and query included, percent-escapes untouched — and is
+    // POSTed to as is. It overrides the global endpoint for this request [SEED-4] "Option 1".
+    // (https-only [AB:webhooks/events] is relaxed for loopback hosts in `validate`.)
     let target = req
         .callback_url
         .clone()
         .or_else(|| app.cfg.webhook.as_ref().map(|w| w.url.clone()));
     tokio::spawn(run_generation(
-        app.clone(),
+        Arc::clone(app),
         id.clone(),
         design_id,
         created,
@@ -106,7 +145,10 @@ pub(super) async fn generate(
         target,
     ));
     // Spec: 200 "Generation queued" (not 202) [AB-TS] `generateMultiFormatMedia`.
-    json_response(StatusCode::OK, json!({"generation_request_id": id}))
+    (
+        json_response(StatusCode::OK, json!({"generation_request_id": id})),
+        true,
+    )
 }
 
 /// Drive one generation request: each format finishes at its own drawn time as a banner or a

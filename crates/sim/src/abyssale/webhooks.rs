@@ -3,13 +3,13 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use adgate_generator::signature;
 use adgate_generator::time::unix_now;
 use axum::http::header;
 use tokio::sync::mpsc;
 
 use super::{App, Delivery, WEBHOOK_EVENT, WEBHOOK_RETRY_LADDER, WEBHOOK_TIMEOUT};
 use crate::common::WebhookRecord;
+use crate::signing;
 
 // ---------------------------------------------------------------------------------------------
 // Webhook delivery
@@ -41,6 +41,16 @@ pub(super) async fn delivery_worker(app: Weak<App>, mut rx: mpsc::UnboundedRecei
             let Some(a) = app.upgrade() else {
                 return;
             };
+            if a.faults().suppress_webhooks {
+                // A lost push: Abyssale believes it delivered, so no retry follows.
+                a.ledger.webhook(WebhookRecord {
+                    event: WEBHOOK_EVENT.to_owned(),
+                    delivery_id: d.delivery_id.clone(),
+                    status: None,
+                    suppressed: true,
+                });
+                continue;
+            }
             let ok = attempt(&a, &d).await;
             let weak = app.clone();
             tokio::spawn(async move {
@@ -83,13 +93,7 @@ async fn attempt(app: &App, d: &Delivery) -> bool {
         .header(header::CONTENT_TYPE, "application/json")
         .header("X-Abyssale-Delivery-Id", &d.delivery_id)
         .body(d.body.clone());
-    let secrets = app.live_secrets();
-    if !secrets.is_empty() {
-        let mut value = format!("t={t}");
-        for s in &secrets {
-            value.push_str(",v1=");
-            value.push_str(&signature::sign(s.as_bytes(), "v1:webhook:", t, &d.body));
-        }
+    if let Some(value) = signing::abyssale_header(&app.live_secrets(), t, &d.body) {
         req = req.header("X-Abyssale-Signature", value);
     }
     let status = req.send().await.ok().map(|r| r.status().as_u16());
@@ -97,6 +101,7 @@ async fn attempt(app: &App, d: &Delivery) -> bool {
         event: WEBHOOK_EVENT.to_owned(),
         delivery_id: d.delivery_id.clone(),
         status,
+        suppressed: false,
     });
     status.is_some_and(|s| (200..300).contains(&s))
 }

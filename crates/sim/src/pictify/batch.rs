@@ -16,7 +16,7 @@ use super::{
     App, Batch, BatchStatus, EP_BATCH_RENDER, EP_CANCEL, EP_RESULTS, FAILURE_CODES,
     IDEMPOTENCY_TTL, IdempotencyEntry, Item, ItemState, RESULTS_TTL,
 };
-use crate::common::SimConfig;
+use crate::common::{SimConfig, dropped_connection, lock};
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
@@ -31,7 +31,18 @@ pub(super) async fn batch_render(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let reply = create_batch(&app, &uid, &headers, &body);
+    let (reply, created) = create_batch(&app, &uid, &headers, &body);
+    // The batch (if any) is queued by now, so its webhooks run on the sim clock whatever
+    // happens to this answer; the faults below only shape what the client sees.
+    let cut = created && lock(&app.faults).take_cut();
+    let delay = app.faults().submit_answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if cut {
+        app.ledger.cut();
+        return dropped_connection();
+    }
     app.respond(reply, Some(rate), true)
 }
 
@@ -152,22 +163,34 @@ fn results_body(id: &str, b: &Batch) -> Value {
 // ---------------------------------------------------------------------------------------------
 // batch-render
 
-fn create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Reply {
+/// Validate, replay or create. The flag is true only when a new batch was created.
+fn create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> (Reply, bool) {
+    match try_create_batch(app, uid, headers, raw) {
+        Ok(reply) => (reply, true),
+        Err(reply) => (reply, false),
+    }
+}
+
+/// `Ok` = a batch was created; `Err` = any other answer (refusal or replay).
+fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Result<Reply, Reply> {
     if !uid.starts_with("tmpl_") || uid.contains("missing") {
-        return Reply::message(StatusCode::NOT_FOUND, "Template not found");
+        return Err(Reply::message(StatusCode::NOT_FOUND, "Template not found"));
     }
     let Ok(body) = serde_json::from_slice::<Value>(raw) else {
-        return Reply::message(StatusCode::BAD_REQUEST, "Request body must be valid JSON");
+        return Err(Reply::message(
+            StatusCode::BAD_REQUEST,
+            "Request body must be valid JSON",
+        ));
     };
     let req = match validate(&body) {
         Ok(r) => r,
         Err(errors) => {
             // 422 with `errors` [PX-PY errors.py]; the HTTP code for >100 items is undocumented
             // (open question 13) — it is a validation error like any other here.
-            return Reply::new(
+            return Err(Reply::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"message": "Validation failed", "errors": errors}),
-            );
+            ));
         }
     };
     let key = headers
@@ -185,17 +208,17 @@ fn create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Reply 
     {
         if prev.template_uid == uid && prev.body == body {
             app.ledger.replay();
-            return Reply::new(StatusCode::ACCEPTED, prev.response.clone());
+            return Err(Reply::new(StatusCode::ACCEPTED, prev.response.clone()));
         }
         // Same key, different request: undocumented. 422 as the IETF Idempotency-Key draft
         // recommends for payload mismatch (stricter than silently replaying). GUESS.
-        return Reply::new(
+        return Err(Reply::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
                 "message": "Idempotency-Key was already used with a different request",
                 "errors": [{"field": "Idempotency-Key", "message": "reused with a different request", "code": "idempotency_key_reused"}],
             }),
-        );
+        ));
     }
     // Credits: reserve the whole batch up front (stricter reading of "402 quota").
     let cap = match (app.cfg.wallet, faults.insufficient_after_charges) {
@@ -210,11 +233,11 @@ fn create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Reply 
             .filter(|i| matches!(i.state, ItemState::Queued | ItemState::Rendering))
             .count() as u64;
         if inner.charged + outstanding + req.sets.len() as u64 > cap {
-            return Reply::error(
+            return Err(Reply::error(
                 StatusCode::PAYMENT_REQUIRED,
                 "Render quota exceeded for your plan",
                 "quota_exceeded",
-            );
+            ));
         }
     }
     let id = app.id("batch_");
@@ -276,6 +299,7 @@ fn create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Reply 
         );
     }
     drop(inner);
+    app.ledger.created_id(&id);
     let _ = app.queue.send(id);
-    Reply::new(StatusCode::ACCEPTED, response)
+    Ok(Reply::new(StatusCode::ACCEPTED, response))
 }

@@ -2,13 +2,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{App, FREE_PLAN_REQUESTS_PER_MINUTE};
-use crate::common::RateDecision;
+use crate::common::{RateDecision, dropped_connection};
 
 /// A JSON answer before faults and headers are applied.
 pub(super) struct Reply {
@@ -153,17 +152,6 @@ impl App {
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// A response whose body fails before anything is written: hyper closes the connection without
-/// sending a status line, which is what a dropped connection looks like to the client.
-fn dropped_connection() -> Response {
-    let stream = futures_util::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::other(
-            "connection dropped by fault injection",
-        ))
-    });
-    Response::new(Body::from_stream(stream))
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use adgate_generator::signature;
 use axum::http::header;
 
 use super::{App, Delivery, MAX_WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF};
 use crate::common::{WebhookRecord, WebhookTarget};
+use crate::signing;
 
 pub(super) fn dispatch(app: &Arc<App>, id: &str, d: Delivery) {
     if app.faults().webhook_reorder
@@ -36,6 +36,16 @@ pub(super) fn spawn_delivery(app: &Arc<App>, deliveries: Vec<Delivery>) {
 }
 
 async fn deliver(app: &App, target: &WebhookTarget, d: &Delivery) {
+    if app.faults().suppress_webhooks {
+        // A lost push: Pictify believes it delivered, so no retry and no pause follow.
+        app.ledger.webhook(WebhookRecord {
+            event: d.event.to_owned(),
+            delivery_id: d.delivery_id.clone(),
+            status: None,
+            suppressed: true,
+        });
+        return;
+    }
     for (attempt, wait) in WEBHOOK_BACKOFF
         .iter()
         .take(MAX_WEBHOOK_ATTEMPTS)
@@ -62,7 +72,7 @@ async fn deliver(app: &App, target: &WebhookTarget, d: &Delivery) {
 async fn send_once(app: &App, target: &WebhookTarget, d: &Delivery) -> Option<u16> {
     let t = adgate_generator::time::unix_now();
     // v1 = hex(HMAC-SHA256(secret, "<t>.<raw body>")) [PX-LIVE:security/webhook-verification].
-    let sig = signature::header_value(target.secret.as_bytes(), "", t, &d.body);
+    let sig = signing::pictify_header(&target.secret, t, &d.body);
     let status = app
         .http
         .post(&target.url)
@@ -79,6 +89,7 @@ async fn send_once(app: &App, target: &WebhookTarget, d: &Delivery) -> Option<u1
         event: d.event.to_owned(),
         delivery_id: d.delivery_id.clone(),
         status,
+        suppressed: false,
     });
     status
 }

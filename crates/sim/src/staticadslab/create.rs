@@ -15,7 +15,7 @@ use super::{
     Ad, IDEMPOTENCY_LOCK, IDEMPOTENCY_TTL, IdemEntry, MAX_BODY, MAX_IDEMPOTENCY_KEY,
     PRICE_EDITABLE, PRICE_FLAT, Sim, Status, TOP_UP_URL,
 };
-use crate::common::lock;
+use crate::common::{dropped_connection, lock};
 
 // ---------------------------------------------------------------------------------------------
 // POST /v1/image-ads
@@ -30,7 +30,19 @@ pub(super) async fn create_ad(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let resp = create_inner(&sim, &ctx, &headers, body).await;
+    let (resp, created) = create_inner(&sim, &ctx, &headers, body).await;
+    // A created ad is on the finaliser's schedule and its key's response is cached by now, so
+    // it completes and bills whatever becomes of this answer; a resend with the same key
+    // replays it [SAL:reference/idempotency].
+    let cut = created && lock(&sim.faults).take_cut();
+    let delay = lock(&sim.faults).submit_answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if cut {
+        sim.ledger.cut();
+        return dropped_connection();
+    }
     sim.finish(&ctx, resp, true).await
 }
 
@@ -39,15 +51,16 @@ async fn create_inner(
     ctx: &Ctx,
     headers: &HeaderMap,
     body: Body,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         tokio::time::sleep(ctx.faults.latency).await;
         // GUESS: the 413 code is not documented [SAL:reference/errors].
-        return sim.error(
+        let resp = sim.error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             "Request body exceeds the 15 MB limit",
         );
+        return (resp, false);
     };
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -76,7 +89,7 @@ async fn create_inner(
         Ok(v) => v,
         Err(resp) => {
             tokio::time::sleep(ctx.faults.latency).await;
-            return resp;
+            return (resp, false);
         }
     };
     let idem_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -84,13 +97,14 @@ async fn create_inner(
         Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k.to_owned()),
         Some(_) => {
             tokio::time::sleep(ctx.faults.latency).await;
-            return sim.validation(
+            let resp = sim.validation(
                 StatusCode::BAD_REQUEST,
                 vec![(
                     "Idempotency-Key".into(),
                     format!("Must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
                 )],
             );
+            return (resp, false);
         }
     };
     let scope = idem_key.clone().map(|k| (sim.cfg.api_key.clone(), k));
@@ -98,7 +112,7 @@ async fn create_inner(
         && let Some(resp) = idempotency_gate(sim, scope, &value)
     {
         tokio::time::sleep(ctx.faults.latency).await;
-        return resp;
+        return (resp, false);
     }
     // The work runs in its own task: a client that gives up (timeout, reset) does not cancel
     // it, so a retry with the same key finds the cached response, as on a real server.
@@ -110,11 +124,14 @@ async fn create_inner(
         perform_create(&task_sim, value, idem_key, scope, insufficient_after)
     });
     match work.await {
-        Ok(resp) => resp,
-        Err(_) => sim.error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            "An unexpected error occurred",
+        Ok(done) => done,
+        Err(_) => (
+            sim.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "An unexpected error occurred",
+            ),
+            false,
         ),
     }
 }
@@ -173,7 +190,7 @@ fn perform_create(
     idem_key: Option<String>,
     scope: Option<(String, String)>,
     insufficient_after: Option<u64>,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let request = match value {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -207,7 +224,10 @@ fn perform_create(
             avail / 100,
             avail % 100
         );
-        return sim.error(StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_BALANCE", &msg);
+        return (
+            sim.error(StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_BALANCE", &msg),
+            false,
+        );
     }
     let (lo, hi) = sim.cfg.job_duration;
     let (lo, hi) = (lo.min(hi), lo.max(hi));
@@ -232,10 +252,11 @@ fn perform_create(
     let data = sim.ad_json(&ad, now);
     inner.due.push(Reverse((now + duration, id.clone())));
     inner.ads.insert(id.clone(), ad);
+    sim.ledger.creation(idem_key.as_deref());
+    sim.ledger.created_id(&id);
     inner.order.push(id);
     inner.reserved_cents += price;
     inner.in_flight += 1;
-    sim.ledger.creation(idem_key.as_deref());
     let body = json!({"data": data, "meta": sim.meta()}).to_string();
     if let Some(scope) = scope {
         let cached_body = match inner.idem.get(&scope) {
@@ -252,5 +273,5 @@ fn perform_create(
             },
         );
     }
-    json_response(StatusCode::ACCEPTED, body.into_bytes())
+    (json_response(StatusCode::ACCEPTED, body.into_bytes()), true)
 }

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::Sim;
-use crate::common::{Faults, RateDecision, lock};
+use crate::common::{Faults, RateDecision, dropped_connection, lock};
 
 // ---------------------------------------------------------------------------------------------
 // Responses
@@ -180,12 +180,8 @@ impl Sim {
         }
         if ctx.drop {
             self.ledger.dropped();
-            // A body that fails at once makes hyper abort the connection: the client sees a
-            // reset instead of a response. The work (if any) has been done.
-            let failing = futures_util::stream::once(async {
-                Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
-            });
-            return Response::new(Body::from_stream(failing));
+            // The client sees a reset instead of a response. The work (if any) has been done.
+            return dropped_connection();
         }
         let resp = if resp.status().is_success() && self.chance(ctx.faults.malformed_ratio) {
             truncate_body(resp).await
