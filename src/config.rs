@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_WATCH_STREAMS: usize = 10_000;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_JOBS_PER_SUBMIT: usize = 10_000;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// A provider event that matches no job yet is kept this long (a day of provider retries).
+pub const DEFAULT_KEPT_EVENT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 const ENV_HELP: &str = "\
 ENVIRONMENT (overrides the TOML file):
@@ -36,6 +38,8 @@ ENVIRONMENT (overrides the TOML file):
   ADGATE_AUTH_TOKENS               comma-separated caller tokens (authorization: Bearer <token>);
                                    empty = no caller auth
   ADGATE_LOG_FORMAT                text | json [default: text on a terminal, else json]
+  ADGATE_REPLICA_ID                stable replica identity on PostgreSQL (1-64 of A-Z a-z 0-9 . _ -),
+                                   one per live process [default: a fresh random id per start]
   ADGATE_STATICADSLAB_API_KEY      enables StaticAdsLab
   ADGATE_STATICADSLAB_BASE_URL     [default: https://api.staticadslab.com]
   ADGATE_PICTIFY_API_KEY           enables Pictify
@@ -54,10 +58,14 @@ TOML FILE (every key optional):
   heartbeat_secs = 15         heartbeat on idle WatchProgress streams
   max_jobs_per_submit = 10000
   lease_secs = 10             replicas on PostgreSQL: a dead replica's jobs move after this
+  replica_id = \"gw-0\"         stable replica identity (same as ADGATE_REPLICA_ID)
+  kept_event_ttl_secs = 86400 how long a provider event that matches no job yet is kept
   [providers.<name>]          name: staticadslab | pictify | abyssale
   api_key, base_url, webhook_secret, request_timeout_secs,
   requests, window_secs, max_concurrent_submits, poll_interval_ms, min_poll_interval_ms,
-  max_keys_per_poll, max_items_per_submit, first_poll_after_ms, deadline_secs";
+  max_keys_per_poll, max_items_per_submit, first_poll_after_ms, deadline_secs,
+  typical_job_secs (first backstop poll with webhooks),
+  longest_job_secs (an unknown submit outcome waits this + 20% for a callback)";
 
 /// adgate: one gRPC API for StaticAdsLab, Pictify and Abyssale.
 #[derive(Debug, Parser)]
@@ -176,6 +184,8 @@ pub struct LimitOverrides {
     pub max_items_per_submit: Option<usize>,
     pub first_poll_after_ms: Option<u64>,
     pub deadline_secs: Option<u64>,
+    pub typical_job_secs: Option<f64>,
+    pub longest_job_secs: Option<f64>,
 }
 
 /// `[providers.<name>]` in the TOML file.
@@ -205,6 +215,8 @@ struct FileConfig {
     heartbeat_secs: Option<f64>,
     max_jobs_per_submit: Option<usize>,
     lease_secs: Option<f64>,
+    replica_id: Option<String>,
+    kept_event_ttl_secs: Option<f64>,
     #[serde(default)]
     providers: BTreeMap<String, FileProvider>,
 }
@@ -238,6 +250,10 @@ pub struct Settings {
     pub max_jobs_per_submit: usize,
     /// Lease on claimed jobs when replicas share a PostgreSQL store.
     pub lease: Duration,
+    /// Stable identity among replicas; `None` = a fresh random id per start.
+    pub replica_id: Option<String>,
+    /// How long a provider event that matched no job is kept for its job to appear.
+    pub kept_event_ttl: Duration,
     /// By provider name; every registered provider has an entry.
     pub providers: BTreeMap<String, ProviderSettings>,
     pub sandbox: bool,
@@ -259,6 +275,8 @@ impl Default for Settings {
             heartbeat: DEFAULT_HEARTBEAT,
             max_jobs_per_submit: DEFAULT_MAX_JOBS_PER_SUBMIT,
             lease: DEFAULT_LEASE,
+            replica_id: None,
+            kept_event_ttl: DEFAULT_KEPT_EVENT_TTL,
             providers: providers::names()
                 .map(|n| (n.to_owned(), ProviderSettings::default()))
                 .collect(),
@@ -388,6 +406,13 @@ impl Settings {
         if let Some(l) = file.lease_secs {
             s.lease = secs("lease_secs", l)?;
         }
+        if let Some(t) = file.kept_event_ttl_secs {
+            s.kept_event_ttl = secs("kept_event_ttl_secs", t)?;
+        }
+        // Empty means unset, as for ADGATE_LOG_FORMAT: a random id per start.
+        if let Some(v) = pick("ADGATE_REPLICA_ID", file.replica_id).filter(|v| !v.is_empty()) {
+            s.replica_id = Some(parse_replica_id(&v)?);
+        }
         if let Some(m) = file.max_jobs_per_submit {
             s.max_jobs_per_submit = positive("max_jobs_per_submit", m)?;
         }
@@ -495,6 +520,22 @@ fn check_http_url(name: &str, v: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(name, v, "URL has no host"));
     }
     Ok(())
+}
+
+/// Ends up in logs, metrics labels and the database, so a plain token: 1–64 characters of
+/// `[A-Za-z0-9._-]` (fits a StatefulSet pod name or a systemd instance name).
+fn parse_replica_id(v: &str) -> Result<String, ConfigError> {
+    let ok = (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(ConfigError::invalid(
+            "ADGATE_REPLICA_ID",
+            v,
+            "expected 1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(v.to_owned())
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -737,6 +778,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(typo.contains("grpc_adr") && !typo.contains('\n'), "{typo}");
+    }
+
+    #[test]
+    fn replica_id_is_optional_and_checked() {
+        let s = Settings::from_toml(false, "", &env_of(&[])).unwrap();
+        assert_eq!(s.replica_id, None);
+        let s = Settings::from_toml(false, "", &env_of(&[("ADGATE_REPLICA_ID", "")])).unwrap();
+        assert_eq!(s.replica_id, None, "empty = unset");
+        let s = Settings::from_toml(
+            false,
+            r#"replica_id = "from-file""#,
+            &env_of(&[("ADGATE_REPLICA_ID", "adgate-0.eu_west")]),
+        )
+        .unwrap();
+        assert_eq!(s.replica_id.as_deref(), Some("adgate-0.eu_west"));
+        let s = Settings::from_toml(false, r#"replica_id = "gw-1""#, &env_of(&[])).unwrap();
+        assert_eq!(s.replica_id.as_deref(), Some("gw-1"));
+        let long = "x".repeat(65);
+        for bad in ["gw 0", "gw/0", "gw:0", "ré", long.as_str(), "a\nb"] {
+            let err = Settings::from_toml(false, "", &env_of(&[("ADGATE_REPLICA_ID", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("invalid ADGATE_REPLICA_ID"), "{err}");
+            assert!(!err.contains('\n'), "{err:?} is more than one line");
+        }
+        assert!(
+            Settings::from_toml(
+                false,
+                "",
+                &env_of(&[("ADGATE_REPLICA_ID", &"x".repeat(64))])
+            )
+            .is_ok()
+        );
     }
 
     #[test]

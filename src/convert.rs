@@ -321,6 +321,10 @@ pub fn provider(p: &ProviderStatus) -> pb::ProviderInfo {
             sse: l.push.sse,
             webhooks: l.push.webhooks,
             default_deadline: Some(duration(l.default_deadline)),
+            max_poll_interval: Some(duration(l.max_poll_interval.unwrap_or(l.poll_interval))),
+            backstop_first_poll: p.backstop.map(|(first, _)| duration(first)),
+            backstop_max_interval: p.backstop.map(|(_, cap)| duration(cap)),
+            reconcile_window: p.reconcile_window.map(duration),
         }),
         in_flight_jobs: sat_i32(p.in_flight),
     }

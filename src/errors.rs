@@ -86,6 +86,9 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(id) => Self::JobNotFound(id),
             EngineError::FailedPrecondition(m) => Self::JobStateConflict(m),
             EngineError::ShuttingDown => Self::ShuttingDown,
+            // Only `Engine::start` refuses an identity, before any call is served; were one
+            // to see it, another process being this replica is UNAVAILABLE to this one.
+            EngineError::ReplicaIdInUse(_) => Self::ShuttingDown,
             EngineError::Store(e) => Self::Store(e),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use adgate_engine::{Engine, WebhookOutcome};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,6 +56,7 @@ fn reject(r: WebhookReject) -> Response {
 async fn webhook(
     State(st): State<HttpState>,
     Path(provider): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -76,10 +77,22 @@ async fn webhook(
             limit: MAX_WEBHOOK_BODY,
         });
     };
-    match st.engine.handle_webhook(&provider, &headers, &bytes).await {
+    let query = query.unwrap_or_default();
+    // 2xx only once the event is applied or durably kept (see the engine's `events` module);
+    // a store failure answers 5xx and the provider retries.
+    match st
+        .engine
+        .handle_webhook(&provider, &query, &headers, &bytes)
+        .await
+    {
         Ok(WebhookOutcome::Applied { updated }) => (
             StatusCode::OK,
             axum::Json(json!({"status": "applied", "updated": updated})),
+        )
+            .into_response(),
+        Ok(WebhookOutcome::Kept { updated, kept }) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "kept", "updated": updated, "kept": kept})),
         )
             .into_response(),
         Ok(WebhookOutcome::Duplicate) => {

@@ -71,6 +71,11 @@ pub enum StartError {
     Store(String),
     #[error("cannot start engine: {0}")]
     Engine(String),
+    #[error(
+        "replica id {0:?} is in use by another live process on this database; \
+         give each process its own ADGATE_REPLICA_ID"
+    )]
+    ReplicaIdInUse(String),
     #[error("cannot listen on {name} {addr}: {source}")]
     Listen {
         name: &'static str,
@@ -123,12 +128,15 @@ impl App {
             providers,
             max_jobs_per_submit: settings.max_jobs_per_submit,
             lease: settings.lease,
+            replica_id: settings.replica_id.clone(),
+            kept_event_ttl: settings.kept_event_ttl,
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())
             .await
             .map_err(|e| match e {
                 EngineError::Store(s) => StartError::Engine(store_message(&s)),
+                EngineError::ReplicaIdInUse(id) => StartError::ReplicaIdInUse(id),
                 other => StartError::Engine(other.to_string()),
             })?;
         Ok(Self {
@@ -230,6 +238,7 @@ pub async fn serve(
         grpc = %grpc_addr,
         http = %http_addr,
         providers = %app.engine.provider_names().join(","),
+        replica = %app.engine.replica_id(),
         auth = app.tokens.enabled(),
         "adgate serving"
     );
@@ -263,10 +272,18 @@ pub async fn serve(
         // closes (a provider without idempotency keys could not be asked again).
         app.engine.submits_idle().await;
     };
-    if tokio::time::timeout(app.grace, wait).await.is_err() {
+    let drained = tokio::time::timeout(app.grace, wait).await.is_ok();
+    if !drained {
         tracing::warn!(grace = ?app.grace, "grace period over; closing remaining connections");
         grpc_task.abort();
         http_task.abort();
+    }
+    // Replicas: hand this one's jobs to the others now rather than after its lease lapses
+    // (the renewal loop ended with the token). Not after an overrun grace: a submit still
+    // under way could be resent by the taker while this process records its answer; keeping
+    // the lease only delays the takeover.
+    if drained && let Err(e) = app.engine.release_leases().await {
+        tracing::warn!(error = %e, "releasing the lease failed; other replicas wait for it to lapse");
     }
     app.store.close().await;
     tracing::info!("adgate stopped");

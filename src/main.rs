@@ -70,6 +70,12 @@ async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A start-up refusal to fix in the configuration, like an invalid setting.
+        Err(e @ adgate::StartError::ReplicaIdInUse(_)) => {
+            tracing::error!(error = %e, "adgate failed");
+            eprintln!("adgate: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = %e, "adgate failed");
             eprintln!("adgate: {e}");

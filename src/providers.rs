@@ -167,6 +167,18 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
     if let Some(v) = o.deadline_secs {
         l.default_deadline = Duration::from_secs(v);
     }
+    if let Some(v) = o
+        .typical_job_secs
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        l.typical_job_duration = v;
+    }
+    if let Some(v) = o
+        .longest_job_secs
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        l.longest_job_duration = v;
+    }
     if l.min_poll_interval > l.poll_interval {
         l.poll_interval = l.min_poll_interval;
     }
@@ -178,6 +190,8 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
         l.max_poll_interval = l.max_poll_interval.map(scale);
         l.first_poll_after = scale(l.first_poll_after);
         l.default_retry_after = scale(l.default_retry_after);
+        l.typical_job_duration = scale(l.typical_job_duration);
+        l.longest_job_duration = scale(l.longest_job_duration);
     }
     l
 }
@@ -208,6 +222,8 @@ mod tests {
             push: PushChannels::default(),
             cancel: CancelSupport::None,
             default_deadline: Duration::from_secs(900),
+            typical_job_duration: Duration::from_secs(30),
+            longest_job_duration: Duration::from_secs(600),
         }
     }
 

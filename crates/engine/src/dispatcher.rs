@@ -7,14 +7,18 @@
 //! 4. store the provider references (jobs become PROCESSING) and hand them to the tracker.
 //!
 //! At start-up an attempt left open by a crash is resent with the same key when the provider
-//! honours idempotency keys; otherwise it may already have created (and billed) work, so its
-//! jobs fail with `UNKNOWN_OUTCOME` rather than risk a second charge.
+//! honours idempotency keys; otherwise it may already have created (and billed) work, so it is
+//! never resent. Such a job, and one whose submit answer was lost, is *reconciled* when a push
+//! channel can still tell the truth (webhooks configured): it waits visibly (PROCESSING, progress
+//! step `reconciling`) for the provider's callback, which binds to it by the identity the
+//! adapter put into the callback, for a bounded window; only when the window passes with nothing
+//! does it fail `UNKNOWN_OUTCOME`. Without webhooks it fails at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use adgate_generator::{GenError, JobError, JobState, SubmitBatch, SubmitItem};
+use adgate_generator::{GenError, JobError, JobState, Progress, SubmitBatch, SubmitItem};
 use adgate_store::{JobPatch, JobRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -70,10 +74,11 @@ pub(crate) async fn resume(
                 send_attempt(shared, rt, attempt.idempotency_key, jobs, permit, false).await;
             });
         } else {
-            fail(
+            settle_unknown(
                 shared,
-                jobs.iter().map(|j| j.id.clone()).collect(),
-                unknown_outcome_error("the gateway stopped while this job was being submitted"),
+                rt,
+                &jobs,
+                "the gateway stopped while this job was being submitted",
             )
             .await;
         }
@@ -81,7 +86,51 @@ pub(crate) async fn resume(
     Ok(())
 }
 
-fn unknown_outcome_error(why: &str) -> JobError {
+/// The unknown-outcome rule for a provider without idempotency keys: never resend; reconcile
+/// through the provider's callback when one can come, otherwise fail `UNKNOWN_OUTCOME` now.
+async fn settle_unknown(shared: &Shared, rt: &ProviderRuntime, jobs: &[JobRecord], why: &str) {
+    if !rt.limits.push.webhooks {
+        fail(
+            shared,
+            jobs.iter().map(|j| j.id.clone()).collect(),
+            unknown_outcome_error(why),
+        )
+        .await;
+        return;
+    }
+    let until =
+        shared.clock.now_ms() + i64::try_from(rt.reconcile_window.as_millis()).unwrap_or(i64::MAX);
+    let patches = jobs
+        .iter()
+        .map(|j| JobPatch {
+            state: Some(JobState::Processing),
+            progress: Some(Progress {
+                step: "reconciling".to_owned(),
+                message: format!(
+                    "{why}; the provider takes no idempotency key, so the job is not resent. \
+                     Waiting up to {} s for the provider's callback before failing \
+                     UNKNOWN_OUTCOME",
+                    rt.reconcile_window.as_secs()
+                ),
+                percentage: 0.0,
+            }),
+            deadline_at_ms: Some(until.min(j.deadline_at_ms)),
+            ..JobPatch::new(j.id.clone())
+        })
+        .collect();
+    match commit(shared, patches).await {
+        Ok(changed) => {
+            tracing::warn!(provider = %rt.name, jobs = changed.len(),
+                window_s = rt.reconcile_window.as_secs(),
+                "submit outcome unknown; waiting for the provider's callback");
+            // A callback may have come (and been kept) before this was recorded.
+            rt.inbox_wake.notify_one();
+        }
+        Err(e) => tracing::error!(error = %e, "recording reconciling jobs failed"),
+    }
+}
+
+pub(crate) fn unknown_outcome_error(why: &str) -> JobError {
     JobError::new(
         codes::UNKNOWN_OUTCOME,
         format!(
@@ -301,12 +350,7 @@ pub(crate) async fn send_attempt(
                 // The call may have created billable work and the provider takes no key: never
                 // send it again.
                 rt.set_health(false, Some(e.to_string()));
-                fail(
-                    &shared,
-                    ids,
-                    unknown_outcome_error(&format!("submit failed: {e}")),
-                )
-                .await;
+                settle_unknown(&shared, &rt, &jobs, &format!("submit failed: {e}")).await;
                 break;
             }
             Err(e @ (GenError::Transient { .. } | GenError::UnknownOutcome { .. })) => {
@@ -411,6 +455,8 @@ async fn accept(
             for rec in &changed {
                 rt.tracker.add(rec, rt.limits.first_poll_after);
             }
+            // Pushes that outran this answer are kept until now: apply them.
+            rt.inbox_wake.notify_one();
             let watched: Vec<String> = changed
                 .iter()
                 .filter(|r| shared.bus.is_watched(&r.id))

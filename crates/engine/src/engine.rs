@@ -16,6 +16,7 @@ use crate::bus::{Bus, Watch};
 use crate::cache::RecordCache;
 use crate::clock::Clock;
 use crate::error::{EngineError, WebhookFailure};
+use crate::events::{self, Source};
 use crate::metrics::{EngineMetrics, ProviderLabels, StateLabels};
 use crate::tracker::TrackerState;
 use crate::{codes, dispatcher, replica, tracker};
@@ -36,6 +37,13 @@ pub struct EngineConfig {
     /// Lease on claimed jobs when replicas share the store: a replica that dies loses its
     /// jobs to the others this long after its last renewal.
     pub lease: Duration,
+    /// A stable identity among replicas (e.g. a StatefulSet pod name): restarted under it, a
+    /// replica takes its own jobs back at once. `None` = a fresh random id per start.
+    pub replica_id: Option<String>,
+    /// How long a provider event that matched no job is kept for its job to become known.
+    pub kept_event_ttl: Duration,
+    /// How often each provider's inbox of kept events is looked at without being woken.
+    pub inbox_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +53,9 @@ impl Default for EngineConfig {
             sweep_interval: Duration::from_secs(1),
             max_jobs_per_submit: 10_000,
             lease: Duration::from_secs(10),
+            replica_id: None,
+            kept_event_ttl: Duration::from_secs(24 * 3600),
+            inbox_interval: Duration::from_secs(1),
         }
     }
 }
@@ -84,11 +95,23 @@ pub struct ProviderStatus {
     /// Set when the provider works but cannot deliver everything (e.g. no webhooks).
     pub degraded_reason: Option<String>,
     pub in_flight: usize,
+    /// With webhooks: (first backstop poll, largest backstop spacing) as really used.
+    pub backstop: Option<(Duration, Duration)>,
+    /// How long an unknown submit outcome is reconciled; `None` when it fails at once.
+    pub reconcile_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookOutcome {
-    Applied { updated: usize },
+    /// Applied now: `updated` jobs changed.
+    Applied {
+        updated: usize,
+    },
+    /// Some of it matched no job yet and is kept durably until its job becomes known.
+    Kept {
+        updated: usize,
+        kept: usize,
+    },
     Duplicate,
 }
 
@@ -110,6 +133,11 @@ pub(crate) struct ProviderRuntime {
     /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
     pub stopped_batches: Mutex<HashSet<String>>,
     pub health: Mutex<Health>,
+    /// Wakes the inbox when a job became known that a kept event may be waiting for.
+    pub inbox_wake: Notify,
+    /// How long a job whose submit outcome is unknown waits for a callback (see
+    /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
+    pub reconcile_window: Duration,
 }
 
 impl ProviderRuntime {
@@ -193,10 +221,14 @@ pub(crate) struct Shared {
     pub replica_id: String,
     /// How long a replica's claim on a job lasts without renewal (shared stores only).
     pub lease: Duration,
+    /// Wakes the takeover loop before its next pass (another replica released its lease).
+    pub wake_takeover: Notify,
     /// False while the store cannot be reached; health reports NOT_SERVING.
     pub store_ok: AtomicBool,
     /// Recent records for `get_jobs` (off with a shared store: see the `cache` module).
     pub(crate) cache: RecordCache,
+    /// See [`EngineConfig::kept_event_ttl`].
+    pub kept_event_ttl: Duration,
 }
 
 /// Records the read API keeps in memory (single process): about 25 MB at most.
@@ -230,6 +262,7 @@ impl Engine {
         let mut providers = HashMap::new();
         for setup in config.providers {
             let name = setup.generator.name().to_owned();
+            let setup_limits = setup.limits.clone();
             let rt = ProviderRuntime {
                 name: name.clone(),
                 tracker: TrackerState::new(&setup.limits),
@@ -243,6 +276,8 @@ impl Engine {
                     reachable: true,
                     last_error: None,
                 }),
+                inbox_wake: Notify::new(),
+                reconcile_window: reconcile_window(&setup_limits),
             };
             providers.insert(name, Arc::new(rt));
         }
@@ -256,18 +291,28 @@ impl Engine {
                 metrics: EngineMetrics::default(),
                 shutdown,
                 max_jobs_per_submit: config.max_jobs_per_submit,
-                replica_id: new_id("rep"),
+                replica_id: config.replica_id.unwrap_or_else(|| new_id("rep")),
                 lease: config.lease,
+                wake_takeover: Notify::new(),
                 store_ok: AtomicBool::new(true),
                 cache: RecordCache::new(if shared_store { 0 } else { READ_CACHE_JOBS }),
+                kept_event_ttl: config.kept_event_ttl,
             }),
         };
         if shared_store {
             // Replicas: claim nothing a live replica holds; orphans are taken over by lease.
             let s = &engine.shared;
+            // Before anything is done under this identity: two live processes sharing one
+            // would each take the other's jobs for its own.
+            if !s.store.claim_identity(&s.replica_id).await? {
+                return Err(EngineError::ReplicaIdInUse(s.replica_id.clone()));
+            }
             s.store
                 .renew_leases(&s.replica_id, s.clock.now_ms(), s.lease.as_millis() as i64)
                 .await?;
+            // A restart under a stable identity (after a crash) resumes its jobs now rather
+            // than waiting for its old lease to lapse and another replica to take them.
+            replica::adopt_own(s).await?;
             tokio::spawn(replica::renew_leases(s.clone()));
             tokio::spawn(replica::take_over_orphans(s.clone()));
             if let Some(feed) = s.store.change_feed().await? {
@@ -281,6 +326,13 @@ impl Engine {
             }
             tokio::spawn(dispatcher::run(engine.shared.clone(), rt.clone()));
             tokio::spawn(tracker::run(engine.shared.clone(), rt.clone()));
+            // Events kept before a restart may be applicable now that jobs are resumed.
+            rt.inbox_wake.notify_one();
+            tokio::spawn(events::run_inbox(
+                engine.shared.clone(),
+                rt.clone(),
+                config.inbox_interval,
+            ));
         }
         tokio::spawn(sweep_deadlines(
             engine.shared.clone(),
@@ -299,6 +351,22 @@ impl Engine {
                 drop(permits);
             }
         }
+    }
+
+    /// Hand this replica's jobs back to the fleet (a graceful stop): its lease lapses now, so
+    /// live and starting replicas take them over at once. Call after shutdown was cancelled
+    /// (the renewal loop has stopped) and submits are idle, before the store closes; a
+    /// no-op on a single-process store.
+    pub async fn release_leases(&self) -> Result<(), EngineError> {
+        let s = &self.shared;
+        if !s.store.is_shared() {
+            return Ok(());
+        }
+        s.store
+            .release_lease(&s.replica_id, s.clock.now_ms())
+            .await?;
+        tracing::info!(replica = %s.replica_id, "released the lease on this replica's jobs");
+        Ok(())
     }
 
     /// The most jobs one Submit may carry.
@@ -620,45 +688,80 @@ impl Engine {
         Ok(commit(&self.shared, patches).await?)
     }
 
-    /// Verify, parse and apply a provider webhook. Duplicate deliveries change nothing.
+    /// Verify, parse and apply a provider webhook. Duplicate deliveries change nothing; an
+    /// event that matches no job yet is kept (see the `events` module for the answer rule).
+    /// `query` is the request's query string without `?` (empty when none).
     pub async fn handle_webhook(
         &self,
         provider: &str,
+        query: &str,
         headers: &http::HeaderMap,
         body: &[u8],
     ) -> Result<WebhookOutcome, WebhookFailure> {
         let Some(rt) = self.shared.providers.get(provider) else {
-            self.shared.metrics.webhook(provider, "unknown_provider");
+            self.shared.metrics.webhook(provider, "refused");
             return Err(WebhookFailure::UnknownProvider(provider.to_owned()));
         };
-        let event = match rt
-            .generator
-            .parse_webhook(headers, body, self.shared.clock.now_system())
-        {
+        let event = match rt.generator.parse_webhook_query(
+            query,
+            headers,
+            body,
+            self.shared.clock.now_system(),
+        ) {
             Ok(e) => e,
             Err(e) => {
-                self.shared.metrics.webhook(provider, "rejected");
+                self.shared.metrics.webhook(provider, "refused");
                 return Err(e.into());
             }
         };
-        // The delivery id is recorded in the same transaction as the delivery's first
-        // changes: a store failure leaves it unrecorded, so the provider's retry is applied.
-        let Some(updated) = tracker::apply_updates(
-            &self.shared,
-            rt,
-            event.updates,
-            event.delivery_id.as_deref(),
-        )
-        .await?
+        let source = Source::Webhook {
+            delivery_id: event.delivery_id.as_deref(),
+            bound_job: event.bound_job.as_deref(),
+        };
+        let Some(applied) =
+            events::apply_updates(&self.shared, rt, event.updates.clone(), source).await?
         else {
             self.shared.metrics.webhook(provider, "duplicate");
+            tracing::debug!(
+                provider,
+                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
+                "duplicate webhook delivery"
+            );
             return Ok(WebhookOutcome::Duplicate);
         };
         for key in &event.poll_hints {
             rt.tracker.mark_due(key);
         }
+        let kind = event_kind(&event);
+        if applied.kept > 0 {
+            self.shared.metrics.webhook(provider, "kept");
+            tracing::warn!(
+                provider,
+                event = kind,
+                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
+                kept = applied.kept,
+                "webhook matched no job yet; kept until its job is known"
+            );
+            return Ok(WebhookOutcome::Kept {
+                updated: applied.changed,
+                kept: applied.kept,
+            });
+        }
         self.shared.metrics.webhook(provider, "applied");
-        Ok(WebhookOutcome::Applied { updated })
+        if applied.changed == 0 {
+            // Verified but changed nothing: a late or repeated report for a finished job, or
+            // an event the gateway has no use for (a batch event that only hints a poll).
+            tracing::info!(
+                provider,
+                event = kind,
+                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
+                poll_hints = event.poll_hints.len(),
+                "webhook verified; nothing to change"
+            );
+        }
+        Ok(WebhookOutcome::Applied {
+            updated: applied.changed,
+        })
     }
 
     pub fn providers(&self) -> Vec<ProviderStatus> {
@@ -675,6 +778,9 @@ impl Engine {
                     last_error: h.last_error.clone(),
                     degraded_reason: rt.generator.degraded_reason(),
                     in_flight: rt.tracker.job_count(),
+                    backstop: tracker::backstop_schedule(&rt.limits),
+                    reconcile_window: (!rt.limits.idempotency && rt.limits.push.webhooks)
+                        .then_some(rt.reconcile_window),
                 }
             })
             .collect();
@@ -726,26 +832,8 @@ pub(crate) async fn commit(
     Ok(changed)
 }
 
-/// [`commit`] for the patches a webhook delivery carries: the delivery id and the changes go
-/// in one transaction (`Store::apply_delivery`). `None` for a delivery seen before.
-pub(crate) async fn commit_delivery(
-    shared: &Shared,
-    provider: &str,
-    delivery_id: &str,
-    patches: Vec<JobPatch>,
-) -> Result<Option<Vec<JobRecord>>, adgate_store::StoreError> {
-    let changed = shared
-        .store
-        .apply_delivery(provider, delivery_id, patches, shared.clock.now_ms())
-        .await?;
-    if let Some(changed) = &changed {
-        publish(shared, changed);
-    }
-    Ok(changed)
-}
-
 /// Publish committed changes and drop terminal jobs from their tracker.
-fn publish(shared: &Shared, changed: &[JobRecord]) {
+pub(crate) fn publish(shared: &Shared, changed: &[JobRecord]) {
     for rec in changed {
         if rec.state.is_terminal()
             && let Some(rt) = shared.providers.get(&rec.provider)
@@ -775,16 +863,16 @@ async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
                 break;
             }
             let n = ids.len();
-            let patches = ids
+            let Ok(jobs) = shared.store.get_jobs(&ids).await else {
+                break;
+            };
+            let patches = jobs
                 .into_iter()
-                .map(|id| JobPatch {
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| JobPatch {
                     state: Some(JobState::Failed),
-                    error: Some(JobError::new(
-                        codes::DEADLINE_EXCEEDED,
-                        "the job did not finish before its deadline",
-                        true,
-                    )),
-                    ..JobPatch::new(id)
+                    error: Some(expiry_error(&j)),
+                    ..JobPatch::new(j.id)
                 })
                 .collect();
             if commit(&shared, patches).await.is_err() || n < 1000 {
@@ -833,4 +921,41 @@ fn content_hash(cmd: &SubmitCommand) -> String {
         );
     }
     hex::encode(h.finalize())
+}
+
+/// Why a job that reached its deadline failed. A job sent but never acknowledged (PROCESSING
+/// without a provider reference) was waiting to reconcile an unknown submit outcome.
+fn expiry_error(job: &JobRecord) -> JobError {
+    if job.state == JobState::Processing && job.provider_ref.is_none() {
+        dispatcher::unknown_outcome_error(
+            "the submit's answer was lost and no callback for it arrived within the \
+             reconciliation window",
+        )
+    } else {
+        JobError::new(
+            codes::DEADLINE_EXCEEDED,
+            "the job did not finish before its deadline",
+            true,
+        )
+    }
+}
+
+/// How long a job with an unknown submit outcome waits for its callback: the provider's longest
+/// documented job plus a fifth for delivery retries and clock skew.
+fn reconcile_window(limits: &Limits) -> Duration {
+    limits.longest_job_duration + limits.longest_job_duration / 5
+}
+
+/// The event's kind for logs: what it reports, never its content.
+fn event_kind(event: &adgate_generator::WebhookEvent) -> &'static str {
+    use adgate_generator::RemoteState;
+    match event.updates.first().map(|u| &u.state) {
+        Some(RemoteState::Completed) => "completed",
+        Some(RemoteState::Failed) => "failed",
+        Some(RemoteState::Cancelled) => "cancelled",
+        Some(RemoteState::Processing) => "processing",
+        Some(RemoteState::NotFound) => "not_found",
+        None if !event.poll_hints.is_empty() => "poll_hint",
+        None => "other",
+    }
 }

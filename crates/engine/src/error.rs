@@ -27,6 +27,10 @@ pub enum EngineError {
     #[error("the gateway is shutting down")]
     ShuttingDown,
 
+    /// At start-up: another live process already runs under this replica id.
+    #[error("replica id {0:?} is in use by another live process on this store")]
+    ReplicaIdInUse(String),
+
     #[error("job store failure")]
     Store(#[from] StoreError),
 }

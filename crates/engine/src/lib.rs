@@ -5,8 +5,10 @@
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
-//! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule, opens
-//!   push streams for watched jobs, applies updates from polls, streams and webhooks.
+//! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule and opens
+//!   push streams for watched jobs.
+//! - `events`: resolves updates from polls, streams and webhooks to jobs and applies them; keeps
+//!   webhook events that match no job yet (the inbox) and applies them once their job is known.
 //! - [`budget`]: the rolling-window request budget shared by submits, polls and streams.
 //! - [`bus`]: progress fan-out to watchers with latest-wins coalescing and bounded memory.
 //! - `cache`: the read API's bounded read-through cache of job records (single process).
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 pub mod error;
+mod events;
 pub mod metrics;
 mod replica;
 pub mod tracker;

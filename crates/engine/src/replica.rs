@@ -5,17 +5,23 @@
 //! jobs over: in-flight jobs are tracked again, and open submit attempts are resent with their
 //! idempotency key — or failed with `UNKNOWN_OUTCOME` where the provider takes none, exactly as
 //! after a single-process crash. Watchers on every replica follow the store's change feed.
+//!
+//! A replica that stops gracefully releases its lease instead (`Engine::release_leases`) and
+//! the store announces it on the feed, so live replicas take its jobs at once rather than at
+//! their next pass. A starting replica claims orphans in its first pass, and under a stable
+//! identity (`EngineConfig::replica_id`) first takes back the jobs it owned before a crash.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use adgate_store::FeedEvent;
+use adgate_store::{FeedEvent, JobRecord};
 use tokio::sync::mpsc;
 
 use crate::dispatcher;
-use crate::engine::Shared;
+use crate::engine::{ProviderRuntime, Shared};
+use crate::error::EngineError;
 use crate::metrics::ReplicaLabels;
 
 pub(crate) async fn renew_leases(shared: Arc<Shared>) {
@@ -54,50 +60,96 @@ pub(crate) async fn renew_leases(shared: Arc<Shared>) {
     }
 }
 
+/// Start tracking jobs this replica has just come to own: those with a provider reference are
+/// polled at once, open attempts are resent (or failed where the provider takes no key).
+async fn adopt(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    jobs: &[JobRecord],
+) -> Result<(), EngineError> {
+    let mut attempted = HashSet::new();
+    for job in jobs {
+        if job.provider_ref.is_some() {
+            rt.tracker.add(job, Duration::ZERO);
+        } else if job.attempt_id.is_some() {
+            attempted.insert(job.id.clone());
+        }
+    }
+    let resumed = if attempted.is_empty() {
+        Ok(())
+    } else {
+        dispatcher::resume(shared, rt, Some(&attempted)).await
+    };
+    rt.wake_dispatcher.notify_one();
+    resumed
+}
+
+/// At start-up: the jobs a previous run under this replica id left (a crash, then a restart
+/// with the same `ADGATE_REPLICA_ID`), resumed like orphans taken over.
+pub(crate) async fn adopt_own(shared: &Arc<Shared>) -> Result<(), EngineError> {
+    for rt in shared.providers.values() {
+        let jobs = shared
+            .store
+            .claim_own(
+                &rt.name,
+                &shared.replica_id,
+                shared.clock.now_ms(),
+                shared.lease.as_millis() as i64,
+            )
+            .await?;
+        if jobs.is_empty() {
+            continue;
+        }
+        tracing::info!(provider = %rt.name, jobs = jobs.len(), "took back this replica's jobs");
+        adopt(shared, rt, &jobs).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
+    const PASS: usize = 1000;
     let every = (shared.lease / 2).max(Duration::from_millis(50));
     loop {
         if shared.store_ok.load(Ordering::Relaxed) {
             for rt in shared.providers.values() {
-                let claimed = shared
-                    .store
-                    .claim_orphans(
-                        &rt.name,
-                        &shared.replica_id,
-                        shared.clock.now_ms(),
-                        shared.lease.as_millis() as i64,
-                        1000,
-                    )
-                    .await;
-                let jobs = match claimed {
-                    Ok(jobs) => jobs,
-                    Err(e) => {
-                        tracing::warn!(provider = %rt.name, error = %e, "claiming orphans failed");
-                        continue;
+                // A full page means more may be waiting (a released replica's whole book):
+                // take it all now rather than a page per pass.
+                loop {
+                    let claimed = shared
+                        .store
+                        .claim_orphans(
+                            &rt.name,
+                            &shared.replica_id,
+                            shared.clock.now_ms(),
+                            shared.lease.as_millis() as i64,
+                            PASS,
+                        )
+                        .await;
+                    let jobs = match claimed {
+                        Ok(jobs) => jobs,
+                        Err(e) => {
+                            tracing::warn!(provider = %rt.name, error = %e, "claiming orphans failed");
+                            break;
+                        }
+                    };
+                    if jobs.is_empty() {
+                        break;
                     }
-                };
-                if jobs.is_empty() {
-                    continue;
-                }
-                tracing::info!(provider = %rt.name, jobs = jobs.len(), "took over jobs");
-                let mut attempted = HashSet::new();
-                for job in &jobs {
-                    if job.provider_ref.is_some() {
-                        rt.tracker.add(job, Duration::ZERO);
-                    } else if job.attempt_id.is_some() {
-                        attempted.insert(job.id.clone());
+                    tracing::info!(provider = %rt.name, jobs = jobs.len(), "took over jobs");
+                    if let Err(e) = adopt(&shared, rt, &jobs).await {
+                        tracing::warn!(provider = %rt.name, error = %e, "resuming attempts failed");
+                    }
+                    if jobs.len() < PASS || shared.shutdown.is_cancelled() {
+                        break;
                     }
                 }
-                if !attempted.is_empty()
-                    && let Err(e) = dispatcher::resume(&shared, rt, Some(&attempted)).await
-                {
-                    tracing::warn!(provider = %rt.name, error = %e, "resuming attempts failed");
-                }
-                rt.wake_dispatcher.notify_one();
             }
         }
+        // The first pass runs at once (a starting replica picks up what a stopped one left);
+        // then every half lease, or as soon as a replica says goodbye.
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = shared.wake_takeover.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
     }
@@ -115,7 +167,16 @@ pub(crate) async fn follow_feed(shared: Arc<Shared>, mut feed: mpsc::Receiver<Fe
                 shared.bus.resync_all();
                 return;
             }
-            Some(FeedEvent::Gap) => shared.bus.resync_all(),
+            Some(FeedEvent::Gap) => {
+                shared.bus.resync_all();
+                // A goodbye may be among what was missed.
+                shared.wake_takeover.notify_one();
+            }
+            Some(FeedEvent::Released { replica }) => {
+                if replica != shared.replica_id {
+                    shared.wake_takeover.notify_one();
+                }
+            }
             Some(FeedEvent::Changed { job_id, .. }) => {
                 let tracked = shared
                     .providers

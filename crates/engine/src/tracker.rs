@@ -6,37 +6,49 @@
 //! whose jobs are followed by a push stream are skipped until the stream ends, and then polled
 //! once more (the final GET the StaticAdsLab documents require).
 //!
-//! Updates from polls, streams and webhooks all go through [`apply_updates`], which commits
-//! them, publishes them to watchers and drops terminal jobs from tracking.
+//! Updates from polls and streams go through [`events::apply_updates`], as webhooks do.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use adgate_generator::{
-    GenError, JobError, JobState, Progress, ProviderUpdate, RemoteState, UpdateTarget,
-};
-use adgate_store::{JobPatch, JobRecord, StoreError};
+use adgate_generator::{GenError, JobState, Progress, RemoteState};
+use adgate_store::JobRecord;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::budget::Priority;
-use crate::codes;
-use crate::engine::{ProviderRuntime, Shared, commit, commit_delivery};
+use crate::engine::{ProviderRuntime, Shared};
 use crate::error::EngineError;
-
-/// Consecutive polls that must miss a job before it is failed as lost.
-const NOT_FOUND_LIMIT: u32 = 3;
+use crate::events::{self, Source};
 
 /// With signed webhooks configured, the provider pushes every completion, so polls are only a
-/// backstop for lost deliveries: the first and every later poll wait this many of the
-/// provider's longest poll spacing (Abyssale 30 s → 6 min, Pictify 5 s → 60 s), well inside
-/// the 15 min default deadline. A webhook's poll hint still polls a key at once, and a restart
-/// polls everything at once (deliveries may have been missed while down). Pictify's results
-/// carry no URLs at all, so polling it at the full rate only spends budget.
-const WEBHOOK_BACKSTOP_FACTOR: u32 = 12;
+/// backstop for a lost delivery. The first backstop poll waits for the provider's typical job
+/// duration (a push usually arrives before it, costing no poll at all); the spacing then
+/// doubles from there up to [`BACKSTOP_CAP_FACTOR`] × the provider's longest poll spacing
+/// (Abyssale 30 s → 57 s), so a push that never comes costs at most about a minute beyond the
+/// job's real completion. A webhook's poll hint still polls a key at once, and a restart polls
+/// everything at once (deliveries may have been missed while down).
+const BACKSTOP_CAP_FACTOR: f64 = 1.9;
+
+/// The poll schedule used while webhooks are configured: `(first poll after, largest spacing)`.
+/// `None` when the provider is polled on its normal schedule.
+pub fn backstop_schedule(limits: &adgate_generator::Limits) -> Option<(Duration, Duration)> {
+    limits.push.webhooks.then(|| {
+        let cap = limits
+            .max_poll_interval
+            .unwrap_or(limits.poll_interval)
+            .mul_f64(BACKSTOP_CAP_FACTOR)
+            .max(limits.min_poll_interval);
+        let first = limits
+            .typical_job_duration
+            .max(limits.first_poll_after)
+            .max(limits.min_poll_interval);
+        (first, cap)
+    })
+}
 
 /// An interned id (job id, provider ref, poll key). One allocation shared by every map that
 /// names it, 16 bytes per mention instead of a 24-byte `String` plus its own heap copy: with
@@ -138,20 +150,15 @@ pub(crate) struct TrackerState {
     /// For batch-pollable providers, polls are aligned to a grid of poll intervals so that
     /// keys submitted at different moments share rounds and calls go out full.
     grid: Option<(Instant, Duration)>,
-    /// Poll spacing when webhooks deliver completions (see [`WEBHOOK_BACKSTOP_FACTOR`]).
-    backstop: Option<Duration>,
+    /// The poll schedule when webhooks deliver completions (see [`backstop_schedule`]).
+    backstop: Option<(Duration, Duration)>,
 }
 
 impl TrackerState {
     pub fn new(limits: &adgate_generator::Limits) -> Self {
         let grid = (limits.max_keys_per_poll > 1 && limits.poll_interval > Duration::ZERO)
             .then(|| (Instant::now(), limits.poll_interval));
-        let backstop = limits.push.webhooks.then(|| {
-            limits
-                .max_poll_interval
-                .unwrap_or(limits.poll_interval)
-                .saturating_mul(WEBHOOK_BACKSTOP_FACTOR)
-        });
+        let backstop = backstop_schedule(limits);
         Self {
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
@@ -231,7 +238,7 @@ impl TrackerState {
         if fresh {
             // A zero first wait (resume) polls at once; otherwise webhooks make it a backstop.
             let first_after = match self.backstop {
-                Some(b) if !first_after.is_zero() => b.max(first_after),
+                Some((first, _)) if !first_after.is_zero() => first.max(first_after),
                 _ => first_after,
             };
             let at = self.align(Instant::now() + first_after);
@@ -285,11 +292,11 @@ impl TrackerState {
         self.lock().cancel_requested.contains(job_id)
     }
 
-    fn job_for_ref(&self, provider_ref: &str) -> Option<String> {
+    pub(crate) fn job_for_ref(&self, provider_ref: &str) -> Option<String> {
         self.lock().ref_job.get(provider_ref).map(|j| j.to_string())
     }
 
-    fn jobs_of_key(&self, key: &str) -> Vec<String> {
+    pub(crate) fn jobs_of_key(&self, key: &str) -> Vec<String> {
         self.lock()
             .keys
             .get(key)
@@ -345,12 +352,16 @@ impl TrackerState {
         let Some(k) = inner.keys.get_mut(key) else {
             return;
         };
-        let next = match limits.max_poll_interval {
-            Some(max) if k.interval > Duration::ZERO => (k.interval * 2).min(max),
-            _ => limits.poll_interval,
+        let next = match (self.backstop, limits.max_poll_interval) {
+            // Growing from the typical job duration: a job that outlives it is probably long,
+            // and its push will most likely come.
+            (Some((_, cap)), _) if k.interval > Duration::ZERO => (k.interval * 2).min(cap),
+            (Some((first, cap)), _) => first.min(cap),
+            (None, Some(max)) if k.interval > Duration::ZERO => (k.interval * 2).min(max),
+            (None, _) => limits.poll_interval,
         };
         k.interval = next.max(limits.min_poll_interval);
-        let spacing = self.backstop.unwrap_or(k.interval);
+        let spacing = k.interval;
         // Jitter (up to 10%, at most 500 ms) spreads keys submitted together.
         let jitter = spacing
             .mul_f64(0.1 * fastrand::f64())
@@ -378,7 +389,7 @@ impl TrackerState {
         self.lock().streaming.len()
     }
 
-    fn count_not_found(&self, job_id: &str) -> u32 {
+    pub(crate) fn count_not_found(&self, job_id: &str) -> u32 {
         let mut inner = self.lock();
         let n = inner.not_found.entry(job_id.to_owned()).or_default();
         *n += 1;
@@ -387,7 +398,7 @@ impl TrackerState {
 
     /// True when `progress` is what was last committed for a tracked, processing job.
     /// Otherwise remembers it and returns false.
-    fn unchanged_progress(&self, job_id: &str, progress: &Option<Progress>) -> bool {
+    pub(crate) fn unchanged_progress(&self, job_id: &str, progress: &Option<Progress>) -> bool {
         let mut inner = self.lock();
         let Some(tracked) = inner.jobs.get_mut(job_id) else {
             return false;
@@ -401,7 +412,7 @@ impl TrackerState {
         }
     }
 
-    fn clear_not_found(&self, job_id: &str) {
+    pub(crate) fn clear_not_found(&self, job_id: &str) {
         self.lock().not_found.remove(job_id);
     }
 }
@@ -479,7 +490,9 @@ async fn poll_chunk(
         Ok(observed) => {
             rt.observe(shared, observed.rate);
             rt.set_health(true, None);
-            if let Err(e) = apply_updates(shared, rt, observed.value, None).await {
+            if let Err(e) =
+                events::apply_updates(shared, rt, observed.value, Source::Observed).await
+            {
                 tracing::warn!(provider = %rt.name, error = %e, "applying poll results failed");
             }
         }
@@ -495,167 +508,6 @@ async fn poll_chunk(
     for key in chunk {
         rt.tracker.reschedule(key, &rt.limits, round);
     }
-}
-
-/// Resolve, commit and publish updates. Returns how many jobs changed.
-///
-/// With a webhook's `delivery` id, the id is recorded in the same transaction as the first
-/// changes committed (see `Store::apply_delivery`); `Ok(None)` means the delivery was seen
-/// before and nothing was applied. Without one, the result is always `Some`.
-pub(crate) async fn apply_updates(
-    shared: &Arc<Shared>,
-    rt: &Arc<ProviderRuntime>,
-    updates: Vec<ProviderUpdate>,
-    delivery: Option<&str>,
-) -> Result<Option<usize>, StoreError> {
-    // Taken by the first commit below; every later one is a plain commit.
-    let mut delivery = delivery;
-    let mut patches = Vec::new();
-    let mut changed = 0;
-    for update in updates {
-        match &update.target {
-            UpdateTarget::ProviderRef(r) => {
-                let ids = if let Some(id) = rt.tracker.job_for_ref(r) {
-                    vec![id]
-                } else if let Some(job) = shared.store.find_by_ref(&rt.name, r).await? {
-                    vec![job.id]
-                } else {
-                    Vec::new()
-                };
-                for id in ids {
-                    if let Some(p) = to_patch(rt, id, &update) {
-                        patches.push(p);
-                    }
-                }
-            }
-            UpdateTarget::PollKey(key) => {
-                let mut ids = rt.tracker.jobs_of_key(key);
-                if ids.is_empty() {
-                    ids = shared
-                        .store
-                        .jobs_by_poll_key(&rt.name, key)
-                        .await?
-                        .into_iter()
-                        .filter(|j| !j.state.is_terminal())
-                        .map(|j| j.id)
-                        .collect();
-                }
-                for id in ids {
-                    if let Some(p) = to_patch(rt, id, &update) {
-                        patches.push(p);
-                    }
-                }
-            }
-            UpdateTarget::Correlation(key) => {
-                // Committed one at a time: two events for identical variables must land on
-                // two different jobs, and the second lookup must see the first's outputs.
-                if let Some(job) = shared.store.find_by_correlation(&rt.name, key).await?
-                    && let Some(p) = to_patch(rt, job.id, &update)
-                {
-                    let Some(committed) = commit_with(shared, rt, vec![p], &mut delivery).await?
-                    else {
-                        return Ok(None);
-                    };
-                    changed += committed.len();
-                }
-            }
-        }
-    }
-    let terminal: Vec<String> = patches
-        .iter()
-        .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
-        .map(|p| p.job_id.clone())
-        .collect();
-    let Some(committed) = commit_with(shared, rt, patches, &mut delivery).await? else {
-        return Ok(None);
-    };
-    changed += committed.len();
-    // A terminal report for a job the store did not change means it was already terminal
-    // (a webhook, another replica, a deadline got there first): stop tracking it here too.
-    let done: HashSet<&str> = committed.iter().map(|r| r.id.as_str()).collect();
-    let stale: Vec<String> = terminal
-        .into_iter()
-        .filter(|id| !done.contains(id.as_str()))
-        .collect();
-    if !stale.is_empty() {
-        for job in shared.store.get_jobs(&stale).await? {
-            if job.state.is_terminal() {
-                rt.tracker.remove_job(&job);
-            }
-        }
-    }
-    Ok(Some(changed))
-}
-
-/// Commits `patches`, with the delivery id if it is still to be recorded (then taken).
-/// `None` when that delivery was seen before.
-async fn commit_with(
-    shared: &Arc<Shared>,
-    rt: &ProviderRuntime,
-    patches: Vec<JobPatch>,
-    delivery: &mut Option<&str>,
-) -> Result<Option<Vec<JobRecord>>, StoreError> {
-    match delivery.take() {
-        Some(id) => commit_delivery(shared, &rt.name, id, patches).await,
-        None => commit(shared, patches).await.map(Some),
-    }
-}
-
-fn to_patch(rt: &ProviderRuntime, job_id: String, u: &ProviderUpdate) -> Option<JobPatch> {
-    if u.state != RemoteState::NotFound {
-        rt.tracker.clear_not_found(&job_id);
-    }
-    if u.state == RemoteState::Processing && rt.tracker.unchanged_progress(&job_id, &u.progress) {
-        return None;
-    }
-    let mut p = JobPatch::new(job_id);
-    match u.state {
-        RemoteState::Processing => {
-            p.state = Some(JobState::Processing);
-            p.progress = u.progress.clone();
-        }
-        RemoteState::Completed if u.outputs.is_empty() => {
-            // Never COMPLETED without output: wait for the URL to arrive.
-            p.state = Some(JobState::Processing);
-            p.progress = u.progress.clone();
-        }
-        RemoteState::Completed => {
-            p.state = Some(JobState::Completed);
-            p.outputs = Some(u.outputs.clone());
-            p.error = u.error.clone();
-            p.progress = Some(Progress {
-                step: "completed".to_owned(),
-                message: String::new(),
-                percentage: 100.0,
-            });
-        }
-        RemoteState::Failed => {
-            p.state = Some(JobState::Failed);
-            p.error = Some(u.error.clone().unwrap_or_else(|| {
-                JobError::new(
-                    "PROVIDER_JOB_FAILED",
-                    "the provider reported a failure",
-                    true,
-                )
-            }));
-        }
-        RemoteState::Cancelled => {
-            p.state = Some(JobState::Cancelled);
-            p.error = u.error.clone();
-        }
-        RemoteState::NotFound => {
-            if rt.tracker.count_not_found(&p.job_id) < NOT_FOUND_LIMIT {
-                return None;
-            }
-            p.state = Some(JobState::Failed);
-            p.error = Some(JobError::new(
-                codes::PROVIDER_JOB_NOT_FOUND,
-                format!("{} no longer knows this job", rt.name),
-                true,
-            ));
-        }
-    }
-    Some(p)
 }
 
 /// Open push streams for watched jobs of providers that have them, one per job however many
@@ -723,7 +575,9 @@ async fn follow_stream(
                 Some(Ok(update)) => {
                     let terminal =
                         matches!(update.state, RemoteState::Failed | RemoteState::Cancelled);
-                    if let Err(e) = apply_updates(&shared, &rt, vec![update], None).await {
+                    if let Err(e) =
+                        events::apply_updates(&shared, &rt, vec![update], Source::Observed).await
+                    {
                         tracing::warn!(provider = %rt.name, error = %e, "applying a stream update failed");
                     }
                     if terminal {

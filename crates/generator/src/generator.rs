@@ -65,6 +65,13 @@ pub struct Limits {
     pub push: PushChannels,
     pub cancel: CancelSupport,
     pub default_deadline: Duration,
+    /// How long a job usually takes at this provider, per its documents. With webhooks, the
+    /// first backstop poll (for a push that never came) waits this long.
+    pub typical_job_duration: Duration,
+    /// The longest a job may take per the provider's documents. A job whose submit outcome is
+    /// unknown at a provider without idempotency waits this long (plus a margin) for a
+    /// callback before it fails `UNKNOWN_OUTCOME`.
+    pub longest_job_duration: Duration,
 }
 
 /// A rate-limit reading from a provider's response headers.
@@ -114,13 +121,17 @@ pub struct Accepted {
 }
 
 /// A verified webhook, parsed into updates.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct WebhookEvent {
     /// The provider's delivery id, stable across its retries; used to drop duplicates.
     pub delivery_id: Option<String>,
     pub updates: Vec<ProviderUpdate>,
     /// Poll keys worth polling now (e.g. Pictify `batch.completed` names a batch).
     pub poll_hints: Vec<String>,
+    /// The gateway job this delivery was addressed to, when the adapter put the job's identity
+    /// into something the provider echoes (Abyssale's `callback_url`) and verified it. Lets a
+    /// callback bind to its job even when the submit's answer (the provider ref) never came.
+    pub bound_job: Option<String>,
 }
 
 pub type UpdateStream = BoxStream<'static, Result<ProviderUpdate, GenError>>;
@@ -147,6 +158,12 @@ pub trait Generator: Send + Sync + 'static {
     /// ([`crate::UpdateTarget::Correlation`]).
     fn correlation_key(&self, _spec: &Value) -> Option<String> {
         None
+    }
+
+    /// Whether a job with `spec` is the one an event carrying `fields` names (see
+    /// [`crate::UpdateTarget::Correlated`]). Only called for jobs whose correlation key matched.
+    fn correlates(&self, _spec: &Value, _fields: &serde_json::Map<String, Value>) -> bool {
+        false
     }
 
     /// The key polls are made by. Several jobs may share one (a Pictify batch).
@@ -176,6 +193,18 @@ pub trait Generator: Send + Sync + 'static {
         _now: SystemTime,
     ) -> Result<WebhookEvent, WebhookError> {
         Err(WebhookError::NotConfigured)
+    }
+
+    /// [`Generator::parse_webhook`] for providers that deliver to a URL the gateway chose per
+    /// job, query string included (`query` without the `?`, empty when absent).
+    fn parse_webhook_query(
+        &self,
+        _query: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<WebhookEvent, WebhookError> {
+        self.parse_webhook(headers, body, now)
     }
 
     /// Cancel at the provider, by poll key (see [`Limits::cancel`]).

@@ -8,8 +8,10 @@
 //! - [`generator`]: the [`Generator`] trait and the [`Limits`] descriptor each adapter publishes.
 //! - [`error`]: the small error taxonomy adapters report ([`GenError`]).
 //! - [`signature`]: `t=…,v1=…` HMAC-SHA256 webhook signatures, shared by adapters and simulators.
+//! - [`callback`]: a job's identity in a callback URL, so a callback binds without a provider ref.
 //! - [`time`]: RFC 3339 formatting without a calendar dependency.
 
+pub mod callback;
 pub mod error;
 pub mod generator;
 pub mod model;

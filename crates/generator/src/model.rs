@@ -102,7 +102,7 @@ impl JobError {
 }
 
 /// What the provider says about one job, as an adapter parsed it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RemoteState {
     /// Still running; optionally with a progress hint.
     Processing,
@@ -116,19 +116,27 @@ pub enum RemoteState {
 }
 
 /// How an update finds its job.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UpdateTarget {
     /// The provider reference returned by submit (e.g. `ia_…`, `batch_x:3`, a UUID).
     ProviderRef(String),
     /// Every job under a poll key (e.g. all items of a Pictify batch the provider lost).
     PollKey(String),
-    /// A correlation key the adapter computed from the spec at submit time
-    /// (Pictify's `render.completed` names variables, not an item index).
+    /// The oldest unfinished, sent job whose correlation key (computed by the adapter from
+    /// the spec at submit time) is this one.
     Correlation(String),
+    /// The oldest unfinished, sent job with this correlation key whose spec
+    /// [`crate::Generator::correlates`] with `fields` (Pictify's `render.completed` names the
+    /// template and some variable values, not a batch or an item index).
+    Correlated {
+        key: String,
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
-/// One observation of one job, from a poll, a stream or a webhook.
-#[derive(Debug, Clone, PartialEq)]
+/// One observation of one job, from a poll, a stream or a webhook. Serialisable so that an
+/// event that matches no job yet can be kept durably and applied later (the engine's inbox).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderUpdate {
     pub target: UpdateTarget,
     pub state: RemoteState,

@@ -12,7 +12,7 @@
 //!   share a group key; item *i* gets provider ref `"{batchId}:{i}"` and poll key `batchId`.
 //! - Pictify's poll returns no URLs ([PX-PY], [SEED-3]); URLs come only in `render.completed`
 //!   webhooks, which name the template and the variable values, so those updates target
-//!   `UpdateTarget::Correlation(correlation_key(spec))`. Without usable webhooks (secret and
+//!   `UpdateTarget::Correlated` (template + the variables the event carries). Without usable webhooks (secret and
 //!   public URL), a rendered item ends `Failed` with `OUTPUT_URL_UNAVAILABLE`.
 //! - A batch Pictify does not know (404 on results) yields one update with
 //!   `UpdateTarget::PollKey(batchId)` and `RemoteState::NotFound`: it stands for every item of
@@ -245,6 +245,11 @@ impl Generator for Pictify {
             },
             cancel: CancelSupport::PerPollKey,
             default_deadline: Duration::from_secs(15 * 60),
+            // GUESS: Pictify documents no render time; a templated image renders in seconds.
+            // With webhooks this is when a lost `render.completed` is first looked for.
+            typical_job_duration: Duration::from_secs(10),
+            // GUESS: nothing documented; the deadline's default is the outer bound anyway.
+            longest_job_duration: Duration::from_secs(10 * 60),
         }
     }
 
@@ -258,6 +263,10 @@ impl Generator for Pictify {
 
     fn correlation_key(&self, spec: &Value) -> Option<String> {
         Spec::parse(spec).ok().map(|s| s.correlation_key())
+    }
+
+    fn correlates(&self, spec: &Value, fields: &serde_json::Map<String, Value>) -> bool {
+        Spec::parse(spec).is_ok_and(|s| spec::variables_match(&s.variables, fields))
     }
 
     fn poll_key(&self, provider_ref: &str) -> String {

@@ -1,9 +1,8 @@
 //! The caller's Pictify spec (our API, snake_case), its validation, and the two keys derived from
 //! it: the group key (batch-level options that must match to share one `batch-render` call) and
-//! the correlation key (how a `render.completed` webhook finds its job).
+//! the correlation key and variable matching (how a `render.completed` webhook finds its job).
 
 use adgate_generator::FieldViolation;
-use adgate_generator::signature;
 use serde_json::{Map, Value};
 
 pub const MAX_TEMPLATE_UID_LEN: usize = 128;
@@ -13,9 +12,6 @@ pub const FORMATS: [&str; 3] = ["png", "jpeg", "webp"];
 pub const DEFAULT_FORMAT: &str = "png";
 pub const DEFAULT_QUALITY: f64 = 0.9;
 const FIELDS: [&str; 5] = ["template_uid", "variables", "format", "quality", "layout"];
-/// Key of the keyed hash behind correlation keys. Not a secret: it only makes the key a fixed
-/// size and collision-resistant (variables may be up to 64 KiB).
-const CORRELATION_HASH_KEY: &[u8] = b"adgate-pictify-correlation-v1";
 
 /// A validated spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +157,7 @@ impl Spec {
     }
 
     pub fn correlation_key(&self) -> String {
-        correlation_key(&self.template_uid, &self.variables)
+        correlation_key(&self.template_uid)
     }
 }
 
@@ -172,13 +168,36 @@ pub fn layout_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
-/// `"<template uid>:<hex keyed SHA-256 of the canonical JSON of the variables>"`. Computable both
-/// from a spec and from a `render.completed` event's `templateId` + `variables`.
-pub fn correlation_key(template_uid: &str, variables: &Map<String, Value>) -> String {
-    let mut canonical = String::new();
-    write_canonical(&Value::Object(variables.clone()), &mut canonical);
-    let digest = signature::sign(CORRELATION_HASH_KEY, "", 0, canonical.as_bytes());
-    format!("{template_uid}:{digest}")
+/// The store-side half of correlation: the template. A `render.completed` event names the
+/// template and (some of) the variable values, never the batch or the item index ([SEED-3]),
+/// so candidates are the unfinished jobs of the template and [`variables_match`] picks one.
+pub fn correlation_key(template_uid: &str) -> String {
+    template_uid.to_owned()
+}
+
+/// Whether an event's variables name a job with `job` variables: every variable the event
+/// carries must be one the job set, with the same value as the provider would print it (the
+/// document's example payload carries only `title`; a provider may echo `5` for `"5"` or `1`
+/// for `1.0`). An event that carries no variables matches any job of its template.
+pub fn variables_match(job: &Map<String, Value>, event: &Map<String, Value>) -> bool {
+    event.iter().all(|(name, value)| {
+        job.get(name)
+            .is_some_and(|mine| printed(mine) == printed(value))
+    })
+}
+
+/// A value as it appears in a rendered image: strings bare, numbers without a needless `.0`,
+/// null as nothing, anything structured as canonical JSON.
+fn printed(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => {
+            let mut out = String::new();
+            write_canonical(other, &mut out);
+            out
+        }
+    }
 }
 
 /// JSON with sorted object keys, no whitespace, and integral floats written as integers (a
@@ -296,17 +315,38 @@ mod tests {
         assert_ne!(a.group_key(), d.group_key());
     }
 
+    fn map(s: &str) -> Map<String, Value> {
+        serde_json::from_str(s).unwrap()
+    }
+
     #[test]
-    fn correlation_key_ignores_key_order_and_integral_floats() {
-        let a: Map<String, Value> =
-            serde_json::from_str(r#"{"b": 1.0, "a": {"y": [1, "x"], "x": null}}"#).unwrap();
-        let b: Map<String, Value> =
-            serde_json::from_str(r#"{"a": {"x": null, "y": [1, "x"]}, "b": 1}"#).unwrap();
-        let c: Map<String, Value> = serde_json::from_str(r#"{"a": {}, "b": 1}"#).unwrap();
-        assert_eq!(correlation_key("t", &a), correlation_key("t", &b));
-        assert_ne!(correlation_key("t", &a), correlation_key("t", &c));
-        assert_ne!(correlation_key("t", &a), correlation_key("u", &a));
-        assert!(correlation_key("tmpl_a", &a).starts_with("tmpl_a:"));
+    fn variables_match_on_what_the_event_carries_as_printed() {
+        let job = map(
+            r#"{"title": "Spring sale", "price": 5, "ratio": 1.0, "n": {"y": [1], "x": null}}"#,
+        );
+        // The document's example carries one variable; it is enough.
+        assert!(variables_match(&job, &map(r#"{"title": "Spring sale"}"#)));
+        // Numbers and strings compared as printed; key order inside objects is irrelevant.
+        assert!(variables_match(
+            &job,
+            &map(r#"{"price": "5", "ratio": 1, "n": {"x": null, "y": [1]}}"#)
+        ));
+        assert!(variables_match(&job, &map(r#"{"price": 5.0}"#)));
+        // Every variable present must equal; one the job never set cannot match.
+        assert!(!variables_match(
+            &job,
+            &map(r#"{"title": "Spring sale", "price": 6}"#)
+        ));
+        assert!(!variables_match(&job, &map(r#"{"subtitle": "x"}"#)));
+        assert!(!variables_match(&job, &map(r#"{"title": "spring sale"}"#)));
+        // Nothing carried: any job of the template (the oldest is chosen by the engine).
+        assert!(variables_match(&job, &Map::new()));
+        assert_eq!(correlation_key("tmpl_a"), "tmpl_a");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_integral_fractions() {
+        let a = map(r#"{"b": 1.0, "a": {"y": [1, "x"], "x": null}}"#);
         let mut s = String::new();
         write_canonical(&Value::Object(a), &mut s);
         assert_eq!(s, r#"{"a":{"x":null,"y":[1,"x"]},"b":1}"#);

@@ -2,8 +2,8 @@
 //! `"<t>.<raw body>"`, 300 s tolerance both ways, constant-time [PX-LIVE:security/webhook-verification])
 //! and translate the events.
 //!
-//! - `render.completed` → `Completed` by correlation key (template + variable values); the event
-//!   names no batch or index ([SEED-3], open question 10).
+//! - `render.completed` → `Completed`, correlated by template and whatever variable values the
+//!   event carries; the event names no batch or index ([SEED-3], open question 10).
 //! - `render.failed` → `Failed` by correlation when the event carries variables; the documented
 //!   payload does not, so usually no update (the next poll reports the failure).
 //! - `batch.completed` / `batch.failed` → a poll hint for the batch.
@@ -22,6 +22,7 @@ use crate::spec::correlation_key;
 use crate::wire::{
     BatchEventData, RenderData, WebhookEnvelope, dimension, image_format, mime_type,
 };
+use serde_json::Map;
 
 pub const SIGNATURE_HEADER: &str = "x-pictify-signature";
 pub const EVENT_HEADER: &str = "x-pictify-event";
@@ -57,20 +58,20 @@ pub fn parse(
         .map(str::to_owned);
     let mut event = WebhookEvent {
         delivery_id,
-        updates: Vec::new(),
-        poll_hints: Vec::new(),
+        ..WebhookEvent::default()
     };
     match envelope.event.as_str() {
         "render.completed" => {
             let data: RenderData = serde_json::from_value(envelope.data)
                 .map_err(|e| WebhookError::Malformed(format!("render.completed data: {e}")))?;
-            let (Some(template), Some(variables), Some(url)) =
-                (&data.template_id, &data.variables, &data.url)
-            else {
-                // Without template, variables and URL the event cannot name one of our jobs
-                // (e.g. a single render made outside the gateway): accept and ignore.
+            let (Some(template), Some(url)) = (&data.template_id, &data.url) else {
+                // Without template and URL the event cannot complete one of our jobs: accept
+                // and ignore.
                 return Ok(event);
             };
+            // Optional per the document (`variables?`); without them the oldest unfinished
+            // job of the template is the best candidate.
+            let variables = data.variables.clone().unwrap_or_default();
             if url.is_empty() {
                 return Ok(event);
             }
@@ -83,21 +84,34 @@ pub fn parse(
                 format,
             };
             event.updates.push(ProviderUpdate::completed(
-                UpdateTarget::Correlation(correlation_key(template, variables)),
+                UpdateTarget::Correlated {
+                    key: correlation_key(template),
+                    fields: variables,
+                },
                 vec![output],
             ));
         }
         "render.failed" => {
             let data: RenderData = serde_json::from_value(envelope.data)
                 .map_err(|e| WebhookError::Malformed(format!("render.failed data: {e}")))?;
-            if let (Some(template), Some(variables)) = (&data.template_id, &data.variables) {
+            // Only with variables: failing "the oldest job of the template" on a guess would
+            // fail the wrong job; without them the next poll reports the failure.
+            if let (Some(template), Some(variables)) = (
+                &data.template_id,
+                data.variables
+                    .as_ref()
+                    .filter(|v: &&Map<_, _>| !v.is_empty()),
+            ) {
                 let code = data
                     .error_code
                     .clone()
                     .unwrap_or_else(|| "RENDER_FAILED".into());
                 let message = data.error.clone().unwrap_or_else(|| "render failed".into());
                 event.updates.push(ProviderUpdate::failed(
-                    UpdateTarget::Correlation(correlation_key(template, variables)),
+                    UpdateTarget::Correlated {
+                        key: correlation_key(template),
+                        fields: variables.clone(),
+                    },
                     JobError::new(
                         PROVIDER_JOB_FAILED,
                         format!("Pictify failed to render: {message}"),
@@ -160,8 +174,13 @@ mod tests {
         let u = &ev.updates[0];
         assert_eq!(u.state, RemoteState::Completed);
         let vars = json!({"title": "Getting Started with APIs"});
-        let key = correlation_key("tmpl_xyz789", vars.as_object().unwrap());
-        assert_eq!(u.target, UpdateTarget::Correlation(key));
+        assert_eq!(
+            u.target,
+            UpdateTarget::Correlated {
+                key: "tmpl_xyz789".to_owned(),
+                fields: vars.as_object().unwrap().clone()
+            }
+        );
         assert_eq!(
             u.outputs[0].url,
             "https://cdn.pictify.io/renders/abc123.png"

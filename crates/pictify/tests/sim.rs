@@ -243,13 +243,18 @@ async fn sim_webhooks_complete_items_by_correlation_with_urls() {
     let hint = events.iter().find(|e| !e.poll_hints.is_empty()).unwrap();
     assert_eq!(hint.poll_hints, std::slice::from_ref(&key));
     let updates: Vec<&ProviderUpdate> = events.iter().flat_map(|e| &e.updates).collect();
-    let expected: Vec<UpdateTarget> = specs
-        .iter()
-        .map(|s| UpdateTarget::Correlation(p.correlation_key(s).unwrap()))
-        .collect();
     for u in &updates {
         assert_eq!(u.state, RemoteState::Completed);
-        assert!(expected.contains(&u.target), "{:?}", u.target);
+        // Each event correlates with exactly one of the submitted specs (the simulator echoes
+        // every variable).
+        let UpdateTarget::Correlated { key, fields } = &u.target else {
+            panic!("not correlated: {:?}", u.target);
+        };
+        let matching = specs
+            .iter()
+            .filter(|s| p.correlation_key(s).as_ref() == Some(key) && p.correlates(s, fields))
+            .count();
+        assert_eq!(matching, 1, "{:?}", u.target);
         let out = &u.outputs[0];
         assert_eq!((out.width, out.height), (1200, 630));
         assert_eq!(out.mime_type, "image/png");

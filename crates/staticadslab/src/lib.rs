@@ -263,6 +263,10 @@ impl Generator for StaticAdsLab {
             // DELETE deletes the ad; no cancel is documented.
             cancel: CancelSupport::None,
             default_deadline: Duration::from_secs(15 * 60),
+            // "Jobs take 30–60 s" ([SEED-1]); idempotent and without webhooks, so these only
+            // inform ListProviders.
+            typical_job_duration: Duration::from_secs(45),
+            longest_job_duration: Duration::from_secs(60),
         }
     }
 

@@ -41,3 +41,22 @@ pub(crate) fn opt_from_json<T: DeserializeOwned>(
 ) -> Result<Option<T>> {
     text.map(|t| from_json(&t, id, column)).transpose()
 }
+
+/// A kept event from its columns (both backends store the event as JSON text).
+pub(crate) fn kept_event(
+    id: i64,
+    provider: String,
+    delivery_id: Option<String>,
+    event: &str,
+    kept_at_ms: i64,
+    expires_at_ms: i64,
+) -> Result<crate::model::KeptEvent> {
+    Ok(crate::model::KeptEvent {
+        event: from_json(event, &format!("kept event {id}"), "event")?,
+        id,
+        provider,
+        delivery_id,
+        kept_at_ms,
+        expires_at_ms,
+    })
+}

@@ -18,7 +18,10 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-pub use model::{Attempt, JobPatch, JobRecord, NewJob, NewSubmission, StateCount, SubmitOutcome};
+pub use model::{
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob, NewSubmission, StateCount,
+    SubmitOutcome,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -32,6 +35,11 @@ pub enum FeedEvent {
     /// The feed was interrupted (reconnect): changes may have been missed, so every watcher
     /// must re-read its jobs.
     Gap,
+    /// A replica stopped gracefully and gave its lease back ([`Store::release_lease`]): its
+    /// jobs are free now, so a live replica should take them over without waiting.
+    Released {
+        replica: String,
+    },
 }
 
 /// An in-flight job as a tracker needs it (see [`Store::active_refs`]).
@@ -142,12 +150,29 @@ pub trait Store: Send + Sync + 'static {
     /// The job that a provider reference names.
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>>;
 
-    /// The oldest non-terminal, submitted job with this correlation key and no outputs yet.
+    /// Non-terminal jobs with this correlation key that have been sent (or are being sent:
+    /// they have an attempt, with or without a provider reference yet) and have no outputs,
+    /// oldest first, at most `limit`. A push may arrive before the submit's answer, so an
+    /// attempt is enough; a job never attempted cannot have produced anything.
+    async fn correlation_candidates(
+        &self,
+        provider: &str,
+        correlation_key: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>>;
+
+    /// The first of [`Store::correlation_candidates`].
     async fn find_by_correlation(
         &self,
         provider: &str,
         correlation_key: &str,
-    ) -> Result<Option<JobRecord>>;
+    ) -> Result<Option<JobRecord>> {
+        Ok(self
+            .correlation_candidates(provider, correlation_key, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
 
     /// All jobs sharing a poll key (a Pictify batch).
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>>;
@@ -166,7 +191,31 @@ pub trait Store: Send + Sync + 'static {
         delivery_id: &str,
         patches: Vec<JobPatch>,
         now_ms: i64,
+    ) -> Result<Option<Vec<JobRecord>>> {
+        self.apply_event(
+            provider,
+            EventWrite {
+                delivery_id: Some(delivery_id.to_owned()),
+                patches,
+                ..EventWrite::default()
+            },
+            now_ms,
+        )
+        .await
+    }
+
+    /// Everything one provider event writes, in one transaction (see [`EventWrite`]): `None`
+    /// (and nothing written) when its delivery id was seen before, else the changed jobs as
+    /// [`Store::apply`] returns them. Group-committed.
+    async fn apply_event(
+        &self,
+        provider: &str,
+        write: EventWrite,
+        now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>>;
+
+    /// Kept events of a provider, oldest first, at most `limit`.
+    async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>>;
 
     /// Remember a webhook delivery id. True when it was new, false for a duplicate.
     async fn record_delivery(
@@ -229,6 +278,34 @@ pub trait Store: Send + Sync + 'static {
         _limit: usize,
     ) -> Result<Vec<JobRecord>> {
         Ok(Vec::new())
+    }
+
+    /// At start-up of a replica with a stable identity: the non-terminal jobs `replica`
+    /// already owns (left by its previous run) that have a provider reference or an attempt,
+    /// locked as [`Store::claim_orphans`] locks them so that a replica taking them over at the
+    /// same moment gets each job or this one does, never both. Extends `replica`'s lease.
+    async fn claim_own(
+        &self,
+        _provider: &str,
+        _replica: &str,
+        _now_ms: i64,
+        _lease_ms: i64,
+    ) -> Result<Vec<JobRecord>> {
+        Ok(Vec::new())
+    }
+
+    /// A graceful goodbye: `replica`'s lease lapses at once, so live and starting replicas
+    /// take its jobs over without waiting for it to expire, and announce it on the change
+    /// feed ([`FeedEvent::Released`]). Final for this handle: it no longer extends `replica`'s
+    /// lease (renewals and claims in flight are waited for; later ones do nothing).
+    async fn release_lease(&self, _replica: &str, _now_ms: i64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Make `replica` this process's identity among the replicas sharing the store, for as
+    /// long as the handle (or the process) lives. False when another live process holds it.
+    async fn claim_identity(&self, _replica: &str) -> Result<bool> {
+        Ok(true)
     }
 
     /// Count one request against a provider's fleet-wide rolling window of `limit` requests

@@ -81,6 +81,8 @@ pub struct JobPatch {
     pub progress: Option<Progress>,
     pub outputs: Option<Vec<Output>>,
     pub error: Option<JobError>,
+    /// A new deadline (the engine shortens it to bound an unknown outcome's reconciliation).
+    pub deadline_at_ms: Option<i64>,
 }
 
 impl JobPatch {
@@ -108,4 +110,32 @@ pub struct StateCount {
     pub provider: String,
     pub state: JobState,
     pub count: u64,
+}
+
+/// A verified provider event that matched no job when it arrived (the inbox): kept so that it
+/// can be applied once its job becomes known, instead of being answered 2xx and forgotten.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptEvent {
+    pub id: i64,
+    pub provider: String,
+    /// The delivery that carried it (several events may share one), for logs.
+    pub delivery_id: Option<String>,
+    /// The event as the engine serialised it; the store does not interpret it.
+    pub event: Value,
+    pub kept_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// The writes one provider event causes, committed in one transaction: its delivery id (so a
+/// retry of it is a duplicate exactly when its effects are on record), the job changes it
+/// makes, the parts of it kept for later, and kept events it has now consumed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventWrite {
+    /// `None`: no dedupe (the provider sent no id, or this is the engine applying kept events).
+    pub delivery_id: Option<String>,
+    pub patches: Vec<JobPatch>,
+    /// Serialised events to keep, each with its expiry time.
+    pub keep: Vec<(Value, i64)>,
+    /// Ids of kept events to delete.
+    pub consumed: Vec<i64>,
 }

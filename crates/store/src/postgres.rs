@@ -36,6 +36,17 @@
 //! and open attempts, and [`Store::claim_queued`] its unattempted queued jobs. Each job moves to
 //! the claimer alone, under its row lock, so every orphan is taken over exactly once.
 //!
+//! A replica that stops gracefully says goodbye: [`Store::release_lease`] sets its
+//! `lease_until` to 0 (lapsed by every clock, whatever the skew) and notifies channel
+//! `adgate_replicas`, on which every change feed also listens, so live replicas claim the jobs
+//! at once instead of at their next takeover pass. Renewals and claims by the releasing
+//! replica share a lock with the release (read side, write side), so none still in flight can
+//! commit after it and extend the lease again (both upserts take `GREATEST`), and later ones
+//! are refused. A replica with a stable identity takes its own jobs back at start-up
+//! ([`Store::claim_own`]). [`Store::claim_identity`] keeps two live processes off one identity
+//! with a session-level advisory lock held on a dedicated connection: the server drops it when
+//! that connection ends, so a process killed with SIGKILL frees its identity for its restart.
+//!
 //! # One budget for the fleet: an exact rolling window
 //!
 //! Providers document *rolling* windows ("100 requests per 60 s", per API key), so the budget
@@ -82,6 +93,7 @@ mod rows;
 mod submit;
 mod writer;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -92,12 +104,14 @@ use adgate_generator::JobState;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, RwLock, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Answer, Command, Op};
-use crate::model::{Attempt, JobPatch, JobRecord, NewSubmission, StateCount, SubmitOutcome};
+use crate::model::{
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+};
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -106,6 +120,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../migrations/postgres/0002_replica_leases.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_kept_events.sql"),
     ),
 ];
 
@@ -135,6 +153,12 @@ pub struct PgStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Set to true by `close()`; change feeds stop when it changes (or is dropped).
     stop: watch::Sender<bool>,
+    /// Replicas that said goodbye through this handle. Lease-extending statements hold the
+    /// read side while they run, `release_lease` the write side (see the module docs).
+    released: RwLock<HashSet<String>>,
+    /// Identities claimed through this handle, each with the connection holding its
+    /// advisory lock (the lock lives as long as the connection).
+    identities: Mutex<Vec<(String, PgConnection)>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -196,6 +220,8 @@ impl PgStore {
             commits,
             writer: Mutex::new(Some(handle)),
             stop,
+            released: RwLock::new(HashSet::new()),
+            identities: Mutex::new(Vec::new()),
         })
     }
 
@@ -301,11 +327,11 @@ static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static FIND_BY_CORRELATION: LazyLock<String> = LazyLock::new(|| {
+static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND correlation_key = $2 \
-         AND {ACTIVE} AND provider_ref IS NOT NULL AND outputs = '[]' \
-         ORDER BY created_at, pos LIMIT 1"
+         AND {ACTIVE} AND attempt_id IS NOT NULL AND outputs = '[]' \
+         ORDER BY created_at, pos LIMIT $3"
     )
 });
 
@@ -380,6 +406,32 @@ static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit. The replica's own tracked
+/// jobs and open attempts, for a restart under the same identity; `SKIP LOCKED` as in
+/// CLAIM_ORPHANS, so a job another replica is taking over right now goes to it alone.
+static CLAIM_OWN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {CLAIMER_AND_LAPSED}, \
+         c AS (\
+             SELECT {JOB_COLUMNS}, pos FROM jobs \
+             WHERE provider = $1 AND {ACTIVE} AND owner = $2 \
+               AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
+             ORDER BY created_at, pos LIMIT $5 \
+             FOR UPDATE SKIP LOCKED) \
+         SELECT {JOB_COLUMNS} FROM c ORDER BY created_at, pos"
+    )
+});
+
+/// Channel of [`FeedEvent::Released`]: the payload is the replica that said goodbye.
+const RELEASES_CHANNEL: &str = "adgate_replicas";
+
+/// `$1` replica, `$2` now, `$3` [`RELEASES_CHANNEL`]. Lapsed at once for every replica (0 is
+/// before any clock), and announced after the commit (NOTIFY is transactional).
+const RELEASE_LEASE: &str = "WITH r AS (\
+         UPDATE replicas SET heartbeat_at = GREATEST(heartbeat_at, $2), lease_until = 0 \
+         WHERE id = $1 RETURNING id) \
+     SELECT pg_notify($3, id) FROM r";
+
 /// `$1` replica, `$2` now, `$3` lease. Heartbeat and lease in one row; the count (from the
 /// partial `jobs_owner` index) is every live job the replica owns, for the metrics.
 static RENEW_LEASES: LazyLock<String> = LazyLock::new(|| {
@@ -406,6 +458,11 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
         if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Held until the statement is done: a release waits for it (see the module docs).
+        let released = self.released.read().await;
+        if released.contains(replica) {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(sql)
@@ -559,18 +616,20 @@ impl Store for PgStore {
         row.as_ref().map(rows::job_from_row).transpose()
     }
 
-    async fn find_by_correlation(
+    async fn correlation_candidates(
         &self,
         provider: &str,
         correlation_key: &str,
-    ) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&FIND_BY_CORRELATION)
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&CORRELATION_CANDIDATES)
             .bind(provider)
             .bind(correlation_key)
-            .fetch_optional(&self.reads)
+            .bind(sql_limit(limit))
+            .fetch_all(&self.reads)
             .await
             .map_err(db)?;
-        row.as_ref().map(rows::job_from_row).transpose()
+        jobs_from_rows(&rows)
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
@@ -595,23 +654,46 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn apply_delivery(
+    async fn apply_event(
         &self,
         provider: &str,
-        delivery_id: &str,
-        patches: Vec<JobPatch>,
+        write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
         let op = Op::RecordDelivery {
             provider: provider.to_owned(),
-            delivery_id: delivery_id.to_owned(),
-            patches,
+            write,
             now_ms,
         };
         match self.write(op).await? {
             Answer::Delivery(new) => Ok(new),
             other => Err(mismatched(&other)),
         }
+    }
+
+    async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, provider, delivery_id, event, kept_at, expires_at FROM kept_events \
+             WHERE provider = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let event: String = row.try_get(3).map_err(db)?;
+                crate::codec::kept_event(
+                    row.try_get(0).map_err(db)?,
+                    row.try_get(1).map_err(db)?,
+                    row.try_get(2).map_err(db)?,
+                    &event,
+                    row.try_get(4).map_err(db)?,
+                    row.try_get(5).map_err(db)?,
+                )
+            })
+            .collect()
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
@@ -658,6 +740,11 @@ impl Store for PgStore {
     }
 
     async fn renew_leases(&self, replica: &str, now_ms: i64, lease_ms: i64) -> Result<u64> {
+        // Held until the statement is done: a release waits for it (see the module docs).
+        let released = self.released.read().await;
+        if released.contains(replica) {
+            return Ok(0);
+        }
         let held: i64 = sqlx::query(&RENEW_LEASES)
             .bind(replica)
             .bind(now_ms)
@@ -680,6 +767,59 @@ impl Store for PgStore {
     ) -> Result<Vec<JobRecord>> {
         self.claim(&CLAIM_ORPHANS, provider, replica, now_ms, lease_ms, limit)
             .await
+    }
+
+    async fn claim_own(
+        &self,
+        provider: &str,
+        replica: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<JobRecord>> {
+        // All of them: they stay this replica's, so a second page would return the first.
+        self.claim(&CLAIM_OWN, provider, replica, now_ms, lease_ms, usize::MAX)
+            .await
+    }
+
+    async fn release_lease(&self, replica: &str, now_ms: i64) -> Result<()> {
+        let mut released = self.released.write().await;
+        released.insert(replica.to_owned());
+        sqlx::query(RELEASE_LEASE)
+            .bind(replica)
+            .bind(now_ms)
+            .bind(RELEASES_CHANNEL)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn claim_identity(&self, replica: &str) -> Result<bool> {
+        let mut identities = self.identities.lock().await;
+        if identities.iter().any(|(id, _)| id == replica) {
+            return Ok(true);
+        }
+        if *self.stop.borrow() {
+            return Err(StoreError::Closed);
+        }
+        let mut conn = self.options.connect().await.map_err(db)?;
+        // A 64-bit key from the id (`hashtext` has only 32 bits: two ids could collide and
+        // one replica would refuse to start), namespaced so that no other lock shares it.
+        let held: bool = sqlx::query(
+            "SELECT pg_try_advisory_lock(('x' || substr(md5($1), 1, 16))::bit(64)::bigint)",
+        )
+        .bind(format!("adgate.replica:{replica}"))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db)?
+        .try_get(0)
+        .map_err(db)?;
+        if held {
+            identities.push((replica.to_owned(), conn));
+        } else {
+            drop(conn.close().await);
+        }
+        Ok(held)
     }
 
     async fn take_budget(
@@ -750,6 +890,10 @@ impl Store for PgStore {
         self.stop.send_replace(true);
         self.reads.close().await;
         self.budget.close().await;
+        // Last: the identity is free only once this process does nothing more as it.
+        for (_, conn) in self.identities.lock().await.drain(..) {
+            drop(conn.close().await);
+        }
     }
 }
 
@@ -763,12 +907,21 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener> {
         .idle_timeout(None)
         .connect_lazy_with(options.clone());
     let mut listener = PgListener::connect_with(&pool).await.map_err(db)?;
-    listener.listen(writer::CHANNEL).await.map_err(db)?;
+    listener
+        .listen_all([writer::CHANNEL, RELEASES_CHANNEL])
+        .await
+        .map_err(db)?;
     Ok(listener)
 }
 
-/// `<job id>:<revision>` (job ids may contain colons; the revision never does).
-fn parse_payload(payload: &str) -> Option<FeedEvent> {
+/// `<job id>:<revision>` (job ids may contain colons; the revision never does), or on
+/// [`RELEASES_CHANNEL`] the replica that said goodbye.
+fn parse_payload(channel: &str, payload: &str) -> Option<FeedEvent> {
+    if channel == RELEASES_CHANNEL {
+        return Some(FeedEvent::Released {
+            replica: payload.to_owned(),
+        });
+    }
     let (job_id, revision) = payload.rsplit_once(':')?;
     Some(FeedEvent::Changed {
         job_id: job_id.to_owned(),
@@ -824,7 +977,7 @@ async fn run_feed(
             received = current.try_recv() => match received {
                 // While a Gap is pending, events are dropped: the Gap (sent after them)
                 // makes every watcher re-read anyway.
-                Ok(Some(n)) if !gap => match parse_payload(n.payload()) {
+                Ok(Some(n)) if !gap => match parse_payload(n.channel(), n.payload()) {
                     Some(event) => match tx.try_send(event) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => gap = true,

@@ -50,11 +50,16 @@ use self::checkpoint::Checkpointer;
 use self::reads::ReadPool;
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::Command;
-use crate::model::{Attempt, JobPatch, JobRecord, NewSubmission, StateCount, SubmitOutcome};
+use crate::model::{
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+};
 use crate::{Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_kept_events.sql")),
+];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
 /// (status calls, watchers' snapshots, pollers) without holding many file handles.
@@ -307,10 +312,10 @@ static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static FIND_BY_CORRELATION: LazyLock<String> = LazyLock::new(|| {
+static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND correlation_key = ? AND {ACTIVE} \
-         AND provider_ref IS NOT NULL AND outputs = '[]' ORDER BY created_at, rowid LIMIT 1"
+         AND attempt_id IS NOT NULL AND outputs = '[]' ORDER BY created_at, rowid LIMIT ?"
     )
 });
 
@@ -495,18 +500,20 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::job_from_row).transpose()
     }
 
-    async fn find_by_correlation(
+    async fn correlation_candidates(
         &self,
         provider: &str,
         correlation_key: &str,
-    ) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&FIND_BY_CORRELATION)
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&CORRELATION_CANDIDATES)
             .bind(provider)
             .bind(correlation_key)
-            .fetch_optional(&mut *self.reads.get().await?)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *self.reads.get().await?)
             .await
             .map_err(db)?;
-        row.as_ref().map(rows::job_from_row).transpose()
+        jobs_from_rows(&rows)
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
@@ -531,21 +538,44 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn apply_delivery(
+    async fn apply_event(
         &self,
         provider: &str,
-        delivery_id: &str,
-        patches: Vec<JobPatch>,
+        write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
         self.write(|reply| Command::RecordDelivery {
             provider: provider.to_owned(),
-            delivery_id: delivery_id.to_owned(),
-            patches,
+            write,
             now_ms,
             reply,
         })
         .await
+    }
+
+    async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, provider, delivery_id, event, kept_at, expires_at FROM kept_events \
+             WHERE provider = ? ORDER BY id LIMIT ?",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let event: String = row.try_get(3).map_err(db)?;
+                crate::codec::kept_event(
+                    row.try_get(0).map_err(db)?,
+                    row.try_get(1).map_err(db)?,
+                    row.try_get(2).map_err(db)?,
+                    &event,
+                    row.try_get(4).map_err(db)?,
+                    row.try_get(5).map_err(db)?,
+                )
+            })
+            .collect()
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {

@@ -130,6 +130,7 @@ conformance!(
     tracking_lookups,
     expiry,
     webhook_deliveries,
+    kept_events,
     counts,
     failing_command_is_isolated,
     coalesced_group_mixes_replays_conflicts_and_fresh_submits,
@@ -220,7 +221,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,)]);
     conn.close().await.expect("close");
 }
 
@@ -280,6 +281,32 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
             .record_delivery("pictify", "d-1", T0)
             .await
             .expect("still writing; d-1 not on record")
+    );
+    // Nor is an event kept by it: all of a delivery's writes stay, or none.
+    let mut patch = JobPatch::new("job_1");
+    patch.state = Some(JobState::Completed);
+    let write = adgate_store::EventWrite {
+        delivery_id: Some("d-2".to_owned()),
+        patches: vec![patch],
+        keep: vec![(serde_json::json!({"k": 1}), T0 + 1)],
+        consumed: Vec::new(),
+    };
+    assert!(matches!(
+        store.apply_event("pictify", write, T0).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store
+            .kept_events("pictify", 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .record_delivery("pictify", "d-2", T0)
+            .await
+            .expect("d-2 not on record")
     );
     store.close().await;
 }
@@ -559,6 +586,231 @@ async fn orphans_are_taken_over_once() {
     assert_eq!(seen.len(), 200);
     a.close().await;
     b.close().await;
+}
+
+/// A's jobs: job_0000 tracked at the provider, job_0001 in an open attempt, job_0002 queued
+/// and unattempted, job_0003 finished; all claimed by `replica` at `t`.
+async fn four_owned_jobs(store: &PgStore, replica: &str, t: i64, lease: i64) {
+    submit_ok(
+        store,
+        submission("batch_1", queued_jobs("job", 4, "pictify"), T0),
+    )
+    .await;
+    let claimed = store
+        .claim_queued("pictify", replica, t, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    let mut tracked = JobPatch::new("job_0000");
+    tracked.state = Some(JobState::Processing);
+    tracked.provider_ref = Some("gen-0".to_owned());
+    let mut done = JobPatch::new("job_0003");
+    done.state = Some(JobState::Completed);
+    store.apply(vec![tracked, done], t).await.expect("apply");
+    store
+        .create_attempt("pictify", "idem-1", &["job_0001".to_owned()], t)
+        .await
+        .expect("attempt");
+}
+
+fn ids(jobs: Vec<adgate_store::JobRecord>) -> Vec<String> {
+    let mut ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+    ids.sort();
+    ids
+}
+
+async fn lease_until(url: &str, replica: &str) -> i64 {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let (until,): (i64,) = sqlx::query_as("SELECT lease_until FROM replicas WHERE id = $1")
+        .bind(replica)
+        .fetch_one(&mut conn)
+        .await
+        .expect("replica row");
+    conn.close().await.expect("close");
+    until
+}
+
+/// A graceful goodbye: once A releases its lease, B takes every job over at the same instant
+/// (no clock advance), hears about it on its change feed, and renewals racing the release
+/// (in flight or later) never give A its lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_released_lease_is_taken_over_at_once() {
+    const LEASE: i64 = 60_000;
+    let db = TestDb::create().await;
+    let a = Arc::new(db.open().await);
+    let b = db.open().await;
+    let t = T0 + 1_000;
+    four_owned_jobs(&a, "a", t, LEASE).await;
+    let mut feed = b.change_feed().await.expect("feed").expect("a shared feed");
+
+    // Live: nothing for B.
+    assert!(
+        b.claim_orphans("pictify", "b", t, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+    assert!(
+        b.claim_queued("pictify", "b", t, LEASE, 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+
+    // Renewals hammering while A says goodbye: whichever commit first, none after.
+    let renewing: Vec<_> = (0..16)
+        .map(|i| {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.renew_leases("a", t + i, LEASE).await.expect("renew") })
+        })
+        .collect();
+    a.release_lease("a", t).await.expect("release");
+    for r in renewing {
+        r.await.expect("renewal task");
+    }
+    assert_eq!(lease_until(&db.url, "a").await, 0, "lapsed for every clock");
+    assert_eq!(a.renew_leases("a", t + 100, LEASE).await.expect("renew"), 0);
+    assert!(
+        a.claim_queued("pictify", "a", t + 100, LEASE, 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+    assert_eq!(
+        lease_until(&db.url, "a").await,
+        0,
+        "a released lease stays released"
+    );
+
+    // The feed announces it, after the commit.
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match feed.recv().await.expect("feed open") {
+                FeedEvent::Released { replica } => return replica,
+                FeedEvent::Changed { .. } | FeedEvent::Gap => {}
+            }
+        }
+    })
+    .await
+    .expect("a Released event within 10 s");
+    assert_eq!(released, "a");
+
+    // At the same instant (no lease waited out), B takes everything over, once.
+    assert_eq!(
+        ids(b
+            .claim_orphans("pictify", "b", t, LEASE, 10)
+            .await
+            .expect("orphans")),
+        ["job_0000", "job_0001"]
+    );
+    assert_eq!(
+        ids(b
+            .claim_queued("pictify", "b", t, LEASE, 10)
+            .await
+            .expect("queued")),
+        ["job_0002"]
+    );
+    assert!(
+        b.claim_orphans("pictify", "c", t, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+    assert_eq!(b.renew_leases("b", t, LEASE).await.expect("renew"), 3);
+    a.close().await;
+    b.close().await;
+}
+
+/// A replica restarted under its old identity (after a crash: no release) takes back its
+/// tracked jobs and open attempts at once, while its old lease is still live; nobody else
+/// gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_under_the_same_identity_takes_its_jobs_back() {
+    const LEASE: i64 = 60_000;
+    let db = TestDb::create().await;
+    let before = db.open().await;
+    let t = T0 + 1_000;
+    four_owned_jobs(&before, "gw-0", t, LEASE).await;
+    drop(before); // killed: no goodbye
+    let after = db.open().await;
+    let other = db.open().await;
+    assert_eq!(
+        ids(after
+            .claim_own("pictify", "gw-0", t + 10, LEASE)
+            .await
+            .expect("own")),
+        ["job_0000", "job_0001"]
+    );
+    // The queued one comes back through claim_queued (a replica's own jobs are included).
+    assert_eq!(
+        ids(after
+            .claim_queued("pictify", "gw-0", t + 10, LEASE, 10)
+            .await
+            .expect("q")),
+        ["job_0002"]
+    );
+    assert!(
+        other
+            .claim_own("pictify", "gw-1", t + 10, LEASE)
+            .await
+            .expect("own")
+            .is_empty()
+    );
+    assert!(
+        other
+            .claim_orphans("pictify", "gw-1", t + 10, LEASE, 10)
+            .await
+            .expect("o")
+            .is_empty()
+    );
+    assert!(
+        lease_until(&db.url, "gw-0").await >= t + 10 + LEASE,
+        "claiming extends the lease"
+    );
+    after.close().await;
+    other.close().await;
+}
+
+/// One live holder per identity: a second claim fails while the first holder lives, and
+/// succeeds once it is closed — or dropped without a goodbye, as when a process is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_identity_is_held_by_one_live_store() {
+    let db = TestDb::create().await;
+    let first = db.open().await;
+    let second = db.open().await;
+    assert!(first.claim_identity("gw-0").await.expect("claim"));
+    assert!(
+        first.claim_identity("gw-0").await.expect("again"),
+        "its own, again"
+    );
+    assert!(
+        !second.claim_identity("gw-0").await.expect("claim"),
+        "held by first"
+    );
+    assert!(
+        second.claim_identity("gw-1").await.expect("claim"),
+        "another id is free"
+    );
+    first.close().await;
+    assert!(
+        second.claim_identity("gw-0").await.expect("claim"),
+        "free after close"
+    );
+
+    let third = db.open().await;
+    assert!(third.claim_identity("gw-2").await.expect("claim"));
+    assert!(!second.claim_identity("gw-2").await.expect("claim"));
+    drop(third);
+    // The server frees the lock when it notices the connection gone: soon, not at once.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !second.claim_identity("gw-2").await.expect("claim") {
+        assert!(
+            Instant::now() < end,
+            "gw-2 still held 10 s after its holder was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.close().await;
 }
 
 /// Two stores hammering one provider's budget (20 per 500 ms) never exceed it in any
@@ -878,6 +1130,7 @@ async fn a_full_feed_drops_events_for_a_gap() {
                 gap = true;
                 break;
             }
+            e @ FeedEvent::Released { .. } => panic!("nobody released a lease: {e:?}"),
         }
     }
     eprintln!(
@@ -897,6 +1150,7 @@ async fn a_full_feed_drops_events_for_a_gap() {
                 FeedEvent::Changed { job_id, .. } if job_id == "job_after" => break,
                 FeedEvent::Changed { .. } => {}
                 FeedEvent::Gap => panic!("a second gap without drops"),
+                e @ FeedEvent::Released { .. } => panic!("nobody released a lease: {e:?}"),
             }
         }
     } else {

@@ -46,6 +46,7 @@ conformance!(
     tracking_lookups,
     expiry,
     webhook_deliveries,
+    kept_events,
     counts,
     failing_command_is_isolated,
     coalesced_group_mixes_replays_conflicts_and_fresh_submits,
@@ -136,7 +137,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,)]);
+    assert_eq!(versions, vec![(1,), (2,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -208,6 +209,32 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
             .record_delivery("pictify", "d-1", T0)
             .await
             .expect("still writing; d-1 not on record")
+    );
+    // Nor is an event kept by it: all of a delivery's writes stay, or none.
+    let mut patch = JobPatch::new("job_1");
+    patch.state = Some(JobState::Completed);
+    let write = adgate_store::EventWrite {
+        delivery_id: Some("d-2".to_owned()),
+        patches: vec![patch],
+        keep: vec![(serde_json::json!({"k": 1}), T0 + 1)],
+        consumed: Vec::new(),
+    };
+    assert!(matches!(
+        store.apply_event("pictify", write, T0).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store
+            .kept_events("pictify", 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .record_delivery("pictify", "d-2", T0)
+            .await
+            .expect("d-2 not on record")
     );
     store.close().await;
 }

@@ -48,6 +48,8 @@ pub fn limits() -> Limits {
         push: PushChannels::default(),
         cancel: CancelSupport::None,
         default_deadline: s(900.0),
+        typical_job_duration: s(30.0),
+        longest_job_duration: s(600.0),
     }
 }
 

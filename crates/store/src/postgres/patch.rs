@@ -28,10 +28,12 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs AS j SET state = t.state, provider_ref = t.provider_ref, \
          poll_key = t.poll_key, progress = t.progress, outputs = t.outputs, error = t.error, \
-         updated_at = $1, completed_at = t.completed_at, revision = j.revision + t.bumps \
+         updated_at = $1, completed_at = t.completed_at, deadline_at = t.deadline_at, \
+         revision = j.revision + t.bumps \
          FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::bigint[], $10::bigint[]) \
-         AS t(id, state, provider_ref, poll_key, progress, outputs, error, completed_at, bumps) \
+         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+         AS t(id, state, provider_ref, poll_key, progress, outputs, error, completed_at, bumps, \
+              deadline_at) \
          WHERE j.id = t.id RETURNING {J_JOB_COLUMNS}"
     )
 });
@@ -100,6 +102,9 @@ pub(super) async fn apply(
         if let Some(error) = &patch.error {
             next.error = Some(error.clone());
         }
+        if let Some(deadline) = patch.deadline_at_ms {
+            next.deadline_at_ms = deadline;
+        }
         if next == job.next {
             continue; // changes nothing: no revision bump, no event
         }
@@ -140,6 +145,7 @@ pub(super) async fn apply(
             .push(n.error.as_ref().map(|e| to_json(e, "error")).transpose()?);
         c.completed_at.push(n.completed_at_ms);
         c.bumps.push(job.bumps);
+        c.deadlines.push(n.deadline_at_ms);
     }
     let rows = sqlx::query(&UPDATE_JOBS)
         .bind(now_ms)
@@ -152,6 +158,7 @@ pub(super) async fn apply(
         .bind(&c.errors)
         .bind(&c.completed_at)
         .bind(&c.bumps)
+        .bind(&c.deadlines)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -182,4 +189,5 @@ struct PatchColumns<'a> {
     errors: Vec<Option<String>>,
     completed_at: Vec<Option<i64>>,
     bumps: Vec<i64>,
+    deadlines: Vec<i64>,
 }

@@ -32,9 +32,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::patch::apply;
-use super::rows::{db, sqlstate};
+use super::rows::{db, sqlstate, to_json};
 use super::submit::{submit, submit_coalesced};
-use crate::model::{JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction (as on SQLite).
@@ -60,11 +60,10 @@ pub(super) enum Op {
         patches: Vec<JobPatch>,
         now_ms: i64,
     },
-    /// A webhook delivery id and the patches it carries (see `Store::apply_delivery`).
+    /// Everything one provider event writes (see `Store::apply_event`).
     RecordDelivery {
         provider: String,
-        delivery_id: String,
-        patches: Vec<JobPatch>,
+        write: EventWrite,
         now_ms: i64,
     },
 }
@@ -420,8 +419,8 @@ async fn prelock(conn: &mut PgConnection, group: &[Item]) -> std::result::Result
                 job_ids.extend(ids.iter().map(String::as_str))
             }
             Op::Submit(s) => request_keys.extend(s.request_id.as_deref().map(request_lock_key)),
-            Op::RecordDelivery { patches, .. } => {
-                job_ids.extend(patches.iter().map(|p| p.job_id.as_str()))
+            Op::RecordDelivery { write, .. } => {
+                job_ids.extend(write.patches.iter().map(|p| p.job_id.as_str()))
             }
         }
     }
@@ -503,19 +502,42 @@ async fn run_op(
             .map(Answer::Apply),
         Op::RecordDelivery {
             provider,
-            delivery_id,
-            patches,
+            write,
             now_ms,
         } => {
-            // Both or neither: the op runs in the group's transaction (and, on the op-by-op
-            // path, in its own savepoint), so a failed apply also un-records the id.
-            if !record_delivery(conn, provider, delivery_id, *now_ms).await? {
+            // All or nothing: the op runs in the group's transaction (and, on the op-by-op
+            // path, in its own savepoint), so a failed apply also un-records the id and
+            // un-keeps (or re-keeps) the events.
+            if let Some(id) = &write.delivery_id
+                && !record_delivery(conn, provider, id, *now_ms).await?
+            {
                 return Ok(Answer::Delivery(None));
             }
-            let changed = if patches.is_empty() {
+            for (event, expires_at) in &write.keep {
+                sqlx::query(
+                    "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(provider)
+                .bind(&write.delivery_id)
+                .bind(to_json(event, "kept event")?)
+                .bind(now_ms)
+                .bind(expires_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            }
+            if !write.consumed.is_empty() {
+                sqlx::query("DELETE FROM kept_events WHERE id = ANY($1)")
+                    .bind(&write.consumed)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            let changed = if write.patches.is_empty() {
                 Vec::new()
             } else {
-                apply(conn, patches, *now_ms, changes).await?
+                apply(conn, &write.patches, *now_ms, changes).await?
             };
             Ok(Answer::Delivery(Some(changed)))
         }

@@ -34,7 +34,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{JOB_COLUMNS, db, job_from_row, sanitize_progress, to_json};
-use crate::model::{JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -65,11 +65,10 @@ pub(super) enum Command {
         now_ms: i64,
         reply: oneshot::Sender<Result<Vec<JobRecord>>>,
     },
-    /// A webhook delivery id and the patches it carries (see `Store::apply_delivery`).
+    /// Everything one provider event writes (see `Store::apply_event`).
     RecordDelivery {
         provider: String,
-        delivery_id: String,
-        patches: Vec<JobPatch>,
+        write: EventWrite,
         now_ms: i64,
         reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
     },
@@ -333,17 +332,22 @@ async fn run_command(
     command: Command,
 ) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, sqlx::Error)> {
     match command {
-        // Without patches: one statement, `ON CONFLICT DO NOTHING`: it cannot fail for data
+        // A bare delivery id: one statement, `ON CONFLICT DO NOTHING`: it cannot fail for data
         // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
         // round trips to sqlx's worker thread and no subjournal). Whatever does make it fail
         // (I/O, disk full) may have ended the transaction, so that failure breaks the group.
         Command::RecordDelivery {
             provider,
-            delivery_id,
-            patches,
+            write:
+                EventWrite {
+                    delivery_id: Some(delivery_id),
+                    patches,
+                    keep,
+                    consumed,
+                },
             now_ms,
             reply,
-        } if patches.is_empty() => {
+        } if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
             match record_delivery(conn, &provider, &delivery_id, now_ms).await {
                 Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
                 Err(e) => {
@@ -352,22 +356,18 @@ async fn run_command(
                 }
             }
         }
-        // With patches: the id and the changes in one savepoint, so both or neither stay.
+        // Otherwise the id, the changes, the kept and the consumed events in one savepoint,
+        // so all or none stay.
         Command::RecordDelivery {
             provider,
-            delivery_id,
-            patches,
+            write,
             now_ms,
             reply,
         } => {
             if let Err(e) = in_savepoint_begin(conn).await {
                 return Err((pending(reply, Err(StoreError::Closed)).0, e));
             }
-            let result = match record_delivery(conn, &provider, &delivery_id, now_ms).await {
-                Ok(true) => apply(conn, patches, now_ms).await.map(Some),
-                Ok(false) => Ok(None),
-                Err(e) => Err(db(e)),
-            };
+            let result = event_write(conn, &provider, write, now_ms).await;
             let end = in_savepoint_end(conn, result.is_ok()).await;
             let answer = pending(reply, result).0;
             match end {
@@ -843,8 +843,8 @@ static SELECT_JOB: LazyLock<String> =
 static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET state = ?, provider_ref = ?, poll_key = ?, progress = ?, outputs = ?, \
-         error = ?, updated_at = ?, completed_at = ?, revision = revision + 1 WHERE id = ? \
-         RETURNING {JOB_COLUMNS}"
+         error = ?, updated_at = ?, completed_at = ?, deadline_at = ?, revision = revision + 1 \
+         WHERE id = ? RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -888,6 +888,9 @@ async fn apply(
         if let Some(error) = patch.error {
             next.error = Some(error);
         }
+        if let Some(deadline) = patch.deadline_at_ms {
+            next.deadline_at_ms = deadline;
+        }
         if next == current {
             continue; // changes nothing: no revision bump, no event
         }
@@ -915,6 +918,7 @@ async fn apply(
             )
             .bind(now_ms)
             .bind(completed_at)
+            .bind(next.deadline_at_ms)
             .bind(&patch.job_id)
             .fetch_one(&mut *conn)
             .await
@@ -930,6 +934,44 @@ async fn apply(
         }
     }
     Ok(changed)
+}
+
+/// The body of an event write (see `Store::apply_event`), inside the caller's savepoint.
+async fn event_write(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    write: EventWrite,
+    now_ms: i64,
+) -> Result<Option<Vec<JobRecord>>> {
+    if let Some(id) = &write.delivery_id
+        && !record_delivery(conn, provider, id, now_ms)
+            .await
+            .map_err(db)?
+    {
+        return Ok(None);
+    }
+    for (event, expires_at) in &write.keep {
+        sqlx::query(
+            "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(provider)
+        .bind(&write.delivery_id)
+        .bind(to_json(event, "kept event")?)
+        .bind(now_ms)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    for id in &write.consumed {
+        sqlx::query("DELETE FROM kept_events WHERE id = ?")
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    apply(conn, write.patches, now_ms).await.map(Some)
 }
 
 async fn record_delivery(

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use adgate_generator::{JobError, JobState, Output, Progress};
 use adgate_store::{
-    JobPatch, JobRecord, NewJob, NewSubmission, StateCount, Store, StoreError, SubmitOutcome,
+    EventWrite, JobPatch, JobRecord, NewJob, NewSubmission, StateCount, Store, StoreError,
+    SubmitOutcome,
 };
 use serde_json::json;
 
@@ -574,13 +575,38 @@ pub async fn tracking_lookups(store: &dyn Store) {
     )
     .await;
 
-    // Not submitted to the provider yet (no provider_ref): nothing is being tracked.
+    // Never attempted: nothing it could have produced may be matched to it.
     assert_eq!(
         store
             .find_by_correlation("pictify", "vars-abc")
             .await
             .expect("corr"),
         None
+    );
+    // Attempted but unanswered (a push may outrun the submit's answer): a candidate already,
+    // oldest first.
+    for (n, id) in ["job_3", "job_2", "job_1", "job_4"].iter().enumerate() {
+        let provider = if *id == "job_4" {
+            "abyssale"
+        } else {
+            "pictify"
+        };
+        store
+            .create_attempt(provider, &format!("key-{n}"), &[id.to_string()], T0 + 5)
+            .await
+            .expect("attempt");
+    }
+    let early = store
+        .correlation_candidates("pictify", "vars-abc", 10)
+        .await
+        .expect("candidates");
+    assert_eq!(ids(&early), ["job_1", "job_2", "job_3"]);
+    assert_eq!(
+        ids(&store
+            .correlation_candidates("pictify", "vars-abc", 2)
+            .await
+            .expect("candidates")),
+        ["job_1", "job_2"]
     );
     assert!(
         store
@@ -819,6 +845,105 @@ pub async fn webhook_deliveries(store: &dyn Store) {
             .record_delivery("pictify", "d-3", T0)
             .await
             .expect("dup")
+    );
+}
+
+/// The inbox: an event kept with its delivery id in one write, read back per provider in
+/// order, consumed together with the changes it causes; a duplicate delivery keeps nothing.
+pub async fn kept_events(store: &dyn Store) {
+    let ev = |n: i64| serde_json::json!({"update": {"n": n}});
+    let keep = |delivery: &str, n: i64| EventWrite {
+        delivery_id: Some(delivery.to_owned()),
+        keep: vec![(ev(n), T0 + 1000)],
+        ..EventWrite::default()
+    };
+    assert_eq!(
+        store
+            .apply_event("pictify", keep("d-1", 1), T0)
+            .await
+            .expect("keep"),
+        Some(Vec::new())
+    );
+    // Its delivery id is on record: a retry of it keeps nothing more.
+    assert_eq!(
+        store
+            .apply_event("pictify", keep("d-1", 1), T0 + 1)
+            .await
+            .expect("dup"),
+        None
+    );
+    store
+        .apply_event("pictify", keep("d-2", 2), T0 + 2)
+        .await
+        .expect("keep");
+    store
+        .apply_event("abyssale", keep("d-1", 3), T0 + 3)
+        .await
+        .expect("keep other provider");
+    let kept = store.kept_events("pictify", 10).await.expect("kept");
+    assert_eq!(
+        kept.iter()
+            .map(|k| (
+                k.event.clone(),
+                k.delivery_id.as_deref(),
+                k.kept_at_ms,
+                k.expires_at_ms
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (ev(1), Some("d-1"), T0, T0 + 1000),
+            (ev(2), Some("d-2"), T0 + 2, T0 + 1000)
+        ]
+    );
+    assert_eq!(
+        store.kept_events("pictify", 1).await.expect("kept").len(),
+        1
+    );
+    assert_eq!(
+        store.kept_events("abyssale", 10).await.expect("kept").len(),
+        1
+    );
+
+    // Consumed together with the change it makes (no delivery id: the engine applying it).
+    submit_ok(
+        store,
+        submission("batch_k", vec![job("job_k", "pictify")], T0),
+    )
+    .await;
+    let mut done = JobPatch::new("job_k");
+    done.state = Some(JobState::Completed);
+    done.outputs = Some(vec![output(1)]);
+    let changed = store
+        .apply_event(
+            "pictify",
+            EventWrite {
+                patches: vec![done],
+                consumed: vec![kept[0].id],
+                ..EventWrite::default()
+            },
+            T0 + 10,
+        )
+        .await
+        .expect("consume")
+        .expect("no delivery id: never a duplicate");
+    assert_eq!(ids(&changed), ["job_k"]);
+    let left = store.kept_events("pictify", 10).await.expect("kept");
+    assert_eq!(left.iter().map(|k| k.id).collect::<Vec<_>>(), [kept[1].id]);
+
+    // A new deadline is part of a patch (reconciling an unknown outcome shortens it).
+    let mut shorter = JobPatch::new("job_d");
+    shorter.deadline_at_ms = Some(T0 + 77);
+    submit_ok(
+        store,
+        submission("batch_d", vec![job("job_d", "abyssale")], T0),
+    )
+    .await;
+    let changed = store.apply(vec![shorter], T0 + 20).await.expect("apply");
+    assert_eq!(changed.first().map(|j| j.deadline_at_ms), Some(T0 + 77));
+    assert_eq!(one(store, "job_d").await.deadline_at_ms, T0 + 77);
+    assert_eq!(
+        store.expired(T0 + 77, 10).await.expect("expired"),
+        ["job_d".to_owned()]
     );
 }
 

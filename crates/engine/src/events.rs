@@ -1,0 +1,452 @@
+//! Provider events, in whatever order they come: resolving updates to jobs, and the inbox.
+//!
+//! Updates from polls, streams and webhooks all go through [`apply_updates`], which finds each
+//! update's job (by provider ref, poll key, correlation, or the job a verified callback was
+//! addressed to), commits the changes, publishes them and drops terminal jobs from tracking.
+//!
+//! # The inbox, and the rule for answering a provider
+//!
+//! A provider may push an event before the gateway has recorded what the event refers to: a
+//! webhook that outruns the submit's answer, a callback for a submit whose answer was lost, a
+//! delivery that reaches one replica while another is still recording the job. Such an event
+//! is *kept*: written to the store's inbox in the same transaction as its delivery id, then
+//! applied by [`drain`] as soon as its job becomes known (the submit's answer recorded, a
+//! restart resuming an attempt, another replica taking a job over — and on a short timer, so
+//! every replica eventually sees events another one kept). Kept events expire after a bound
+//! (`kept_event_ttl`, 24 h by default) with a WARN and a metric.
+//!
+//! The rule for the HTTP answer, so that a 2xx never means "accepted and forgotten": a
+//! verified event is answered 2xx only once it is either applied or kept, both durably. When
+//! the store cannot take it, the answer is a 5xx and the provider's retry brings it again.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adgate_generator::{JobError, JobState, Progress, ProviderUpdate, RemoteState, UpdateTarget};
+use adgate_store::{EventWrite, JobPatch, JobRecord, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::codes;
+use crate::engine::{ProviderRuntime, Shared, publish};
+
+/// Consecutive polls that must miss a job before it is failed as lost.
+const NOT_FOUND_LIMIT: u32 = 3;
+
+/// Candidates read per correlated event. An event whose job is further down the list than
+/// this (more older unfinished jobs of the same template and variables) is kept and matched
+/// again once older ones finish.
+const CORRELATION_CANDIDATES: usize = 256;
+
+/// Kept events one drain pass reads.
+const DRAIN_BATCH: usize = 512;
+
+/// Where a set of updates came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// A poll or a push stream: an update that finds no job is stale and dropped.
+    Observed,
+    /// A verified webhook: an update that finds no job is kept.
+    Webhook {
+        delivery_id: Option<&'a str>,
+        bound_job: Option<&'a str>,
+    },
+}
+
+/// What applying a batch of updates did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Applied {
+    /// Jobs changed.
+    pub changed: usize,
+    /// Updates kept in the inbox because they matched no job yet.
+    pub kept: usize,
+}
+
+/// A kept event as stored: the update and the job its delivery was addressed to, if any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    update: ProviderUpdate,
+    #[serde(default)]
+    bound_job: Option<String>,
+}
+
+/// How one update resolved.
+enum Resolution {
+    /// Found its job(s); these patches (possibly none: nothing new) apply.
+    Found(Vec<JobPatch>),
+    /// No job is known for it (yet).
+    NoJob,
+}
+
+/// Resolve, commit and publish updates. `Ok(None)` means the webhook delivery was seen before
+/// and nothing was applied.
+pub(crate) async fn apply_updates(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    updates: Vec<ProviderUpdate>,
+    source: Source<'_>,
+) -> Result<Option<Applied>, StoreError> {
+    let (delivery_id, bound_job) = match source {
+        Source::Observed => (None, None),
+        Source::Webhook {
+            delivery_id,
+            bound_job,
+        } => (delivery_id, bound_job),
+    };
+    let mut patches = Vec::new();
+    let mut keep = Vec::new();
+    // Jobs an earlier correlated update of this batch took: two events for identical
+    // variables must land on two different jobs.
+    let mut claimed = HashSet::new();
+    let expires_at = shared.clock.now_ms() + ms(shared.kept_event_ttl);
+    for update in updates {
+        match resolve(shared, rt, &update, bound_job, &mut claimed).await? {
+            Resolution::Found(p) => patches.extend(p),
+            Resolution::NoJob if matches!(source, Source::Webhook { .. }) => {
+                let kept = Kept {
+                    update,
+                    bound_job: bound_job.map(str::to_owned),
+                };
+                let value = serde_json::to_value(&kept)
+                    .map_err(|e| StoreError::Corrupt(format!("cannot encode an event: {e}")))?;
+                keep.push((value, expires_at));
+            }
+            Resolution::NoJob => {}
+        }
+    }
+    let kept = keep.len();
+    let terminal: Vec<String> = patches
+        .iter()
+        .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
+        .map(|p| p.job_id.clone())
+        .collect();
+    let committed = if delivery_id.is_none() && keep.is_empty() {
+        if patches.is_empty() {
+            Vec::new()
+        } else {
+            let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
+            publish(shared, &changed);
+            changed
+        }
+    } else {
+        let write = EventWrite {
+            delivery_id: delivery_id.map(str::to_owned),
+            patches,
+            keep,
+            consumed: Vec::new(),
+        };
+        let Some(changed) = shared
+            .store
+            .apply_event(&rt.name, write, shared.clock.now_ms())
+            .await?
+        else {
+            return Ok(None);
+        };
+        publish(shared, &changed);
+        changed
+    };
+    forget_stale(shared, rt, terminal, &committed).await?;
+    if kept > 0 {
+        rt.inbox_wake.notify_one();
+    }
+    Ok(Some(Applied {
+        changed: committed.len(),
+        kept,
+    }))
+}
+
+/// A terminal report for a job the store did not change means it was already terminal (a
+/// webhook, another replica, a deadline got there first): stop tracking it here too.
+async fn forget_stale(
+    shared: &Arc<Shared>,
+    rt: &ProviderRuntime,
+    terminal: Vec<String>,
+    committed: &[JobRecord],
+) -> Result<(), StoreError> {
+    let done: HashSet<&str> = committed.iter().map(|r| r.id.as_str()).collect();
+    let stale: Vec<String> = terminal
+        .into_iter()
+        .filter(|id| !done.contains(id.as_str()))
+        .collect();
+    if !stale.is_empty() {
+        for job in shared.store.get_jobs(&stale).await? {
+            if job.state.is_terminal() {
+                rt.tracker.remove_job(&job);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Find the job(s) an update is about and turn it into patches.
+async fn resolve(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    update: &ProviderUpdate,
+    bound_job: Option<&str>,
+    claimed: &mut HashSet<String>,
+) -> Result<Resolution, StoreError> {
+    let ids = match &update.target {
+        UpdateTarget::ProviderRef(r) => {
+            if let Some(id) = rt.tracker.job_for_ref(r) {
+                vec![id]
+            } else if let Some(job) = shared.store.find_by_ref(&rt.name, r).await? {
+                vec![job.id]
+            } else if let Some(job) = bindable(shared, rt, bound_job, r).await? {
+                // The callback names its job and the job has no reference yet (the submit's
+                // answer is late, lost, or was never read): bind the reference with the
+                // update, in one change.
+                let mut patch = to_patch(rt, job.id.clone(), update).unwrap_or_else(|| {
+                    let mut p = JobPatch::new(job.id.clone());
+                    p.state = Some(JobState::Processing);
+                    p
+                });
+                patch.provider_ref = Some(r.clone());
+                patch.poll_key = Some(rt.generator.poll_key(r));
+                return Ok(Resolution::Found(vec![patch]));
+            } else {
+                Vec::new()
+            }
+        }
+        UpdateTarget::PollKey(key) => {
+            let mut ids = rt.tracker.jobs_of_key(key);
+            if ids.is_empty() {
+                ids = shared
+                    .store
+                    .jobs_by_poll_key(&rt.name, key)
+                    .await?
+                    .into_iter()
+                    .filter(|j| !j.state.is_terminal())
+                    .map(|j| j.id)
+                    .collect();
+            }
+            ids
+        }
+        UpdateTarget::Correlation(key) => correlated(shared, rt, key, None, claimed)
+            .await?
+            .into_iter()
+            .collect(),
+        UpdateTarget::Correlated { key, fields } => {
+            correlated(shared, rt, key, Some(fields), claimed)
+                .await?
+                .into_iter()
+                .collect()
+        }
+    };
+    if ids.is_empty() {
+        return Ok(Resolution::NoJob);
+    }
+    Ok(Resolution::Found(
+        ids.into_iter()
+            .filter_map(|id| to_patch(rt, id, update))
+            .collect(),
+    ))
+}
+
+/// The job a verified callback was addressed to, when it may take this provider reference:
+/// same provider, unfinished, and no other reference recorded.
+async fn bindable(
+    shared: &Shared,
+    rt: &ProviderRuntime,
+    bound_job: Option<&str>,
+    provider_ref: &str,
+) -> Result<Option<JobRecord>, StoreError> {
+    let Some(id) = bound_job else {
+        return Ok(None);
+    };
+    let job = shared.store.get_jobs(&[id.to_owned()]).await?.pop();
+    Ok(job.filter(|j| {
+        j.provider == rt.name
+            && !j.state.is_terminal()
+            && j.attempt_id.is_some()
+            && j.provider_ref.as_deref().is_none_or(|r| r == provider_ref)
+    }))
+}
+
+/// The oldest unfinished, sent job with this correlation key that the event's fields match
+/// and that no earlier update of the same batch took.
+async fn correlated(
+    shared: &Shared,
+    rt: &ProviderRuntime,
+    key: &str,
+    fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    claimed: &mut HashSet<String>,
+) -> Result<Option<String>, StoreError> {
+    let candidates = shared
+        .store
+        .correlation_candidates(&rt.name, key, CORRELATION_CANDIDATES)
+        .await?;
+    let found = candidates.into_iter().find(|job| {
+        !claimed.contains(&job.id) && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
+    });
+    Ok(found.map(|job| {
+        claimed.insert(job.id.clone());
+        job.id
+    }))
+}
+
+pub(crate) fn to_patch(
+    rt: &ProviderRuntime,
+    job_id: String,
+    u: &ProviderUpdate,
+) -> Option<JobPatch> {
+    if u.state != RemoteState::NotFound {
+        rt.tracker.clear_not_found(&job_id);
+    }
+    if u.state == RemoteState::Processing && rt.tracker.unchanged_progress(&job_id, &u.progress) {
+        return None;
+    }
+    let mut p = JobPatch::new(job_id);
+    match u.state {
+        RemoteState::Processing => {
+            p.state = Some(JobState::Processing);
+            p.progress = u.progress.clone();
+        }
+        RemoteState::Completed if u.outputs.is_empty() => {
+            // Never COMPLETED without output: wait for the URL to arrive.
+            p.state = Some(JobState::Processing);
+            p.progress = u.progress.clone();
+        }
+        RemoteState::Completed => {
+            p.state = Some(JobState::Completed);
+            p.outputs = Some(u.outputs.clone());
+            p.error = u.error.clone();
+            p.progress = Some(Progress {
+                step: "completed".to_owned(),
+                message: String::new(),
+                percentage: 100.0,
+            });
+        }
+        RemoteState::Failed => {
+            p.state = Some(JobState::Failed);
+            p.error = Some(u.error.clone().unwrap_or_else(|| {
+                JobError::new(
+                    "PROVIDER_JOB_FAILED",
+                    "the provider reported a failure",
+                    true,
+                )
+            }));
+        }
+        RemoteState::Cancelled => {
+            p.state = Some(JobState::Cancelled);
+            p.error = u.error.clone();
+        }
+        RemoteState::NotFound => {
+            if rt.tracker.count_not_found(&p.job_id) < NOT_FOUND_LIMIT {
+                return None;
+            }
+            p.state = Some(JobState::Failed);
+            p.error = Some(JobError::new(
+                codes::PROVIDER_JOB_NOT_FOUND,
+                format!("{} no longer knows this job", rt.name),
+                true,
+            ));
+        }
+    }
+    Some(p)
+}
+
+/// Apply the kept events of one provider whose jobs are now known, and drop expired ones.
+/// Returns how many were applied.
+pub(crate) async fn drain(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+) -> Result<usize, StoreError> {
+    let kept = shared.store.kept_events(&rt.name, DRAIN_BATCH).await?;
+    if kept.is_empty() {
+        return Ok(0);
+    }
+    let now = shared.clock.now_ms();
+    let mut patches = Vec::new();
+    let mut consumed = Vec::new();
+    let mut applied = 0;
+    let mut expired = 0;
+    let mut claimed = HashSet::new();
+    for event in kept {
+        let parsed: Option<Kept> = serde_json::from_value(event.event.clone()).ok();
+        let Some(k) = parsed else {
+            // Written by a build that encoded events differently: nothing can apply it.
+            tracing::warn!(provider = %rt.name, delivery_id = event.delivery_id.as_deref().unwrap_or(""),
+                "dropping a kept provider event this build cannot read");
+            consumed.push(event.id);
+            continue;
+        };
+        match resolve(shared, rt, &k.update, k.bound_job.as_deref(), &mut claimed).await? {
+            Resolution::Found(p) => {
+                patches.extend(p);
+                consumed.push(event.id);
+                applied += 1;
+            }
+            Resolution::NoJob if event.expires_at_ms <= now => {
+                tracing::warn!(
+                    provider = %rt.name,
+                    delivery_id = event.delivery_id.as_deref().unwrap_or(""),
+                    target = target_kind(&k.update.target),
+                    kept_for_s = (now - event.kept_at_ms) / 1000,
+                    "a kept provider event expired without matching any job"
+                );
+                consumed.push(event.id);
+                expired += 1;
+            }
+            Resolution::NoJob => {}
+        }
+    }
+    if consumed.is_empty() {
+        return Ok(0);
+    }
+    let terminal: Vec<String> = patches
+        .iter()
+        .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
+        .map(|p| p.job_id.clone())
+        .collect();
+    let write = EventWrite {
+        delivery_id: None,
+        patches,
+        keep: Vec::new(),
+        consumed,
+    };
+    let changed = shared
+        .store
+        .apply_event(&rt.name, write, now)
+        .await?
+        .unwrap_or_default();
+    publish(shared, &changed);
+    forget_stale(shared, rt, terminal, &changed).await?;
+    for _ in 0..applied {
+        shared.metrics.webhook(&rt.name, "applied_from_inbox");
+    }
+    for _ in 0..expired {
+        shared.metrics.webhook(&rt.name, "expired");
+    }
+    if applied > 0 {
+        tracing::info!(provider = %rt.name, applied, "applied kept provider events");
+    }
+    Ok(applied)
+}
+
+fn target_kind(t: &UpdateTarget) -> &'static str {
+    match t {
+        UpdateTarget::ProviderRef(_) => "provider_ref",
+        UpdateTarget::PollKey(_) => "poll_key",
+        UpdateTarget::Correlation(_) | UpdateTarget::Correlated { .. } => "correlation",
+    }
+}
+
+/// Per provider: drain the inbox when woken (a job became known) and on a short timer (other
+/// replicas keep events too; kept events must expire even when nothing wakes us).
+pub(crate) async fn run_inbox(shared: Arc<Shared>, rt: Arc<ProviderRuntime>, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = rt.inbox_wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = drain(&shared, &rt).await {
+            tracing::warn!(provider = %rt.name, error = %e, "applying kept provider events failed");
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
