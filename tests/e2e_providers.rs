@@ -488,7 +488,7 @@ async fn pictify_duplicate_reordered_and_forged_webhooks_change_nothing_twice() 
         hooks.iter().map(|w| w.status).collect::<Vec<_>>()
     );
     assert!(hooks.iter().all(|w| w.status == Some(200)), "{hooks:?}");
-    assert_eq!(gw.webhooks(PICTIFY, "rejected"), 3);
+    assert_eq!(gw.webhooks(PICTIFY, "refused"), 3);
     assert_eq!(gw.webhooks(PICTIFY, "applied"), (ITEMS + 1) as u64);
     assert_eq!(gw.webhooks(PICTIFY, "duplicate"), (ITEMS + 1) as u64);
     let urls: HashSet<&str> = jobs.iter().map(|j| j.outputs[0].url.as_str()).collect();
@@ -883,7 +883,7 @@ async fn abyssale_forged_stale_and_duplicate_callbacks_change_nothing() {
         "a duplicate delivery changed the job"
     );
     assert_eq!(again.outputs, done.outputs);
-    assert_eq!(gw.webhooks(ABYSSALE, "rejected"), 3);
+    assert_eq!(gw.webhooks(ABYSSALE, "refused"), 3);
     assert_eq!(gw.webhooks(ABYSSALE, "duplicate"), 2);
     let b_again = get_job(&mut client, &b).await;
     assert_eq!(
