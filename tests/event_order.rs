@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod common;
+mod pgdb;
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,51 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use adgate::pb;
 use adgate_sim::SimConfig;
 use common::*;
-use sqlx::Connection;
+use pgdb::PgDb;
 use tokio::time::Instant;
 
 const TS: f64 = 0.02;
-
-/// A throwaway PostgreSQL database, dropped at the end.
-struct PgDb {
-    name: String,
-}
-
-impl PgDb {
-    async fn create() -> Self {
-        let name = format!("adgate_order_{:016x}", fastrand_u64());
-        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL must answer on 127.0.0.1:5432 (user postgres, trust auth)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-
-    async fn drop_db(self) {
-        if let Ok(mut admin) =
-            sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await
-        {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut admin)
-                .await;
-        }
-    }
-}
-
-fn fastrand_u64() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ (u64::from(std::process::id()) << 32)
-}
 
 /// Where a test's jobs are stored.
 enum Backend {
@@ -158,7 +118,10 @@ async fn pictify_push_before_answer(postgres: bool) {
         assert_eq!(j.outputs.len(), 1, "{j:?}");
     }
     assert_eq!(distinct_urls(&done), 3, "each item its own URL");
-    assert_eq!(pic.ledger().requests("POST /templates/:uid/batch-render"), 1);
+    assert_eq!(
+        pic.ledger().requests("POST /templates/:uid/batch-render"),
+        1
+    );
     assert_eq!(pic.ledger().total_charges(), 3, "one charge per item");
     // The renders were applied as they came (the jobs had their attempt on record), before
     // the answer: completion does not wait for the held answer.
@@ -166,22 +129,30 @@ async fn pictify_push_before_answer(postgres: bool) {
         took < Duration::from_millis(2900),
         "completed in {took:?}, i.e. not only after the 3 s answer"
     );
-    wait_for("the three deliveries answered", Duration::from_secs(10), || {
-        let n = gw.webhooks(PICTIFY, "applied");
-        async move { (n >= 3).then_some(()) }
-    })
+    wait_for(
+        "the three deliveries answered",
+        Duration::from_secs(10),
+        || {
+            let n = gw.webhooks(PICTIFY, "applied");
+            async move { (n >= 3).then_some(()) }
+        },
+    )
     .await;
     // The held answer arrives later and changes nothing; nothing is left in flight.
-    wait_for("the submit answer recorded", Duration::from_secs(10), || {
-        let engine = gw.engine.clone();
-        async move {
-            engine
-                .providers()
-                .iter()
-                .all(|p| p.in_flight == 0)
-                .then_some(())
-        }
-    })
+    wait_for(
+        "the submit answer recorded",
+        Duration::from_secs(10),
+        || {
+            let engine = gw.engine.clone();
+            async move {
+                engine
+                    .providers()
+                    .iter()
+                    .all(|p| p.in_flight == 0)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let stored = gw.stored_jobs().await;
     assert_eq!(stored.get("COMPLETED"), Some(&3), "{stored:?}");
@@ -318,9 +289,10 @@ async fn an_unknown_outcome_with_no_callback_waits_visibly_then_fails_unknown_ou
         .await
         .unwrap()
         .into_inner();
-    let limits = info.providers[0].limits.clone().unwrap();
+    let limits = info.providers[0].limits.unwrap();
     assert_eq!(
-        limits.reconcile_window.unwrap().nanos as i64 + limits.reconcile_window.unwrap().seconds * 1_000_000_000,
+        limits.reconcile_window.unwrap().nanos as i64
+            + limits.reconcile_window.unwrap().seconds * 1_000_000_000,
         2_400_000_000
     );
     gw.stop().await;
@@ -351,9 +323,8 @@ async fn a_forged_callback_carrying_a_real_jobs_identity_is_refused_and_changes_
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let body = format!(
-        r#"{{"generation_request_id":"8a7c3f4e-0000-4000-8000-000000000001","banners":[{{"id":"b1","file":{{"type":"png","url":"https://evil.example/x.png"}},"format":{{"id":"facebook-feed","width":1200,"height":628}}}}],"errors":[]}}"#
-    );
+    let body = r#"{"generation_request_id":"8a7c3f4e-0000-4000-8000-000000000001","banners":[{"id":"b1","file":{"type":"png","url":"https://evil.example/x.png"},"format":{"id":"facebook-feed","width":1200,"height":628}}],"errors":[]}"#
+    .to_owned();
     let real = adgate_generator::callback::url_for(
         &format!("{}/webhooks/abyssale", gw.http),
         aby.secret.as_bytes(),
@@ -372,7 +343,7 @@ async fn a_forged_callback_carrying_a_real_jobs_identity_is_refused_and_changes_
                 .post(url)
                 .header("content-type", "application/json")
                 .header("x-abyssale-signature", sig)
-                .header("x-abyssale-delivery-id", format!("{:064x}", fastrand_u64()))
+                .header("x-abyssale-delivery-id", format!("{:064x}", now))
                 .body(body)
                 .send()
                 .await
@@ -394,7 +365,10 @@ async fn a_forged_callback_carrying_a_real_jobs_identity_is_refused_and_changes_
     let after = get_job(&mut client, &id).await;
     assert_eq!(after, before, "nothing changed");
     assert_eq!(gw.webhooks(ABYSSALE, "refused"), 2);
-    assert_eq!(gw.webhooks(ABYSSALE, "applied") + gw.webhooks(ABYSSALE, "kept"), 0);
+    assert_eq!(
+        gw.webhooks(ABYSSALE, "applied") + gw.webhooks(ABYSSALE, "kept"),
+        0
+    );
     gw.stop().await;
     backend.finish().await;
 }
@@ -417,7 +391,10 @@ async fn a_lost_abyssale_callback_costs_at_most_a_minute_and_a_kept_one_no_polls
         let reply = submit(&mut client, jobs).await;
         let done = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(30)).await;
         let took = started.elapsed();
-        assert!(done.iter().all(|j| j.state() == pb::JobState::Completed), "{done:?}");
+        assert!(
+            done.iter().all(|j| j.state() == pb::JobState::Completed),
+            "{done:?}"
+        );
         let polls = aby.ledger().requests("GET /generation-request/:id");
         // Real completion ≤ 50 s; the bound is 60 s beyond it (scaled: 2.2 s), plus slack for
         // the submit path and scheduling on a loaded machine.
@@ -427,7 +404,7 @@ async fn a_lost_abyssale_callback_costs_at_most_a_minute_and_a_kept_one_no_polls
         );
         if lost {
             assert!(took <= bound, "{took:?} > {bound:?}");
-            assert!(polls >= 4 && polls <= 8, "{polls} polls for 4 jobs");
+            assert!((4..=8).contains(&polls), "{polls} polls for 4 jobs");
         } else {
             assert!(polls <= 8, "at most 2 extra requests per job: {polls}");
         }
@@ -466,8 +443,19 @@ async fn kept_then_applied(postgres: bool) {
     let done = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(20)).await;
     assert_eq!(done[0].state(), pb::JobState::Completed, "{:?}", done[0]);
     assert_eq!(done[0].outputs.len(), 1);
-    assert_eq!(aby.ledger().requests("GET /generation-request/:id"), 0, "no poll finished it");
-    assert!(gw.engine.store().kept_events(ABYSSALE, 10).await.unwrap().is_empty());
+    assert_eq!(
+        aby.ledger().requests("GET /generation-request/:id"),
+        0,
+        "no poll finished it"
+    );
+    assert!(
+        gw.engine
+            .store()
+            .kept_events(ABYSSALE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     println!(
         "abyssale kept callback (postgres={postgres}): applied {:?} after it was kept",
         kept_at.elapsed()
@@ -497,8 +485,12 @@ async fn kept_events_that_never_match_expire_and_are_counted() {
         .unwrap()
         .as_secs();
     let body = r#"{"generation_request_id":"8a7c3f4e-0000-4000-8000-0000000000aa","banners":[],"errors":[{"template_format_name":"facebook-feed","reason":"x"}]}"#;
-    let sig =
-        adgate_generator::signature::header_value(aby.secret.as_bytes(), "v1:webhook:", now, body.as_bytes());
+    let sig = adgate_generator::signature::header_value(
+        aby.secret.as_bytes(),
+        "v1:webhook:",
+        now,
+        body.as_bytes(),
+    );
     let resp = reqwest::Client::new()
         .post(format!("{}/webhooks/abyssale", gw.http))
         .header("content-type", "application/json")
@@ -512,13 +504,28 @@ async fn kept_events_that_never_match_expire_and_are_counted() {
     let json: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(json["status"], "kept");
     assert_eq!(gw.webhooks(ABYSSALE, "kept"), 1);
-    assert_eq!(gw.engine.store().kept_events(ABYSSALE, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        gw.engine
+            .store()
+            .kept_events(ABYSSALE, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     wait_for("the kept event expired", Duration::from_secs(10), || {
         let n = gw.webhooks(ABYSSALE, "expired");
         async move { (n == 1).then_some(()) }
     })
     .await;
-    assert!(gw.engine.store().kept_events(ABYSSALE, 10).await.unwrap().is_empty());
+    assert!(
+        gw.engine
+            .store()
+            .kept_events(ABYSSALE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let metrics = reqwest::get(format!("{}/metrics", gw.http))
         .await
         .unwrap()
