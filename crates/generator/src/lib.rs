@@ -8,16 +8,23 @@
 //! - [`generator`]: the [`Generator`] trait and the [`Limits`] descriptor each adapter publishes.
 //! - [`error`]: the small error taxonomy adapters report ([`GenError`]).
 //! - [`signature`]: `t=…,v1=…` HMAC-SHA256 webhook signatures, shared by adapters and simulators.
+//! - [`context`]: [`ProviderContext`], what a provider's `build` function gets.
 //! - [`callback`]: a job's identity in a callback URL, so a callback binds without a provider ref.
+//! - [`transport`]: the one rule for a request that got no answer (may it be resent?).
+//! - [`ratelimit`]: `Retry-After` and rate-limit headers, for every adapter.
 //! - [`time`]: RFC 3339 formatting without a calendar dependency.
 
 pub mod callback;
+pub mod context;
 pub mod error;
 pub mod generator;
 pub mod model;
+pub mod ratelimit;
 pub mod signature;
 pub mod time;
+pub mod transport;
 
+pub use context::{Build, ProviderContext};
 pub use error::{FieldViolation, GenError, WebhookError};
 pub use generator::{
     Accepted, CancelSupport, Generator, Limits, Observed, PushChannels, RateLimitSnapshot,

@@ -24,3 +24,40 @@ pub mod signing;
 pub mod staticadslab;
 
 pub use common::{Faults, Ledger, SimConfig, SimHandle, WebhookTarget};
+
+use futures_util::future::BoxFuture;
+use tokio::net::TcpListener;
+
+/// Starts a simulator on a bound listener.
+pub type SpawnOn = fn(TcpListener, SimConfig) -> BoxFuture<'static, std::io::Result<SimHandle>>;
+
+/// One simulator, by the name of the provider it simulates.
+pub struct SimEntry {
+    pub name: &'static str,
+    pub spawn_on: SpawnOn,
+}
+
+/// Every simulator. The sandbox, `adgate sim`, the bench and the test harnesses iterate this
+/// table; a new provider's simulator is one line here.
+pub const SIMULATORS: &[SimEntry] = &[
+    SimEntry { name: "staticadslab", spawn_on: |l, c| Box::pin(staticadslab::spawn_on(l, c)) },
+    SimEntry { name: "pictify", spawn_on: |l, c| Box::pin(pictify::spawn_on(l, c)) },
+    SimEntry { name: "abyssale", spawn_on: |l, c| Box::pin(abyssale::spawn_on(l, c)) },
+];
+
+/// The simulator of `provider`, if there is one.
+pub fn simulator(provider: &str) -> Option<&'static SimEntry> {
+    SIMULATORS.iter().find(|s| s.name == provider)
+}
+
+/// Start the simulator of `provider` on a fresh loopback port.
+pub async fn spawn(provider: &str, cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let Some(entry) = simulator(provider) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no simulator for provider {provider:?}"),
+        ));
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    (entry.spawn_on)(listener, cfg).await
+}
