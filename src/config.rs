@@ -27,7 +27,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// A provider event that matches no job yet is kept this long (a day of provider retries).
 pub const DEFAULT_KEPT_EVENT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-const ENV_HELP: &str = "\
+const ENV_HELP_HEAD: &str = "\
 ENVIRONMENT (overrides the TOML file):
   ADGATE_CONFIG                    TOML file (same as --config)
   ADGATE_GRPC_ADDR                 gRPC listen address [default: 127.0.0.1:50051]
@@ -40,15 +40,9 @@ ENVIRONMENT (overrides the TOML file):
   ADGATE_LOG_FORMAT                text | json [default: text on a terminal, else json]
   ADGATE_REPLICA_ID                stable replica identity on PostgreSQL (1-64 of A-Z a-z 0-9 . _ -),
                                    one per live process [default: a fresh random id per start]
-  ADGATE_STATICADSLAB_API_KEY      enables StaticAdsLab
-  ADGATE_STATICADSLAB_BASE_URL     [default: https://api.staticadslab.com]
-  ADGATE_PICTIFY_API_KEY           enables Pictify
-  ADGATE_PICTIFY_BASE_URL          [default: https://api.pictify.io]
-  ADGATE_PICTIFY_WEBHOOK_SECRET    verifies Pictify webhooks
-  ADGATE_ABYSSALE_API_KEY          enables Abyssale
-  ADGATE_ABYSSALE_BASE_URL         [default: https://api.abyssale.com]
-  ADGATE_ABYSSALE_WEBHOOK_SECRET   verifies Abyssale callbacks
-  RUST_LOG                         log filter [default: info]
+";
+
+const ENV_HELP_TAIL: &str = "  RUST_LOG                         log filter [default: info]
 
 TOML FILE (every key optional):
   grpc_addr, http_addr, database_url, public_url, auth_tokens = [..], log_format
@@ -60,16 +54,36 @@ TOML FILE (every key optional):
   lease_secs = 10             replicas on PostgreSQL: a dead replica's jobs move after this
   replica_id = \"gw-0\"         stable replica identity (same as ADGATE_REPLICA_ID)
   kept_event_ttl_secs = 86400 how long a provider event that matches no job yet is kept
-  [providers.<name>]          name: staticadslab | pictify | abyssale
+  [providers.<name>]          name: {providers}
   api_key, base_url, webhook_secret, request_timeout_secs,
   requests, window_secs, max_concurrent_submits, poll_interval_ms, min_poll_interval_ms,
   max_keys_per_poll, max_items_per_submit, first_poll_after_ms, deadline_secs,
   typical_job_secs (first backstop poll with webhooks),
   longest_job_secs (an unknown submit outcome waits this + 20% for a callback)";
 
-/// adgate: one gRPC API for StaticAdsLab, Pictify and Abyssale.
+/// The long help: the fixed part, plus three variables per registered provider.
+pub fn env_help() -> String {
+    let mut s = ENV_HELP_HEAD.to_owned();
+    for entry in providers::REGISTRY {
+        let upper = entry.name.to_ascii_uppercase();
+        s.push_str(&format!(
+            "  {:<32} enables {}\n  {:<32} [default: {}]\n  {:<32} verifies {}'s webhooks\n",
+            format!("ADGATE_{upper}_API_KEY"),
+            entry.name,
+            format!("ADGATE_{upper}_BASE_URL"),
+            entry.default_base_url,
+            format!("ADGATE_{upper}_WEBHOOK_SECRET"),
+            entry.name,
+        ));
+    }
+    let names: Vec<&str> = providers::names().collect();
+    s.push_str(&ENV_HELP_TAIL.replace("{providers}", &names.join(" | ")));
+    s
+}
+
+/// adgate: one gRPC API for asynchronous ad-image providers.
 #[derive(Debug, Parser)]
-#[command(name = "adgate", version, after_long_help = ENV_HELP)]
+#[command(name = "adgate", version, after_long_help = env_help())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -78,9 +92,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    #[command(after_long_help = ENV_HELP)]
+    #[command(after_long_help = env_help())]
     Serve(ServeArgs),
-    /// Run the three provider simulators alone (for pointing a gateway or a test at them).
+    /// Run every provider's simulator alone (for pointing a gateway or a test at them).
     Sim(SimArgs),
 }
 
@@ -89,7 +103,7 @@ pub struct ServeArgs {
     /// TOML configuration file (environment variables override it). Also ADGATE_CONFIG.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Start the three provider simulators in-process on loopback and point every provider
+    /// Start every provider's simulator in-process on loopback and point every provider
     /// that has no explicit base URL at them. Jobs complete in seconds; no keys needed.
     #[arg(long)]
     pub sandbox: bool,
@@ -97,15 +111,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// StaticAdsLab simulator port (0 = any).
-    #[arg(long, default_value_t = 0)]
-    pub staticadslab_port: u16,
-    /// Pictify simulator port (0 = any).
-    #[arg(long, default_value_t = 0)]
-    pub pictify_port: u16,
-    /// Abyssale simulator port (0 = any).
-    #[arg(long, default_value_t = 0)]
-    pub abyssale_port: u16,
+    /// Port of one provider's simulator, as NAME=PORT (repeatable; unnamed ones take any
+    /// free port).
+    #[arg(long = "sim-port", value_name = "NAME=PORT", value_parser = parse_sim_port)]
+    pub sim_ports: Vec<(String, u16)>,
     /// API key every simulator accepts.
     #[arg(long, default_value = "sim_key")]
     pub api_key: String,
@@ -603,6 +612,24 @@ fn check_overrides(provider: &str, o: &LimitOverrides) -> Result<(), ConfigError
         ));
     }
     Ok(())
+}
+
+/// `NAME=PORT` for `adgate sim --sim-port`.
+fn parse_sim_port(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PORT, got {s:?}"))?;
+    if adgate_sim::simulator(name).is_none() {
+        let known: Vec<&str> = adgate_sim::SIMULATORS.iter().map(|e| e.name).collect();
+        return Err(format!(
+            "no simulator named {name:?}; expected one of {}",
+            known.join(", ")
+        ));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    Ok((name.to_owned(), port))
 }
 
 #[cfg(test)]

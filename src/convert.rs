@@ -1,129 +1,21 @@
-//! Conversions between the public proto messages and the engine's model: typed provider
-//! messages → the engine's opaque spec JSON (each adapter validates its own), and job records
-//! → `adgate.v1.Job`.
+//! Conversions between the public proto messages and the engine's model: job envelopes and
+//! `Struct`s in, job records → `adgate.v1.Job` out. Provider messages → spec JSON is generic,
+//! in [`crate::spec_json`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use adgate_engine::JobRecord;
 use adgate_engine::ProviderStatus;
 use adgate_generator::JobState;
-use adgate_store::JobRecord;
 use serde_json::{Map, Number, Value};
 
 use crate::errors::Violation;
 use crate::pb;
-use crate::pb::job_spec::Provider;
-
-/// The provider a spec targets and its spec JSON. Conversion problems (non-finite numbers,
-/// unknown enum values) are pushed to `out` with paths relative to the provider spec.
-pub fn provider_spec(p: &Provider, out: &mut Vec<(String, String)>) -> (&'static str, Value) {
-    match p {
-        Provider::Staticadslab(m) => (adgate_staticadslab::NAME, staticadslab(m)),
-        Provider::Pictify(m) => (adgate_pictify::NAME, pictify(m, out)),
-        Provider::Abyssale(m) => (adgate_abyssale::NAME, abyssale(m, out)),
-    }
-}
-
-fn put_str(obj: &mut Map<String, Value>, key: &str, v: &str) {
-    if !v.is_empty() {
-        obj.insert(key.to_owned(), Value::String(v.to_owned()));
-    }
-}
-
-fn staticadslab(m: &pb::StaticAdsLabImageAd) -> Value {
-    let mut o = Map::new();
-    put_str(&mut o, "design_template_id", &m.design_template_id);
-    put_str(&mut o, "brand_id", &m.brand_id);
-    put_str(&mut o, "product_id", &m.product_id);
-    put_str(&mut o, "audience_id", &m.audience_id);
-    put_str(&mut o, "product_variant_id", &m.product_variant_id);
-    put_str(&mut o, "prompt", &m.prompt);
-    o.insert("editable".into(), Value::Bool(m.editable));
-    if let Some(opts) = &m.options {
-        let mut so = Map::new();
-        so.insert(
-            "generate_ai_images".into(),
-            Value::Bool(opts.generate_ai_images),
-        );
-        so.insert("generate_copy".into(), Value::Bool(opts.generate_copy));
-        o.insert("options".into(), Value::Object(so));
-    }
-    if !m.node_overrides.is_empty() {
-        let mut nodes = Map::new();
-        for (id, ov) in &m.node_overrides {
-            let mut n = Map::new();
-            match &ov.value {
-                Some(pb::node_override::Value::Characters(s)) => {
-                    n.insert("characters".into(), Value::String(s.clone()));
-                }
-                Some(pb::node_override::Value::ImageFillUrl(s)) => {
-                    n.insert("image_fill_url".into(), Value::String(s.clone()));
-                }
-                // An empty override: the adapter reports it.
-                None => {}
-            }
-            nodes.insert(id.clone(), Value::Object(n));
-        }
-        o.insert("node_overrides".into(), Value::Object(nodes));
-    }
-    Value::Object(o)
-}
-
-fn pictify(m: &pb::PictifyRender, out: &mut Vec<(String, String)>) -> Value {
-    let mut o = Map::new();
-    put_str(&mut o, "template_uid", &m.template_uid);
-    if let Some(vars) = &m.variables {
-        o.insert("variables".into(), struct_to_json(vars, "variables", out));
-    }
-    match pb::PictifyFormat::try_from(m.format) {
-        Ok(pb::PictifyFormat::Unspecified) => {}
-        Ok(pb::PictifyFormat::Png) => put_str(&mut o, "format", "png"),
-        Ok(pb::PictifyFormat::Jpeg) => put_str(&mut o, "format", "jpeg"),
-        Ok(pb::PictifyFormat::Webp) => put_str(&mut o, "format", "webp"),
-        Err(_) => out.push((
-            "format".into(),
-            format!("unknown PictifyFormat value {}", m.format),
-        )),
-    }
-    if let Some(q) = m.quality {
-        match Number::from_f64(q) {
-            Some(n) => {
-                o.insert("quality".into(), Value::Number(n));
-            }
-            None => out.push(("quality".into(), "must be a finite number in (0, 1]".into())),
-        }
-    }
-    put_str(&mut o, "layout", &m.layout);
-    Value::Object(o)
-}
-
-fn abyssale(m: &pb::AbyssaleGeneration, out: &mut Vec<(String, String)>) -> Value {
-    let mut o = Map::new();
-    put_str(&mut o, "design_id", &m.design_id);
-    if !m.format_names.is_empty() {
-        let names = m.format_names.iter().cloned().map(Value::String).collect();
-        o.insert("format_names".into(), Value::Array(names));
-    }
-    if let Some(el) = &m.elements {
-        o.insert("elements".into(), struct_to_json(el, "elements", out));
-    }
-    put_str(&mut o, "image_file_type", &m.image_file_type);
-    if m.file_compression_level != 0 {
-        o.insert(
-            "file_compression_level".into(),
-            Value::from(m.file_compression_level),
-        );
-    }
-    Value::Object(o)
-}
 
 /// `google.protobuf.Struct` → a JSON object. Integral numbers become JSON integers (protobuf
 /// has only doubles); non-finite numbers are reported, since JSON cannot hold them.
-pub fn struct_to_json(
-    s: &prost_types::Struct,
-    path: &str,
-    out: &mut Vec<(String, String)>,
-) -> Value {
+pub fn struct_to_json(s: &prost_types::Struct, path: &str, out: &mut Vec<Violation>) -> Value {
     let mut o = Map::new();
     for (k, v) in &s.fields {
         o.insert(k.clone(), value_to_json(v, &format!("{path}.{k}"), out));
@@ -131,7 +23,7 @@ pub fn struct_to_json(
     Value::Object(o)
 }
 
-fn value_to_json(v: &prost_types::Value, path: &str, out: &mut Vec<(String, String)>) -> Value {
+fn value_to_json(v: &prost_types::Value, path: &str, out: &mut Vec<Violation>) -> Value {
     use prost_types::value::Kind;
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
@@ -144,7 +36,7 @@ fn value_to_json(v: &prost_types::Value, path: &str, out: &mut Vec<(String, Stri
             } else if let Some(num) = Number::from_f64(*n) {
                 Value::Number(num)
             } else {
-                out.push((path.to_owned(), "must be a finite number".into()));
+                out.push(Violation::new(path.to_owned(), "must be a finite number"));
                 Value::Null
             }
         }
@@ -340,6 +232,15 @@ mod tests {
 
     use super::*;
 
+    /// The generic conversion (see `spec_json`) on one provider message.
+    fn ps(p: pb::job_spec::Provider, out: &mut Vec<Violation>) -> (String, Value) {
+        let spec = pb::JobSpec {
+            provider: Some(p),
+            ..Default::default()
+        };
+        crate::spec_json::provider_spec(&spec, out).unwrap()
+    }
+
     fn pv(kind: prost_types::value::Kind) -> prost_types::Value {
         prost_types::Value { kind: Some(kind) }
     }
@@ -382,13 +283,13 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        let (name, v) = provider_spec(&Provider::Staticadslab(m), &mut out);
+        let (name, v) = ps(pb::job_spec::Provider::Staticadslab(m), &mut out);
         assert_eq!(name, "staticadslab");
         assert!(out.is_empty());
         assert_eq!(
             v,
             json!({"design_template_id":"dt_1","brand_id":"brand_1","product_id":"prod_1","audience_id":"aud_1",
-                   "editable":true,"options":{"generate_ai_images":true,"generate_copy":false},
+                   "editable":true,"options":{"generate_ai_images":true},
                    "node_overrides":{"title":{"characters":"Hi"},"hero":{"image_fill_url":"https://x/a.png"}}})
         );
     }
@@ -414,7 +315,7 @@ mod tests {
             layout: String::new(),
         };
         let mut out = Vec::new();
-        let (_, v) = provider_spec(&Provider::Pictify(m.clone()), &mut out);
+        let (_, v) = ps(pb::job_spec::Provider::Pictify(m.clone()), &mut out);
         assert!(out.is_empty());
         assert_eq!(
             v,
@@ -427,7 +328,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            provider_spec(&Provider::Pictify(bare), &mut out).1,
+            ps(pb::job_spec::Provider::Pictify(bare), &mut out).1,
             json!({"template_uid":"t"})
         );
         // NaN and unknown enum values are reported.
@@ -436,8 +337,8 @@ mod tests {
             format: 42,
             ..m
         };
-        provider_spec(&Provider::Pictify(bad), &mut out);
-        let fields: Vec<&str> = out.iter().map(|(f, _)| f.as_str()).collect();
+        ps(pb::job_spec::Provider::Pictify(bad), &mut out);
+        let fields: Vec<&str> = out.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["format", "quality"]);
     }
 
@@ -458,7 +359,7 @@ mod tests {
             file_compression_level: 0,
         };
         let mut out = Vec::new();
-        let (name, v) = provider_spec(&Provider::Abyssale(m), &mut out);
+        let (name, v) = ps(pb::job_spec::Provider::Abyssale(m), &mut out);
         assert_eq!(name, "abyssale");
         assert_eq!(
             v,
@@ -467,7 +368,7 @@ mod tests {
         );
         let inf = pstruct(vec![("x", pv(Kind::NumberValue(f64::INFINITY)))]);
         struct_to_json(&inf, "elements", &mut out);
-        assert_eq!(out[0].0, "elements.x");
+        assert_eq!(out[0].field, "elements.x");
     }
 
     #[test]

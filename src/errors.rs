@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use adgate_engine::{EngineError, WebhookFailure};
 use adgate_generator::WebhookError;
-use adgate_store::StoreError;
 use http::StatusCode;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -24,21 +23,9 @@ const RETRY_SOON: Duration = Duration::from_secs(1);
 /// Most ids listed in a status message (the full list is in the metadata).
 const MAX_IDS_IN_MESSAGE: usize = 10;
 
-/// A field-level problem in a request, with its full path (`jobs[3].staticadslab.brand_id`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub field: String,
-    pub description: String,
-}
-
-impl Violation {
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
+/// A field-level problem in a request: the one violation type of the whole gateway (the trait
+/// crate's), here with its full request path (`jobs[3].<provider>.brand_id`).
+pub use adgate_generator::FieldViolation as Violation;
 
 /// Everything a gateway RPC can fail with.
 #[derive(Debug)]
@@ -65,7 +52,10 @@ pub enum ApiError {
     MissingCredentials,
     InvalidCredentials,
     ShuttingDown,
-    Store(StoreError),
+    /// A provider could not do it now; retry later.
+    ProviderUnavailable(String),
+    /// A failure inside the gateway; the detail is logged, never sent.
+    Internal(String),
 }
 
 impl From<EngineError> for ApiError {
@@ -89,7 +79,8 @@ impl From<EngineError> for ApiError {
             // Only `Engine::start` refuses an identity, before any call is served; were one
             // to see it, another process being this replica is UNAVAILABLE to this one.
             EngineError::ReplicaIdInUse(_) => Self::ShuttingDown,
-            EngineError::Store(e) => Self::Store(e),
+            EngineError::Internal(e) => Self::Internal(e),
+            EngineError::ProviderUnavailable(m) => Self::ProviderUnavailable(m),
         }
     }
 }
@@ -232,16 +223,12 @@ pub fn to_status(err: ApiError) -> Status {
                 "the gateway is shutting down; retry (another instance may serve you)".to_owned(),
             )
         }
-        E::Store(StoreError::Closed) => {
+        E::ProviderUnavailable(m) => {
             d.set_retry_info(Some(RETRY_SOON));
-            (
-                Code::Unavailable,
-                "SHUTTING_DOWN",
-                "the job store is closing; retry".to_owned(),
-            )
+            (Code::Unavailable, "PROVIDER_UNAVAILABLE", m)
         }
-        E::Store(e) => {
-            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "job store failure");
+        E::Internal(e) => {
+            tracing::error!(error = %e, "internal failure");
             (
                 Code::Internal,
                 "STORE_FAILURE",
@@ -303,12 +290,12 @@ pub fn webhook_status(err: WebhookReject) -> HttpError {
             "MALFORMED_PAYLOAD",
             format!("payload malformed: {why}"),
         ),
-        R::Engine(WebhookFailure::Store(StoreError::Closed)) => (
+        R::Engine(WebhookFailure::ShuttingDown) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "SHUTTING_DOWN",
             "the gateway is shutting down; retry".to_owned(),
         ),
-        R::Engine(WebhookFailure::Store(e)) => {
+        R::Engine(WebhookFailure::Internal(e)) => {
             tracing::error!(error = %e, "job store failure while applying a webhook");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -368,12 +355,12 @@ mod tests {
                 "SHUTTING_DOWN",
             ),
             (
-                EngineError::Store(StoreError::Closed),
+                EngineError::ProviderUnavailable("pictify could not cancel now".into()),
                 Code::Unavailable,
-                "SHUTTING_DOWN",
+                "PROVIDER_UNAVAILABLE",
             ),
             (
-                EngineError::Store(StoreError::Corrupt("row 7 secret".into())),
+                EngineError::Internal("row 7 secret".into()),
                 Code::Internal,
                 "STORE_FAILURE",
             ),
@@ -454,7 +441,8 @@ mod tests {
             ApiError::MissingCredentials,
             ApiError::InvalidCredentials,
             ApiError::ShuttingDown,
-            ApiError::Store(StoreError::Closed),
+            ApiError::ProviderUnavailable("x".into()),
+            ApiError::Internal("x".into()),
         ];
         for e in all {
             let r = reason(&to_status(e));
@@ -493,7 +481,7 @@ mod tests {
                 400,
             ),
             (
-                WebhookReject::Engine(WebhookFailure::Store(StoreError::Corrupt("x".into()))),
+                WebhookReject::Engine(WebhookFailure::Internal("x".into())),
                 500,
             ),
         ];

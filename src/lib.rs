@@ -1,4 +1,4 @@
-//! adgate's server: one gRPC API in front of StaticAdsLab, Pictify and Abyssale.
+//! adgate's server: one gRPC API in front of asynchronous ad-image providers (see `providers`).
 //!
 //! This crate is the thin surface around the engine (`adgate_engine`):
 //! - [`config`]: CLI (`adgate serve`, `adgate sim`), environment (SPEC §5) and TOML settings;
@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod providers;
 pub mod sandbox;
 pub mod service;
+pub mod spec_json;
 
 /// Generated protobuf and gRPC code for `adgate.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
@@ -43,8 +44,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use adgate_engine::Store;
 use adgate_engine::{Engine, EngineConfig, EngineError};
-use adgate_store::{Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -90,13 +91,6 @@ pub enum StartError {
     Http(String),
 }
 
-fn store_message(e: &StoreError) -> String {
-    match std::error::Error::source(e) {
-        Some(src) => format!("{e}: {src}"),
-        None => e.to_string(),
-    }
-}
-
 /// A started gateway: store open, engine running, not yet listening.
 pub struct App {
     engine: Engine,
@@ -120,9 +114,9 @@ impl App {
     pub async fn start(settings: &Settings) -> Result<Self, StartError> {
         let providers = providers::build(settings)?;
         // SQLite by default; `postgres://…` lets several replicas act as one gateway.
-        let store: Arc<dyn Store> = adgate_store::open(&settings.database_url)
+        let store: Arc<dyn Store> = adgate_engine::open_store(&settings.database_url)
             .await
-            .map_err(|e| StartError::Store(store_message(&e)))?;
+            .map_err(|e| StartError::Store(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let config = EngineConfig {
             providers,
@@ -135,7 +129,6 @@ impl App {
         let engine = Engine::start(store.clone(), config, shutdown.clone())
             .await
             .map_err(|e| match e {
-                EngineError::Store(s) => StartError::Engine(store_message(&s)),
                 EngineError::ReplicaIdInUse(id) => StartError::ReplicaIdInUse(id),
                 other => StartError::Engine(other.to_string()),
             })?;
@@ -355,30 +348,28 @@ pub async fn run(mut settings: Settings) -> Result<(), StartError> {
     serve(grpc, http, app, shutdown_signal()).await
 }
 
-/// `adgate sim`: the three simulators alone, until a signal.
+/// `adgate sim`: every provider's simulator alone, until a signal.
 pub async fn run_sims(args: config::SimArgs) -> Result<(), StartError> {
     let cfg = adgate_sim::SimConfig {
         api_key: args.api_key,
         time_scale: args.time_scale,
         ..adgate_sim::SimConfig::default()
     };
-    let bind = |port: u16| async move {
-        TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
-            .await
-            .map_err(StartError::Sandbox)
-    };
-    let sims = [
-        adgate_sim::staticadslab::spawn_on(bind(args.staticadslab_port).await?, cfg.clone()).await,
-        adgate_sim::pictify::spawn_on(bind(args.pictify_port).await?, cfg.clone()).await,
-        adgate_sim::abyssale::spawn_on(bind(args.abyssale_port).await?, cfg).await,
-    ];
     let mut handles = Vec::new();
-    for (name, sim) in ["staticadslab", "pictify", "abyssale"]
-        .into_iter()
-        .zip(sims)
-    {
-        let h = sim.map_err(StartError::Sandbox)?;
-        tracing::info!(provider = name, url = %h.base_url, "simulator running");
+    for sim in adgate_sim::SIMULATORS {
+        let port = args
+            .sim_ports
+            .iter()
+            .rev()
+            .find(|(name, _)| name == sim.name)
+            .map_or(0, |(_, p)| *p);
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+            .await
+            .map_err(StartError::Sandbox)?;
+        let h = (sim.spawn_on)(listener, cfg.clone())
+            .await
+            .map_err(StartError::Sandbox)?;
+        tracing::info!(provider = sim.name, url = %h.base_url, "simulator running");
         handles.push(h);
     }
     shutdown_signal().await;

@@ -1,29 +1,16 @@
-//! The provider registry: one row per provider. Adding a fourth provider takes one adapter
-//! crate, one row in [`REGISTRY`] (its builder is a few lines below) and nothing else: the
-//! configuration reads `ADGATE_<NAME>_API_KEY` / `_BASE_URL` / `_WEBHOOK_SECRET` and
-//! `[providers.<name>]` for every registered name.
+//! The provider registry: one row per provider, and the only place in `src/` that names one.
+//! Adding a provider takes its adapter crate (which exports `NAME`, `DEFAULT_BASE_URL` and
+//! `build`), its simulator (one line in `adgate_sim::SIMULATORS`), its message in the proto's
+//! `JobSpec.provider` oneof, and one row here: configuration (`ADGATE_<NAME>_API_KEY` /
+//! `_BASE_URL` / `_WEBHOOK_SECRET`, `[providers.<name>]`), help text, validation messages, the
+//! sandbox and `adgate sim` all follow from the registry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use adgate_engine::ProviderSetup;
-use adgate_generator::{GenError, Generator, Limits};
+use adgate_generator::{Build, Limits, ProviderContext};
 
 use crate::config::{ConfigError, LimitOverrides, Settings};
-
-/// What a builder gets: one provider's resolved settings.
-#[derive(Debug)]
-pub struct ProviderContext<'a> {
-    pub api_key: &'a str,
-    pub base_url: &'a str,
-    pub webhook_secret: Option<&'a str>,
-    /// `{ADGATE_PUBLIC_URL}/webhooks/<name>` when a public URL is configured.
-    pub webhook_url: Option<String>,
-    pub request_timeout: Duration,
-    pub limits: &'a LimitOverrides,
-}
-
-type Build = fn(&ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError>;
 
 /// One registered provider.
 pub struct Entry {
@@ -32,65 +19,24 @@ pub struct Entry {
     build: Build,
 }
 
+macro_rules! provider {
+    ($krate:ident) => {
+        Entry {
+            name: $krate::NAME,
+            default_base_url: $krate::DEFAULT_BASE_URL,
+            build: $krate::build,
+        }
+    };
+}
+
 /// The registry.
 pub const REGISTRY: &[Entry] = &[
-    Entry {
-        name: adgate_staticadslab::NAME,
-        default_base_url: adgate_staticadslab::DEFAULT_BASE_URL,
-        build: staticadslab,
-    },
-    Entry {
-        name: adgate_pictify::NAME,
-        default_base_url: adgate_pictify::DEFAULT_BASE_URL,
-        build: pictify,
-    },
-    Entry {
-        name: adgate_abyssale::NAME,
-        default_base_url: adgate_abyssale::DEFAULT_BASE_URL,
-        build: abyssale,
-    },
+    provider!(adgate_staticadslab),
+    provider!(adgate_pictify),
+    provider!(adgate_abyssale),
 ];
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn staticadslab(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
-    let mut cfg = adgate_staticadslab::StaticAdsLabConfig::new(cx.api_key);
-    cfg.base_url = cx.base_url.to_owned();
-    cfg.request_timeout = cx.request_timeout;
-    if let Some(n) = cx.limits.max_keys_per_poll {
-        cfg.ids_per_poll = n;
-    }
-    Ok(Arc::new(adgate_staticadslab::StaticAdsLab::new(cfg)?))
-}
-
-fn pictify(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
-    let mut cfg = adgate_pictify::PictifyConfig::new(cx.api_key);
-    cfg.base_url = cx.base_url.to_owned();
-    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
-    cfg.webhooks_reachable = cx.webhook_url.is_some();
-    cfg.request_timeout = cx.request_timeout;
-    if let Some(n) = cx.limits.max_items_per_submit {
-        cfg.batch_size = n;
-    }
-    // A plan's budget is given per minute; other windows are applied to the limits only.
-    if let (Some(r), None | Some(60.0)) = (cx.limits.requests, cx.limits.window_secs) {
-        cfg.requests_per_minute = r;
-    }
-    Ok(Arc::new(adgate_pictify::Pictify::new(cfg)?))
-}
-
-fn abyssale(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
-    let mut cfg = adgate_abyssale::AbyssaleConfig::new(cx.api_key);
-    cfg.base_url = cx.base_url.to_owned();
-    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
-    // Only ask for callbacks we can verify.
-    cfg.callback_url = cx.webhook_secret.and(cx.webhook_url.clone());
-    cfg.request_timeout = cx.request_timeout;
-    if let (Some(r), None | Some(1.0)) = (cx.limits.requests, cx.limits.window_secs) {
-        cfg.requests_per_second = r;
-    }
-    Ok(Arc::new(adgate_abyssale::Abyssale::new(cfg)?))
-}
 
 /// Names of every registered provider.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -122,7 +68,13 @@ pub fn build(settings: &Settings) -> Result<Vec<ProviderSetup>, ConfigError> {
                 .as_ref()
                 .map(|u| format!("{u}/webhooks/{}", entry.name)),
             request_timeout: p.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-            limits: &p.limits,
+            requests: p.limits.requests,
+            window: p
+                .limits
+                .window_secs
+                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            max_items_per_submit: p.limits.max_items_per_submit,
+            max_keys_per_poll: p.limits.max_keys_per_poll,
         };
         // Adapter errors describe configuration fields, never their secret values.
         let generator = (entry.build)(&cx).map_err(|e| {

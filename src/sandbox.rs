@@ -1,4 +1,4 @@
-//! `--sandbox`: the three provider simulators in-process on loopback, with per-run random keys
+//! `--sandbox`: every provider's simulator in-process on loopback, with per-run random keys
 //! and webhook secrets, webhooks delivered to this gateway's HTTP listener, and the world
 //! sped up twenty times. Anything configured explicitly still wins: a provider with an
 //! explicit base URL is left alone, and an explicit key, secret, public URL or time scale is
@@ -48,12 +48,8 @@ async fn spawn(
     listener: TcpListener,
     cfg: SimConfig,
 ) -> Option<std::io::Result<SimHandle>> {
-    Some(match name {
-        adgate_staticadslab::NAME => adgate_sim::staticadslab::spawn_on(listener, cfg).await,
-        adgate_pictify::NAME => adgate_sim::pictify::spawn_on(listener, cfg).await,
-        adgate_abyssale::NAME => adgate_sim::abyssale::spawn_on(listener, cfg).await,
-        _ => return None,
-    })
+    let entry = adgate_sim::simulator(name)?;
+    Some((entry.spawn_on)(listener, cfg).await)
 }
 
 /// The address the simulators deliver webhooks to (loopback when listening on all interfaces).

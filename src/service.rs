@@ -19,6 +19,7 @@ use crate::errors::{ApiError, Violation, job_field};
 use crate::metrics::GrpcMetrics;
 use crate::pb;
 use crate::pb::gateway_service_server::GatewayService;
+use crate::spec_json;
 
 /// Most ids one BatchStatus may name.
 pub const MAX_BATCH_STATUS_IDS: usize = 1_000;
@@ -91,25 +92,27 @@ impl Gateway {
         let mut jobs = Vec::with_capacity(req.jobs.len());
         for (i, spec) in req.jobs.into_iter().enumerate() {
             let deadline = convert::check_envelope(i, &spec, &mut violations);
-            let Some(provider) = &spec.provider else {
+            let mut conv = Vec::new();
+            let Some((name, json)) = spec_json::provider_spec(&spec, &mut conv) else {
                 violations.push(Violation::new(
                     format!("jobs[{i}].provider"),
-                    "exactly one of staticadslab, pictify, abyssale is required",
+                    format!(
+                        "exactly one of {} is required",
+                        spec_json::proto_providers().join(", ")
+                    ),
                 ));
                 continue;
             };
-            let mut conv = Vec::new();
-            let (name, json) = convert::provider_spec(provider, &mut conv);
             violations.extend(
                 conv.into_iter()
-                    .map(|(f, d)| Violation::new(job_field(i, name, &f), d)),
+                    .map(|v| Violation::new(job_field(i, &name, &v.field), v.description)),
             );
-            if !configured.contains(name) {
+            if !configured.contains(&name) {
                 unconfigured.get_or_insert((name, i));
                 continue;
             }
             let job = JobRequest {
-                provider: name.to_owned(),
+                provider: name,
                 spec: json,
                 client_ref: spec.client_ref,
                 labels: spec.labels.into_iter().collect(),
@@ -131,8 +134,8 @@ impl Gateway {
         }
         if let Some((name, i)) = unconfigured {
             return Err(ApiError::ProviderNotConfigured {
-                provider: name.to_owned(),
                 field: format!("jobs[{i}].{name}"),
+                provider: name,
             });
         }
         Ok(SubmitCommand {

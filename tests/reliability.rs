@@ -79,7 +79,7 @@ async fn abyssale_generation_design(sims: &Sims, gen_id: &str) -> String {
         let resp = reqwest::Client::new()
             .get(format!(
                 "{}/generation-request/{gen_id}",
-                sims.abyssale.base_url
+                sims.get("abyssale").base_url
             ))
             .header("x-api-key", &sims.accounts["abyssale"].api_key)
             .send()
@@ -225,8 +225,8 @@ async fn crash_recovery_kill_9_twice() {
     // StaticAdsLab and Pictify: one creation per idempotency key (replays are not creations),
     // exactly one charge per completed job, no charge for anything else.
     for (name, sim) in [
-        ("staticadslab", &sims.staticadslab),
-        ("pictify", &sims.pictify),
+        ("staticadslab", &sims.get("staticadslab")),
+        ("pictify", &sims.get("pictify")),
     ] {
         let js = &by_provider[name];
         let charges = sim.ledger.charges_by_job();
@@ -280,7 +280,7 @@ async fn crash_recovery_kill_9_twice() {
         .collect();
     // Orphaned generations finish within one job duration; wait until every created one has
     // been charged (one format each, no failures configured).
-    let ledger = sims.abyssale.ledger.clone();
+    let ledger = sims.get("abyssale").ledger.clone();
     wait_for(
         "abyssale generations finished",
         Duration::from_secs(10),
@@ -326,8 +326,8 @@ async fn crash_recovery_kill_9_twice() {
     }
     assert_eq!(ledger.creations(), completed.len() as u64);
 
-    let sal = &sims.staticadslab.ledger;
-    let pic = &sims.pictify.ledger;
+    let sal = &sims.get("staticadslab").ledger;
+    let pic = &sims.get("pictify").ledger;
     println!(
         "crash recovery: {JOBS} jobs, kill -9 after {kills:?} acknowledged jobs; all terminal \
          {:.1}s after the second restart",
@@ -397,7 +397,7 @@ async fn chaos_every_fault_at_once() {
     // One more 429 burst while the run goes on, armed once the first is spent. Each 429 costs
     // a whole (scaled) rate window: the gateway honours Retry-After, so bursts are kept short.
     let rearm = {
-        let handles: Vec<_> = sims.all().iter().map(|(_, h)| h.faults.clone()).collect();
+        let handles: Vec<_> = sims.all().map(|(_, h)| h.faults.clone()).collect();
         tokio::spawn(async move {
             for _ in 0..1 {
                 loop {
@@ -503,8 +503,8 @@ async fn chaos_every_fault_at_once() {
 
     // Exactly-once still holds for the idempotent providers under chaos.
     for (name, sim) in [
-        ("staticadslab", &sims.staticadslab),
-        ("pictify", &sims.pictify),
+        ("staticadslab", &sims.get("staticadslab")),
+        ("pictify", &sims.get("pictify")),
     ] {
         let charges = sim.ledger.charges_by_job();
         for j in jobs.iter().filter(|j| j.provider == name) {
@@ -525,7 +525,7 @@ async fn chaos_every_fault_at_once() {
     // COMPLETED job — an answer lost to a cut connection or a malformed body is reconciled by
     // the callback. UNKNOWN_OUTCOME is left only to submits that created nothing (a 5xx).
     let aby_done = outcome.get("abyssale:Completed").copied().unwrap_or(0) as u64;
-    let created = sims.abyssale.ledger.creations();
+    let created = sims.get("abyssale").ledger.creations();
     assert_eq!(
         created, aby_done,
         "abyssale: {created} creations but {aby_done} completed jobs: paid work lost"
@@ -748,7 +748,7 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
         }
     })
     .await;
-    for h in [&sims.pictify, &sims.abyssale] {
+    for h in [sims.get("pictify"), sims.get("abyssale")] {
         h.update_faults(|f| f.submit_answer_delay = Duration::from_secs(5));
     }
     let mut env = sims.env();
@@ -770,8 +770,8 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
         "the providers created the work",
         Duration::from_secs(20),
         || {
-            let pic = sims.pictify.ledger.creations();
-            let aby = sims.abyssale.ledger.creations();
+            let pic = sims.get("pictify").ledger.creations();
+            let aby = sims.get("abyssale").ledger.creations();
             async move { pic >= 1 && aby >= 4 }
         },
     )
@@ -781,7 +781,6 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
     wait_for("pushes refused while down", Duration::from_secs(20), || {
         let refused = sims
             .all()
-            .iter()
             .flat_map(|(_, h)| h.ledger.webhooks())
             .filter(|w| w.status.is_none() && !w.suppressed)
             .count();
@@ -801,7 +800,7 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
     })
     .await;
     let jobs = statuses(&mut client, &ids).await.unwrap();
-    let pic_charges = sims.pictify.ledger.charges_by_job();
+    let pic_charges = sims.get("pictify").ledger.charges_by_job();
     let mut urls = HashSet::new();
     for j in jobs.iter().filter(|j| j.provider == "pictify") {
         assert_eq!(state(j), pb::JobState::Completed, "{j:?}");
@@ -809,10 +808,13 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
         urls.insert(j.outputs[0].url.clone());
     }
     assert_eq!(urls.len(), PICTIFY_JOBS, "each Pictify item its own URL");
-    assert_eq!(sims.pictify.ledger.total_charges(), PICTIFY_JOBS as u64);
+    assert_eq!(
+        sims.get("pictify").ledger.total_charges(),
+        PICTIFY_JOBS as u64
+    );
     assert!(pic_charges.values().all(|n| *n == 1), "{pic_charges:?}");
     assert!(
-        sims.pictify
+        sims.get("pictify")
             .ledger
             .creations_by_key()
             .values()
@@ -820,7 +822,12 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
         "a Pictify batch created twice"
     );
     let aby: Vec<&pb::Job> = jobs.iter().filter(|j| j.provider == "abyssale").collect();
-    let created: HashSet<String> = sims.abyssale.ledger.created_ids().into_iter().collect();
+    let created: HashSet<String> = sims
+        .get("abyssale")
+        .ledger
+        .created_ids()
+        .into_iter()
+        .collect();
     assert_eq!(
         created.len(),
         ABYSSALE_JOBS,
@@ -846,8 +853,8 @@ async fn kill_9_with_pushes_in_flight(postgres: bool) {
         "kill -9 with pushes in flight (postgres={postgres}): {PICTIFY_JOBS} Pictify + \
          {ABYSSALE_JOBS} Abyssale jobs COMPLETED; pictify {} requests, abyssale {} requests; \
          webhooks applied {} kept {}",
-        sims.pictify.ledger.total_requests(),
-        sims.abyssale.ledger.total_requests(),
+        sims.get("pictify").ledger.total_requests(),
+        sims.get("abyssale").ledger.total_requests(),
         metric_sum(&metrics, "adgate_webhooks_total", &["outcome=\"applied\""]),
         metric_sum(&metrics, "adgate_webhooks_total", &["outcome=\"kept\""]),
     );

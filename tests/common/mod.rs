@@ -62,13 +62,7 @@ pub async fn sim(
         }),
         ..cfg
     };
-    let handle = match name {
-        STATICADSLAB => adgate_sim::staticadslab::spawn(cfg).await,
-        PICTIFY => adgate_sim::pictify::spawn(cfg).await,
-        ABYSSALE => adgate_sim::abyssale::spawn(cfg).await,
-        other => panic!("no simulator named {other}"),
-    }
-    .unwrap();
+    let handle = adgate_sim::spawn(name, cfg).await.unwrap();
     Sim {
         name,
         handle,

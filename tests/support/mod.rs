@@ -35,16 +35,15 @@ pub struct Account {
     pub webhook_secret: String,
 }
 
-/// The three simulators, with the accounts the gateway is configured with.
+/// Every provider's simulator (from `adgate_sim::SIMULATORS`), with the accounts the gateway
+/// is configured with.
 pub struct Sims {
-    pub staticadslab: SimHandle,
-    pub pictify: SimHandle,
-    pub abyssale: SimHandle,
+    handles: Vec<(&'static str, SimHandle)>,
     pub accounts: HashMap<&'static str, Account>,
 }
 
 impl Sims {
-    /// Start the three simulators at `time_scale`, delivering webhooks to
+    /// Start every simulator at `time_scale`, delivering webhooks to
     /// `http://127.0.0.1:{http_port}/webhooks/<provider>`. `tweak` adjusts each config (by provider name).
     pub async fn start(
         time_scale: f64,
@@ -54,7 +53,8 @@ impl Sims {
     ) -> Self {
         let mut accounts = HashMap::new();
         let mut handles = Vec::new();
-        for name in ["staticadslab", "pictify", "abyssale"] {
+        for entry in adgate_sim::SIMULATORS {
+            let name = entry.name;
             let account = Account {
                 api_key: format!("{tag}_{name}_apikey_7f3a9c"),
                 webhook_secret: format!("{tag}_{name}_whsec_51e8b2"),
@@ -70,32 +70,25 @@ impl Sims {
                 ..SimConfig::default()
             };
             tweak(name, &mut cfg);
-            let h = match name {
-                "staticadslab" => adgate_sim::staticadslab::spawn(cfg).await,
-                "pictify" => adgate_sim::pictify::spawn(cfg).await,
-                _ => adgate_sim::abyssale::spawn(cfg).await,
-            }
-            .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let h = (entry.spawn_on)(listener, cfg).await.unwrap();
             accounts.insert(name, account);
-            handles.push(h);
+            handles.push((name, h));
         }
-        let abyssale = handles.pop().unwrap();
-        let pictify = handles.pop().unwrap();
-        let staticadslab = handles.pop().unwrap();
-        Self {
-            staticadslab,
-            pictify,
-            abyssale,
-            accounts,
-        }
+        Self { handles, accounts }
     }
 
-    pub fn all(&self) -> [(&'static str, &SimHandle); 3] {
-        [
-            ("staticadslab", &self.staticadslab),
-            ("pictify", &self.pictify),
-            ("abyssale", &self.abyssale),
-        ]
+    /// The simulator of `provider`.
+    pub fn get(&self, provider: &str) -> &SimHandle {
+        self.handles
+            .iter()
+            .find(|(n, _)| *n == provider)
+            .map(|(_, h)| h)
+            .unwrap_or_else(|| panic!("no simulator for {provider}"))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &SimHandle)> {
+        self.handles.iter().map(|(n, h)| (*n, h))
     }
 
     /// Environment that points the gateway at these simulators.
@@ -115,9 +108,9 @@ impl Sims {
     }
 
     pub fn shutdown(self) {
-        self.staticadslab.shutdown();
-        self.pictify.shutdown();
-        self.abyssale.shutdown();
+        for (_, h) in self.handles {
+            h.shutdown();
+        }
     }
 }
 

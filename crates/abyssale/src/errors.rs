@@ -1,7 +1,8 @@
 //! Classifying Abyssale's answers: the error envelope, rate-limit headers and transport errors.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use adgate_generator::ratelimit;
 use adgate_generator::{FieldViolation, GenError, RateLimitSnapshot};
 use http::{HeaderMap, StatusCode};
 
@@ -133,44 +134,12 @@ fn spec_path(provider_path: &str) -> String {
 
 /// `Retry-After` in seconds (the only form Abyssale documents).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    ratelimit::retry_after(headers)
 }
 
 /// `X-RateLimit-Limit/Remaining/Reset`; Reset is Unix seconds [AB-TS] `headers`.
 pub fn rate_snapshot(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitSnapshot> {
-    let num = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    let remaining = u32::try_from(num("x-ratelimit-remaining")?).unwrap_or(u32::MAX);
-    let reset = num("x-ratelimit-reset")?;
-    let now_s = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    Some(RateLimitSnapshot {
-        limit: num("x-ratelimit-limit").and_then(|l| u32::try_from(l).ok()),
-        remaining,
-        reset_after: Duration::from_secs(reset.saturating_sub(now_s)),
-    })
-}
-
-/// A request that failed in transport. Only a connection that was never made is known not to
-/// have reached Abyssale; a timeout or reset after sending may have created billable work.
-pub fn transport_error(err: reqwest::Error, sent_unsafe: bool) -> GenError {
-    if err.is_connect() || err.is_builder() {
-        return GenError::transient_from("could not reach Abyssale", err);
-    }
-    if sent_unsafe {
-        GenError::unknown_outcome_from("Abyssale's answer was lost after sending", err)
-    } else {
-        // A lost GET can simply be asked again.
-        GenError::transient_from("Abyssale's answer was lost", err)
-    }
+    ratelimit::snapshot(headers, ratelimit::X_RATELIMIT_UNIX, now)
 }
 
 #[cfg(test)]
@@ -308,7 +277,7 @@ mod tests {
         h.insert("x-ratelimit-limit", HeaderValue::from_static("60"));
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("12"));
         h.insert("x-ratelimit-reset", HeaderValue::from_static("1700000030"));
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let s = rate_snapshot(&h, now).unwrap();
         assert_eq!(s.limit, Some(60));
         assert_eq!(s.remaining, 12);

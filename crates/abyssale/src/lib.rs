@@ -20,21 +20,23 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use adgate_generator::callback;
 use adgate_generator::signature::{self, DEFAULT_TOLERANCE};
 use adgate_generator::{
-    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed, ProviderUpdate,
-    PushChannels, RemoteState, RequestBudget, SubmitBatch, UpdateTarget, WebhookError,
-    WebhookEvent,
+    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
+    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
+    UpdateTarget, WebhookError, WebhookEvent,
 };
 use async_trait::async_trait;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::errors::{map_error, rate_snapshot, transport_error};
+use adgate_generator::transport::{self, Effect};
+
+use crate::errors::{map_error, rate_snapshot};
 use crate::wire::{GenerateBody, GenerateResponse, Status};
 
 pub const NAME: &str = "abyssale";
@@ -254,18 +256,15 @@ impl Generator for Abyssale {
             .json(&body)
             .send()
             .await
-            .map_err(|e| transport_error(e, true))?;
+            .map_err(|e| transport::request_failed(NAME, e, Effect::Write))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());
         // The POST was answered; losing the body of a success still means work was created.
-        let bytes = resp.bytes().await.map_err(|e| {
-            if status.is_success() {
-                GenError::unknown_outcome_from("lost the body of an accepted generate", e)
-            } else {
-                GenError::transient_from("lost the body of an error response", e)
-            }
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport::body_lost(NAME, status.is_success(), e, Effect::Write))?;
         if status.is_server_error() {
             // A 5xx to a POST "may already have billed" — the SDK never retries one [AB-TS]
             // middleware.ts — and Abyssale takes no idempotency key, so it must not be resent.
@@ -330,14 +329,14 @@ impl Generator for Abyssale {
             .header("x-api-key", &self.cfg.api_key)
             .send()
             .await
-            .map_err(|e| transport_error(e, false))?;
+            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| GenError::transient_from("lost the body of a status response", e))?;
+            .map_err(|e| transport::body_lost(NAME, status.is_success(), e, Effect::Read))?;
         let update = match status {
             StatusCode::OK | StatusCode::ACCEPTED => {
                 let body: Status = serde_json::from_slice(&bytes)
@@ -359,7 +358,7 @@ impl Generator for Abyssale {
                 ProviderUpdate::failed(
                     target,
                     adgate_generator::JobError::new(
-                        "RESULT_EXPIRED",
+                        adgate_generator::codes::RESULT_EXPIRED,
                         "Abyssale keeps generation requests for 7 days; this one is gone",
                         true,
                     )
@@ -438,6 +437,23 @@ impl Generator for Abyssale {
             ..WebhookEvent::default()
         })
     }
+}
+
+/// Build the adapter from the gateway's resolved settings (the registry's one line).
+pub fn build(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = AbyssaleConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
+    // Only ask for callbacks we can verify.
+    cfg.callback_url = cx.webhook_secret.and(cx.webhook_url.clone());
+    cfg.request_timeout = cx.request_timeout;
+    if let (Some(r), None) = (
+        cx.requests,
+        cx.window.filter(|w| *w != Duration::from_secs(1)),
+    ) {
+        cfg.requests_per_second = r;
+    }
+    Ok(Arc::new(Abyssale::new(cfg)?))
 }
 
 #[cfg(test)]

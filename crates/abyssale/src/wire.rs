@@ -202,8 +202,12 @@ pub fn to_update(
         };
         return ProviderUpdate::failed(
             target,
-            JobError::new("PROVIDER_JOB_FAILED", message, retryable)
-                .with_provider_code(provider_code),
+            JobError::new(
+                adgate_generator::codes::PROVIDER_JOB_FAILED,
+                message,
+                retryable,
+            )
+            .with_provider_code(provider_code),
         );
     }
     let mut update = ProviderUpdate::completed(target, outputs);

@@ -66,8 +66,10 @@ pub async fn seed_100k() -> Res<(World, Seeded)> {
             let mut items = Vec::new();
             for k in 0..n {
                 let spec = world::job_for(provider, i + k);
-                let Some(p) = &spec.provider else { continue };
-                let (_, json) = adgate::convert::provider_spec(p, &mut Vec::new());
+                let Some((_, json)) = adgate::spec_json::provider_spec(&spec, &mut Vec::new())
+                else {
+                    continue;
+                };
                 next_id += 1;
                 items.push(SubmitItem {
                     job_id: format!("job_{next_id:020x}"),

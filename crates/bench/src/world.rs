@@ -139,11 +139,9 @@ impl World {
 
     pub async fn start_sims(&mut self) -> Res<()> {
         for (s, listener, cfg) in self.pending.drain(..) {
-            let h = match s.provider {
-                SAL => adgate_sim::staticadslab::spawn_on(listener, cfg).await?,
-                PICTIFY => adgate_sim::pictify::spawn_on(listener, cfg).await?,
-                _ => adgate_sim::abyssale::spawn_on(listener, cfg).await?,
-            };
+            let entry = adgate_sim::simulator(s.provider)
+                .ok_or_else(|| format!("no simulator for {}", s.provider))?;
+            let h = (entry.spawn_on)(listener, cfg).await?;
             self.sims.insert(s.provider, h);
         }
         Ok(())

@@ -650,8 +650,18 @@ impl Engine {
     ) -> Result<(), EngineError> {
         rt.acquire(&self.shared, crate::budget::Priority::Submit)
             .await;
-        rt.generator.cancel(poll_key).await.map_err(|e| {
-            EngineError::FailedPrecondition(format!("{} refused the cancel: {e}", rt.name))
+        rt.generator.cancel(poll_key).await.map_err(|e| match e {
+            // Nothing to do later either: the provider cannot cancel this.
+            adgate_generator::GenError::Unsupported(_)
+            | adgate_generator::GenError::Invalid { .. }
+            | adgate_generator::GenError::Permanent { .. } => {
+                EngineError::FailedPrecondition(format!("{} refused the cancel: {e}", rt.name))
+            }
+            // Unreachable, rate-limited, refused for now: the caller may simply retry.
+            other => EngineError::ProviderUnavailable(format!(
+                "{} could not cancel now: {other}; retry",
+                rt.name
+            )),
         })?;
         let ids = jobs
             .into_iter()

@@ -1,7 +1,18 @@
-//! The engine's errors. The server maps each variant to a gRPC status in one table.
+//! The engine's errors. The server maps each variant to a gRPC status in one table. Store
+//! failures become the engine's own [`EngineError::ShuttingDown`] (the store is closing) or
+//! [`EngineError::Internal`] (anything else: logged by the server, never sent to a caller), so
+//! the server never sees the store's error type.
 
 use adgate_generator::{FieldViolation, WebhookError};
 use adgate_store::StoreError;
+
+/// A store error with its source chain, for logs.
+fn describe(e: &StoreError) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -27,12 +38,27 @@ pub enum EngineError {
     #[error("the gateway is shutting down")]
     ShuttingDown,
 
+    /// The provider could not do it now (unreachable, rate-limited, a transient refusal):
+    /// the same call may succeed later.
+    #[error("{0}")]
+    ProviderUnavailable(String),
+
     /// At start-up: another live process already runs under this replica id.
     #[error("replica id {0:?} is in use by another live process on this store")]
     ReplicaIdInUse(String),
 
-    #[error("job store failure")]
-    Store(#[from] StoreError),
+    /// Something failed inside the gateway (the job store): the detail is for logs only.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => Self::ShuttingDown,
+            other => Self::Internal(describe(&other)),
+        }
+    }
 }
 
 /// Why a webhook delivery was refused; the HTTP listener maps each to a status.
@@ -42,6 +68,18 @@ pub enum WebhookFailure {
     UnknownProvider(String),
     #[error(transparent)]
     Rejected(#[from] WebhookError),
-    #[error("job store failure")]
-    Store(#[from] StoreError),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The event could not be recorded (the job store): the provider should retry.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for WebhookFailure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => Self::ShuttingDown,
+            other => Self::Internal(describe(&other)),
+        }
+    }
 }

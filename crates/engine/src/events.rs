@@ -321,7 +321,7 @@ pub(crate) fn to_patch(
             p.state = Some(JobState::Failed);
             p.error = Some(u.error.clone().unwrap_or_else(|| {
                 JobError::new(
-                    "PROVIDER_JOB_FAILED",
+                    codes::PROVIDER_JOB_FAILED,
                     "the provider reported a failure",
                     true,
                 )

@@ -33,6 +33,9 @@ pub mod metrics;
 mod replica;
 pub mod tracker;
 
+/// The records and the store the engine works on, re-exported so the server needs no store
+/// dependency of its own.
+pub use adgate_store::{JobRecord, Store};
 pub use bus::Watch;
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,
@@ -41,13 +44,10 @@ pub use engine::{
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
 
-/// Stable error codes the engine writes into failed jobs. Callers switch on these.
-pub mod codes {
-    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
-    pub const UNKNOWN_OUTCOME: &str = "UNKNOWN_OUTCOME";
-    pub const INSUFFICIENT_BALANCE: &str = "INSUFFICIENT_BALANCE";
-    pub const PROVIDER_REJECTED: &str = "PROVIDER_REJECTED";
-    pub const PROVIDER_AUTH_FAILED: &str = "PROVIDER_AUTH_FAILED";
-    pub const PROVIDER_JOB_NOT_FOUND: &str = "PROVIDER_JOB_NOT_FOUND";
-    pub const CANCELLED_BY_CALLER: &str = "CANCELLED_BY_CALLER";
+/// Stable error codes callers switch on (defined once, in the trait crate).
+pub use adgate_generator::codes;
+
+/// Open the job store that `url` names (`sqlite:` or `postgres://`), as the engine's error.
+pub async fn open_store(url: &str) -> Result<std::sync::Arc<dyn Store>, EngineError> {
+    Ok(adgate_store::open(url).await?)
 }

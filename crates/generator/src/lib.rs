@@ -9,12 +9,14 @@
 //! - [`error`]: the small error taxonomy adapters report ([`GenError`]).
 //! - [`signature`]: `t=…,v1=…` HMAC-SHA256 webhook signatures, shared by adapters and simulators.
 //! - [`context`]: [`ProviderContext`], what a provider's `build` function gets.
+//! - [`codes`]: the public job error codes, defined once.
 //! - [`callback`]: a job's identity in a callback URL, so a callback binds without a provider ref.
 //! - [`transport`]: the one rule for a request that got no answer (may it be resent?).
 //! - [`ratelimit`]: `Retry-After` and rate-limit headers, for every adapter.
 //! - [`time`]: RFC 3339 formatting without a calendar dependency.
 
 pub mod callback;
+pub mod codes;
 pub mod context;
 pub mod error;
 pub mod generator;

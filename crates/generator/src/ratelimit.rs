@@ -42,9 +42,16 @@ pub const IETF_SECONDS: Headers = Headers {
     reset_kind: Reset::Seconds,
 };
 
-/// A header as a non-negative integer.
+/// A header as a non-negative integer; a fractional value is rounded up (a provider that
+/// writes `1.5` seconds means "not before 1.5 s").
 pub fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+    let text = headers.get(name)?.to_str().ok()?.trim();
+    text.parse::<u64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e15)
+            .map(|f| f.ceil() as u64)
+    })
 }
 
 /// `Retry-After` in delta-seconds (the form every provider here documents).
@@ -58,6 +65,8 @@ pub fn snapshot(headers: &HeaderMap, names: Headers, now: SystemTime) -> Option<
     let reset = header_u64(headers, names.reset)?;
     let reset_after = match names.reset_kind {
         Reset::Seconds => reset,
+        // Anything before 2001-09-09 cannot be a reset time: a provider sending a delta.
+        Reset::UnixTime if reset < 1_000_000_000 => reset,
         Reset::UnixTime => {
             let now_s = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             reset.saturating_sub(now_s)
@@ -101,10 +110,32 @@ mod tests {
         assert_eq!((s.limit, s.remaining), (None, 7));
         assert_eq!(s.reset_after, Duration::from_secs(30));
         // A reset in the past is now; missing or garbled headers are no reading.
-        let past = headers(&[("x-ratelimit-remaining", "1"), ("x-ratelimit-reset", "5")]);
-        assert_eq!(snapshot(&past, X_RATELIMIT_UNIX, now).unwrap().reset_after, Duration::ZERO);
-        assert!(snapshot(&headers(&[("x-ratelimit-remaining", "x")]), X_RATELIMIT_UNIX, now).is_none());
-        assert_eq!(retry_after(&headers(&[("retry-after", " 12 ")])), Some(Duration::from_secs(12)));
+        let past = headers(&[
+            ("x-ratelimit-remaining", "1"),
+            ("x-ratelimit-reset", "1600000000"),
+        ]);
+        assert_eq!(
+            snapshot(&past, X_RATELIMIT_UNIX, now).unwrap().reset_after,
+            Duration::ZERO
+        );
+        let delta = headers(&[
+            ("x-ratelimit-remaining", "1.0"),
+            ("x-ratelimit-reset", "5.5"),
+        ]);
+        let s = snapshot(&delta, X_RATELIMIT_UNIX, now).unwrap();
+        assert_eq!((s.remaining, s.reset_after), (1, Duration::from_secs(6)));
+        assert!(
+            snapshot(
+                &headers(&[("x-ratelimit-remaining", "x")]),
+                X_RATELIMIT_UNIX,
+                now
+            )
+            .is_none()
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", " 12 ")])),
+            Some(Duration::from_secs(12))
+        );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
     }
 }

@@ -4,8 +4,9 @@
 //! `{"error", "code"}`, template endpoints `{"message", "errors"?}`, and the docs describe RFC 9457
 //! `{title, detail, errors?}`. We read `error` || `message` || `detail` || `title`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use adgate_generator::ratelimit;
 use adgate_generator::{FieldViolation, GenError, RateLimitSnapshot};
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -121,66 +122,18 @@ fn violations_of(v: &Value) -> Vec<FieldViolation> {
 
 /// `Retry-After` (seconds) header, else `retryAfter` / `retry_after` in the body.
 fn retry_after(headers: &HeaderMap, body: &Value) -> Option<Duration> {
-    let header = headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok());
     let body = ["retryAfter", "retry_after"]
         .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_f64));
-    header
-        .or(body)
+        .find_map(|k| body.get(*k).and_then(Value::as_f64))
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+    ratelimit::retry_after(headers).or(body)
 }
 
 /// `X-RateLimit-Limit/Remaining/Reset`; Reset is a Unix timestamp in seconds
-/// [PX-LIVE:api-reference/overview]. A value too small to be a timestamp is read as seconds.
+/// [PX-LIVE:api-reference/overview].
 pub fn rate_snapshot(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitSnapshot> {
-    let num = |name: &str| -> Option<u64> {
-        headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f.ceil() as u64)
-    };
-    let remaining = u32::try_from(num("x-ratelimit-remaining")?).unwrap_or(u32::MAX);
-    let limit = num("x-ratelimit-limit").map(|l| u32::try_from(l).unwrap_or(u32::MAX));
-    let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let reset_after = match num("x-ratelimit-reset") {
-        // Anything before 2001-09-09 is a delta, not a timestamp.
-        Some(r) if r < 1_000_000_000 => Duration::from_secs(r),
-        Some(r) => Duration::from_secs(r.saturating_sub(now_s)),
-        None => Duration::from_secs(60),
-    };
-    Some(RateLimitSnapshot {
-        limit,
-        remaining,
-        reset_after,
-    })
-}
-
-/// A request that got no HTTP response. `has_effects`: the request may change provider state
-/// (batch-render, cancel); a GET poll can always be repeated.
-pub fn send_error(e: reqwest::Error, has_effects: bool) -> GenError {
-    if e.is_builder() {
-        return GenError::Permanent {
-            message: "could not build the request to Pictify".to_owned(),
-            provider_code: String::new(),
-        };
-    }
-    if e.is_connect() {
-        return GenError::transient_from("could not connect to Pictify", e);
-    }
-    if has_effects {
-        GenError::unknown_outcome_from("Pictify request sent but no complete response", e)
-    } else {
-        GenError::transient_from("Pictify request failed", e)
-    }
+    ratelimit::snapshot(headers, ratelimit::X_RATELIMIT_UNIX, now)
 }
 
 #[cfg(test)]
@@ -263,7 +216,7 @@ mod tests {
 
     #[test]
     fn reset_header_is_a_unix_timestamp() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-limit", HeaderValue::from_static("60"));
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("12"));

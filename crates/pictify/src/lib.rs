@@ -25,12 +25,14 @@ pub mod webhook;
 pub mod wire;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use adgate_generator::transport::{self, Effect};
 use adgate_generator::{
-    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed, ProviderUpdate,
-    PushChannels, RemoteState, RequestBudget, SubmitBatch, UpdateTarget, WebhookError,
-    WebhookEvent,
+    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
+    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
+    UpdateTarget, WebhookError, WebhookEvent,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -160,20 +162,20 @@ impl Pictify {
     async fn call(
         &self,
         req: reqwest::RequestBuilder,
-        has_effects: bool,
+        effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
         let resp = req
             .bearer_auth(&self.cfg.api_key)
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| errors::send_error(e, has_effects))?;
+            .map_err(|e| transport::request_failed(NAME, e, effect))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| errors::send_error(e, has_effects))?;
+            .map_err(|e| transport::body_lost(NAME, status.is_success(), e, effect))?;
         Ok((status, headers, body))
     }
 
@@ -182,7 +184,7 @@ impl Pictify {
             return Ok(Observed::new(vec![not_found(key)], None));
         }
         let url = format!("{}/templates/batch/{key}/results", self.base);
-        let (status, headers, body) = self.call(self.http.get(url), false).await?;
+        let (status, headers, body) = self.call(self.http.get(url), Effect::Read).await?;
         let rate = errors::rate_snapshot(&headers, SystemTime::now());
         if status == StatusCode::NOT_FOUND {
             return Ok(Observed::new(vec![not_found(key)], rate));
@@ -315,7 +317,7 @@ impl Generator for Pictify {
             .post(url)
             .header("Idempotency-Key", &batch.idempotency_key)
             .json(&body);
-        let (status, headers, raw) = self.call(req, true).await?;
+        let (status, headers, raw) = self.call(req, Effect::Write).await?;
         let rate = errors::rate_snapshot(&headers, SystemTime::now());
         if !status.is_success() {
             return Err(errors::map_status(status, &headers, &raw));
@@ -385,7 +387,7 @@ impl Generator for Pictify {
             });
         }
         let url = format!("{}/templates/batch/{poll_key}/cancel", self.base);
-        let (status, headers, body) = self.call(self.http.post(url), true).await?;
+        let (status, headers, body) = self.call(self.http.post(url), Effect::Write).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -408,6 +410,26 @@ impl Generator for Pictify {
              and {missing} not set: rendered items fail with OUTPUT_URL_UNAVAILABLE"
         ))
     }
+}
+
+/// Build the adapter from the gateway's resolved settings (the registry's one line).
+pub fn build(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = PictifyConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
+    cfg.webhooks_reachable = cx.webhook_url.is_some();
+    cfg.request_timeout = cx.request_timeout;
+    if let Some(n) = cx.max_items_per_submit {
+        cfg.batch_size = n;
+    }
+    // A plan's budget is given per minute; other windows are applied to the limits only.
+    if let (Some(r), None) = (
+        cx.requests,
+        cx.window.filter(|w| *w != Duration::from_secs(60)),
+    ) {
+        cfg.requests_per_minute = r;
+    }
+    Ok(Arc::new(Pictify::new(cfg)?))
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::wire::{BatchResults, ResultItem, dimension, image_format, mime_type};
 
 pub const WAITING_FOR_WEBHOOK: &str = "rendered; waiting for render.completed webhook";
-pub const OUTPUT_URL_UNAVAILABLE: &str = "OUTPUT_URL_UNAVAILABLE";
-pub const PROVIDER_JOB_FAILED: &str = "PROVIDER_JOB_FAILED";
-pub const PROVIDER_RESULT_MISSING: &str = "PROVIDER_RESULT_MISSING";
+pub use adgate_generator::codes::{
+    OUTPUT_URL_UNAVAILABLE, PROVIDER_JOB_FAILED, PROVIDER_RESULT_MISSING,
+};
 
 pub fn item_ref(batch_id: &str, index: u64) -> UpdateTarget {
     UpdateTarget::ProviderRef(format!("{batch_id}:{index}"))

@@ -39,6 +39,7 @@ pub struct SimEntry {
 
 /// Every simulator. The sandbox, `adgate sim`, the bench and the test harnesses iterate this
 /// table; a new provider's simulator is one line here.
+#[rustfmt::skip]
 pub const SIMULATORS: &[SimEntry] = &[
     SimEntry { name: "staticadslab", spawn_on: |l, c| Box::pin(staticadslab::spawn_on(l, c)) },
     SimEntry { name: "pictify", spawn_on: |l, c| Box::pin(pictify::spawn_on(l, c)) },

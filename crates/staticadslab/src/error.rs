@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use adgate_generator::ratelimit;
 use adgate_generator::{FieldViolation, GenError, RateLimitSnapshot};
 use http::HeaderMap;
 
@@ -68,20 +69,6 @@ pub fn map_status(status: u16, headers: &HeaderMap, body: &[u8]) -> GenError {
     }
 }
 
-/// Map a transport failure: connect errors are retryable, anything later may have landed.
-pub fn map_transport(err: reqwest::Error) -> GenError {
-    // reqwest errors name the URL, never request headers, so the key cannot leak through them.
-    if err.is_connect() {
-        // Nothing reached the provider: safe to retry.
-        GenError::transient_from("could not connect to StaticAdsLab", err)
-    } else if err.is_builder() {
-        GenError::transient_from("could not build the request", err)
-    } else {
-        // Timeout, reset or a body cut short after the request was sent.
-        GenError::unknown_outcome_from("StaticAdsLab request outcome unknown", err)
-    }
-}
-
 /// A success body that does not parse.
 pub fn malformed(what: &str, err: serde_json::Error) -> GenError {
     GenError::transient_from(format!("malformed StaticAdsLab response: {what}"), err)
@@ -89,25 +76,19 @@ pub fn malformed(what: &str, err: serde_json::Error) -> GenError {
 
 /// `Retry-After` (seconds) or, failing that, `RateLimit-Reset` (seconds until reset).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    header_u64(headers, "retry-after")
-        .or_else(|| header_u64(headers, "ratelimit-reset"))
-        .map(Duration::from_secs)
+    ratelimit::retry_after(headers).or_else(|| {
+        ratelimit::header_u64(headers, ratelimit::IETF_SECONDS.reset).map(Duration::from_secs)
+    })
 }
 
 /// `RateLimit-Limit/Remaining/Reset` ([SAL:reference/rate-limits]; reset is seconds, not a
 /// Unix time). `None` unless both remaining and reset are present.
 pub fn rate_snapshot(headers: &HeaderMap) -> Option<RateLimitSnapshot> {
-    let remaining = header_u64(headers, "ratelimit-remaining")?;
-    let reset = header_u64(headers, "ratelimit-reset")?;
-    Some(RateLimitSnapshot {
-        limit: header_u64(headers, "ratelimit-limit").and_then(|v| u32::try_from(v).ok()),
-        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-        reset_after: Duration::from_secs(reset),
-    })
-}
-
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+    ratelimit::snapshot(
+        headers,
+        ratelimit::IETF_SECONDS,
+        std::time::SystemTime::now(),
+    )
 }
 
 /// Provider field paths use the wire's `imageFillUrl`; our spec says `image_fill_url`.

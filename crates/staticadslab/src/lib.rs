@@ -13,11 +13,13 @@
 //! The adapter never retries, sleeps or polls on its own; the engine owns all of that.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use adgate_generator::{
-    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed, ProviderUpdate,
-    PushChannels, RemoteState, RequestBudget, SubmitBatch, UpdateStream, UpdateTarget,
+    Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
+    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
+    UpdateStream, UpdateTarget,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,7 +34,9 @@ pub mod spec;
 pub mod sse;
 pub mod wire;
 
-use crate::error::{malformed, map_status, map_transport, rate_snapshot};
+use adgate_generator::transport::{self, Effect};
+
+use crate::error::{malformed, map_status, rate_snapshot};
 use crate::sse::{Signal, SseParser};
 use crate::wire::{DataEnvelope, ImageAd};
 
@@ -146,6 +150,7 @@ impl StaticAdsLab {
     async fn exchange(
         &self,
         req: reqwest::RequestBuilder,
+        effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
         let resp = req
             .header("x-api-key", self.key.clone())
@@ -153,10 +158,13 @@ impl StaticAdsLab {
             .timeout(self.cfg.request_timeout)
             .send()
             .await
-            .map_err(map_transport)?;
+            .map_err(|e| transport::request_failed(NAME, e, effect))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(map_transport)?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport::body_lost(NAME, status.is_success(), e, effect))?;
         if !status.is_success() {
             return Err(self.scrub(map_status(status.as_u16(), &headers, &body)));
         }
@@ -297,7 +305,7 @@ impl Generator for StaticAdsLab {
             .post(format!("{}/v1/image-ads", self.base))
             .header("idempotency-key", key)
             .json(&body);
-        let (_, headers, bytes) = self.exchange(req).await?;
+        let (_, headers, bytes) = self.exchange(req, Effect::Write).await?;
         let created: DataEnvelope<CreatedAd> =
             serde_json::from_slice(&bytes).map_err(|e| malformed("created image ad", e))?;
         if created.data.id.is_empty() {
@@ -341,7 +349,7 @@ impl Generator for StaticAdsLab {
             (HashMap::new(), None)
         } else {
             let url = format!("{}/v1/image-ads?ids={}", self.base, ask.join(","));
-            let (_, headers, bytes) = self.exchange(self.http.get(url)).await?;
+            let (_, headers, bytes) = self.exchange(self.http.get(url), Effect::Read).await?;
             let list: AdList =
                 serde_json::from_slice(&bytes).map_err(|e| malformed("image-ad list", e))?;
             let found: HashMap<String, ImageAd> = list
@@ -384,11 +392,14 @@ impl Generator for StaticAdsLab {
             .header(header::ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(map_transport)?;
+            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(map_transport)?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| transport::body_lost(NAME, false, e, Effect::Read))?;
             return Err(self.scrub(map_status(status.as_u16(), &headers, &body)));
         }
         let is_sse = resp
@@ -457,6 +468,17 @@ async fn next_update(
             None => st.ended = true,
         }
     }
+}
+
+/// Build the adapter from the gateway's resolved settings (the registry's one line).
+pub fn build(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
+    let mut cfg = StaticAdsLabConfig::new(cx.api_key);
+    cfg.base_url = cx.base_url.to_owned();
+    cfg.request_timeout = cx.request_timeout;
+    if let Some(n) = cx.max_keys_per_poll {
+        cfg.ids_per_poll = n;
+    }
+    Ok(Arc::new(StaticAdsLab::new(cfg)?))
 }
 
 #[cfg(test)]

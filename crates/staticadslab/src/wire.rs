@@ -7,7 +7,7 @@ use adgate_generator::{JobError, Output, Progress, ProviderUpdate, UpdateTarget}
 use serde::{Deserialize, Serialize};
 
 /// Stable code for a provider-side job failure.
-pub const JOB_FAILED: &str = "PROVIDER_JOB_FAILED";
+pub use adgate_generator::codes::PROVIDER_JOB_FAILED as JOB_FAILED;
 
 /// `POST /v1/image-ads` body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
