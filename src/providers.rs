@@ -34,6 +34,7 @@ pub const REGISTRY: &[Entry] = &[
     provider!(adgate_staticadslab),
     provider!(adgate_pictify),
     provider!(adgate_abyssale),
+    provider!(adgate_bannerbear),
 ];
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -10,11 +10,13 @@
 //! - [`pictify`]: `batch-render` of 1–100 variable sets, results without URLs, signed
 //!   `render.completed` / `batch.completed` webhooks, cancel, `X-RateLimit-*` headers.
 //! - [`abyssale`]: one request → N formats, 202/200/404/410 polling, signed callbacks, bare 429.
+//! - [`bannerbear`]: v5 images, 202 + pending polling, HMAC-signed webhooks, 402, no idempotency.
 //! - [`signing`]: the simulators' own webhook signing (independent of the adapters' verifier).
 //! - [`conformance`]: the suite every adapter runs against its simulator.
 //! - `props` (feature `props`): property-test support shared by the adapters' tests.
 
 pub mod abyssale;
+pub mod bannerbear;
 pub mod common;
 pub mod conformance;
 pub mod pictify;
@@ -44,6 +46,7 @@ pub const SIMULATORS: &[SimEntry] = &[
     SimEntry { name: "staticadslab", spawn_on: |l, c| Box::pin(staticadslab::spawn_on(l, c)) },
     SimEntry { name: "pictify", spawn_on: |l, c| Box::pin(pictify::spawn_on(l, c)) },
     SimEntry { name: "abyssale", spawn_on: |l, c| Box::pin(abyssale::spawn_on(l, c)) },
+    SimEntry { name: "bannerbear", spawn_on: |l, c| Box::pin(bannerbear::spawn_on(l, c)) },
 ];
 
 /// The simulator of `provider`, if there is one.

@@ -50,6 +50,13 @@ pub fn abyssale_header(secrets: &[String], t: u64, body: &[u8]) -> Option<String
     Some(value)
 }
 
+/// Bannerbear v5 `X-Bannerbear-Signature`: lowercase hex HMAC-SHA256(`signing_key`, raw
+/// body), no timestamp. GUESS: no official source documents the scheme (bannerbear.md §8.2,
+/// §17.1); this is what third-party code assumes ([3P] corsair `packages/bannerbear`).
+pub fn bannerbear_signature(signing_key: &str, body: &[u8]) -> String {
+    hmac_sha256_hex(signing_key.as_bytes(), body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,4 +113,17 @@ mod tests {
 
     /// The [SEED-3] `render.completed` example, byte for byte.
     const PICTIFY_BODY: &str = r#"{"event":"render.completed","timestamp":"2026-01-29T10:30:00Z","data":{"type":"image","source":"api","imageId":"img_abc123","url":"https://cdn.pictify.io/renders/abc123.png","templateId":"tmpl_xyz789","variables":{"title":"Getting Started with APIs"},"renderedAt":"2026-01-29T10:30:00Z"}}"#;
+
+    #[test]
+    fn bannerbear_literal_vector() {
+        // python3: hmac.new(b"bb_whsec_test", b'{"uid":"kG39R5XbvPQpLENKBWJj","status":"completed"}',
+        //                   hashlib.sha256).hexdigest()
+        assert_eq!(
+            bannerbear_signature(
+                "bb_whsec_test",
+                br#"{"uid":"kG39R5XbvPQpLENKBWJj","status":"completed"}"#
+            ),
+            "156c394cbbabf3085dd26c14dca84fb07a25410b67d3bb76d245b82eacee66d4"
+        );
+    }
 }
