@@ -261,9 +261,10 @@ pub async fn serve(
         if !http_done {
             let _ = (&mut http_task).await;
         }
-        // Submits already on their way to a provider record its answer before the store
-        // closes (a provider without idempotency keys could not be asked again).
-        app.engine.submits_idle().await;
+        // Every engine task ends before the store closes: submits already on their way to a
+        // provider record its answer (a provider without idempotency keys could not be asked
+        // again), and no poll, webhook or sweep commit meets a closed store.
+        app.engine.stopped(app.grace).await;
     };
     let drained = tokio::time::timeout(app.grace, wait).await.is_ok();
     if !drained {

@@ -65,13 +65,12 @@ pub(crate) async fn resume(
             continue;
         }
         if rt.limits.idempotency {
-            let shared = shared.clone();
-            let rt = rt.clone();
-            tokio::spawn(async move {
+            let (s, rt) = (shared.clone(), rt.clone());
+            shared.spawn(async move {
                 let Ok(permit) = rt.submit_slots.clone().acquire_owned().await else {
                     return;
                 };
-                send_attempt(shared, rt, attempt.idempotency_key, jobs, permit, false).await;
+                send_attempt(s, rt, attempt.idempotency_key, jobs, permit, false).await;
             });
         } else {
             settle_unknown(
@@ -223,7 +222,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
                     tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
                     continue;
                 }
-                tokio::spawn(send_attempt(
+                shared.spawn(send_attempt(
                     shared.clone(),
                     rt.clone(),
                     key,

@@ -10,6 +10,7 @@ use adgate_store::{BudgetGrant, JobPatch, JobRecord, NewJob, NewSubmission, Stor
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::budget::{Budget, Priority};
 use crate::bus::{Bus, Watch};
@@ -183,7 +184,7 @@ impl ProviderRuntime {
         if shared.store.is_shared() {
             let (store, name) = (shared.store.clone(), self.name.clone());
             let until = shared.clock.now_ms() + wait.as_millis() as i64;
-            tokio::spawn(async move {
+            shared.spawn(async move {
                 if let Err(e) = store.block_budget(&name, until).await {
                     tracing::warn!(provider = %name, error = %e, "sharing a rate-limit block failed");
                 }
@@ -229,6 +230,19 @@ pub(crate) struct Shared {
     pub(crate) cache: RecordCache,
     /// See [`EngineConfig::kept_event_ttl`].
     pub kept_event_ttl: Duration,
+    /// Every task the engine starts: shutdown waits for them before the store closes, so no
+    /// commit is cut off by a closing store.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Start an engine task, tracked so that [`Engine::stopped`] waits for it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
 }
 
 /// Records the read API keeps in memory (single process): about 25 MB at most.
@@ -297,6 +311,7 @@ impl Engine {
                 store_ok: AtomicBool::new(true),
                 cache: RecordCache::new(if shared_store { 0 } else { READ_CACHE_JOBS }),
                 kept_event_ttl: config.kept_event_ttl,
+                tasks: TaskTracker::new(),
             }),
         };
         if shared_store {
@@ -313,10 +328,10 @@ impl Engine {
             // A restart under a stable identity (after a crash) resumes its jobs now rather
             // than waiting for its old lease to lapse and another replica to take them.
             replica::adopt_own(s).await?;
-            tokio::spawn(replica::renew_leases(s.clone()));
-            tokio::spawn(replica::take_over_orphans(s.clone()));
+            s.spawn(replica::renew_leases(s.clone()));
+            s.spawn(replica::take_over_orphans(s.clone()));
             if let Some(feed) = s.store.change_feed().await? {
-                tokio::spawn(replica::follow_feed(s.clone(), feed));
+                s.spawn(replica::follow_feed(s.clone(), feed));
             }
         }
         for rt in engine.shared.providers.values() {
@@ -324,17 +339,21 @@ impl Engine {
                 tracker::resume(&engine.shared, rt).await?;
                 dispatcher::resume(&engine.shared, rt, None).await?;
             }
-            tokio::spawn(dispatcher::run(engine.shared.clone(), rt.clone()));
-            tokio::spawn(tracker::run(engine.shared.clone(), rt.clone()));
+            engine
+                .shared
+                .spawn(dispatcher::run(engine.shared.clone(), rt.clone()));
+            engine
+                .shared
+                .spawn(tracker::run(engine.shared.clone(), rt.clone()));
             // Events kept before a restart may be applicable now that jobs are resumed.
             rt.inbox_wake.notify_one();
-            tokio::spawn(events::run_inbox(
+            engine.shared.spawn(events::run_inbox(
                 engine.shared.clone(),
                 rt.clone(),
                 config.inbox_interval,
             ));
         }
-        tokio::spawn(sweep_deadlines(
+        engine.shared.spawn(sweep_deadlines(
             engine.shared.clone(),
             config.sweep_interval,
         ));
@@ -367,6 +386,16 @@ impl Engine {
             .await?;
         tracing::info!(replica = %s.replica_id, "released the lease on this replica's jobs");
         Ok(())
+    }
+
+    /// Resolves once every engine task has ended (after shutdown was cancelled): in-flight
+    /// submits have recorded the provider's answer and no task will write to the store again,
+    /// so it may be closed. Bounded by `within`; false when tasks were still running then.
+    pub async fn stopped(&self, within: Duration) -> bool {
+        self.shared.tasks.close();
+        tokio::time::timeout(within, self.shared.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// The most jobs one Submit may carry.

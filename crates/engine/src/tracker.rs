@@ -534,7 +534,7 @@ pub(crate) async fn stream_watched(shared: &Arc<Shared>, job_ids: &[String]) {
         if rt.tracker.streaming_count() >= cap || !rt.tracker.set_streaming(&job.id, true) {
             continue;
         }
-        tokio::spawn(follow_stream(
+        shared.spawn(follow_stream(
             shared.clone(),
             rt.clone(),
             job.id,

@@ -526,3 +526,49 @@ async fn request_ids_replay_and_conflict() {
     let _ = Arc::clone(&h.store);
     h.stop().await;
 }
+
+/// A drain waits for every engine task: submits whose answers are still on their way record
+/// them before the store closes. Without the wait the store would close under them and the
+/// provider's answers (its references) would be lost until a restart resent the attempts.
+#[tokio::test]
+async fn a_drain_waits_for_in_flight_submits_and_loses_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("drain.db");
+    let fake = Fake::new(limits());
+    fake.state.lock().unwrap().submit_delay = Duration::from_millis(300);
+    let h = start(&fake, &db).await;
+    let ids = submit(&h, 12, None).await;
+    wait_until(s(600.0), || async { fake.submits().len() >= 3 }).await;
+    h.shutdown.cancel();
+    assert!(
+        h.engine.stopped(Duration::from_secs(10)).await,
+        "tasks ended"
+    );
+    h.store.close().await;
+    let accepted: Vec<String> = fake
+        .state
+        .lock()
+        .unwrap()
+        .accepted_at
+        .keys()
+        .cloned()
+        .collect();
+    assert!(!accepted.is_empty());
+    let store = adgate_store::SqliteStore::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let jobs = adgate_store::Store::get_jobs(&store, &ids).await.unwrap();
+    let recorded: HashSet<String> = jobs.iter().filter_map(|j| j.provider_ref.clone()).collect();
+    for r in &accepted {
+        assert!(
+            recorded.contains(r),
+            "provider accepted {r} but the answer was lost"
+        );
+    }
+    println!(
+        "drain: {} of 12 submits answered in flight, all {} recorded",
+        accepted.len(),
+        recorded.len()
+    );
+    adgate_store::Store::close(&store).await;
+}

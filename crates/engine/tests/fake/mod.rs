@@ -92,6 +92,8 @@ pub struct FakeState {
     pub lost: Vec<String>,
     /// Updates the SSE stream yields, then it ends.
     pub stream_script: Vec<ProviderUpdate>,
+    /// How long an accepted submit takes to answer (the work exists at once).
+    pub submit_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -139,24 +141,9 @@ impl Fake {
     }
 }
 
-#[async_trait]
-impl Generator for Fake {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn limits(&self) -> Limits {
-        self.limits.clone()
-    }
-
-    fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
-        match spec.get("n") {
-            Some(Value::Number(_)) => Ok(()),
-            _ => Err(vec![FieldViolation::new("n", "must be a number")]),
-        }
-    }
-
-    async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
+impl Fake {
+    /// The submit's effect at the provider, before any answer delay.
+    fn submit_now(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(Call::Submit {
             at: Instant::now(),
@@ -183,6 +170,31 @@ impl Generator for Fake {
             });
         }
         Ok(Observed::new(out, None))
+    }
+}
+
+#[async_trait]
+impl Generator for Fake {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits.clone()
+    }
+
+    fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
+        match spec.get("n") {
+            Some(Value::Number(_)) => Ok(()),
+            _ => Err(vec![FieldViolation::new("n", "must be a number")]),
+        }
+    }
+
+    async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
+        let delay = self.state.lock().unwrap().submit_delay;
+        let answer = self.submit_now(batch);
+        tokio::time::sleep(delay).await;
+        answer
     }
 
     async fn poll(&self, keys: &[String]) -> Result<Observed<Vec<ProviderUpdate>>, GenError> {
@@ -248,6 +260,10 @@ pub struct Harness {
 impl Harness {
     pub async fn stop(self) {
         self.shutdown.cancel();
+        assert!(
+            self.engine.stopped(Duration::from_secs(30)).await,
+            "engine tasks still running 30 s after shutdown"
+        );
         self.store.close().await;
     }
 }
