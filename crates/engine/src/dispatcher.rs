@@ -24,8 +24,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::budget::Priority;
-use crate::engine::{ProviderRuntime, Shared, commit};
 use crate::error::EngineError;
+use crate::runtime::{ProviderRuntime, Shared, commit};
 use crate::{codes, tracker};
 
 /// How many queued jobs one dispatcher pass reads.

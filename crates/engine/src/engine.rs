@@ -5,22 +5,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use adgate_generator::{FieldViolation, Generator, JobError, JobState, Limits};
-use adgate_store::{BudgetGrant, JobPatch, JobRecord, NewJob, NewSubmission, Store, SubmitOutcome};
+use adgate_generator::{FieldViolation, Generator, Limits};
+use adgate_store::{JobRecord, NewJob, NewSubmission, Store, SubmitOutcome};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::budget::{Budget, Priority};
+use crate::budget::Budget;
 use crate::bus::{Bus, Watch};
 use crate::cache::RecordCache;
 use crate::clock::Clock;
-use crate::error::{EngineError, WebhookFailure};
-use crate::events::{self, Source};
+use crate::error::EngineError;
+use crate::events;
 use crate::metrics::{EngineMetrics, ProviderLabels, StateLabels};
-use crate::tracker::TrackerState;
-use crate::{codes, dispatcher, replica, tracker};
+use crate::runtime::{Health, ProviderRuntime, Shared, reconcile_window};
+use crate::schedule::TrackerState;
+use crate::sweeper::sweep_deadlines;
+use crate::{dispatcher, replica, tracker};
 
 /// One configured provider: its adapter and the limits to drive it by (the adapter's
 /// documented defaults with configuration overrides applied).
@@ -114,135 +116,6 @@ pub enum WebhookOutcome {
         kept: usize,
     },
     Duplicate,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Health {
-    pub reachable: bool,
-    pub last_error: Option<String>,
-}
-
-/// Everything the engine keeps per provider.
-pub(crate) struct ProviderRuntime {
-    pub name: String,
-    pub generator: Arc<dyn Generator>,
-    pub limits: Limits,
-    pub budget: Budget,
-    pub submit_slots: Arc<Semaphore>,
-    pub wake_dispatcher: Notify,
-    pub tracker: TrackerState,
-    /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
-    pub stopped_batches: Mutex<HashSet<String>>,
-    pub health: Mutex<Health>,
-    /// Wakes the inbox when a job became known that a kept event may be waiting for.
-    pub inbox_wake: Notify,
-    /// How long a job whose submit outcome is unknown waits for a callback (see
-    /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
-    pub reconcile_window: Duration,
-}
-
-impl ProviderRuntime {
-    /// Wait for one request's worth of budget. A single process keeps the budget in memory
-    /// (with submit-before-poll priority); replicas sharing a database take it from the store,
-    /// because a provider's limit is per API key, not per process.
-    pub async fn acquire(&self, shared: &Shared, priority: Priority) -> Duration {
-        if !shared.store.is_shared() {
-            return self.budget.acquire(priority).await;
-        }
-        let started = tokio::time::Instant::now();
-        let window_ms = self.budget.window().as_millis() as i64;
-        loop {
-            let grant = shared
-                .store
-                .take_budget(
-                    &self.name,
-                    self.limits.budget.requests,
-                    window_ms,
-                    shared.clock.now_ms(),
-                )
-                .await;
-            let wait = match grant {
-                Ok(BudgetGrant::Granted) => {
-                    shared
-                        .metrics
-                        .budget_granted(&self.name, &shared.replica_id);
-                    return started.elapsed();
-                }
-                Ok(BudgetGrant::Wait(ms)) => Duration::from_millis(ms.clamp(1, 60_000) as u64),
-                Err(e) => {
-                    tracing::warn!(provider = %self.name, error = %e, "shared budget unavailable");
-                    Duration::from_millis(500)
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Stop every request to this provider for `wait` (fleet-wide on a shared store).
-    pub fn block(&self, shared: &Arc<Shared>, wait: Duration) {
-        self.budget.block_for(wait);
-        if shared.store.is_shared() {
-            let (store, name) = (shared.store.clone(), self.name.clone());
-            let until = shared.clock.now_ms() + wait.as_millis() as i64;
-            shared.spawn(async move {
-                if let Err(e) = store.block_budget(&name, until).await {
-                    tracing::warn!(provider = %name, error = %e, "sharing a rate-limit block failed");
-                }
-            });
-        }
-    }
-
-    /// Apply rate-limit headers: an exhausted window blocks until its reset.
-    pub fn observe(&self, shared: &Arc<Shared>, rate: Option<adgate_generator::RateLimitSnapshot>) {
-        if let Some(r) = rate
-            && r.remaining == 0
-        {
-            self.block(shared, r.reset_after);
-        }
-    }
-
-    pub fn set_health(&self, reachable: bool, error: Option<String>) {
-        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.reachable = reachable;
-        if error.is_some() || reachable {
-            h.last_error = error;
-        }
-    }
-}
-
-pub(crate) struct Shared {
-    pub store: Arc<dyn Store>,
-    pub bus: Bus,
-    pub clock: Clock,
-    pub providers: HashMap<String, Arc<ProviderRuntime>>,
-    pub metrics: EngineMetrics,
-    pub shutdown: CancellationToken,
-    pub max_jobs_per_submit: usize,
-    /// This process's identity among replicas sharing a database.
-    pub replica_id: String,
-    /// How long a replica's claim on a job lasts without renewal (shared stores only).
-    pub lease: Duration,
-    /// Wakes the takeover loop before its next pass (another replica released its lease).
-    pub wake_takeover: Notify,
-    /// False while the store cannot be reached; health reports NOT_SERVING.
-    pub store_ok: AtomicBool,
-    /// Recent records for `get_jobs` (off with a shared store: see the `cache` module).
-    pub(crate) cache: RecordCache,
-    /// See [`EngineConfig::kept_event_ttl`].
-    pub kept_event_ttl: Duration,
-    /// Every task the engine starts: shutdown waits for them before the store closes, so no
-    /// commit is cut off by a closing store.
-    tasks: TaskTracker,
-}
-
-impl Shared {
-    /// Start an engine task, tracked so that [`Engine::stopped`] waits for it.
-    pub(crate) fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.tasks.spawn(task);
-    }
 }
 
 /// Records the read API keeps in memory (single process): about 25 MB at most.
@@ -595,214 +468,6 @@ impl Engine {
         self.shared.bus.watcher_count()
     }
 
-    /// Cancel one job: locally while it is queued and unsent; at the provider where the
-    /// provider supports it; otherwise refused with a precondition error.
-    pub async fn cancel(&self, job_id: &str) -> Result<JobRecord, EngineError> {
-        let Some(job) = self
-            .shared
-            .store
-            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
-            .await?
-            .pop()
-        else {
-            return Err(EngineError::NotFound(job_id.to_owned()));
-        };
-        if job.state.is_terminal() {
-            return Err(EngineError::FailedPrecondition(format!(
-                "job {job_id} is already {}",
-                job.state.name()
-            )));
-        }
-        let rt = self
-            .shared
-            .providers
-            .get(&job.provider)
-            .ok_or_else(|| EngineError::ProviderNotConfigured(job.provider.clone()))?;
-        if job.state == JobState::Queued && job.attempt_id.is_none() {
-            return self
-                .mark_cancelled(vec![job.id.clone()])
-                .await?
-                .pop()
-                .ok_or_else(|| {
-                    EngineError::FailedPrecondition(format!("job {job_id} changed state; retry"))
-                });
-        }
-        let Some(poll_key) = job.poll_key.clone() else {
-            return Err(EngineError::FailedPrecondition(format!(
-                "job {job_id} is being submitted to {}; cancel it once it is PROCESSING",
-                job.provider
-            )));
-        };
-        match rt.limits.cancel {
-            adgate_generator::CancelSupport::None => Err(EngineError::FailedPrecondition(format!(
-                "{} has no cancel operation; job {job_id} will run to completion",
-                job.provider
-            ))),
-            adgate_generator::CancelSupport::PerPollKey => {
-                let siblings = self
-                    .shared
-                    .store
-                    .jobs_by_poll_key(&job.provider, &poll_key)
-                    .await?;
-                let others: Vec<String> = siblings
-                    .iter()
-                    .filter(|s| s.id != job.id && !s.state.is_terminal())
-                    .filter(|s| !rt.tracker.cancel_requested(&s.id))
-                    .map(|s| s.id.clone())
-                    .collect();
-                if !others.is_empty() {
-                    rt.tracker.request_cancel(&job.id);
-                    return Err(EngineError::FailedPrecondition(format!(
-                        "{} cancels whole provider batches; job {job_id} shares one with {} \
-                         unfinished job(s) that have not been cancelled: {}",
-                        job.provider,
-                        others.len(),
-                        others.join(",")
-                    )));
-                }
-                self.cancel_at_provider(rt, &poll_key, siblings).await?;
-                self.refreshed(job_id).await
-            }
-            adgate_generator::CancelSupport::PerJob => {
-                self.cancel_at_provider(rt, &poll_key, vec![job.clone()])
-                    .await?;
-                self.refreshed(job_id).await
-            }
-        }
-    }
-
-    async fn cancel_at_provider(
-        &self,
-        rt: &Arc<ProviderRuntime>,
-        poll_key: &str,
-        jobs: Vec<JobRecord>,
-    ) -> Result<(), EngineError> {
-        rt.acquire(&self.shared, crate::budget::Priority::Submit)
-            .await;
-        rt.generator.cancel(poll_key).await.map_err(|e| match e {
-            // Nothing to do later either: the provider cannot cancel this.
-            adgate_generator::GenError::Unsupported(_)
-            | adgate_generator::GenError::Invalid { .. }
-            | adgate_generator::GenError::Permanent { .. } => {
-                EngineError::FailedPrecondition(format!("{} refused the cancel: {e}", rt.name))
-            }
-            // Unreachable, rate-limited, refused for now: the caller may simply retry.
-            other => EngineError::ProviderUnavailable(format!(
-                "{} could not cancel now: {other}; retry",
-                rt.name
-            )),
-        })?;
-        let ids = jobs
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id)
-            .collect();
-        self.mark_cancelled(ids).await?;
-        rt.tracker.mark_due(poll_key);
-        Ok(())
-    }
-
-    async fn refreshed(&self, job_id: &str) -> Result<JobRecord, EngineError> {
-        self.shared
-            .store
-            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
-            .await?
-            .pop()
-            .ok_or_else(|| EngineError::NotFound(job_id.to_owned()))
-    }
-
-    async fn mark_cancelled(&self, ids: Vec<String>) -> Result<Vec<JobRecord>, EngineError> {
-        let patches = ids
-            .into_iter()
-            .map(|id| JobPatch {
-                state: Some(JobState::Cancelled),
-                error: Some(JobError::new(
-                    codes::CANCELLED_BY_CALLER,
-                    "cancelled by the caller",
-                    false,
-                )),
-                ..JobPatch::new(id)
-            })
-            .collect();
-        Ok(commit(&self.shared, patches).await?)
-    }
-
-    /// Verify, parse and apply a provider webhook. Duplicate deliveries change nothing; an
-    /// event that matches no job yet is kept (see the `events` module for the answer rule).
-    /// `query` is the request's query string without `?` (empty when none).
-    pub async fn handle_webhook(
-        &self,
-        provider: &str,
-        query: &str,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<WebhookOutcome, WebhookFailure> {
-        let Some(rt) = self.shared.providers.get(provider) else {
-            self.shared.metrics.webhook(provider, "refused");
-            return Err(WebhookFailure::UnknownProvider(provider.to_owned()));
-        };
-        let event = match rt.generator.parse_webhook_query(
-            query,
-            headers,
-            body,
-            self.shared.clock.now_system(),
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                self.shared.metrics.webhook(provider, "refused");
-                return Err(e.into());
-            }
-        };
-        let source = Source::Webhook {
-            delivery_id: event.delivery_id.as_deref(),
-            bound_job: event.bound_job.as_deref(),
-        };
-        let Some(applied) =
-            events::apply_updates(&self.shared, rt, event.updates.clone(), source).await?
-        else {
-            self.shared.metrics.webhook(provider, "duplicate");
-            tracing::debug!(
-                provider,
-                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
-                "duplicate webhook delivery"
-            );
-            return Ok(WebhookOutcome::Duplicate);
-        };
-        for key in &event.poll_hints {
-            rt.tracker.mark_due(key);
-        }
-        let kind = event_kind(&event);
-        if applied.kept > 0 {
-            self.shared.metrics.webhook(provider, "kept");
-            tracing::warn!(
-                provider,
-                event = kind,
-                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
-                kept = applied.kept,
-                "webhook matched no job yet; kept until its job is known"
-            );
-            return Ok(WebhookOutcome::Kept {
-                updated: applied.changed,
-                kept: applied.kept,
-            });
-        }
-        self.shared.metrics.webhook(provider, "applied");
-        if applied.changed == 0 {
-            // Verified but changed nothing: a late or repeated report for a finished job, or
-            // an event the gateway has no use for (a batch event that only hints a poll).
-            tracing::info!(
-                provider,
-                event = kind,
-                delivery_id = event.delivery_id.as_deref().unwrap_or(""),
-                poll_hints = event.poll_hints.len(),
-                "webhook verified; nothing to change"
-            );
-        }
-        Ok(WebhookOutcome::Applied {
-            updated: applied.changed,
-        })
-    }
-
     pub fn providers(&self) -> Vec<ProviderStatus> {
         let mut out: Vec<ProviderStatus> = self
             .shared
@@ -817,7 +482,7 @@ impl Engine {
                     last_error: h.last_error.clone(),
                     degraded_reason: rt.generator.degraded_reason(),
                     in_flight: rt.tracker.job_count(),
-                    backstop: tracker::backstop_schedule(&rt.limits),
+                    backstop: crate::schedule::backstop_schedule(&rt.limits),
                     reconcile_window: (!rt.limits.idempotency && rt.limits.push.webhooks)
                         .then_some(rt.reconcile_window),
                 }
@@ -855,69 +520,6 @@ impl Engine {
             .metrics
             .watchers
             .set(self.shared.bus.watcher_count() as i64);
-    }
-}
-
-/// Commit patches, publish every change, and drop terminal jobs from their tracker.
-pub(crate) async fn commit(
-    shared: &Shared,
-    patches: Vec<JobPatch>,
-) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
-    if patches.is_empty() {
-        return Ok(Vec::new());
-    }
-    let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
-    publish(shared, &changed);
-    Ok(changed)
-}
-
-/// Publish committed changes and drop terminal jobs from their tracker.
-pub(crate) fn publish(shared: &Shared, changed: &[JobRecord]) {
-    for rec in changed {
-        if rec.state.is_terminal()
-            && let Some(rt) = shared.providers.get(&rec.provider)
-        {
-            rt.tracker.remove_job(rec);
-        }
-        let rec = Arc::new(rec.clone());
-        shared.cache.changed(&rec);
-        shared.bus.publish(rec);
-    }
-}
-
-/// Fail every non-terminal job whose deadline has passed.
-async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        loop {
-            let Ok(ids) = shared.store.expired(shared.clock.now_ms(), 1000).await else {
-                break;
-            };
-            if ids.is_empty() {
-                break;
-            }
-            let n = ids.len();
-            let Ok(jobs) = shared.store.get_jobs(&ids).await else {
-                break;
-            };
-            let patches = jobs
-                .into_iter()
-                .filter(|j| !j.state.is_terminal())
-                .map(|j| JobPatch {
-                    state: Some(JobState::Failed),
-                    error: Some(expiry_error(&j)),
-                    ..JobPatch::new(j.id)
-                })
-                .collect();
-            if commit(&shared, patches).await.is_err() || n < 1000 {
-                break;
-            }
-        }
     }
 }
 
@@ -960,41 +562,4 @@ fn content_hash(cmd: &SubmitCommand) -> String {
         );
     }
     hex::encode(h.finalize())
-}
-
-/// Why a job that reached its deadline failed. A job sent but never acknowledged (PROCESSING
-/// without a provider reference) was waiting to reconcile an unknown submit outcome.
-fn expiry_error(job: &JobRecord) -> JobError {
-    if job.state == JobState::Processing && job.provider_ref.is_none() {
-        dispatcher::unknown_outcome_error(
-            "the submit's answer was lost and no callback for it arrived within the \
-             reconciliation window",
-        )
-    } else {
-        JobError::new(
-            codes::DEADLINE_EXCEEDED,
-            "the job did not finish before its deadline",
-            true,
-        )
-    }
-}
-
-/// How long a job with an unknown submit outcome waits for its callback: the provider's longest
-/// documented job plus a fifth for delivery retries and clock skew.
-fn reconcile_window(limits: &Limits) -> Duration {
-    limits.longest_job_duration + limits.longest_job_duration / 5
-}
-
-/// The event's kind for logs: what it reports, never its content.
-fn event_kind(event: &adgate_generator::WebhookEvent) -> &'static str {
-    use adgate_generator::RemoteState;
-    match event.updates.first().map(|u| &u.state) {
-        Some(RemoteState::Completed) => "completed",
-        Some(RemoteState::Failed) => "failed",
-        Some(RemoteState::Cancelled) => "cancelled",
-        Some(RemoteState::Processing) => "processing",
-        Some(RemoteState::NotFound) => "not_found",
-        None if !event.poll_hints.is_empty() => "poll_hint",
-        None => "other",
-    }
 }

@@ -28,7 +28,7 @@ use adgate_store::{EventWrite, JobPatch, JobRecord, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::codes;
-use crate::engine::{ProviderRuntime, Shared, publish};
+use crate::runtime::{ProviderRuntime, Shared, publish};
 
 /// Consecutive polls that must miss a job before it is failed as lost.
 const NOT_FOUND_LIMIT: u32 = 3;

@@ -1,7 +1,10 @@
 //! adgate's engine: the one place that decides when and how often providers are called.
 //!
-//! - [`engine`]: the [`Engine`] handle the server talks to (submit, read, watch, cancel,
-//!   webhooks), and start-up resume.
+//! - [`engine`]: the [`Engine`] handle the server talks to (submit, read, watch, providers),
+//!   and start-up resume; `cancel` and `webhooks` add `CancelJob` and inbound webhooks to it.
+//! - `runtime`: the shared state (per provider and engine-wide) and the operations every
+//!   module uses: budget, commit and publish, tracked tasks.
+//! - `sweeper`: fails jobs at their deadline.
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
@@ -24,6 +27,7 @@
 pub mod budget;
 pub mod bus;
 mod cache;
+mod cancel;
 pub mod clock;
 pub mod dispatcher;
 pub mod engine;
@@ -31,7 +35,11 @@ pub mod error;
 mod events;
 pub mod metrics;
 mod replica;
+mod runtime;
+mod schedule;
+mod sweeper;
 pub mod tracker;
+mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
 /// dependency of its own.

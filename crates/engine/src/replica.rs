@@ -20,9 +20,9 @@ use adgate_store::{FeedEvent, JobRecord};
 use tokio::sync::mpsc;
 
 use crate::dispatcher;
-use crate::engine::{ProviderRuntime, Shared};
 use crate::error::EngineError;
 use crate::metrics::ReplicaLabels;
+use crate::runtime::{ProviderRuntime, Shared};
 
 pub(crate) async fn renew_leases(shared: Arc<Shared>) {
     let every = (shared.lease / 3).max(Duration::from_millis(50));

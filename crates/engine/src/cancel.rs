@@ -1,0 +1,147 @@
+//! `CancelJob`: locally while a job is queued and unsent, at the provider where it can cancel
+//! (Pictify per batch, with the rule that every sibling in the batch must be cancelled too),
+//! refused otherwise.
+
+use std::sync::Arc;
+
+use adgate_generator::{JobError, JobState};
+use adgate_store::{JobPatch, JobRecord};
+
+use crate::codes;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::runtime::{ProviderRuntime, commit};
+
+impl Engine {
+    /// Cancel one job: locally while it is queued and unsent; at the provider where the
+    /// provider supports it; otherwise refused with a precondition error.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let Some(job) = self
+            .shared
+            .store
+            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
+            .await?
+            .pop()
+        else {
+            return Err(EngineError::NotFound(job_id.to_owned()));
+        };
+        if job.state.is_terminal() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "job {job_id} is already {}",
+                job.state.name()
+            )));
+        }
+        let rt = self
+            .shared
+            .providers
+            .get(&job.provider)
+            .ok_or_else(|| EngineError::ProviderNotConfigured(job.provider.clone()))?;
+        if job.state == JobState::Queued && job.attempt_id.is_none() {
+            return self
+                .mark_cancelled(vec![job.id.clone()])
+                .await?
+                .pop()
+                .ok_or_else(|| {
+                    EngineError::FailedPrecondition(format!("job {job_id} changed state; retry"))
+                });
+        }
+        let Some(poll_key) = job.poll_key.clone() else {
+            return Err(EngineError::FailedPrecondition(format!(
+                "job {job_id} is being submitted to {}; cancel it once it is PROCESSING",
+                job.provider
+            )));
+        };
+        match rt.limits.cancel {
+            adgate_generator::CancelSupport::None => Err(EngineError::FailedPrecondition(format!(
+                "{} has no cancel operation; job {job_id} will run to completion",
+                job.provider
+            ))),
+            adgate_generator::CancelSupport::PerPollKey => {
+                let siblings = self
+                    .shared
+                    .store
+                    .jobs_by_poll_key(&job.provider, &poll_key)
+                    .await?;
+                let others: Vec<String> = siblings
+                    .iter()
+                    .filter(|s| s.id != job.id && !s.state.is_terminal())
+                    .filter(|s| !rt.tracker.cancel_requested(&s.id))
+                    .map(|s| s.id.clone())
+                    .collect();
+                if !others.is_empty() {
+                    rt.tracker.request_cancel(&job.id);
+                    return Err(EngineError::FailedPrecondition(format!(
+                        "{} cancels whole provider batches; job {job_id} shares one with {} \
+                         unfinished job(s) that have not been cancelled: {}",
+                        job.provider,
+                        others.len(),
+                        others.join(",")
+                    )));
+                }
+                self.cancel_at_provider(rt, &poll_key, siblings).await?;
+                self.refreshed(job_id).await
+            }
+            adgate_generator::CancelSupport::PerJob => {
+                self.cancel_at_provider(rt, &poll_key, vec![job.clone()])
+                    .await?;
+                self.refreshed(job_id).await
+            }
+        }
+    }
+
+    async fn cancel_at_provider(
+        &self,
+        rt: &Arc<ProviderRuntime>,
+        poll_key: &str,
+        jobs: Vec<JobRecord>,
+    ) -> Result<(), EngineError> {
+        rt.acquire(&self.shared, crate::budget::Priority::Submit)
+            .await;
+        rt.generator.cancel(poll_key).await.map_err(|e| match e {
+            // Nothing to do later either: the provider cannot cancel this.
+            adgate_generator::GenError::Unsupported(_)
+            | adgate_generator::GenError::Invalid { .. }
+            | adgate_generator::GenError::Permanent { .. } => {
+                EngineError::FailedPrecondition(format!("{} refused the cancel: {e}", rt.name))
+            }
+            // Unreachable, rate-limited, refused for now: the caller may simply retry.
+            other => EngineError::ProviderUnavailable(format!(
+                "{} could not cancel now: {other}; retry",
+                rt.name
+            )),
+        })?;
+        let ids = jobs
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect();
+        self.mark_cancelled(ids).await?;
+        rt.tracker.mark_due(poll_key);
+        Ok(())
+    }
+
+    async fn refreshed(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        self.shared
+            .store
+            .get_jobs(std::slice::from_ref(&job_id.to_owned()))
+            .await?
+            .pop()
+            .ok_or_else(|| EngineError::NotFound(job_id.to_owned()))
+    }
+
+    async fn mark_cancelled(&self, ids: Vec<String>) -> Result<Vec<JobRecord>, EngineError> {
+        let patches = ids
+            .into_iter()
+            .map(|id| JobPatch {
+                state: Some(JobState::Cancelled),
+                error: Some(JobError::new(
+                    codes::CANCELLED_BY_CALLER,
+                    "cancelled by the caller",
+                    false,
+                )),
+                ..JobPatch::new(id)
+            })
+            .collect();
+        Ok(commit(&self.shared, patches).await?)
+    }
+}

@@ -1,0 +1,184 @@
+//! The engine's shared state: per provider ([`ProviderRuntime`]: adapter, limits, budget,
+//! tracker, health) and for the whole engine ([`Shared`]: store, bus, clock, tasks), with the
+//! operations every module uses — acquiring budget, committing and publishing changes,
+//! starting tracked tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adgate_generator::{Generator, Limits};
+use adgate_store::{BudgetGrant, JobPatch, JobRecord, Store};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::budget::{Budget, Priority};
+use crate::bus::Bus;
+use crate::cache::RecordCache;
+use crate::clock::Clock;
+use crate::metrics::EngineMetrics;
+use crate::schedule::TrackerState;
+
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub reachable: bool,
+    pub last_error: Option<String>,
+}
+
+/// Everything the engine keeps per provider.
+pub(crate) struct ProviderRuntime {
+    pub name: String,
+    pub generator: Arc<dyn Generator>,
+    pub limits: Limits,
+    pub budget: Budget,
+    pub submit_slots: Arc<Semaphore>,
+    pub wake_dispatcher: Notify,
+    pub tracker: TrackerState,
+    /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
+    pub stopped_batches: Mutex<HashSet<String>>,
+    pub health: Mutex<Health>,
+    /// Wakes the inbox when a job became known that a kept event may be waiting for.
+    pub inbox_wake: Notify,
+    /// How long a job whose submit outcome is unknown waits for a callback (see
+    /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
+    pub reconcile_window: Duration,
+}
+
+impl ProviderRuntime {
+    /// Wait for one request's worth of budget. A single process keeps the budget in memory
+    /// (with submit-before-poll priority); replicas sharing a database take it from the store,
+    /// because a provider's limit is per API key, not per process.
+    pub async fn acquire(&self, shared: &Shared, priority: Priority) -> Duration {
+        if !shared.store.is_shared() {
+            return self.budget.acquire(priority).await;
+        }
+        let started = tokio::time::Instant::now();
+        let window_ms = self.budget.window().as_millis() as i64;
+        loop {
+            let grant = shared
+                .store
+                .take_budget(
+                    &self.name,
+                    self.limits.budget.requests,
+                    window_ms,
+                    shared.clock.now_ms(),
+                )
+                .await;
+            let wait = match grant {
+                Ok(BudgetGrant::Granted) => {
+                    shared
+                        .metrics
+                        .budget_granted(&self.name, &shared.replica_id);
+                    return started.elapsed();
+                }
+                Ok(BudgetGrant::Wait(ms)) => Duration::from_millis(ms.clamp(1, 60_000) as u64),
+                Err(e) => {
+                    tracing::warn!(provider = %self.name, error = %e, "shared budget unavailable");
+                    Duration::from_millis(500)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Stop every request to this provider for `wait` (fleet-wide on a shared store).
+    pub fn block(&self, shared: &Arc<Shared>, wait: Duration) {
+        self.budget.block_for(wait);
+        if shared.store.is_shared() {
+            let (store, name) = (shared.store.clone(), self.name.clone());
+            let until = shared.clock.now_ms() + wait.as_millis() as i64;
+            shared.spawn(async move {
+                if let Err(e) = store.block_budget(&name, until).await {
+                    tracing::warn!(provider = %name, error = %e, "sharing a rate-limit block failed");
+                }
+            });
+        }
+    }
+
+    /// Apply rate-limit headers: an exhausted window blocks until its reset.
+    pub fn observe(&self, shared: &Arc<Shared>, rate: Option<adgate_generator::RateLimitSnapshot>) {
+        if let Some(r) = rate
+            && r.remaining == 0
+        {
+            self.block(shared, r.reset_after);
+        }
+    }
+
+    pub fn set_health(&self, reachable: bool, error: Option<String>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.reachable = reachable;
+        if error.is_some() || reachable {
+            h.last_error = error;
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub bus: Bus,
+    pub clock: Clock,
+    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    pub metrics: EngineMetrics,
+    pub shutdown: CancellationToken,
+    pub max_jobs_per_submit: usize,
+    /// This process's identity among replicas sharing a database.
+    pub replica_id: String,
+    /// How long a replica's claim on a job lasts without renewal (shared stores only).
+    pub lease: Duration,
+    /// Wakes the takeover loop before its next pass (another replica released its lease).
+    pub wake_takeover: Notify,
+    /// False while the store cannot be reached; health reports NOT_SERVING.
+    pub store_ok: AtomicBool,
+    /// Recent records for `get_jobs` (off with a shared store: see the `cache` module).
+    pub(crate) cache: RecordCache,
+    /// See [`EngineConfig::kept_event_ttl`].
+    pub kept_event_ttl: Duration,
+    /// Every task the engine starts: shutdown waits for them before the store closes, so no
+    /// commit is cut off by a closing store.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Start an engine task, tracked so that [`Engine::stopped`] waits for it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+}
+
+/// Commit patches, publish every change, and drop terminal jobs from their tracker.
+pub(crate) async fn commit(
+    shared: &Shared,
+    patches: Vec<JobPatch>,
+) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
+    if patches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
+    publish(shared, &changed);
+    Ok(changed)
+}
+
+/// Publish committed changes and drop terminal jobs from their tracker.
+pub(crate) fn publish(shared: &Shared, changed: &[JobRecord]) {
+    for rec in changed {
+        if rec.state.is_terminal()
+            && let Some(rt) = shared.providers.get(&rec.provider)
+        {
+            rt.tracker.remove_job(rec);
+        }
+        let rec = Arc::new(rec.clone());
+        shared.cache.changed(&rec);
+        shared.bus.publish(rec);
+    }
+}
+
+/// How long a job with an unknown submit outcome waits for its callback: the provider's longest
+/// documented job plus a fifth for delivery retries and clock skew.
+pub(crate) fn reconcile_window(limits: &Limits) -> Duration {
+    limits.longest_job_duration + limits.longest_job_duration / 5
+}

@@ -1,0 +1,408 @@
+//! The poll schedule of one provider ([`TrackerState`]): which jobs are in flight under which
+//! poll key, when each key is due (on a shared grid for batch-pollable providers, with the
+//! webhook backstop when pushes deliver completions), which jobs have a push stream, and the
+//! small per-job memory that lets a poll round skip the store (unchanged progress, not-found
+//! counts).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adgate_generator::Progress;
+use adgate_store::JobRecord;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// With signed webhooks configured, the provider pushes every completion, so polls are only a
+/// backstop for a lost delivery. The first backstop poll waits for the provider's typical job
+/// duration (a push usually arrives before it, costing no poll at all); the spacing then
+/// doubles from there up to [`BACKSTOP_CAP_FACTOR`] × the provider's longest poll spacing
+/// (Abyssale 30 s → 57 s), so a push that never comes costs at most about a minute beyond the
+/// job's real completion. A webhook's poll hint still polls a key at once, and a restart polls
+/// everything at once (deliveries may have been missed while down).
+const BACKSTOP_CAP_FACTOR: f64 = 1.9;
+
+/// The poll schedule used while webhooks are configured: `(first poll after, largest spacing)`.
+/// `None` when the provider is polled on its normal schedule.
+pub fn backstop_schedule(limits: &adgate_generator::Limits) -> Option<(Duration, Duration)> {
+    limits.push.webhooks.then(|| {
+        let cap = limits
+            .max_poll_interval
+            .unwrap_or(limits.poll_interval)
+            .mul_f64(BACKSTOP_CAP_FACTOR)
+            .max(limits.min_poll_interval);
+        let first = limits
+            .typical_job_duration
+            .max(limits.first_poll_after)
+            .max(limits.min_poll_interval);
+        (first, cap)
+    })
+}
+
+/// An interned id (job id, provider ref, poll key). One allocation shared by every map that
+/// names it, 16 bytes per mention instead of a 24-byte `String` plus its own heap copy: with
+/// 100,000 jobs in flight the tracker's maps are most of the gateway's steady-state heap.
+type Id = Arc<str>;
+
+/// provider ref → job id of one poll key. Most keys have exactly one job (StaticAdsLab,
+/// Abyssale), so that case is inline rather than a one-entry map; Pictify's batch keys hold
+/// up to 100, where a linear scan over a `Vec` is still cheap and far smaller than a map.
+#[derive(Debug)]
+enum Refs {
+    One(Id, Id),
+    Many(Vec<(Id, Id)>),
+}
+
+impl Refs {
+    fn iter(&self) -> impl Iterator<Item = (&Id, &Id)> {
+        let (one, many) = match self {
+            Self::One(r, j) => (Some((r, j)), None),
+            Self::Many(v) => (None, Some(v.iter().map(|(r, j)| (r, j)))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn jobs(&self) -> impl Iterator<Item = &Id> {
+        self.iter().map(|(_, j)| j)
+    }
+
+    fn insert(&mut self, r: Id, job: Id) {
+        match self {
+            Self::One(r0, j0) if *r0 == r => *j0 = job,
+            Self::One(r0, j0) => *self = Self::Many(vec![(r0.clone(), j0.clone()), (r, job)]),
+            Self::Many(v) => match v.iter_mut().find(|(r0, _)| *r0 == r) {
+                Some(e) => e.1 = job,
+                None => v.push((r, job)),
+            },
+        }
+    }
+
+    /// Drop every ref of `job`; true when none is left.
+    fn remove_job(&mut self, job: &str) -> bool {
+        match self {
+            Self::One(_, j) => &**j == job,
+            Self::Many(v) => {
+                v.retain(|(_, j)| &**j != job);
+                v.is_empty()
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct KeyState {
+    refs: Refs,
+    interval: Duration,
+    generation: u64,
+}
+
+/// One tracked job (one entry instead of one per map as before).
+#[derive(Debug)]
+struct Tracked {
+    key: Id,
+    /// Last progress committed: lets a poll that reports "still processing, same progress"
+    /// skip the store entirely (the common case on every poll round). `None`: nothing yet.
+    progress: Option<Option<Progress>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: HashMap<Id, KeyState>,
+    jobs: HashMap<Id, Tracked>,
+    ref_job: HashMap<Id, Id>,
+    // Min-heap of (due, generation, key); entries whose generation is stale are skipped.
+    due: BinaryHeap<Reverse<(Instant, u64, Id)>>,
+    next_generation: u64,
+    streaming: HashSet<String>,
+    // Jobs that already had a push stream: a dropped stream falls back to polling for good,
+    // so a stream of new watchers never reopens it.
+    streamed: HashSet<String>,
+    cancel_requested: HashSet<String>,
+    not_found: HashMap<String, u32>,
+}
+
+impl Inner {
+    /// The interned copy of `s` if some map already holds it, else a new one.
+    fn intern_key(&self, s: &str) -> Id {
+        self.keys
+            .get_key_value(s)
+            .map_or_else(|| Id::from(s), |(k, _)| k.clone())
+    }
+}
+
+/// In-memory tracking state of one provider.
+#[derive(Debug)]
+pub(crate) struct TrackerState {
+    // A std Mutex: every operation is a few map/heap updates and never awaits.
+    inner: Mutex<Inner>,
+    pub(crate) wake: Notify,
+    /// For batch-pollable providers, polls are aligned to a grid of poll intervals so that
+    /// keys submitted at different moments share rounds and calls go out full.
+    grid: Option<(Instant, Duration)>,
+    /// The poll schedule when webhooks deliver completions (see [`backstop_schedule`]).
+    backstop: Option<(Duration, Duration)>,
+}
+
+impl TrackerState {
+    pub fn new(limits: &adgate_generator::Limits) -> Self {
+        let grid = (limits.max_keys_per_poll > 1 && limits.poll_interval > Duration::ZERO)
+            .then(|| (Instant::now(), limits.poll_interval));
+        let backstop = backstop_schedule(limits);
+        Self {
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            grid,
+            backstop,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Round `at` to the nearest grid tick (unchanged for providers polled key by key).
+    /// Nearest, not up: a key polled just after tick T and rescheduled one interval later must
+    /// land on T + interval, not on the tick after.
+    pub(crate) fn align(&self, at: Instant) -> Instant {
+        let Some((anchor, step)) = self.grid else {
+            return at;
+        };
+        let since = at.saturating_duration_since(anchor).as_nanos();
+        let step_ns = step.as_nanos().max(1);
+        let ticks = (since + step_ns / 2) / step_ns;
+        anchor + step.saturating_mul(ticks.min(u128::from(u32::MAX)) as u32)
+    }
+
+    fn schedule(inner: &mut Inner, key: &str, at: Instant) {
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        let Some(k) = inner.keys.get_key_value(key).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        if let Some(state) = inner.keys.get_mut(key) {
+            state.generation = generation;
+        }
+        inner.due.push(Reverse((at, generation, k)));
+    }
+
+    /// Start tracking a submitted job; its key is first polled after `first_after`.
+    pub fn add(&self, job: &JobRecord, first_after: Duration) {
+        let (Some(r), Some(key)) = (&job.provider_ref, &job.poll_key) else {
+            return;
+        };
+        self.add_ref(&job.id, r, key, first_after);
+    }
+
+    /// [`TrackerState::add`] from the three strings the tracker keeps.
+    pub fn add_ref(&self, job_id: &str, provider_ref: &str, key: &str, first_after: Duration) {
+        let mut inner = self.lock();
+        let job: Id = Id::from(job_id);
+        let r: Id = Id::from(provider_ref);
+        let key_id = inner.intern_key(key);
+        let fresh = match inner.keys.get_mut(key) {
+            Some(k) => {
+                k.refs.insert(r.clone(), job.clone());
+                false
+            }
+            None => {
+                inner.keys.insert(
+                    key_id.clone(),
+                    KeyState {
+                        refs: Refs::One(r.clone(), job.clone()),
+                        interval: Duration::ZERO,
+                        generation: 0,
+                    },
+                );
+                true
+            }
+        };
+        inner.jobs.insert(
+            job.clone(),
+            Tracked {
+                key: key_id,
+                progress: None,
+            },
+        );
+        inner.ref_job.insert(r, job);
+        if fresh {
+            // A zero first wait (resume) polls at once; otherwise webhooks make it a backstop.
+            let first_after = match self.backstop {
+                Some((first, _)) if !first_after.is_zero() => first.max(first_after),
+                _ => first_after,
+            };
+            let at = self.align(Instant::now() + first_after);
+            Self::schedule(&mut inner, key, at);
+            drop(inner);
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn remove_job(&self, job: &JobRecord) {
+        let mut inner = self.lock();
+        inner.not_found.remove(&job.id);
+        inner.cancel_requested.remove(&job.id);
+        inner.streamed.remove(&job.id);
+        if let Some(r) = &job.provider_ref {
+            inner.ref_job.remove(r.as_str());
+        }
+        let Some(tracked) = inner.jobs.remove(job.id.as_str()) else {
+            return;
+        };
+        let empty = match inner.keys.get_mut(&tracked.key) {
+            Some(k) => k.refs.remove_job(&job.id),
+            None => false,
+        };
+        if empty {
+            inner.keys.remove(&tracked.key);
+        }
+    }
+
+    /// Poll this key as soon as the budget allows.
+    pub fn mark_due(&self, key: &str) {
+        let mut inner = self.lock();
+        Self::schedule(&mut inner, key, Instant::now());
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    pub fn has_job(&self, job_id: &str) -> bool {
+        self.lock().jobs.contains_key(job_id)
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    pub fn request_cancel(&self, job_id: &str) {
+        self.lock().cancel_requested.insert(job_id.to_owned());
+    }
+
+    pub fn cancel_requested(&self, job_id: &str) -> bool {
+        self.lock().cancel_requested.contains(job_id)
+    }
+
+    pub(crate) fn job_for_ref(&self, provider_ref: &str) -> Option<String> {
+        self.lock().ref_job.get(provider_ref).map(|j| j.to_string())
+    }
+
+    pub(crate) fn jobs_of_key(&self, key: &str) -> Vec<String> {
+        self.lock()
+            .keys
+            .get(key)
+            .map(|k| k.refs.jobs().map(|j| j.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let mut inner = self.lock();
+        while let Some(Reverse((at, generation, key))) = inner.due.peek().cloned() {
+            let live = inner
+                .keys
+                .get(&*key)
+                .is_some_and(|k| k.generation == generation);
+            if live {
+                return Some(at);
+            }
+            inner.due.pop();
+        }
+        None
+    }
+
+    /// Take every key due by `now + coalesce`, skipping keys fully covered by streams.
+    pub(crate) fn take_due(&self, now: Instant, coalesce: Duration) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        let horizon = now + coalesce;
+        let mut any_due_now = false;
+        while let Some(Reverse((at, generation, key))) = inner.due.peek().cloned() {
+            if at > horizon || (at > now && !any_due_now) {
+                break;
+            }
+            inner.due.pop();
+            let Some(k) = inner.keys.get(&*key) else {
+                continue;
+            };
+            if k.generation != generation {
+                continue;
+            }
+            if k.refs.jobs().all(|id| inner.streaming.contains(&**id)) {
+                continue;
+            }
+            any_due_now |= at <= now;
+            out.push(key.to_string());
+        }
+        out
+    }
+
+    /// Schedule the next poll of `key` after a poll (in the round that started at `round`)
+    /// that found it still running.
+    pub(crate) fn reschedule(&self, key: &str, limits: &adgate_generator::Limits, round: Instant) {
+        let mut inner = self.lock();
+        let Some(k) = inner.keys.get_mut(key) else {
+            return;
+        };
+        let next = match (self.backstop, limits.max_poll_interval) {
+            // Growing from the typical job duration: a job that outlives it is probably long,
+            // and its push will most likely come.
+            (Some((_, cap)), _) if k.interval > Duration::ZERO => (k.interval * 2).min(cap),
+            (Some((first, cap)), _) => first.min(cap),
+            (None, Some(max)) if k.interval > Duration::ZERO => (k.interval * 2).min(max),
+            (None, _) => limits.poll_interval,
+        };
+        k.interval = next.max(limits.min_poll_interval);
+        let spacing = k.interval;
+        // Jitter (up to 10%, at most 500 ms) spreads keys submitted together.
+        let jitter = spacing
+            .mul_f64(0.1 * fastrand::f64())
+            .min(Duration::from_millis(500));
+        let at = match self.grid {
+            // On the grid, jitter would only split rounds.
+            // Counted from the round's start, so a slow round does not slip to the next tick.
+            Some(_) => self.align(round + spacing),
+            None => Instant::now() + spacing + jitter,
+        };
+        Self::schedule(&mut inner, key, at);
+    }
+
+    /// Mark a job as followed by a stream. False when it has (or had) one already.
+    pub(crate) fn set_streaming(&self, job_id: &str, on: bool) -> bool {
+        let mut inner = self.lock();
+        if on {
+            inner.streamed.insert(job_id.to_owned()) && inner.streaming.insert(job_id.to_owned())
+        } else {
+            inner.streaming.remove(job_id)
+        }
+    }
+
+    pub(crate) fn streaming_count(&self) -> usize {
+        self.lock().streaming.len()
+    }
+
+    pub(crate) fn count_not_found(&self, job_id: &str) -> u32 {
+        let mut inner = self.lock();
+        let n = inner.not_found.entry(job_id.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// True when `progress` is what was last committed for a tracked, processing job.
+    /// Otherwise remembers it and returns false.
+    pub(crate) fn unchanged_progress(&self, job_id: &str, progress: &Option<Progress>) -> bool {
+        let mut inner = self.lock();
+        let Some(tracked) = inner.jobs.get_mut(job_id) else {
+            return false;
+        };
+        match &tracked.progress {
+            Some(last) if last == progress => true,
+            _ => {
+                tracked.progress = Some(progress.clone());
+                false
+            }
+        }
+    }
+
+    pub(crate) fn clear_not_found(&self, job_id: &str) {
+        self.lock().not_found.remove(job_id);
+    }
+}
