@@ -38,7 +38,7 @@ impl Engine {
             .ok_or_else(|| EngineError::ProviderNotConfigured(job.provider.clone()))?;
         if job.state == JobState::Queued && job.attempt_id.is_none() {
             return self
-                .mark_cancelled(vec![job.id.clone()])
+                .mark_cancelled(vec![job.id.clone()], true)
                 .await?
                 .pop()
                 .ok_or_else(|| {
@@ -115,7 +115,7 @@ impl Engine {
             .filter(|j| !j.state.is_terminal())
             .map(|j| j.id)
             .collect();
-        self.mark_cancelled(ids).await?;
+        self.mark_cancelled(ids, false).await?;
         rt.tracker.mark_due(poll_key);
         Ok(())
     }
@@ -129,11 +129,18 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(job_id.to_owned()))
     }
 
-    async fn mark_cancelled(&self, ids: Vec<String>) -> Result<Vec<JobRecord>, EngineError> {
+    /// `unattempted_only`: a local cancel, which must lose to an attempt that took the job
+    /// first (it may be on its way to the provider).
+    async fn mark_cancelled(
+        &self,
+        ids: Vec<String>,
+        unattempted_only: bool,
+    ) -> Result<Vec<JobRecord>, EngineError> {
         let patches = ids
             .into_iter()
             .map(|id| JobPatch {
                 state: Some(JobState::Cancelled),
+                unattempted_only,
                 error: Some(JobError::new(
                     codes::CANCELLED_BY_CALLER,
                     "cancelled by the caller",

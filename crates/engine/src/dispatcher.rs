@@ -214,19 +214,34 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
                 // Stable across retries and restarts: the first job id is unique to this call.
                 let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
                 let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
-                if let Err(e) = shared
+                let attempt = match shared
                     .store
                     .create_attempt(&rt.name, &key, &ids, shared.clock.now_ms())
                     .await
                 {
-                    tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
+                        continue;
+                    }
+                };
+                // Send exactly the jobs the attempt took: one cancelled while this pass waited
+                // for a slot was left out by the store, and must not reach the provider.
+                let linked = match linked_jobs(&shared, chunk, attempt).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(provider = %rt.name, error = %e, "reading an attempt failed");
+                        continue;
+                    }
+                };
+                if linked.is_empty() {
                     continue;
                 }
                 shared.spawn(send_attempt(
                     shared.clone(),
                     rt.clone(),
                     key,
-                    chunk.to_vec(),
+                    linked,
                     permit,
                     budget_held,
                 ));
@@ -236,6 +251,27 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
             idle(&shared, &rt, LINGER).await;
         }
     }
+}
+
+/// The jobs of `chunk` that attempt `attempt` covers and that are still QUEUED, in order.
+async fn linked_jobs(
+    shared: &Shared,
+    chunk: &[JobRecord],
+    attempt: i64,
+) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
+    let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
+    let mut now: HashMap<String, JobRecord> = shared
+        .store
+        .get_jobs(&ids)
+        .await?
+        .into_iter()
+        .map(|j| (j.id.clone(), j))
+        .collect();
+    Ok(ids
+        .iter()
+        .filter_map(|id| now.remove(id))
+        .filter(|j| j.attempt_id == Some(attempt) && j.state == JobState::Queued)
+        .collect())
 }
 
 async fn idle(shared: &Shared, rt: &ProviderRuntime, max: Duration) {

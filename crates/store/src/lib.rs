@@ -106,7 +106,8 @@ pub trait Store: Send + Sync + 'static {
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>>;
 
     /// Record a submit attempt (the outbox) and link its jobs to it, before any HTTP call.
-    /// Returns the attempt id. Group-committed.
+    /// Only jobs still QUEUED are linked (one cancelled meanwhile stays out). Returns the
+    /// attempt id. Group-committed.
     async fn create_attempt(
         &self,
         provider: &str,

@@ -83,6 +83,9 @@ pub struct JobPatch {
     pub error: Option<JobError>,
     /// A new deadline (the engine shortens it to bound an unknown outcome's reconciliation).
     pub deadline_at_ms: Option<i64>,
+    /// Apply only while no submit attempt covers the job (a local cancel): decided in the
+    /// write, so a cancel and an attempt racing for one job never both win.
+    pub unattempted_only: bool,
 }
 
 impl JobPatch {

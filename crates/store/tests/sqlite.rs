@@ -47,6 +47,7 @@ conformance!(
     expiry,
     webhook_deliveries,
     kept_events,
+    cancel_and_attempt_race,
     counts,
     failing_command_is_isolated,
     coalesced_group_mixes_replays_conflicts_and_fresh_submits,

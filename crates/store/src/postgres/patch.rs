@@ -83,6 +83,9 @@ pub(super) async fn apply(
         if job.next.state.is_terminal() {
             continue; // terminal states never change again
         }
+        if patch.unattempted_only && job.next.attempt_id.is_some() {
+            continue; // an attempt took it first: it may be on its way to the provider
+        }
         let mut next = job.next.clone();
         if let Some(state) = patch.state {
             next.state = state;

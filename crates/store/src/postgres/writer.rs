@@ -595,7 +595,7 @@ async fn create_attempt(
             "UPDATE jobs SET attempt_id = $1, attempt_seq = t.n - 1 \
              FROM (SELECT id, max(n) AS n FROM UNNEST($2::text[]) WITH ORDINALITY AS u(id, n) \
                    GROUP BY id) AS t \
-             WHERE jobs.id = t.id",
+             WHERE jobs.id = t.id AND jobs.state = 1",
         )
         .bind(attempt_id)
         .bind(job_ids)

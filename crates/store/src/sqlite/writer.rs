@@ -826,7 +826,8 @@ async fn create_attempt(
     };
     for (position, job_id) in job_ids.iter().enumerate() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
-        sqlx::query("UPDATE jobs SET attempt_id = ?, attempt_seq = ? WHERE id = ?")
+        // Only a job still QUEUED joins an attempt: one cancelled meanwhile is never sent.
+        sqlx::query("UPDATE jobs SET attempt_id = ?, attempt_seq = ? WHERE id = ? AND state = 1")
             .bind(attempt_id)
             .bind(i64::try_from(position).unwrap_or(i64::MAX))
             .bind(job_id)
@@ -868,6 +869,9 @@ async fn apply(
         let current = job_from_row(&row)?;
         if current.state.is_terminal() {
             continue; // terminal states never change again
+        }
+        if patch.unattempted_only && current.attempt_id.is_some() {
+            continue; // an attempt took it first: it may be on its way to the provider
         }
         let mut next = current.clone();
         if let Some(state) = patch.state {

@@ -947,6 +947,54 @@ pub async fn kept_events(store: &dyn Store) {
     );
 }
 
+/// A local cancel and an attempt racing for one job never both win: an attempt links only
+/// QUEUED jobs, and a patch marked `unattempted_only` skips a job an attempt already took.
+pub async fn cancel_and_attempt_race(store: &dyn Store) {
+    submit_ok(
+        store,
+        submission(
+            "batch_r",
+            vec![job("job_r1", "pictify"), job("job_r2", "pictify")],
+            T0,
+        ),
+    )
+    .await;
+    let cancel = |id: &str| {
+        let mut p = JobPatch::new(id);
+        p.state = Some(JobState::Cancelled);
+        p.unattempted_only = true;
+        p
+    };
+    // job_r1 cancelled first: the attempt leaves it out.
+    assert_eq!(
+        ids(&store
+            .apply(vec![cancel("job_r1")], T0 + 1)
+            .await
+            .expect("cancel")),
+        ["job_r1"]
+    );
+    let attempt = store
+        .create_attempt(
+            "pictify",
+            "key-r",
+            &["job_r1".into(), "job_r2".into()],
+            T0 + 2,
+        )
+        .await
+        .expect("attempt");
+    assert_eq!(one(store, "job_r1").await.attempt_id, None);
+    assert_eq!(one(store, "job_r2").await.attempt_id, Some(attempt));
+    // job_r2 taken by the attempt first: the local cancel changes nothing.
+    assert!(
+        store
+            .apply(vec![cancel("job_r2")], T0 + 3)
+            .await
+            .expect("cancel")
+            .is_empty()
+    );
+    assert_eq!(one(store, "job_r2").await.state, JobState::Queued);
+}
+
 /// count_by_state: one row per (provider, state) that has jobs.
 pub async fn counts(store: &dyn Store) {
     assert!(store.count_by_state().await.expect("count").is_empty());
