@@ -10,7 +10,7 @@ use adgate_store::{JobPatch, JobRecord};
 use crate::codes;
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::runtime::{ProviderRuntime, commit};
+use crate::runtime::ProviderRuntime;
 
 impl Engine {
     /// Cancel one job: locally while it is queued and unsent; at the provider where the
@@ -149,6 +149,6 @@ impl Engine {
                 ..JobPatch::new(id)
             })
             .collect();
-        Ok(commit(&self.shared, patches).await?)
+        Ok(self.shared.commit(patches).await?)
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::budget::Priority;
 use crate::error::EngineError;
-use crate::runtime::{ProviderRuntime, Shared, commit};
+use crate::runtime::{ProviderRuntime, Shared};
 use crate::{codes, tracker};
 
 /// How many queued jobs one dispatcher pass reads.
@@ -98,7 +98,7 @@ async fn settle_unknown(shared: &Shared, rt: &ProviderRuntime, jobs: &[JobRecord
         return;
     }
     let until =
-        shared.clock.now_ms() + i64::try_from(rt.reconcile_window.as_millis()).unwrap_or(i64::MAX);
+        shared.now_ms() + i64::try_from(rt.reconcile_window.as_millis()).unwrap_or(i64::MAX);
     let patches = jobs
         .iter()
         .map(|j| JobPatch {
@@ -117,7 +117,7 @@ async fn settle_unknown(shared: &Shared, rt: &ProviderRuntime, jobs: &[JobRecord
             ..JobPatch::new(j.id.clone())
         })
         .collect();
-    match commit(shared, patches).await {
+    match shared.commit(patches).await {
         Ok(changed) => {
             tracing::warn!(provider = %rt.name, jobs = changed.len(),
                 window_s = rt.reconcile_window.as_secs(),
@@ -150,8 +150,8 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
             .claim_queued(
                 &rt.name,
                 &shared.replica_id,
-                shared.clock.now_ms(),
-                shared.lease.as_millis() as i64,
+                shared.now_ms(),
+                shared.lease_ms(),
                 PASS_SIZE,
             )
             .await
@@ -184,7 +184,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
             .await;
         }
         let mut lingering = false;
-        let now_ms = shared.clock.now_ms();
+        let now_ms = shared.now_ms();
         for group in group_in_order(jobs) {
             let max = rt.limits.max_items_per_submit.max(1);
             for chunk in group.chunks(max) {
@@ -216,7 +216,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
                 let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
                 let attempt = match shared
                     .store
-                    .create_attempt(&rt.name, &key, &ids, shared.clock.now_ms())
+                    .create_attempt(&rt.name, &key, &ids, shared.now_ms())
                     .await
                 {
                     Ok(a) => a,
@@ -339,7 +339,7 @@ pub(crate) async fn send_attempt(
     loop {
         // With the budget already taken the attempt is on record and the call goes out now,
         // even during a drain (which waits for in-flight submits): see `run`.
-        if !budget_held && (shared.shutdown.is_cancelled() || shared.clock.now_ms() > deadline_ms) {
+        if !budget_held && (shared.shutdown.is_cancelled() || shared.now_ms() > deadline_ms) {
             // Left open: resumed after a restart, or failed by the deadline sweeper.
             return;
         }
@@ -485,7 +485,7 @@ async fn accept(
             ..JobPatch::new(a.job_id.clone())
         });
     }
-    match commit(shared, patches).await {
+    match shared.commit(patches).await {
         Ok(changed) => {
             for rec in &changed {
                 rt.tracker.add(rec, rt.limits.first_poll_after);
@@ -541,7 +541,7 @@ pub(crate) async fn fail(shared: &Shared, ids: Vec<String>, error: JobError) {
             ..JobPatch::new(id)
         })
         .collect();
-    if let Err(e) = commit(shared, patches).await {
+    if let Err(e) = shared.commit(patches).await {
         tracing::error!(error = %e, "recording failed jobs failed");
     }
 }

@@ -196,7 +196,7 @@ impl Engine {
                 return Err(EngineError::ReplicaIdInUse(s.replica_id.clone()));
             }
             s.store
-                .renew_leases(&s.replica_id, s.clock.now_ms(), s.lease.as_millis() as i64)
+                .renew_leases(&s.replica_id, s.now_ms(), s.lease_ms())
                 .await?;
             // A restart under a stable identity (after a crash) resumes its jobs now rather
             // than waiting for its old lease to lapse and another replica to take them.
@@ -254,9 +254,7 @@ impl Engine {
         if !s.store.is_shared() {
             return Ok(());
         }
-        s.store
-            .release_lease(&s.replica_id, s.clock.now_ms())
-            .await?;
+        s.store.release_lease(&s.replica_id, s.now_ms()).await?;
         tracing::info!(replica = %s.replica_id, "released the lease on this replica's jobs");
         Ok(())
     }
@@ -335,7 +333,7 @@ impl Engine {
         if !violations.is_empty() {
             return Err(EngineError::Invalid(violations));
         }
-        let now = self.shared.clock.now_ms();
+        let now = self.shared.now_ms();
         // Only compared when a request id repeats: skip the hashing otherwise.
         let content_hash = match cmd.request_id {
             Some(_) => content_hash(&cmd),

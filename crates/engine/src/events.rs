@@ -28,7 +28,7 @@ use adgate_store::{EventWrite, JobPatch, JobRecord, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::codes;
-use crate::runtime::{ProviderRuntime, Shared, publish};
+use crate::runtime::{ProviderRuntime, Shared};
 
 /// Consecutive polls that must miss a job before it is failed as lost.
 const NOT_FOUND_LIMIT: u32 = 3;
@@ -98,7 +98,7 @@ pub(crate) async fn apply_updates(
     // Jobs an earlier correlated update of this batch took: two events for identical
     // variables must land on two different jobs.
     let mut claimed = HashSet::new();
-    let expires_at = shared.clock.now_ms() + ms(shared.kept_event_ttl);
+    let expires_at = shared.now_ms() + ms(shared.kept_event_ttl);
     for update in updates {
         match resolve(shared, rt, &update, bound_job, &mut claimed).await? {
             Resolution::Found(p) => patches.extend(p),
@@ -124,8 +124,8 @@ pub(crate) async fn apply_updates(
         if patches.is_empty() {
             Vec::new()
         } else {
-            let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
-            publish(shared, &changed);
+            let changed = shared.store.apply(patches, shared.now_ms()).await?;
+            shared.publish(&changed);
             changed
         }
     } else {
@@ -137,12 +137,12 @@ pub(crate) async fn apply_updates(
         };
         let Some(changed) = shared
             .store
-            .apply_event(&rt.name, write, shared.clock.now_ms())
+            .apply_event(&rt.name, write, shared.now_ms())
             .await?
         else {
             return Ok(None);
         };
-        publish(shared, &changed);
+        shared.publish(&changed);
         changed
     };
     forget_stale(shared, rt, terminal, &committed).await?;
@@ -356,7 +356,7 @@ pub(crate) async fn drain(
     if kept.is_empty() {
         return Ok(0);
     }
-    let now = shared.clock.now_ms();
+    let now = shared.now_ms();
     let mut patches = Vec::new();
     let mut consumed = Vec::new();
     let mut applied = 0;
@@ -410,7 +410,7 @@ pub(crate) async fn drain(
         .apply_event(&rt.name, write, now)
         .await?
         .unwrap_or_default();
-    publish(shared, &changed);
+    shared.publish(&changed);
     forget_stale(shared, rt, terminal, &changed).await?;
     for _ in 0..applied {
         shared.metrics.webhook(&rt.name, "applied_from_inbox");

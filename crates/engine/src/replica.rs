@@ -33,11 +33,7 @@ pub(crate) async fn renew_leases(shared: Arc<Shared>) {
         }
         let renewed = shared
             .store
-            .renew_leases(
-                &shared.replica_id,
-                shared.clock.now_ms(),
-                shared.lease.as_millis() as i64,
-            )
+            .renew_leases(&shared.replica_id, shared.now_ms(), shared.lease_ms())
             .await;
         match renewed {
             Ok(held) => {
@@ -93,8 +89,8 @@ pub(crate) async fn adopt_own(shared: &Arc<Shared>) -> Result<(), EngineError> {
             .claim_own(
                 &rt.name,
                 &shared.replica_id,
-                shared.clock.now_ms(),
-                shared.lease.as_millis() as i64,
+                shared.now_ms(),
+                shared.lease_ms(),
             )
             .await?;
         if jobs.is_empty() {
@@ -120,8 +116,8 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
                         .claim_orphans(
                             &rt.name,
                             &shared.replica_id,
-                            shared.clock.now_ms(),
-                            shared.lease.as_millis() as i64,
+                            shared.now_ms(),
+                            shared.lease_ms(),
                             PASS,
                         )
                         .await;

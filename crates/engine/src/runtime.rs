@@ -63,7 +63,7 @@ impl ProviderRuntime {
                     &self.name,
                     self.limits.budget.requests,
                     window_ms,
-                    shared.clock.now_ms(),
+                    shared.now_ms(),
                 )
                 .await;
             let wait = match grant {
@@ -88,7 +88,7 @@ impl ProviderRuntime {
         self.budget.block_for(wait);
         if shared.store.is_shared() {
             let (store, name) = (shared.store.clone(), self.name.clone());
-            let until = shared.clock.now_ms() + wait.as_millis() as i64;
+            let until = shared.now_ms() + wait.as_millis() as i64;
             shared.spawn(async move {
                 if let Err(e) = store.block_budget(&name, until).await {
                     tracing::warn!(provider = %name, error = %e, "sharing a rate-limit block failed");
@@ -141,39 +141,50 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Now, in the engine clock's Unix milliseconds (what the store records).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The replica lease in milliseconds (shared stores).
+    pub(crate) fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Commit patches, publish every change, and drop terminal jobs from their tracker.
+    pub(crate) async fn commit(
+        &self,
+        patches: Vec<JobPatch>,
+    ) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
+        if patches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changed = self.store.apply(patches, self.now_ms()).await?;
+        self.publish(&changed);
+        Ok(changed)
+    }
+
+    /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
+    /// their tracker.
+    pub(crate) fn publish(&self, changed: &[JobRecord]) {
+        for rec in changed {
+            if rec.state.is_terminal()
+                && let Some(rt) = self.providers.get(&rec.provider)
+            {
+                rt.tracker.remove_job(rec);
+            }
+            let rec = Arc::new(rec.clone());
+            self.cache.changed(&rec);
+            self.bus.publish(rec);
+        }
+    }
+
     /// Start an engine task, tracked so that [`Engine::stopped`] waits for it.
     pub(crate) fn spawn<F>(&self, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task);
-    }
-}
-
-/// Commit patches, publish every change, and drop terminal jobs from their tracker.
-pub(crate) async fn commit(
-    shared: &Shared,
-    patches: Vec<JobPatch>,
-) -> Result<Vec<JobRecord>, adgate_store::StoreError> {
-    if patches.is_empty() {
-        return Ok(Vec::new());
-    }
-    let changed = shared.store.apply(patches, shared.clock.now_ms()).await?;
-    publish(shared, &changed);
-    Ok(changed)
-}
-
-/// Publish committed changes and drop terminal jobs from their tracker.
-pub(crate) fn publish(shared: &Shared, changed: &[JobRecord]) {
-    for rec in changed {
-        if rec.state.is_terminal()
-            && let Some(rt) = shared.providers.get(&rec.provider)
-        {
-            rt.tracker.remove_job(rec);
-        }
-        let rec = Arc::new(rec.clone());
-        shared.cache.changed(&rec);
-        shared.bus.publish(rec);
     }
 }
 

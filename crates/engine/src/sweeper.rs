@@ -7,7 +7,7 @@ use std::time::Duration;
 use adgate_generator::{JobError, JobState};
 use adgate_store::{JobPatch, JobRecord};
 
-use crate::runtime::{Shared, commit};
+use crate::runtime::Shared;
 use crate::{codes, dispatcher};
 
 /// Fail every non-terminal job whose deadline has passed.
@@ -20,7 +20,7 @@ pub(crate) async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
             _ = tick.tick() => {}
         }
         loop {
-            let Ok(ids) = shared.store.expired(shared.clock.now_ms(), 1000).await else {
+            let Ok(ids) = shared.store.expired(shared.now_ms(), 1000).await else {
                 break;
             };
             if ids.is_empty() {
@@ -39,7 +39,7 @@ pub(crate) async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
                     ..JobPatch::new(j.id)
                 })
                 .collect();
-            if commit(&shared, patches).await.is_err() || n < 1000 {
+            if shared.commit(patches).await.is_err() || n < 1000 {
                 break;
             }
         }
