@@ -103,6 +103,15 @@ pub struct Faults {
     /// delivered (no retries, no pause). StaticAdsLab has no webhooks (providers.md §1.9), so
     /// the fault changes nothing there.
     pub suppress_webhooks: bool,
+    /// StaticAdsLab `GET /v1/image-ads?ids=`: the lenient reading of providers.md §6 q4 —
+    /// every asked id on one page, `limit` ignored, `has_more: false`. Off (the default) is the
+    /// stricter reading: `limit` (default 20, max 100), `has_more` and `starting_after` apply
+    /// to `?ids=` as to any list [SAL:reference/pagination].
+    pub sal_ids_unpaged: bool,
+    /// StaticAdsLab lists (`?ids=` included unless `sal_ids_unpaged`): serve at most this many
+    /// ads per page whatever `limit` asks — a provider whose real page maximum is lower than
+    /// documented — so a client must follow `has_more` to see every ad.
+    pub sal_page_cap: Option<usize>,
 }
 
 impl Faults {

@@ -221,6 +221,76 @@ async fn batch_poll_omits_unknown_ids_and_caps_count() {
     sim.shutdown();
 }
 
+fn ids_of(v: &Value) -> Vec<String> {
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// [SAL:reference/pagination]: `limit` default 20, max 100, `has_more`, cursor
+/// `starting_after=<last id>`. Whether `?ids=` obeys it is open (providers.md §6 q4): the
+/// simulator's default is the stricter reading (it does); `sal_ids_unpaged` is the other one.
+#[tokio::test]
+async fn batch_poll_pages_by_limit_unless_unpaged() {
+    let sim = spawn(cfg()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(create(&sim, i).await);
+    }
+    let all = ids.join(",");
+    // No limit: the documented default page of 20.
+    let (status, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids_of(&v), ids[..20].to_vec());
+    assert_eq!(v["has_more"], true);
+    // The next page starts after the last id of the previous one.
+    let (_, _, v) = get_json(
+        &sim,
+        &format!("/v1/image-ads?ids={all}&starting_after={}", ids[19]),
+    )
+    .await;
+    assert_eq!(ids_of(&v), ids[20..].to_vec());
+    assert_eq!(v["has_more"], false);
+    // `limit` as large as the id set: one page.
+    let (_, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}&limit=25")).await;
+    assert_eq!(ids_of(&v), ids);
+    assert_eq!(v["has_more"], false);
+    let (_, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}&limit=10")).await;
+    assert_eq!(ids_of(&v).len(), 10);
+    assert_eq!(v["has_more"], true);
+    // Out-of-range limit and an unknown cursor are 400 VALIDATION_ERROR, as on the plain list.
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "starting_after=ia_ffffffffffffffff",
+    ] {
+        let (status, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}&{q}")).await;
+        assert_eq!(status, 400, "{q}");
+        assert_eq!(v["error"]["code"], "VALIDATION_ERROR", "{q}");
+    }
+    // The other reading: every id on one page whatever `limit` says.
+    sim.set_faults(Faults {
+        sal_ids_unpaged: true,
+        ..Faults::default()
+    });
+    let (_, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}&limit=5")).await;
+    assert_eq!(ids_of(&v), ids);
+    assert_eq!(v["has_more"], false);
+    // A server whose page maximum is lower than `limit` still says `has_more`.
+    sim.set_faults(Faults {
+        sal_page_cap: Some(7),
+        ..Faults::default()
+    });
+    let (_, _, v) = get_json(&sim, &format!("/v1/image-ads?ids={all}&limit=25")).await;
+    assert_eq!(ids_of(&v), ids[..7].to_vec());
+    assert_eq!(v["has_more"], true);
+    sim.shutdown();
+}
+
 #[tokio::test]
 async fn lifecycle_completes_with_a_fetchable_png() {
     let sim = spawn(cfg()).await.unwrap();

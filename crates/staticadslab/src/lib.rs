@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use adgate_generator::{
     Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
-    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
-    UpdateStream, UpdateTarget,
+    ProviderContext, ProviderUpdate, PushChannels, RateLimitSnapshot, RemoteState, RequestBudget,
+    SubmitBatch, UpdateStream, UpdateTarget,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -171,6 +171,60 @@ impl StaticAdsLab {
         Ok((status, headers, body))
     }
 
+    /// Every ad of `ask` the provider returns for `GET /v1/image-ads?ids=…`, following its
+    /// pages. The list endpoint pages with `limit` (default 20, max 100) and `has_more`, and
+    /// the cursor is `starting_after=<last id>` [SAL:reference/pagination]; whether `ids=`
+    /// obeys that is open (providers.md §6 q4), so we read it the safe way: ask for a page as
+    /// large as the id set (`limit` = ids asked, at most 100 by `MAX_IDS_PER_POLL`), and when a
+    /// page still says `has_more` ask again after its last id. Only the answer of the last
+    /// page makes an omitted id absent; an error on any page fails the whole poll (the engine
+    /// retries), so no id is ever reported NotFound from an incomplete answer. Extra pages only
+    /// happen against a server that serves fewer than `limit`; each is one more request.
+    async fn fetch_ids(
+        &self,
+        ask: &[&str],
+    ) -> Result<(HashMap<String, ImageAd>, Option<RateLimitSnapshot>), GenError> {
+        let ids = ask.join(",");
+        let limit = ask.len().min(MAX_IDS_PER_POLL);
+        let mut found: HashMap<String, ImageAd> = HashMap::new();
+        let mut rate = None;
+        let mut cursor: Option<String> = None;
+        // A page that says `has_more` must carry at least one new ad, so the id set bounds the
+        // number of pages; the extra turn reads the final page.
+        for _ in 0..=ask.len() {
+            let mut url = format!("{}/v1/image-ads?ids={ids}&limit={limit}", self.base);
+            if let Some(after) = &cursor {
+                url.push_str("&starting_after=");
+                url.push_str(after);
+            }
+            let (_, headers, bytes) = self.exchange(self.http.get(url), Effect::Read).await?;
+            rate = rate_snapshot(&headers).or(rate);
+            let page: AdList =
+                serde_json::from_slice(&bytes).map_err(|e| malformed("image-ad list", e))?;
+            let last = page.data.last().map(|ad| ad.id.clone());
+            let mut fresh = false;
+            for ad in page.data {
+                fresh |= found.insert(ad.id.clone(), ad).is_none();
+            }
+            if !page.has_more {
+                return Ok((found, rate));
+            }
+            // `has_more` with nothing new (an empty page, or the same page again) would loop
+            // for ever; the cursor must be an id we may put in a URL.
+            match last {
+                Some(id) if fresh && is_ad_id(&id) => cursor = Some(id),
+                _ => {
+                    return Err(GenError::transient(
+                        "StaticAdsLab said has_more but the page did not advance",
+                    ));
+                }
+            }
+        }
+        Err(GenError::transient(
+            "StaticAdsLab kept paging past the number of ids asked for",
+        ))
+    }
+
     /// Provider messages are quoted in errors; make sure none echoes our key back.
     fn scrub(&self, err: GenError) -> GenError {
         let key = self.cfg.api_key.as_str();
@@ -230,9 +284,13 @@ struct CreatedAd {
     id: String,
 }
 
+/// The list envelope `{data, has_more, meta}` [SAL:reference/pagination]. A body without
+/// `has_more` is read as the last page (a server that does not page).
 #[derive(Debug, Deserialize)]
 struct AdList {
     data: Vec<ImageAd>,
+    #[serde(default)]
+    has_more: bool,
 }
 
 #[async_trait]
@@ -348,19 +406,11 @@ impl Generator for StaticAdsLab {
         let (mut found, rate) = if ask.is_empty() {
             (HashMap::new(), None)
         } else {
-            let url = format!("{}/v1/image-ads?ids={}", self.base, ask.join(","));
-            let (_, headers, bytes) = self.exchange(self.http.get(url), Effect::Read).await?;
-            let list: AdList =
-                serde_json::from_slice(&bytes).map_err(|e| malformed("image-ad list", e))?;
-            let found: HashMap<String, ImageAd> = list
-                .data
-                .into_iter()
-                .map(|ad| (ad.id.clone(), ad))
-                .collect();
-            (found, rate_snapshot(&headers))
+            self.fetch_ids(&ask).await?
         };
-        // One update per distinct key, in request order. Ids the provider omitted (unknown,
-        // deleted, another org's) and keys that cannot be ad ids are NotFound.
+        // One update per distinct key, in request order. Ids the provider omitted from the
+        // complete answer (unknown, deleted, another org's; `fetch_ids` only returns once the
+        // last page said `has_more: false`) and keys that cannot be ad ids are NotFound.
         let mut done = HashSet::new();
         let updates = keys
             .iter()

@@ -285,6 +285,26 @@ mod tests {
         assert_eq!(wire["product_variant_id"], "pv_1");
     }
 
+    /// The gateway's generic proto conversion sends only the flags a caller set (proto3
+    /// bools arrive only when true); the wire body must carry exactly those and never default
+    /// the other one, so the provider applies its own default [SEED-2] `options`.
+    #[test]
+    fn options_carry_only_the_flags_received() {
+        let mut s = valid();
+        s["options"] = json!({"generate_copy": true});
+        let wire = serde_json::to_value(to_wire(&s).unwrap()).unwrap();
+        assert_eq!(wire["options"], json!({"generate_copy": true}));
+        s["options"] = json!({"generate_ai_images": true});
+        let wire = serde_json::to_value(to_wire(&s).unwrap()).unwrap();
+        assert_eq!(wire["options"], json!({"generate_ai_images": true}));
+        s["options"] = json!({});
+        let wire = serde_json::to_value(to_wire(&s).unwrap()).unwrap();
+        assert_eq!(wire["options"], json!({}));
+        s.as_object_mut().unwrap().remove("options");
+        let wire = serde_json::to_value(to_wire(&s).unwrap()).unwrap();
+        assert!(wire.get("options").is_none(), "{wire}");
+    }
+
     #[test]
     fn missing_and_misprefixed_ids() {
         let mut s = valid();

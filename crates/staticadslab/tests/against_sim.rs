@@ -123,6 +123,53 @@ async fn batch_poll_of_80_ids_reports_unknown_as_not_found() {
     sim.shutdown();
 }
 
+/// [SAL:reference/pagination]: lists page by `limit` and `has_more`; providers.md §6 q4 leaves
+/// open whether `?ids=` does. Against a server that serves fewer ads per page than asked, the
+/// adapter follows `has_more` with `starting_after` and reports NotFound only for ids absent
+/// from the complete answer.
+#[tokio::test]
+async fn batch_poll_follows_has_more_and_never_reports_not_found_from_a_partial_page() {
+    let (sim, a) = start(cfg()).await;
+    let submits = (0..29).map(|i| {
+        let a = &a;
+        async move { submit(a, &format!("k-page-{i}"), i).await.unwrap() }
+    });
+    let mut keys: Vec<String> = futures_util::future::join_all(submits).await;
+    keys.insert(15, "ia_ffffffffffffffff".to_owned());
+    sim.set_faults(Faults {
+        sal_page_cap: Some(7),
+        ..Faults::default()
+    });
+    let polled = a.poll(&keys).await.unwrap();
+    // 29 known ads, 7 per page: 7 + 7 + 7 + 7 + 1.
+    assert_eq!(sim.ledger.requests("GET /v1/image-ads"), 5);
+    assert_eq!(polled.value.len(), 30);
+    for (i, (k, u)) in keys.iter().zip(&polled.value).enumerate() {
+        assert_eq!(u.target, UpdateTarget::ProviderRef(k.clone()));
+        assert_eq!(
+            u.state == RemoteState::NotFound,
+            i == 15,
+            "key {i} ({k}): {:?}",
+            u.state
+        );
+    }
+    // The documented default page (20) with no `limit` would have cut 80 ids to 20; the
+    // adapter asks for as many as it sends, so one request covers them.
+    sim.set_faults(Faults::default());
+    let before = sim.ledger.requests("GET /v1/image-ads");
+    let polled = a.poll(&keys).await.unwrap();
+    assert_eq!(sim.ledger.requests("GET /v1/image-ads"), before + 1);
+    assert_eq!(
+        polled
+            .value
+            .iter()
+            .filter(|u| u.state == RemoteState::NotFound)
+            .count(),
+        1
+    );
+    sim.shutdown();
+}
+
 #[tokio::test]
 async fn poll_reaches_completed_with_a_png_output() {
     let (sim, a) = start(cfg()).await;

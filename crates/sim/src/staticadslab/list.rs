@@ -10,8 +10,8 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::gateway::json_response;
-use super::{DEFAULT_LIST_LIMIT, MAX_IDS, Sim};
-use crate::common::lock;
+use super::{DEFAULT_LIST_LIMIT, MAX_IDS, MAX_LIST_LIMIT, Sim};
+use crate::common::{Faults, lock};
 
 // ---------------------------------------------------------------------------------------------
 // GET /v1/image-ads (batch poll / list)
@@ -27,13 +27,34 @@ pub(super) async fn list_ads(
         Err(r) => return r,
     };
     let resp = match q.get("ids") {
-        Some(ids) => batch_poll(&sim, ids),
-        None => list_page(&sim, &q),
+        Some(ids) => batch_poll(&sim, ids, &q, &ctx.faults),
+        None => list_page(&sim, &q, &ctx.faults),
     };
     sim.finish(&ctx, resp, false).await
 }
 
-fn batch_poll(sim: &Sim, ids: &str) -> Response<Body> {
+/// `limit` as [SAL:reference/pagination] defines it: default 20, at most 100 (more → 400).
+/// Errors are boxed responses (a `Response` is large).
+fn page_limit(sim: &Sim, q: &HashMap<String, String>) -> Result<usize, Box<Response<Body>>> {
+    match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(Ok(n)) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(Box::new(sim.validation(
+            StatusCode::BAD_REQUEST,
+            vec![(
+                "limit".into(),
+                format!("Expected an integer between 1 and {MAX_LIST_LIMIT}"),
+            )],
+        ))),
+    }
+}
+
+fn batch_poll(
+    sim: &Sim,
+    ids: &str,
+    q: &HashMap<String, String>,
+    faults: &Faults,
+) -> Response<Body> {
     let ids: Vec<&str> = ids
         .split(',')
         .map(str::trim)
@@ -61,36 +82,63 @@ fn batch_poll(sim: &Sim, ids: &str) -> Response<Body> {
             )],
         );
     }
+    // providers.md §6 q4 leaves open whether `?ids=` pages; the docs' sentence "When `ids=` is
+    // provided, cursor p[agination …]" is cut off [SAL:reference/pagination]. Stricter reading
+    // (default): it pages like every list — `limit` (default 20, max 100), `has_more`, and
+    // `starting_after=<last id of the previous page>`. `sal_ids_unpaged` is the other reading.
+    let limit = if faults.sal_ids_unpaged {
+        usize::MAX
+    } else {
+        match page_limit(sim, q) {
+            Ok(n) => n.min(faults.sal_page_cap.unwrap_or(usize::MAX).max(1)),
+            Err(r) => return *r,
+        }
+    };
     let now = Instant::now();
     let mut inner = lock(&sim.inner);
     sim.finalize_due(&mut inner, now);
     let mut seen = HashSet::new();
     // GUESS (providers.md §6 q3): unknown ids are omitted (not an error), known ones come back
-    // in request order, duplicates once; the whole set fits one page (`has_more: false`).
-    let data: Vec<Value> = ids
+    // in request order, duplicates once.
+    let matched: Vec<&str> = ids
         .iter()
-        .filter(|id| seen.insert(**id))
+        .copied()
+        .filter(|id| seen.insert(*id))
+        .filter(|id| inner.ads.contains_key(*id))
+        .collect();
+    // The cursor names the last ad of the previous page, so the next page starts after it in
+    // the answer's order; an id that is not in the answer is an unknown cursor (400), as on
+    // the plain list.
+    let start = match (faults.sal_ids_unpaged, q.get("starting_after")) {
+        (true, _) | (false, None) => 0,
+        (false, Some(after)) => match matched.iter().position(|id| id == after) {
+            Some(p) => p + 1,
+            None => {
+                drop(inner);
+                return sim.validation(
+                    StatusCode::BAD_REQUEST,
+                    vec![("starting_after".into(), "Unknown cursor".into())],
+                );
+            }
+        },
+    };
+    let rest = &matched[start..];
+    let has_more = rest.len() > limit;
+    let data: Vec<Value> = rest
+        .iter()
+        .take(limit)
         .filter_map(|id| inner.ads.get(*id))
         .map(|ad| sim.ad_json(ad, now))
         .collect();
     drop(inner);
-    let body = json!({"data": data, "has_more": false, "meta": sim.meta()});
+    let body = json!({"data": data, "has_more": has_more, "meta": sim.meta()});
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
-fn list_page(sim: &Sim, q: &HashMap<String, String>) -> Response<Body> {
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => DEFAULT_LIST_LIMIT,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => {
-            return sim.validation(
-                StatusCode::BAD_REQUEST,
-                vec![(
-                    "limit".into(),
-                    "Expected an integer between 1 and 100".into(),
-                )],
-            );
-        }
+fn list_page(sim: &Sim, q: &HashMap<String, String>, faults: &Faults) -> Response<Body> {
+    let limit = match page_limit(sim, q) {
+        Ok(n) => n.min(faults.sal_page_cap.unwrap_or(usize::MAX).max(1)),
+        Err(r) => return *r,
     };
     let status = q.get("status").map(String::as_str);
     let now = Instant::now();

@@ -5,7 +5,8 @@
 //! Surface:
 //! - `POST /v1/image-ads` → 202 `{data: ImageAd, meta}` (one ad per call) [SEED-1], [SEED-2];
 //! - `GET /v1/image-ads/{id}` (JSON, or SSE with `Accept: text/event-stream`) [SEED-1];
-//! - `GET /v1/image-ads?ids=a,b` batch poll, or a plain cursor list [SEED-0], [SAL:reference/pagination];
+//! - `GET /v1/image-ads?ids=a,b` batch poll, or a plain cursor list, both paged by `limit`,
+//!   `has_more` and `starting_after` [SEED-0], [SAL:reference/pagination];
 //! - `GET /files/{id}.png`: the rendered output (stands in for the provider's CDN).
 //!
 //! Ads run on a scaled clock: each draws a duration from `SimConfig::job_duration`, its progress
@@ -56,7 +57,10 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// "Max #ids: docs literally say 'up to N'" [SEED-0]; GUESS: 100, the list `limit` maximum
 /// [SAL:reference/pagination]; more → 400.
 const MAX_IDS: usize = 100;
+/// `limit` "default 20, max 100" [SAL:reference/pagination]; applies to `?ids=` too unless
+/// `Faults::sal_ids_unpaged` (providers.md §6 q4).
 const DEFAULT_LIST_LIMIT: usize = 20;
+const MAX_LIST_LIMIT: usize = 100;
 /// $1.00 flat, $4.00 editable, in cents [SEED-2], [SAL:guides/errors-and-billing].
 const PRICE_FLAT: u64 = 100;
 const PRICE_EDITABLE: u64 = 400;
