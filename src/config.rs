@@ -56,6 +56,9 @@ TOML FILE (every key optional):
   kept_event_ttl_secs = 86400 how long a provider event that matches no job yet is kept
   [providers.<name>]          name: {providers}
   api_key, base_url, webhook_secret, request_timeout_secs,
+  webhook_secrets = { \"render.completed\" = \"whsec_…\" }  per-event secrets (Pictify),
+  plan = \"free\"|\"pro\"|\"business\" (Pictify), resume_subscriptions = false,
+  max_running_poll_keys, daily_requests, push_check_secs,
   requests, window_secs, max_concurrent_submits, poll_interval_ms, min_poll_interval_ms,
   max_keys_per_poll, max_items_per_submit, first_poll_after_ms, deadline_secs,
   typical_job_secs (first backstop poll with webhooks),
@@ -195,6 +198,12 @@ pub struct LimitOverrides {
     pub deadline_secs: Option<u64>,
     pub typical_job_secs: Option<f64>,
     pub longest_job_secs: Option<f64>,
+    /// Poll keys (Pictify batches) running at once; a new submit waits while reached.
+    pub max_running_poll_keys: Option<usize>,
+    /// Requests per rolling 24 h, on top of `requests` per `window_secs`.
+    pub daily_requests: Option<u32>,
+    /// How often the provider's push subscriptions are checked (`check_push`).
+    pub push_check_secs: Option<f64>,
 }
 
 /// `[providers.<name>]` in the TOML file.
@@ -204,6 +213,11 @@ struct FileProvider {
     api_key: Option<Secret>,
     base_url: Option<String>,
     webhook_secret: Option<Secret>,
+    /// Per-event webhook secrets (`{ "render.completed" = "whsec_…" }`).
+    #[serde(default)]
+    webhook_secrets: BTreeMap<String, Secret>,
+    plan: Option<String>,
+    resume_subscriptions: Option<bool>,
     request_timeout_secs: Option<f64>,
     #[serde(flatten)]
     limits: LimitOverrides,
@@ -237,6 +251,12 @@ pub struct ProviderSettings {
     /// `None` = the adapter's documented default.
     pub base_url: Option<String>,
     pub webhook_secret: Option<Secret>,
+    /// Per-event webhook secrets; the default (`webhook_secret`) covers the other events.
+    pub webhook_secrets: BTreeMap<String, Secret>,
+    /// The provider plan (`free`, `pro`, `business`); `None` = the adapter's default.
+    pub plan: Option<String>,
+    /// Resume a push subscription the provider paused.
+    pub resume_subscriptions: bool,
     pub request_timeout: Option<Duration>,
     pub limits: LimitOverrides,
 }
@@ -447,6 +467,17 @@ impl Settings {
             p.api_key = p.api_key.take().filter(|k| !k.expose().trim().is_empty());
             p.webhook_secret = var(&secret_var).map(Secret::new).or(f.webhook_secret);
             p.webhook_secret = p.webhook_secret.take().filter(|k| !k.expose().is_empty());
+            if let Some((event, _)) = f.webhook_secrets.iter().find(|(_, v)| v.expose().is_empty())
+            {
+                return Err(ConfigError::invalid(
+                    &format!("providers.{name}.webhook_secrets.{event}"),
+                    "\"\"",
+                    "must not be empty",
+                ));
+            }
+            p.webhook_secrets = f.webhook_secrets;
+            p.plan = f.plan;
+            p.resume_subscriptions = f.resume_subscriptions.unwrap_or(false);
             if let Some(u) = var(&url_var)
                 .or(f.base_url)
                 .filter(|u| !u.trim().is_empty())
@@ -582,6 +613,11 @@ fn check_overrides(provider: &str, o: &LimitOverrides) -> Result<(), ConfigError
         ),
         ("poll_interval_ms", o.poll_interval_ms),
         ("deadline_secs", o.deadline_secs),
+        (
+            "max_running_poll_keys",
+            o.max_running_poll_keys.map(|v| v as u64),
+        ),
+        ("daily_requests", o.daily_requests.map(u64::from)),
     ];
     for (field, v) in nonzero {
         if v == Some(0) {
@@ -597,6 +633,16 @@ fn check_overrides(provider: &str, o: &LimitOverrides) -> Result<(), ConfigError
         if d.is_zero() {
             return Err(ConfigError::invalid(
                 &name("window_secs"),
+                &w.to_string(),
+                "must be > 0",
+            ));
+        }
+    }
+    if let Some(w) = o.push_check_secs {
+        let d = secs(&name("push_check_secs"), w)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(
+                &name("push_check_secs"),
                 &w.to_string(),
                 "must be > 0",
             ));
@@ -663,8 +709,12 @@ mod tests {
         assert_eq!(s.grace_period, Duration::from_secs(10));
         assert_eq!(s.max_watch_streams, 10_000);
         assert_eq!(s.heartbeat, Duration::from_secs(15));
-        let names: Vec<&String> = s.providers.keys().collect();
-        assert_eq!(names, ["abyssale", "pictify", "staticadslab"]);
+        // Every registered provider has a (disabled) entry.
+        let names: Vec<&str> = s.providers.keys().map(String::as_str).collect();
+        let mut registered: Vec<&str> = providers::names().collect();
+        registered.sort_unstable();
+        assert_eq!(names, registered);
+        assert!(names.contains(&"staticadslab") && names.len() >= 3);
     }
 
     #[test]
