@@ -206,6 +206,27 @@ impl Gateway {
         })
     }
 
+    async fn cancel_batch_inner(
+        &self,
+        req: pb::CancelBatchRequest,
+    ) -> Result<pb::CancelBatchResponse, ApiError> {
+        check_id("batch_id", &req.batch_id)?;
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let jobs = self
+            .engine
+            .cancel_batch(&req.batch_id)
+            .await
+            .map_err(|e| match e {
+                adgate_engine::EngineError::NotFound(id) => ApiError::BatchNotFound(id),
+                other => other.into(),
+            })?;
+        Ok(pb::CancelBatchResponse {
+            jobs: jobs.iter().map(convert::job).collect(),
+        })
+    }
+
     async fn watch_inner(&self, req: pb::WatchProgressRequest) -> Result<WatchStream, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::ShuttingDown);
@@ -430,6 +451,14 @@ impl GatewayService for Gateway {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let r = self.cancel_job_inner(request.into_inner()).await;
         self.observe("CancelJob", r)
+    }
+
+    async fn cancel_batch(
+        &self,
+        request: Request<pb::CancelBatchRequest>,
+    ) -> Result<Response<pb::CancelBatchResponse>, Status> {
+        let r = self.cancel_batch_inner(request.into_inner()).await;
+        self.observe("CancelBatch", r)
     }
 
     async fn list_providers(

@@ -55,6 +55,10 @@ async fn start(
     .await
 }
 
+async fn batch_of(client: &mut Client, batch_id: &str) -> Vec<pb::Job> {
+    batch(client, batch_id).await
+}
+
 async fn wait_state(client: &Client, id: &str, want: pb::JobState) -> pb::Job {
     wait_for(&format!("{id} {want:?}"), Duration::from_secs(15), || {
         let mut c = client.clone();
@@ -176,5 +180,99 @@ async fn pictify_cancels_a_whole_batch_once_every_sibling_is_cancelled() {
         done.iter()
             .all(|j| matches!(j.state(), pb::JobState::Cancelled | pb::JobState::Completed))
     );
+    gw.stop().await;
+}
+
+/// Cancelling a Pictify batch keeps what the provider already finished: items rendered before
+/// the cancel end COMPLETED with their own URLs (their `render.completed` still comes), the rest
+/// CANCELLED — one CancelBatch call for the whole gateway batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_batch_keeps_the_items_pictify_already_rendered() {
+    let (http, addr) = http_listener().await;
+    // Items render five at a time in 0.4–0.8 s each: the first ones finish while the rest
+    // still run.
+    let pic = sim(PICTIFY, addr, true, cfg((20, 40))).await;
+    // Webhooks arrive 2 s late: items the provider rendered are known (from a poll) but not
+    // yet delivered when the batch is cancelled — exactly the items a cancel must not lose.
+    pic.handle
+        .update_faults(|f| f.webhook_delay = Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&[&pic], "", http, &dir).await;
+    let mut client = gw.client().await;
+    let jobs: Vec<pb::JobSpec> = (0..10)
+        .map(|i| pictify_job("tmpl_partial", &format!("p{i}")))
+        .collect();
+    let reply = submit(&mut client, jobs).await;
+    wait_for(
+        "some items rendered, URLs not yet delivered",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            let batch = reply.batch_id.clone();
+            async move {
+                let jobs = batch_of(&mut c, &batch).await;
+                let rendered = jobs
+                    .iter()
+                    .filter(|j| {
+                        j.state() == pb::JobState::Processing
+                            && j.progress.as_ref().is_some_and(|p| p.step == "rendered")
+                    })
+                    .count();
+                (rendered >= 3).then_some(())
+            }
+        },
+    )
+    .await;
+    let after = client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: reply.batch_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(after.len(), 10);
+    assert_eq!(pic.ledger().requests("POST /templates/batch/:id/cancel"), 1);
+    let done = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(20)).await;
+    let completed: Vec<&pb::Job> = done
+        .iter()
+        .filter(|j| j.state() == pb::JobState::Completed)
+        .collect();
+    let cancelled = done
+        .iter()
+        .filter(|j| j.state() == pb::JobState::Cancelled)
+        .count();
+    let rendered = pic
+        .ledger()
+        .webhooks()
+        .iter()
+        .filter(|w| w.event == "render.completed")
+        .count();
+    println!(
+        "pictify cancel batch: {} COMPLETED, {cancelled} CANCELLED, {rendered} rendered",
+        completed.len()
+    );
+    assert!(
+        completed.len() >= 3,
+        "rendered items kept: {}",
+        completed.len()
+    );
+    assert!(cancelled >= 1, "unfinished items cancelled");
+    assert_eq!(completed.len() + cancelled, 10);
+    assert_eq!(
+        completed.len(),
+        rendered,
+        "every rendered item, and only those, completed"
+    );
+    for j in &completed {
+        assert_eq!(j.outputs.len(), 1, "{j:?}");
+    }
+    let unknown = client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "bat_nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     gw.stop().await;
 }

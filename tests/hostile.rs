@@ -490,7 +490,7 @@ async fn hostile_grpc_input_and_webhooks() {
     sims.shutdown();
 }
 
-/// With `ADGATE_AUTH_TOKENS`, all six GatewayService RPCs refuse a missing or wrong token with
+/// With `ADGATE_AUTH_TOKENS`, all seven GatewayService RPCs refuse a missing or wrong token with
 /// UNAUTHENTICATED; health and reflection answer without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_auth_on_every_rpc_but_not_health_or_reflection() {
@@ -539,6 +539,15 @@ async fn caller_auth_on_every_rpc_but_not_health_or_reflection() {
             .await
             .err()
             .map(|e| e.code()),
+            c.cancel_batch(wrap(
+                token,
+                pb::CancelBatchRequest {
+                    batch_id: "bat_x".into(),
+                },
+            ))
+            .await
+            .err()
+            .map(|e| e.code()),
             c.list_providers(wrap(token, pb::ListProvidersRequest {}))
                 .await
                 .err()
@@ -554,7 +563,7 @@ async fn caller_auth_on_every_rpc_but_not_health_or_reflection() {
             .err()
             .map(|e| e.code()),
         ];
-        assert_eq!(codes, [Some(Code::Unauthenticated); 6], "token {token:?}");
+        assert_eq!(codes, [Some(Code::Unauthenticated); 7], "token {token:?}");
     }
     // The right token passes the interceptor (the RPC then answers on its own merits).
     let ok = c

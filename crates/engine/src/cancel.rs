@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use adgate_generator::{JobError, JobState};
+use adgate_generator::{CancelSupport, JobError, JobState};
 use adgate_store::{JobPatch, JobRecord};
 
 use crate::codes;
 use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::events::{self, Source};
 use crate::runtime::ProviderRuntime;
 
 impl Engine {
@@ -110,14 +111,92 @@ impl Engine {
                 rt.name
             )),
         })?;
-        let ids = jobs
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id)
-            .collect();
-        self.mark_cancelled(ids, false).await?;
+        match rt.limits.cancel {
+            // A provider batch keeps the results of items already finished [PX-LIVE:…/batch/
+            // cancel]: ask it which, right away, instead of cancelling every unfinished job.
+            // Rendered items stay PROCESSING until their URL arrives (Pictify sends it in
+            // `render.completed`), the rest settle CANCELLED.
+            CancelSupport::PerPollKey => {
+                rt.acquire(&self.shared, crate::budget::Priority::Poll)
+                    .await;
+                match rt.generator.poll(&[poll_key.to_owned()]).await {
+                    Ok(observed) => {
+                        events::apply_updates(&self.shared, rt, observed.value, Source::Observed)
+                            .await?;
+                    }
+                    Err(e) => {
+                        // Cancelled at the provider; the tracker's next poll settles them.
+                        tracing::warn!(provider = %rt.name, error = %e,
+                            "reading a cancelled batch failed; the next poll settles it");
+                    }
+                }
+            }
+            _ => {
+                let ids = jobs
+                    .into_iter()
+                    .filter(|j| !j.state.is_terminal())
+                    .map(|j| j.id)
+                    .collect();
+                self.mark_cancelled(ids, false).await?;
+            }
+        }
         rt.tracker.mark_due(poll_key);
         Ok(())
+    }
+
+    /// Cancel every unfinished job of a gateway batch in one call: queued ones locally,
+    /// provider batches (Pictify) once every one of their unfinished jobs is being cancelled,
+    /// per-job cancels where the provider has them. Jobs at providers without a cancel
+    /// operation run to completion. Returns the batch's jobs afterwards.
+    pub async fn cancel_batch(&self, batch_id: &str) -> Result<Vec<JobRecord>, EngineError> {
+        let Some(jobs) = self.shared.store.batch_jobs(batch_id).await? else {
+            return Err(EngineError::NotFound(batch_id.to_owned()));
+        };
+        let open: Vec<JobRecord> = jobs
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
+        let local: Vec<String> = open
+            .iter()
+            .filter(|j| j.state == JobState::Queued && j.attempt_id.is_none())
+            .map(|j| j.id.clone())
+            .collect();
+        self.mark_cancelled(local, true).await?;
+        let mut keys: Vec<(Arc<ProviderRuntime>, String)> = Vec::new();
+        for job in &open {
+            let (Some(rt), Some(key)) = (self.shared.providers.get(&job.provider), &job.poll_key)
+            else {
+                continue;
+            };
+            if rt.limits.cancel == CancelSupport::None {
+                continue;
+            }
+            rt.tracker.request_cancel(&job.id);
+            if !keys.iter().any(|(r, k)| r.name == rt.name && k == key) {
+                keys.push((rt.clone(), key.clone()));
+            }
+        }
+        for (rt, key) in keys {
+            let siblings = self.shared.store.jobs_by_poll_key(&rt.name, &key).await?;
+            let all_requested = siblings
+                .iter()
+                .filter(|s| !s.state.is_terminal())
+                .all(|s| rt.tracker.cancel_requested(&s.id));
+            if !all_requested {
+                // The provider batch also holds jobs of other gateway batches still running.
+                continue;
+            }
+            if let Err(e) = self.cancel_at_provider(&rt, &key, siblings).await {
+                tracing::warn!(provider = %rt.name, error = %e, batch = batch_id,
+                    "cancelling a provider batch failed");
+            }
+        }
+        Ok(self
+            .shared
+            .store
+            .batch_jobs(batch_id)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn refreshed(&self, job_id: &str) -> Result<JobRecord, EngineError> {

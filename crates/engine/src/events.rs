@@ -329,7 +329,11 @@ pub(crate) fn to_patch(
         }
         RemoteState::Cancelled => {
             p.state = Some(JobState::Cancelled);
-            p.error = u.error.clone();
+            p.error = u.error.clone().or_else(|| {
+                rt.tracker.cancel_requested(&p.job_id).then(|| {
+                    JobError::new(codes::CANCELLED_BY_CALLER, "cancelled by the caller", false)
+                })
+            });
         }
         RemoteState::NotFound => {
             if rt.tracker.count_not_found(&p.job_id) < NOT_FOUND_LIMIT {
