@@ -242,6 +242,11 @@ impl Generator for Abyssale {
             callback_url: callback_url.as_deref(),
             image_file_type: spec.image_file_type.as_deref(),
             file_compression_level: spec.file_compression_level,
+            html5: spec.block("html5"),
+            gif: spec.block("gif"),
+            video: spec.block("video"),
+            print: spec.block("print"),
+            original_visual_id: spec.original_visual_id.as_deref(),
         };
         // design_id is a validated UUID, so it is safe in the path. No Idempotency-Key: Abyssale
         // has none, and sending one would suggest a guarantee that does not exist.

@@ -1,6 +1,7 @@
 //! Abyssale's JSON, as far as adgate reads or writes it, and its translation into updates.
 //! Unknown fields are ignored everywhere: the spec adds fields between versions.
 
+use adgate_generator::model::FormatFailure;
 use adgate_generator::{JobError, Output, Progress, ProviderUpdate, UpdateTarget};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,6 +19,18 @@ pub struct GenerateBody<'a> {
     pub image_file_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_compression_level: Option<u8>,
+    /// Output blocks exactly as the caller set them (providers.md §3.2 [AB-TS]); an unset
+    /// block is not sent, so Abyssale applies its defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html5: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gif: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub print: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_visual_id: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +168,17 @@ fn output(b: &Banner) -> Option<Output> {
     })
 }
 
+/// The failed formats as data, in the provider's order, so callers need not parse `message`.
+fn failed_formats(errors: &[FormatError]) -> Vec<FormatFailure> {
+    errors
+        .iter()
+        .map(|e| FormatFailure {
+            format: e.template_format_name.clone(),
+            reason: e.reason.clone(),
+        })
+        .collect()
+}
+
 fn describe(errors: &[FormatError]) -> String {
     errors
         .iter()
@@ -207,20 +231,24 @@ pub fn to_update(
                 message,
                 retryable,
             )
-            .with_provider_code(provider_code),
+            .with_provider_code(provider_code)
+            .with_failed_formats(failed_formats(&status.errors)),
         );
     }
     let mut update = ProviderUpdate::completed(target, outputs);
     if !status.errors.is_empty() {
-        update.error = Some(JobError::new(
-            "PARTIAL_FAILURE",
-            format!(
-                "{} format(s) failed: {}",
-                status.errors.len(),
-                describe(&status.errors)
-            ),
-            true,
-        ));
+        update.error = Some(
+            JobError::new(
+                "PARTIAL_FAILURE",
+                format!(
+                    "{} format(s) failed: {}",
+                    status.errors.len(),
+                    describe(&status.errors)
+                ),
+                true,
+            )
+            .with_failed_formats(failed_formats(&status.errors)),
+        );
     }
     update
 }
@@ -292,6 +320,13 @@ mod tests {
         let e = u.error.unwrap();
         assert_eq!(e.code, "PARTIAL_FAILURE");
         assert!(e.message.contains("string: string"), "{}", e.message);
+        assert_eq!(
+            e.failed_formats,
+            vec![FormatFailure {
+                format: "string".into(),
+                reason: "string".into()
+            }]
+        );
         assert!(e.retryable);
         assert_eq!(e.provider_code, "");
     }
@@ -311,6 +346,18 @@ mod tests {
         assert_eq!(e.provider_code, "Text too long");
         assert!(!e.retryable, "content problems fail again");
         assert!(e.message.contains("half-page: Invalid Image"));
+        let names: Vec<(&str, &str)> = e
+            .failed_formats
+            .iter()
+            .map(|f| (f.format.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("iab-medium", "Text too long"),
+                ("half-page", "Invalid Image")
+            ]
+        );
     }
 
     #[test]
@@ -337,6 +384,11 @@ mod tests {
             callback_url: Some("https://gw.example/webhooks/abyssale"),
             image_file_type: None,
             file_compression_level: Some(80),
+            html5: None,
+            gif: None,
+            video: None,
+            print: None,
+            original_visual_id: None,
         };
         let v = serde_json::to_value(&body).unwrap();
         assert_eq!(v["template_format_names"][0], "facebook-feed");
@@ -348,7 +400,24 @@ mod tests {
             callback_url: None,
             image_file_type: None,
             file_compression_level: None,
+            html5: None,
+            gif: None,
+            video: None,
+            print: None,
+            original_visual_id: None,
         };
         assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"elements":{}}"#);
+        // Output blocks go out as the caller set them, unset ones not at all.
+        let gif: Map<String, Value> = serde_json::from_str(r#"{"max_fps":5}"#).unwrap();
+        let with_gif = GenerateBody {
+            gif: Some(&gif),
+            original_visual_id: Some("28e973cf-1514-4d9b-9db6-cbaca229b040"),
+            ..empty
+        };
+        assert_eq!(
+            serde_json::to_value(&with_gif).unwrap(),
+            serde_json::json!({"elements": {}, "gif": {"max_fps": 5},
+                "original_visual_id": "28e973cf-1514-4d9b-9db6-cbaca229b040"})
+        );
     }
 }

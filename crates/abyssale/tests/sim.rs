@@ -133,6 +133,51 @@ async fn partial_success_is_completed_with_a_partial_failure_error() {
     assert_eq!(e.code, "PARTIAL_FAILURE");
     assert!(e.retryable);
     assert!(e.message.starts_with("2 format(s) failed"), "{}", e.message);
+    // The failed formats as data: exactly the asked-for formats with no output.
+    assert_eq!(e.failed_formats.len(), 2);
+    let mut all: Vec<&str> = e
+        .failed_formats
+        .iter()
+        .map(|f| f.format.as_str())
+        .chain(end.outputs.iter().map(|o| o.format.as_str()))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        ["facebook-feed", "half-page", "iab-medium", "instagram-post"]
+    );
+    assert!(e.failed_formats.iter().all(|f| !f.reason.is_empty()));
+    sim.shutdown();
+}
+
+/// Output blocks and `original_visual_id` (providers.md §3.2) reach a simulator written from
+/// the documents and are accepted; `original_visual_id` without exactly one format is refused
+/// locally, before any request.
+#[tokio::test]
+async fn output_blocks_are_sent_and_original_visual_id_needs_one_format() {
+    let sim = abyssale::spawn(cfg(0.002)).await.unwrap();
+    let a = adapter_for(&sim, |_| {});
+    let mut s = spec(&["iab-medium"]);
+    s["html5"] = json!({"page_title": "Sale", "include_backup_image": false});
+    s["gif"] = json!({"max_fps": 2, "repeat": true});
+    s["video"] = json!({"fps": 30});
+    s["print"] = json!({"color_profile": DESIGN, "display_crop_marks": false});
+    s["original_visual_id"] = json!(DESIGN);
+    let id = submit(&a, s.clone()).await.unwrap();
+    assert_eq!(poll_to_end(&a, &id).await.state, RemoteState::Completed);
+    let before = sim.ledger.total_requests();
+    s["format_names"] = json!(["iab-medium", "half-page"]);
+    match submit(&a, s).await {
+        Err(GenError::Invalid { violations, .. }) => {
+            assert_eq!(violations[0].field, "original_visual_id", "{violations:?}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        sim.ledger.total_requests(),
+        before,
+        "refused before sending"
+    );
     sim.shutdown();
 }
 

@@ -83,6 +83,21 @@ pub struct JobError {
     pub retryable: bool,
     /// The provider's own code, verbatim (e.g. `PIPELINE_ERROR`, `RENDER_TIMEOUT`).
     pub provider_code: String,
+    /// Each format that failed, as data: Abyssale reports partial success as `banners` plus
+    /// `errors: [{template_format_name, reason}]` on one request [AB-TS], [SEED-4]. Empty for
+    /// providers without formats. Stored rows are JSON: `default` keeps rows written before
+    /// this field decoding, and an empty list is not written at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_formats: Vec<FormatFailure>,
+}
+
+/// One format of a job that produced no output, and the provider's reason, verbatim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatFailure {
+    /// Provider format name, e.g. `facebook-feed`.
+    pub format: String,
+    /// Provider reason, e.g. `Text too long` [AB:rest-api/generation/errors].
+    pub reason: String,
 }
 
 impl JobError {
@@ -92,7 +107,13 @@ impl JobError {
             message: message.into(),
             retryable,
             provider_code: String::new(),
+            failed_formats: Vec::new(),
         }
+    }
+
+    pub fn with_failed_formats(mut self, formats: Vec<FormatFailure>) -> Self {
+        self.failed_formats = formats;
+        self
     }
 
     pub fn with_provider_code(mut self, code: impl Into<String>) -> Self {
@@ -186,5 +207,27 @@ impl ProviderUpdate {
             outputs: Vec::new(),
             error: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Stores keep `JobError` as JSON; a row written before `failed_formats` existed must
+    /// still decode, and one with failed formats must keep them.
+    #[test]
+    fn job_error_json_is_backward_compatible_and_keeps_failed_formats() {
+        let old = r#"{"code":"PARTIAL_FAILURE","message":"m","retryable":true,"provider_code":""}"#;
+        let e: JobError = serde_json::from_str(old).unwrap();
+        assert!(e.failed_formats.is_empty());
+        assert_eq!(serde_json::to_string(&e).unwrap(), old, "empty list not written");
+        let e = e.with_failed_formats(vec![FormatFailure {
+            format: "iab-medium".into(),
+            reason: "Text too long".into(),
+        }]);
+        let back: JobError = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
     }
 }

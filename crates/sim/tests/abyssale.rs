@@ -368,6 +368,111 @@ async fn validation_errors_follow_the_error_envelope() {
     sim.shutdown();
 }
 
+/// providers.md §3.2 [AB-TS]: `html5{…}`, `gif{max_fps 2–9, repeat}`, `video{fps 2–30}`,
+/// `print{color_profile, display_crop_marks}`, `original_visual_id` (exactly one format, else
+/// `400 more_than_one_format`).
+#[tokio::test]
+async fn output_blocks_and_original_visual_id_are_validated_per_the_documents() {
+    // More requests than the 10/s ceiling allows; that ceiling is not under test here.
+    let (sim, c) = start(SimConfig {
+        rate_limit: Some((1000, Duration::from_secs(1))),
+        ..cfg(0.002)
+    })
+    .await;
+    let one = |extra: Value| {
+        let mut b = json!({"elements": {}, "template_format_names": ["iab-medium"]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let full = one(json!({
+        "html5": {"page_title": "Sale", "click_tag": "https://x.example/c", "ad_network": "google",
+                  "include_backup_image": true, "repeat": false},
+        "gif": {"max_fps": 9, "repeat": true},
+        "video": {"fps": 2},
+        "print": {"color_profile": DESIGN, "display_crop_marks": true},
+        "original_visual_id": DESIGN,
+    }));
+    let id = generate_id(&sim, &c, full).await;
+    assert_eq!(
+        wait_final(&sim, &c, &id).await["banners"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    for (body, code, path) in [
+        (
+            one(json!({"gif": {"max_fps": 10}})),
+            "out_of_range",
+            "gif.max_fps",
+        ),
+        (
+            one(json!({"gif": {"max_fps": 1}})),
+            "out_of_range",
+            "gif.max_fps",
+        ),
+        (
+            one(json!({"video": {"fps": 31}})),
+            "out_of_range",
+            "video.fps",
+        ),
+        (
+            one(json!({"gif": {"repeat": "yes"}})),
+            "wrong_type",
+            "gif.repeat",
+        ),
+        (
+            one(json!({"html5": {"page_title": 3}})),
+            "wrong_type",
+            "html5.page_title",
+        ),
+        (
+            one(json!({"html5": {"autoplay": true}})),
+            "unknown_field",
+            "html5.autoplay",
+        ),
+        (
+            one(json!({"print": {"color_profile": "cmyk"}})),
+            "wrong_type",
+            "print.color_profile",
+        ),
+        (one(json!({"video": 30})), "wrong_type", "video"),
+        (
+            one(json!({"original_visual_id": "x"})),
+            "wrong_type",
+            "original_visual_id",
+        ),
+        (
+            json!({"elements": {}, "template_format_names": ["iab-medium", "half-page"],
+                   "original_visual_id": DESIGN}),
+            "more_than_one_format",
+            "original_visual_id",
+        ),
+        // Omitted names = every format of the design (five here).
+        (
+            json!({"elements": {}, "original_visual_id": DESIGN}),
+            "more_than_one_format",
+            "original_visual_id",
+        ),
+    ] {
+        let r = generate(&sim, &c, body.clone()).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["id"], code, "{body}: {v}");
+        assert_eq!(v["errors"][0]["path"], path, "{body}: {v}");
+        assert_eq!(v["version"], VERSION);
+    }
+    let r = generate(&sim, &c, one(json!({"gif": {"max_fps": 10}}))).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["expected"], json!({"min": 2, "max": 9}));
+    assert_eq!(v["errors"][0]["received"], 10);
+    assert_eq!(sim.ledger.creations(), 1, "nothing invalid was created");
+    sim.shutdown();
+}
+
 #[tokio::test]
 async fn spent_credits_are_a_429_rate_limit_exceeded() {
     let (sim, c) = start(SimConfig {

@@ -181,6 +181,7 @@ pub(super) fn parse_generate(body: &Map<String, Value>) -> Result<GenerateReques
             ));
         }
     };
+    check_blocks(body)?;
     let formats = if names.is_empty() {
         FORMATS.to_vec()
     } else {
@@ -203,11 +204,142 @@ pub(super) fn parse_generate(body: &Map<String, Value>) -> Result<GenerateReques
         }
         out
     };
+    // `original_visual_id` "needs exactly one format else 400 more_than_one_format" [AB-TS];
+    // counted after resolution, so an omitted list on a multi-format design is refused too.
+    match body.get("original_visual_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(id)) if is_uuid(id) => {
+            if formats.len() != 1 {
+                return Err(bad(
+                    "more_than_one_format",
+                    "original_visual_id",
+                    format!(
+                        "original_visual_id needs exactly one format, got {}.",
+                        formats.len()
+                    ),
+                ));
+            }
+        }
+        Some(_) => {
+            return Err(bad(
+                "wrong_type",
+                "original_visual_id",
+                "original_visual_id must be a UUID.".into(),
+            ));
+        }
+    }
     Ok(GenerateRequest {
         formats,
         callback_url,
         file_type,
     })
+}
+
+/// One field of an output block.
+#[derive(Clone, Copy)]
+enum Opt {
+    Text,
+    Flag,
+    /// Integer in this inclusive range.
+    Int(i64, i64),
+    Uuid,
+}
+
+/// The output blocks of providers.md §3.2 [AB-TS]: `html5{page_title, click_tag, ad_network,
+/// include_backup_image, repeat}`, `gif{max_fps (2–9), repeat}`, `video{fps (2–30)}`,
+/// `print{color_profile, display_crop_marks}`. Field types follow the SDK's request schema
+/// (`color_profile` a UUID). GUESS: a block that does not fit the design's type is accepted
+/// and ignored (the documents name no error for it); an unknown key is `unknown_field`, as at
+/// the top level.
+const BLOCKS: [(&str, &[(&str, Opt)]); 4] = [
+    (
+        "html5",
+        &[
+            ("page_title", Opt::Text),
+            ("click_tag", Opt::Text),
+            ("ad_network", Opt::Text),
+            ("include_backup_image", Opt::Flag),
+            ("repeat", Opt::Flag),
+        ],
+    ),
+    ("gif", &[("max_fps", Opt::Int(2, 9)), ("repeat", Opt::Flag)]),
+    ("video", &[("fps", Opt::Int(2, 30))]),
+    (
+        "print",
+        &[
+            ("color_profile", Opt::Uuid),
+            ("display_crop_marks", Opt::Flag),
+        ],
+    ),
+];
+
+fn check_blocks(body: &Map<String, Value>) -> Result<(), Box<Response>> {
+    let bad = |id: &str, path: &str, msg: String| {
+        Box::new(error_with(
+            StatusCode::BAD_REQUEST,
+            id,
+            msg.clone(),
+            vec![field_error(path, id, msg)],
+        ))
+    };
+    for (name, fields) in BLOCKS {
+        let block = match body.get(name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Object(b)) => b,
+            Some(_) => {
+                return Err(bad(
+                    "wrong_type",
+                    name,
+                    format!("'{name}' must be an object."),
+                ));
+            }
+        };
+        for (key, val) in block {
+            let path = format!("{name}.{key}");
+            let Some((_, kind)) = fields.iter().find(|(f, _)| f == key) else {
+                return Err(bad(
+                    "unknown_field",
+                    &path,
+                    format!("Unknown field '{path}'."),
+                ));
+            };
+            let ok = match kind {
+                Opt::Text => val.is_string(),
+                Opt::Flag => val.is_boolean(),
+                Opt::Uuid => val.as_str().is_some_and(is_uuid),
+                Opt::Int(lo, hi) => match val.as_i64() {
+                    Some(n) if (*lo..=*hi).contains(&n) => true,
+                    Some(n) => {
+                        let msg = format!("{path} must be between {lo} and {hi}, got {n}.");
+                        return Err(Box::new(error_with(
+                            StatusCode::BAD_REQUEST,
+                            "out_of_range",
+                            msg.clone(),
+                            vec![json!({
+                                "path": path, "code": "out_of_range", "message": msg,
+                                "expected": {"min": lo, "max": hi}, "received": n,
+                            })],
+                        )));
+                    }
+                    None => false,
+                },
+            };
+            if !ok {
+                let want = match kind {
+                    Opt::Text => "a string",
+                    Opt::Flag => "a boolean",
+                    Opt::Uuid => "a UUID",
+                    Opt::Int(..) => "an integer",
+                };
+                return Err(bad(
+                    "wrong_type",
+                    &path,
+                    format!("'{path}' must be {want}."),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
