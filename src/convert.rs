@@ -153,6 +153,14 @@ pub fn job(r: &JobRecord) -> pb::Job {
             message: e.message.clone(),
             retryable: e.retryable,
             provider_code: e.provider_code.clone(),
+            failed_formats: e
+                .failed_formats
+                .iter()
+                .map(|f| pb::FormatFailure {
+                    format: f.format.clone(),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
         }),
         client_ref: r.client_ref.clone(),
         labels: r
@@ -357,6 +365,7 @@ mod tests {
             )])),
             image_file_type: "png".into(),
             file_compression_level: 0,
+            ..Default::default()
         };
         let mut out = Vec::new();
         let (name, v) = ps(pb::job_spec::Provider::Abyssale(m), &mut out);
@@ -365,6 +374,22 @@ mod tests {
             v,
             json!({"design_id":"497f6eca-6276-4993-bfeb-53cbbbba6f08","format_names":["facebook-feed"],
                    "elements":{"title":{"payload":"Hi"}},"image_file_type":"png"})
+        );
+        // Output blocks keep their proto names; proto3 `optional` keeps an explicit false.
+        let blocks = pb::AbyssaleGeneration {
+            design_id: "497f6eca-6276-4993-bfeb-53cbbbba6f08".into(),
+            gif: Some(pb::abyssale_generation::GifOptions {
+                max_fps: Some(5),
+                repeat: Some(false),
+            }),
+            html5: Some(pb::abyssale_generation::Html5Options::default()),
+            ..Default::default()
+        };
+        let (_, v) = ps(pb::job_spec::Provider::Abyssale(blocks), &mut out);
+        assert_eq!(
+            v,
+            json!({"design_id":"497f6eca-6276-4993-bfeb-53cbbbba6f08",
+                   "gif":{"max_fps":5,"repeat":false},"html5":{}})
         );
         let inf = pstruct(vec![("x", pv(Kind::NumberValue(f64::INFINITY)))]);
         struct_to_json(&inf, "elements", &mut out);
