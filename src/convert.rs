@@ -321,6 +321,7 @@ mod tests {
             format: pb::PictifyFormat::Webp.into(),
             quality: Some(0.8),
             layout: String::new(),
+            concurrency: Some(3),
         };
         let mut out = Vec::new();
         let (_, v) = ps(pb::job_spec::Provider::Pictify(m.clone()), &mut out);
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"template_uid":"tpl_1","variables":{"name":"Ada","count":3,"ratio":0.5,"tags":[true]},
-                   "format":"webp","quality":0.8})
+                   "format":"webp","quality":0.8,"concurrency":3})
         );
         // Unset quality and format are omitted, not zero.
         let bare = pb::PictifyRender {

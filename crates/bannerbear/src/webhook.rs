@@ -139,8 +139,8 @@ pub fn parse(
             image.status.as_deref().unwrap_or_default()
         )),
         updates: vec![update],
-        poll_hints: Vec::new(),
         bound_job: bound_job(image.metadata.as_deref(), secret.as_bytes()),
+        ..WebhookEvent::default()
     })
 }
 

@@ -50,6 +50,19 @@ impl Engine {
         for key in &event.poll_hints {
             rt.tracker.mark_due(key);
         }
+        for key in &event.poll_correlated {
+            let candidates = self
+                .shared
+                .store
+                .correlation_candidates(&rt.name, key, 1000)
+                .await?;
+            let mut keys: Vec<&str> = candidates.iter().filter_map(|j| j.poll_key.as_deref()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for k in keys {
+                rt.tracker.mark_due(k);
+            }
+        }
         let kind = event_kind(&event);
         if applied.kept > 0 {
             self.shared.metrics.webhook(provider, "kept");
@@ -92,7 +105,7 @@ fn event_kind(event: &adgate_generator::WebhookEvent) -> &'static str {
         Some(RemoteState::Cancelled) => "cancelled",
         Some(RemoteState::Processing) => "processing",
         Some(RemoteState::NotFound) => "not_found",
-        None if !event.poll_hints.is_empty() => "poll_hint",
+        None if !event.poll_hints.is_empty() || !event.poll_correlated.is_empty() => "poll_hint",
         None => "other",
     }
 }

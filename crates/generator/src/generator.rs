@@ -128,6 +128,10 @@ pub struct WebhookEvent {
     pub updates: Vec<ProviderUpdate>,
     /// Poll keys worth polling now (e.g. Pictify `batch.completed` names a batch).
     pub poll_hints: Vec<String>,
+    /// Correlation keys whose in-flight jobs' poll keys are worth polling now: an event says
+    /// something happened to one of them without saying which (Pictify `render.failed` names
+    /// only the template).
+    pub poll_correlated: Vec<String>,
     /// The gateway job this delivery was addressed to, when the adapter put the job's identity
     /// into something the provider echoes (Abyssale's `callback_url`) and verified it. Lets a
     /// callback bind to its job even when the submit's answer (the provider ref) never came.

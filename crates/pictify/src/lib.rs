@@ -299,7 +299,8 @@ impl Generator for Pictify {
         let group = first.group_key();
         if specs.iter().any(|s| s.group_key() != group) {
             return Err(invalid_batch(
-                "items of one Pictify batch must share template, format, quality and layout",
+                "items of one Pictify batch must share template, format, quality, layout and \
+                 concurrency",
             ));
         }
         let body = BatchRenderRequest {
@@ -307,6 +308,7 @@ impl Generator for Pictify {
             format: first.format(),
             quality: first.quality(),
             layout: first.layout.as_deref(),
+            concurrency: first.concurrency,
         };
         let url = format!(
             "{}/templates/{}/batch-render",

@@ -11,7 +11,18 @@ pub const FORMATS: [&str; 3] = ["png", "jpeg", "webp"];
 /// Documented defaults of `batch-render` [PX-LIVE:…/batch/render].
 pub const DEFAULT_FORMAT: &str = "png";
 pub const DEFAULT_QUALITY: f64 = 0.9;
-const FIELDS: [&str; 5] = ["template_uid", "variables", "format", "quality", "layout"];
+const FIELDS: [&str; 6] = [
+    "template_uid",
+    "variables",
+    "format",
+    "quality",
+    "layout",
+    "concurrency",
+];
+/// Items rendered at once: 1–10, default 5 [PX-LIVE:…/batch/render]; plans cap it (Free 1,
+/// Pro 3, Business 10 per [PX-MCP]), which the provider enforces.
+pub const CONCURRENCY: std::ops::RangeInclusive<u64> = 1..=10;
+pub const DEFAULT_CONCURRENCY: u32 = 5;
 
 /// A validated spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +32,7 @@ pub struct Spec {
     pub format: Option<String>,
     pub quality: Option<f64>,
     pub layout: Option<String>,
+    pub concurrency: Option<u32>,
 }
 
 impl Spec {
@@ -123,6 +135,19 @@ impl Spec {
                 None
             }
         };
+        let concurrency = match obj.get("concurrency") {
+            None | Some(Value::Null) => None,
+            Some(c) => match c.as_u64().filter(|n| CONCURRENCY.contains(n)) {
+                Some(n) => u32::try_from(n).ok(),
+                None => {
+                    v.push(FieldViolation::new(
+                        "concurrency",
+                        "must be an integer between 1 and 10",
+                    ));
+                    None
+                }
+            },
+        };
         if v.is_empty() {
             Ok(Self {
                 template_uid,
@@ -130,6 +155,7 @@ impl Spec {
                 format,
                 quality,
                 layout,
+                concurrency,
             })
         } else {
             Err(v)
@@ -144,15 +170,16 @@ impl Spec {
         self.quality.unwrap_or(DEFAULT_QUALITY)
     }
 
-    /// Template + format + quality + layout, with documented defaults filled in so that an
-    /// omitted option groups with its explicit default.
+    /// Template + format + quality + layout + concurrency (batch-level options), with
+    /// documented defaults filled in so that an omitted option groups with its explicit default.
     pub fn group_key(&self) -> String {
         format!(
-            "{}|{}|{:?}|{}",
+            "{}|{}|{:?}|{}|{}",
             self.template_uid,
             self.format(),
             self.quality(),
-            self.layout.as_deref().unwrap_or("")
+            self.layout.as_deref().unwrap_or(""),
+            self.concurrency.unwrap_or(DEFAULT_CONCURRENCY)
         )
     }
 
@@ -342,6 +369,30 @@ mod tests {
         // Nothing carried: any job of the template (the oldest is chosen by the engine).
         assert!(variables_match(&job, &Map::new()));
         assert_eq!(correlation_key("tmpl_a"), "tmpl_a");
+    }
+
+    #[test]
+    fn concurrency_is_validated_and_part_of_the_group() {
+        let parse = |v: Value| Spec::parse(&v);
+        let five = parse(json!({"template_uid": "t", "concurrency": 5})).unwrap();
+        let unset = parse(json!({"template_uid": "t"})).unwrap();
+        let one = parse(json!({"template_uid": "t", "concurrency": 1})).unwrap();
+        assert_eq!(five.concurrency, Some(5));
+        assert_eq!(unset.concurrency, None, "only what the caller set is sent");
+        assert_eq!(five.group_key(), unset.group_key(), "5 is the documented default");
+        assert_ne!(one.group_key(), unset.group_key());
+        for bad in [json!(0), json!(11), json!(2.5), json!("3")] {
+            let err = parse(json!({"template_uid": "t", "concurrency": bad})).unwrap_err();
+            assert_eq!(err[0].field, "concurrency");
+        }
+        let body = crate::wire::BatchRenderRequest {
+            variable_sets: vec![],
+            format: "png",
+            quality: 0.9,
+            layout: None,
+            concurrency: unset.concurrency,
+        };
+        assert!(!serde_json::to_string(&body).unwrap().contains("concurrency"));
     }
 
     #[test]

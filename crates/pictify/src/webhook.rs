@@ -94,8 +94,15 @@ pub fn parse(
         "render.failed" => {
             let data: RenderData = serde_json::from_value(envelope.data)
                 .map_err(|e| WebhookError::Malformed(format!("render.failed data: {e}")))?;
-            // Only with variables: failing "the oldest job of the template" on a guess would
-            // fail the wrong job; without them the next poll reports the failure.
+            // Without variables (the documented payload has none [PX-LIVE:concepts/webhooks])
+            // the event cannot name its job: failing "the oldest job of the template" on a
+            // guess would fail the wrong one. Poll that template's batches now instead, so
+            // the failure (with its code) is read at once rather than at the next backstop.
+            if data.variables.as_ref().is_none_or(|v| v.is_empty())
+                && let Some(template) = &data.template_id
+            {
+                event.poll_correlated.push(correlation_key(template));
+            }
             if let (Some(template), Some(variables)) = (
                 &data.template_id,
                 data.variables

@@ -13,6 +13,9 @@ pub struct BatchRenderRequest<'a> {
     pub quality: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<&'a str>,
+    /// Only what the caller set; the provider's default (5) otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// 202 `{batchId, status, totalItems, message}`.
