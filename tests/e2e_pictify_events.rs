@@ -74,7 +74,7 @@ async fn render_failed_without_variables_is_read_at_once_by_polling_its_batch() 
     println!(
         "render.failed ×{failed_events}: both jobs FAILED in {took:?} with {polls} results poll(s)"
     );
-    assert!(polls >= 1 && polls <= 3, "{polls} polls");
+    assert!((1..=3).contains(&polls), "{polls} polls");
     assert!(took < Duration::from_secs(5), "{took:?}");
     gw.stop().await;
 }
