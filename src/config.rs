@@ -467,7 +467,10 @@ impl Settings {
             p.api_key = p.api_key.take().filter(|k| !k.expose().trim().is_empty());
             p.webhook_secret = var(&secret_var).map(Secret::new).or(f.webhook_secret);
             p.webhook_secret = p.webhook_secret.take().filter(|k| !k.expose().is_empty());
-            if let Some((event, _)) = f.webhook_secrets.iter().find(|(_, v)| v.expose().is_empty())
+            if let Some((event, _)) = f
+                .webhook_secrets
+                .iter()
+                .find(|(_, v)| v.expose().is_empty())
             {
                 return Err(ConfigError::invalid(
                     &format!("providers.{name}.webhook_secrets.{event}"),

@@ -225,8 +225,22 @@ pub fn provider(p: &ProviderStatus) -> pb::ProviderInfo {
             backstop_first_poll: p.backstop.map(|(first, _)| duration(first)),
             backstop_max_interval: p.backstop.map(|(_, cap)| duration(cap)),
             reconcile_window: p.reconcile_window.map(duration),
+            max_running_batches: l.max_running_poll_keys.map_or(0, sat_i32),
+            requests_per_day: l.daily_budget.map_or(0, |b| sat_i32(b.requests)),
+            push_check_interval: l.push_check_interval.map(duration),
         }),
         in_flight_jobs: sat_i32(p.in_flight),
+        running_batches: sat_i32(p.running_poll_keys),
+        push_subscriptions: p
+            .push
+            .iter()
+            .flat_map(|h| h.subscriptions.iter())
+            .map(|s| pb::PushSubscription {
+                id: s.id.clone(),
+                event: s.event.clone(),
+                status: s.status.clone(),
+            })
+            .collect(),
     }
 }
 

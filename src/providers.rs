@@ -64,6 +64,13 @@ pub fn build(settings: &Settings) -> Result<Vec<ProviderSetup>, ConfigError> {
             api_key: key.expose(),
             base_url: p.base_url.as_deref().unwrap_or(entry.default_base_url),
             webhook_secret: p.webhook_secret.as_ref().map(|s| s.expose()),
+            webhook_secrets: p
+                .webhook_secrets
+                .iter()
+                .map(|(e, s)| (e.as_str(), s.expose()))
+                .collect(),
+            plan: p.plan.as_deref(),
+            resume_subscriptions: p.resume_subscriptions,
             webhook_url: settings
                 .public_url
                 .as_ref()
@@ -132,6 +139,21 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
     {
         l.longest_job_duration = v;
     }
+    if let Some(v) = o.max_running_poll_keys {
+        l.max_running_poll_keys = Some(v);
+    }
+    if let Some(v) = o.daily_requests {
+        l.daily_budget = Some(adgate_generator::RequestBudget {
+            requests: v,
+            per: Duration::from_secs(24 * 3600),
+        });
+    }
+    if let Some(v) = o
+        .push_check_secs
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        l.push_check_interval = Some(v);
+    }
     if l.min_poll_interval > l.poll_interval {
         l.poll_interval = l.min_poll_interval;
     }
@@ -145,6 +167,10 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
         l.default_retry_after = scale(l.default_retry_after);
         l.typical_job_duration = scale(l.typical_job_duration);
         l.longest_job_duration = scale(l.longest_job_duration);
+        if let Some(d) = &mut l.daily_budget {
+            d.per = scale(d.per);
+        }
+        l.push_check_interval = l.push_check_interval.map(scale);
     }
     l
 }
@@ -177,6 +203,9 @@ mod tests {
             default_deadline: Duration::from_secs(900),
             typical_job_duration: Duration::from_secs(30),
             longest_job_duration: Duration::from_secs(600),
+            max_running_poll_keys: None,
+            daily_budget: None,
+            push_check_interval: None,
         }
     }
 

@@ -325,6 +325,10 @@ async fn staticadslab_kill_9_while_submitting_charges_no_ad_twice() {
 // =============================================================================================
 // Issue 6: Pictify
 
+/// The Pro plan: 100 items per batch (the Free default takes 10) [PX-LIVE:api-reference/batch];
+/// the tests below count batches of up to 100.
+const PICTIFY_PRO: &str = "[providers.pictify]\nplan = \"pro\"";
+
 fn pictify_sim_config(ts: f64) -> SimConfig {
     // Items render in 20–40 ms at 0.02.
     SimConfig {
@@ -340,7 +344,7 @@ async fn pictify_250_items_take_3_batch_calls_and_each_gets_its_own_url() {
     let (http, addr) = http_listener().await;
     let pic = sim(PICTIFY, addr, true, pictify_sim_config(TS)).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gw(TS, true, http, &[&pic], &dir).await;
+    let gw = start_gw_with(TS, true, PICTIFY_PRO, http, &[&pic], &dir).await;
     let client = gw.client().await;
     let mut c = client.clone();
     // 240 distinct variable sets and 10 identical ones.
@@ -422,7 +426,7 @@ async fn pictify_duplicate_reordered_and_forged_webhooks_change_nothing_twice() 
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gw(TS, true, http, &[&pic], &dir).await;
+    let gw = start_gw_with(TS, true, PICTIFY_PRO, http, &[&pic], &dir).await;
     let client = gw.client().await;
     let mut c = client.clone();
     let reply = submit(

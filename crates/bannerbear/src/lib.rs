@@ -264,6 +264,9 @@ impl Generator for Bannerbear {
             // GUESS: no maximum is documented; the official MCP gives up on an image after
             // 120 s of polling [MCP] client.ts, so a render is taken to end by then.
             longest_job_duration: Duration::from_secs(120),
+            max_running_poll_keys: None,
+            daily_budget: None,
+            push_check_interval: None,
         }
     }
 
@@ -403,6 +406,9 @@ mod tests {
             api_key: key,
             base_url: DEFAULT_BASE_URL,
             webhook_secret: secret,
+            webhook_secrets: Vec::new(),
+            plan: None,
+            resume_subscriptions: false,
             webhook_url: url.map(str::to_owned),
             request_timeout: Duration::from_secs(5),
             requests: None,

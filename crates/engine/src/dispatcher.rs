@@ -200,6 +200,11 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
                         Err(_) => return,
                     },
                 };
+                if let Some(cap) = rt.limits.max_running_poll_keys
+                    && !wait_for_running_slot(&shared, &rt, cap, chunk).await
+                {
+                    return;
+                }
                 // A provider without idempotency keys: an attempt on record counts as "maybe
                 // sent" after a restart, so take the request budget first and record the attempt
                 // only right before the call (a drain then never leaves unsent attempts behind).
@@ -249,6 +254,65 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
         }
         if lingering {
             idle(&shared, &rt, LINGER).await;
+        }
+    }
+}
+
+/// Wait until fewer than `cap` poll keys run at the provider (Pictify: concurrent batches per
+/// plan, 1 / 3 / 10 [PX-LIVE:api-reference/batch]); a new batch would otherwise be refused or
+/// queued behind the running one. Running = tracked keys (submitted, not yet terminal) plus
+/// the other submits in flight (each is a batch about to run). While waiting, the jobs stay
+/// QUEUED and their progress says why. Returns false on shutdown.
+///
+/// The count is this process's: replicas on a shared store each keep their own, so a fleet
+/// can run up to `cap` per replica (documented in the README).
+async fn wait_for_running_slot(
+    shared: &Shared,
+    rt: &ProviderRuntime,
+    cap: usize,
+    chunk: &[JobRecord],
+) -> bool {
+    let mut told = false;
+    loop {
+        // This pass holds one submit permit itself.
+        let others_in_flight = rt
+            .limits
+            .max_concurrent_submits
+            .max(1)
+            .saturating_sub(rt.submit_slots.available_permits())
+            .saturating_sub(1);
+        let running = rt.tracker.key_count() + others_in_flight;
+        if running < cap.max(1) {
+            return true;
+        }
+        if !told {
+            told = true;
+            let message = format!(
+                "waiting for a running {} batch to finish: the plan allows {cap} at once and \
+                 {running} are running",
+                rt.name
+            );
+            let patches = chunk
+                .iter()
+                .map(|j| JobPatch {
+                    progress: Some(Progress {
+                        step: "waiting_for_running_batch".to_owned(),
+                        message: message.clone(),
+                        percentage: 0.0,
+                    }),
+                    ..JobPatch::new(j.id.clone())
+                })
+                .collect();
+            if let Err(e) = shared.commit(patches).await {
+                tracing::warn!(provider = %rt.name, error = %e, "recording a wait failed");
+            }
+        }
+        // Woken when a job ends (`Shared::publish`); the bounded re-check covers a submit that
+        // failed and so freed its slot without ending a job.
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return false,
+            _ = rt.wake_dispatcher.notified() => {}
+            _ = tokio::time::sleep(rt.limits.poll_interval.max(Duration::from_millis(50))) => {}
         }
     }
 }

@@ -102,6 +102,10 @@ pub struct ProviderStatus {
     pub backstop: Option<(Duration, Duration)>,
     /// How long an unknown submit outcome is reconciled; `None` when it fails at once.
     pub reconcile_window: Option<Duration>,
+    /// The last push-subscription check ([`adgate_generator::Generator::check_push`]).
+    pub push: Option<adgate_generator::PushHealth>,
+    /// Poll keys (Pictify batches) submitted and not yet terminal.
+    pub running_poll_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +158,8 @@ impl Engine {
                 name: name.clone(),
                 tracker: TrackerState::new(&setup.limits),
                 budget: Budget::new(setup.limits.budget),
+                daily: setup.limits.daily_budget.map(Budget::new),
+                push: Mutex::new(None),
                 submit_slots: Arc::new(Semaphore::new(setup.limits.max_concurrent_submits.max(1))),
                 limits: setup.limits,
                 generator: setup.generator,
@@ -218,6 +224,11 @@ impl Engine {
             engine
                 .shared
                 .spawn(tracker::run(engine.shared.clone(), rt.clone()));
+            if let Some(every) = rt.limits.push_check_interval {
+                engine
+                    .shared
+                    .spawn(crate::push::run(engine.shared.clone(), rt.clone(), every));
+            }
             // Events kept before a restart may be applicable now that jobs are resumed.
             rt.inbox_wake.notify_one();
             engine.shared.spawn(events::run_inbox(
@@ -473,12 +484,21 @@ impl Engine {
             .values()
             .map(|rt| {
                 let h = rt.health.lock().unwrap_or_else(|e| e.into_inner());
+                let push = rt.push.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // A paused or missing subscription degrades the provider as much as a missing
+                // secret does: its pushes stop and jobs finish only by polling.
+                let degraded_reason = rt
+                    .generator
+                    .degraded_reason()
+                    .or_else(|| push.as_ref().and_then(|p| p.degraded_reason()));
                 ProviderStatus {
                     name: rt.name.clone(),
                     limits: rt.limits.clone(),
                     reachable: h.reachable,
                     last_error: h.last_error.clone(),
-                    degraded_reason: rt.generator.degraded_reason(),
+                    degraded_reason,
+                    push,
+                    running_poll_keys: rt.tracker.key_count(),
                     in_flight: rt.tracker.job_count(),
                     backstop: crate::schedule::backstop_schedule(&rt.limits),
                     reconcile_window: (!rt.limits.idempotency && rt.limits.push.webhooks)

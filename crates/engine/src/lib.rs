@@ -8,6 +8,8 @@
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
+//! - `push`: per provider, checks the push subscriptions (Pictify pauses one after five failed
+//!   deliveries) every `push_check_interval` and keeps the reading for health.
 //! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule and opens
 //!   push streams for watched jobs.
 //! - `events`: resolves updates from polls, streams and webhooks to jobs and applies them; keeps
@@ -34,6 +36,7 @@ pub mod engine;
 pub mod error;
 mod events;
 pub mod metrics;
+mod push;
 mod replica;
 mod runtime;
 mod schedule;

@@ -56,6 +56,14 @@ pub struct EngineMetrics {
     pub watchers: Gauge,
     pub leases: Family<ReplicaLabels, Gauge>,
     pub budget_granted: Family<ReplicaProviderLabels, Counter>,
+    pub push_subscriptions: Family<PushLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub provider: String,
+    pub event: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +90,7 @@ impl Default for EngineMetrics {
             watchers: Gauge::default(),
             leases: Family::default(),
             budget_granted: Family::default(),
+            push_subscriptions: Family::default(),
         }
     }
 }
@@ -134,6 +143,11 @@ impl EngineMetrics {
             self.budget_granted.clone(),
         );
         registry.register(
+            "adgate_provider_push_subscriptions",
+            "1 for the status of each push subscription (active, paused, failed, missing) at the last check",
+            self.push_subscriptions.clone(),
+        );
+        registry.register(
             "adgate_active_watchers",
             "Open WatchProgress streams",
             self.watchers.clone(),
@@ -181,6 +195,16 @@ impl EngineMetrics {
                 replica: replica.to_owned(),
             })
             .inc();
+    }
+
+    pub fn push_subscription(&self, provider: &str, event: &str, status: &str, on: bool) {
+        self.push_subscriptions
+            .get_or_create(&PushLabels {
+                provider: provider.to_owned(),
+                event: event.to_owned(),
+                status: status.to_owned(),
+            })
+            .set(i64::from(on));
     }
 
     pub fn budget_wait(&self, provider: &str, secs: f64) {

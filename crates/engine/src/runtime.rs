@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use adgate_generator::{Generator, Limits};
+use adgate_generator::{Generator, Limits, PushHealth};
 use adgate_store::{BudgetGrant, JobPatch, JobRecord, Store};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,10 @@ pub(crate) struct ProviderRuntime {
     pub generator: Arc<dyn Generator>,
     pub limits: Limits,
     pub budget: Budget,
+    /// The provider's daily request cap ([`Limits::daily_budget`]), taken before `budget`.
+    pub daily: Option<Budget>,
+    /// The last [`Generator::check_push`] reading; `None` until one succeeded.
+    pub push: Mutex<Option<PushHealth>>,
     pub submit_slots: Arc<Semaphore>,
     pub wake_dispatcher: Notify,
     pub tracker: TrackerState,
@@ -51,26 +55,54 @@ impl ProviderRuntime {
     /// (with submit-before-poll priority); replicas sharing a database take it from the store,
     /// because a provider's limit is per API key, not per process.
     pub async fn acquire(&self, shared: &Shared, priority: Priority) -> Duration {
+        // A daily cap first: a request that fits the minute but not the day must wait for
+        // the day, and then still fit the minute.
+        let mut waited = Duration::ZERO;
         if !shared.store.is_shared() {
-            return self.budget.acquire(priority).await;
+            if let Some(daily) = &self.daily {
+                waited += daily.acquire(priority).await;
+            }
+            return waited + self.budget.acquire(priority).await;
         }
+        if let (Some(daily), Some(cap)) = (&self.daily, self.limits.daily_budget) {
+            // A separate fleet-wide window under its own name.
+            let key = format!("{}@daily", self.name);
+            waited += self
+                .take_shared(shared, &key, cap.requests, daily.window())
+                .await;
+        }
+        waited
+            + self
+                .take_shared(
+                    shared,
+                    &self.name,
+                    self.limits.budget.requests,
+                    self.budget.window(),
+                )
+                .await
+    }
+
+    async fn take_shared(
+        &self,
+        shared: &Shared,
+        key: &str,
+        requests: u32,
+        window: Duration,
+    ) -> Duration {
         let started = tokio::time::Instant::now();
-        let window_ms = self.budget.window().as_millis() as i64;
+        let window_ms = window.as_millis() as i64;
         loop {
             let grant = shared
                 .store
-                .take_budget(
-                    &self.name,
-                    self.limits.budget.requests,
-                    window_ms,
-                    shared.now_ms(),
-                )
+                .take_budget(key, requests, window_ms, shared.now_ms())
                 .await;
             let wait = match grant {
                 Ok(BudgetGrant::Granted) => {
-                    shared
-                        .metrics
-                        .budget_granted(&self.name, &shared.replica_id);
+                    if key == self.name {
+                        shared
+                            .metrics
+                            .budget_granted(&self.name, &shared.replica_id);
+                    }
                     return started.elapsed();
                 }
                 Ok(BudgetGrant::Wait(ms)) => Duration::from_millis(ms.clamp(1, 60_000) as u64),
@@ -172,6 +204,10 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
+                // A batch may have ended: a submit waiting for a running slot re-checks.
+                if rt.limits.max_running_poll_keys.is_some() {
+                    rt.wake_dispatcher.notify_one();
+                }
             }
             let rec = Arc::new(rec.clone());
             self.cache.changed(&rec);

@@ -274,6 +274,11 @@ impl TrackerState {
         self.lock().jobs.len()
     }
 
+    /// Poll keys with a job still tracked: for Pictify, batches not yet terminal.
+    pub fn key_count(&self) -> usize {
+        self.lock().keys.len()
+    }
+
     pub fn request_cancel(&self, job_id: &str) {
         self.lock().cancel_requested.insert(job_id.to_owned());
     }

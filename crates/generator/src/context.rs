@@ -13,7 +13,16 @@ pub struct ProviderContext<'a> {
     pub api_key: &'a str,
     /// The configured base URL, or the adapter's `DEFAULT_BASE_URL`.
     pub base_url: &'a str,
+    /// The default webhook secret, for every event without its own.
     pub webhook_secret: Option<&'a str>,
+    /// Per-event webhook secrets, `(event, secret)`, for providers whose subscriptions are one
+    /// per event with a secret each (Pictify). Empty = the default covers every event.
+    pub webhook_secrets: Vec<(&'a str, &'a str)>,
+    /// The provider plan the account is on (`free`, `pro`, …), when the provider's limits
+    /// depend on it. `None` = the adapter's documented default plan.
+    pub plan: Option<&'a str>,
+    /// Whether the adapter asks the provider to resume a push subscription it finds paused.
+    pub resume_subscriptions: bool,
     /// `{ADGATE_PUBLIC_URL}/webhooks/<name>` when a public URL is configured: where the
     /// provider can reach the gateway.
     pub webhook_url: Option<String>,

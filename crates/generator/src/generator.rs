@@ -72,6 +72,59 @@ pub struct Limits {
     /// unknown at a provider without idempotency waits this long (plus a margin) for a
     /// callback before it fails `UNKNOWN_OUTCOME`.
     pub longest_job_duration: Duration,
+    /// At most this many poll keys may be running (submitted, not yet terminal) at once; a new
+    /// submit waits while the cap is reached (Pictify: concurrent batches per plan, 1 / 3 / 10
+    /// [PX-LIVE:api-reference/batch]). `None` = no cap beyond `max_concurrent_submits`.
+    pub max_running_poll_keys: Option<usize>,
+    /// A second, longer request budget on top of `budget` (Pictify: requests per day per plan
+    /// [PX-LIVE:authentication]). `None` = none documented.
+    pub daily_budget: Option<RequestBudget>,
+    /// How often the engine calls [`Generator::check_push`]; `None` = never (nothing to check).
+    pub push_check_interval: Option<Duration>,
+}
+
+/// The state of one push subscription at the provider, as the adapter read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    /// The provider's id of the subscription (`wh_…`), or empty when none exists.
+    pub id: String,
+    /// The event it delivers (`render.completed`).
+    pub event: String,
+    /// `active`, `paused`, `failed`, or `missing` when the gateway needs it and none exists.
+    pub status: String,
+    /// True when the configuration asks for a paused subscription to be resumed: the engine
+    /// then calls [`Generator::resume_push`] with `id`, under the request budget.
+    pub resume: bool,
+}
+
+impl PushSubscription {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+/// The health of a provider's push channel ([`Generator::check_push`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushHealth {
+    pub subscriptions: Vec<PushSubscription>,
+}
+
+impl PushHealth {
+    /// Why pushes may not arrive, or `None` when every subscription is active.
+    pub fn degraded_reason(&self) -> Option<String> {
+        let bad: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|s| !s.is_active())
+            .map(|s| format!("{} subscription {} is {}", s.event, s.id, s.status))
+            .collect();
+        (!bad.is_empty()).then(|| {
+            format!(
+                "{}: its pushes do not arrive; jobs finish by polling",
+                bad.join(", ")
+            )
+        })
+    }
 }
 
 /// A rate-limit reading from a provider's response headers.
@@ -214,6 +267,19 @@ pub trait Generator: Send + Sync + 'static {
     /// Cancel at the provider, by poll key (see [`Limits::cancel`]).
     async fn cancel(&self, _poll_key: &str) -> Result<(), GenError> {
         Err(GenError::Unsupported("cancel"))
+    }
+
+    /// Read the push channel's state at the provider (e.g. Pictify webhook subscriptions, which
+    /// it pauses after five failed deliveries). Called by the engine every
+    /// [`Limits::push_check_interval`] after taking one unit of the request budget, so an
+    /// implementation makes exactly one request. `Ok(None)` = nothing to check.
+    async fn check_push(&self) -> Result<Option<PushHealth>, GenError> {
+        Ok(None)
+    }
+
+    /// Resume one paused push subscription (one request, under the budget).
+    async fn resume_push(&self, _id: &str) -> Result<(), GenError> {
+        Err(GenError::Unsupported("resume_push"))
     }
 
     /// Why the adapter is degraded even when reachable (e.g. Pictify without webhooks cannot

@@ -29,7 +29,8 @@ pub mod transport;
 pub use context::{Build, ProviderContext};
 pub use error::{FieldViolation, GenError, WebhookError};
 pub use generator::{
-    Accepted, CancelSupport, Generator, Limits, Observed, PushChannels, RateLimitSnapshot,
-    RequestBudget, SubmitBatch, SubmitItem, UpdateStream, WebhookEvent,
+    Accepted, CancelSupport, Generator, Limits, Observed, PushChannels, PushHealth,
+    PushSubscription, RateLimitSnapshot, RequestBudget, SubmitBatch, SubmitItem, UpdateStream,
+    WebhookEvent,
 };
 pub use model::{JobError, JobState, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget};

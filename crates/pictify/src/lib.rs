@@ -21,9 +21,11 @@
 pub mod errors;
 pub mod results;
 pub mod spec;
+pub mod subscriptions;
 pub mod webhook;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,8 +33,8 @@ use std::time::{Duration, SystemTime};
 use adgate_generator::transport::{self, Effect};
 use adgate_generator::{
     Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
-    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
-    UpdateTarget, WebhookError, WebhookEvent,
+    ProviderContext, ProviderUpdate, PushChannels, PushHealth, PushSubscription, RemoteState,
+    RequestBudget, SubmitBatch, UpdateTarget, WebhookError, WebhookEvent,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,6 +42,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::spec::Spec;
+use crate::subscriptions::{Plan, URL_EVENT, WebhookSecrets};
 use crate::wire::{BatchRenderRequest, BatchRenderResponse, BatchResults};
 
 pub const NAME: &str = "pictify";
@@ -50,15 +53,32 @@ pub const MAX_BATCH_SIZE: usize = 100;
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
 /// [PX-PY] uses 30 s.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the subscriptions are read (one request). Pictify pauses a subscription only
+/// after five failed deliveries spread over hours (1 min, 5 min, 30 min, 2 h
+/// [PX-DOCREPO:concepts/webhooks.mdx]), so minutes of delay in noticing cost little, while the
+/// Free plan's 1,000 requests a day [PX-LIVE:authentication] make every request count: every
+/// 15 min is 96 requests a day, under a tenth of the Free cap.
+pub const DEFAULT_PUSH_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// Adapter configuration. `Debug` redacts the API key and the webhook secret.
 #[derive(Clone)]
 pub struct PictifyConfig {
     pub api_key: String,
     pub base_url: String,
+    /// The default secret: verifies every event that has no secret of its own.
     pub webhook_secret: Option<String>,
+    /// Per-event secrets: each Pictify subscription is for one event and has its own secret
+    /// [PX-LIVE:concepts/webhooks].
+    pub webhook_secrets: BTreeMap<String, String>,
     /// True when `ADGATE_PUBLIC_URL` is set, i.e. Pictify can reach our webhook endpoint.
     pub webhooks_reachable: bool,
+    /// Where Pictify delivers to (`{ADGATE_PUBLIC_URL}/webhooks/pictify`): the subscriptions
+    /// whose `targetUrl` is this one are the gateway's.
+    pub webhook_url: Option<String>,
+    /// The account's plan: its concurrent-batch, item and daily caps.
+    pub plan: Plan,
+    /// Ask Pictify to resume a subscription of ours that it paused.
+    pub resume_subscriptions: bool,
     pub batch_size: usize,
     pub requests_per_minute: u32,
     pub request_timeout: Duration,
@@ -71,15 +91,28 @@ impl PictifyConfig {
             api_key: api_key.into(),
             base_url: DEFAULT_BASE_URL.to_owned(),
             webhook_secret: None,
+            webhook_secrets: BTreeMap::new(),
             webhooks_reachable: false,
+            webhook_url: None,
+            plan: Plan::Free,
+            resume_subscriptions: false,
             batch_size: MAX_BATCH_SIZE,
             requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
+    fn secrets(&self) -> WebhookSecrets {
+        WebhookSecrets {
+            default: self.webhook_secret.clone(),
+            by_event: self.webhook_secrets.clone(),
+        }
+    }
+
+    /// URLs arrive only in `render.completed`, so webhooks are usable when its deliveries can
+    /// be verified (its own secret or the default) and Pictify can reach us.
     fn webhooks_usable(&self) -> bool {
-        self.webhook_secret.is_some() && self.webhooks_reachable
+        self.secrets().covers(URL_EVENT) && self.webhooks_reachable
     }
 }
 
@@ -92,7 +125,14 @@ impl fmt::Debug for PictifyConfig {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "webhook_secrets",
+                &self.webhook_secrets.keys().collect::<Vec<_>>(),
+            )
             .field("webhooks_reachable", &self.webhooks_reachable)
+            .field("webhook_url", &self.webhook_url)
+            .field("plan", &self.plan)
+            .field("resume_subscriptions", &self.resume_subscriptions)
             .field("batch_size", &self.batch_size)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("request_timeout", &self.request_timeout)
@@ -106,6 +146,12 @@ pub struct Pictify {
     cfg: PictifyConfig,
     base: String,
     http: reqwest::Client,
+    /// Why `render.completed` pushes are not arriving, from the last `check_push` (the
+    /// subscription is paused, failed or missing). While set, a poll that finds an item
+    /// rendered fails it `OUTPUT_URL_UNAVAILABLE` at once instead of waiting for a URL that
+    /// a paused subscription will not deliver: Pictify's results carry no URLs ([PX-PY],
+    /// [SEED-3]), so polling can recover an item's state but never its image.
+    url_push_down: std::sync::Mutex<Option<String>>,
 }
 
 fn config_error(field: &str, description: &str) -> GenError {
@@ -141,6 +187,23 @@ impl Pictify {
         if cfg.webhook_secret.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(config_error("webhook_secret", "must not be empty when set"));
         }
+        for (event, secret) in &cfg.webhook_secrets {
+            if !subscriptions::EVENTS.contains(&event.as_str())
+                && !matches!(event.as_str(), "binding.updated" | "binding.failed")
+            {
+                return Err(config_error(
+                    "webhook_secrets",
+                    "names an event Pictify does not send (render.completed, render.failed, \
+                     batch.completed, batch.failed, binding.updated, binding.failed)",
+                ));
+            }
+            if secret.is_empty() {
+                return Err(config_error(
+                    "webhook_secrets",
+                    "must not hold an empty secret",
+                ));
+            }
+        }
         if !(1..=MAX_BATCH_SIZE).contains(&cfg.batch_size) {
             return Err(config_error("batch_size", "must be between 1 and 100"));
         }
@@ -155,7 +218,12 @@ impl Pictify {
             .user_agent(concat!("adgate-pictify/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GenError::transient_from("could not build the HTTP client", e))?;
-        Ok(Self { cfg, base, http })
+        Ok(Self {
+            cfg,
+            base,
+            http,
+            url_push_down: std::sync::Mutex::new(None),
+        })
     }
 
     /// Send a request; return status, headers and body, or the transport error.
@@ -195,7 +263,28 @@ impl Pictify {
         let results: BatchResults = serde_json::from_slice(&body).map_err(|e| {
             GenError::transient_from("Pictify batch results were not valid JSON", e)
         })?;
-        let updates = results::translate(key, &results, self.cfg.webhooks_usable());
+        let down = self
+            .url_push_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut updates =
+            results::translate(key, &results, self.cfg.webhooks_usable() && down.is_none());
+        if let Some(why) = down {
+            for u in &mut updates {
+                if let Some(e) = u
+                    .error
+                    .as_mut()
+                    .filter(|e| e.code == results::OUTPUT_URL_UNAVAILABLE)
+                {
+                    e.message = format!(
+                        "Pictify rendered the image but returns its URL only in a \
+                         render.completed webhook, and {why}: the URL cannot be recovered \
+                         by polling"
+                    );
+                }
+            }
+        }
         Ok(Observed::new(updates, rate))
     }
 }
@@ -223,8 +312,10 @@ impl Generator for Pictify {
     }
 
     fn limits(&self) -> Limits {
+        let plan = self.cfg.plan;
         Limits {
-            max_items_per_submit: self.cfg.batch_size,
+            // The plan's item cap, unless configured otherwise (see `build`).
+            max_items_per_submit: self.cfg.batch_size.min(plan.max_items_per_batch()),
             max_keys_per_poll: 1,
             min_poll_interval: Duration::from_secs(2),
             // The seed's polling loop checks every 5 s [SEED-3].
@@ -238,8 +329,9 @@ impl Generator for Pictify {
                 per: Duration::from_secs(60),
             },
             default_retry_after: Duration::from_secs(60),
-            // Free plan: 1 concurrent batch [PX-LIVE:api-reference/batch] (Pro 3, Business 10).
-            max_concurrent_submits: 1,
+            // Free plan: 1 concurrent batch [PX-LIVE:api-reference/batch] (Pro 3, Business 10);
+            // a submit in flight is a batch about to run.
+            max_concurrent_submits: plan.concurrent_batches(),
             idempotency: true,
             push: PushChannels {
                 sse: false,
@@ -252,6 +344,16 @@ impl Generator for Pictify {
             typical_job_duration: Duration::from_secs(10),
             // GUESS: nothing documented; the deadline's default is the outer bound anyway.
             longest_job_duration: Duration::from_secs(10 * 60),
+            // A batch runs from its submit until it is terminal; the plan caps how many run.
+            max_running_poll_keys: Some(plan.concurrent_batches()),
+            daily_budget: Some(RequestBudget {
+                requests: plan.requests_per_day(),
+                per: Duration::from_secs(24 * 3600),
+            }),
+            push_check_interval: self
+                .cfg
+                .webhooks_usable()
+                .then_some(DEFAULT_PUSH_CHECK_INTERVAL),
         }
     }
 
@@ -378,7 +480,103 @@ impl Generator for Pictify {
         body: &[u8],
         now: SystemTime,
     ) -> Result<WebhookEvent, WebhookError> {
-        webhook::parse(self.cfg.webhook_secret.as_deref(), headers, body, now)
+        // Each subscription signs with its own secret: pick it by the (unsigned) event header.
+        // A forged header only selects another of our secrets, which then fails to verify; a
+        // verified body whose event differs from the header is refused too.
+        let secrets = self.cfg.secrets();
+        let event = headers
+            .get(webhook::EVENT_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(e) = event
+            && !e.is_empty()
+        {
+            let envelope: Option<wire::WebhookEnvelope> = serde_json::from_slice(body).ok();
+            let secret = secrets.for_event(Some(e));
+            let parsed = webhook::parse(secret, headers, body, now)?;
+            if envelope.is_some_and(|env| env.event != e) {
+                return Err(WebhookError::Malformed(
+                    "X-Pictify-Event does not match the event in the body".to_owned(),
+                ));
+            }
+            return Ok(parsed);
+        }
+        webhook::parse(secrets.for_event(None), headers, body, now)
+    }
+
+    async fn check_push(&self) -> Result<Option<PushHealth>, GenError> {
+        let Some(target) = self.cfg.webhook_url.as_deref() else {
+            return Ok(None);
+        };
+        if !self.cfg.webhooks_usable() {
+            return Ok(None);
+        }
+        let url = format!("{}/webhook-subscriptions", self.base);
+        let (status, headers, body) = self.call(self.http.get(url), Effect::Read).await?;
+        if !status.is_success() {
+            return Err(errors::map_status(status, &headers, &body));
+        }
+        let list = subscriptions::parse_list(&body).ok_or_else(|| {
+            GenError::transient("Pictify webhook-subscriptions list was not understood")
+        })?;
+        let mut health = PushHealth::default();
+        for s in list
+            .iter()
+            .filter(|s| subscriptions::same_target(&s.target_url, target))
+            .filter(|s| subscriptions::EVENTS.contains(&s.event.as_str()))
+        {
+            health.subscriptions.push(PushSubscription {
+                id: s.uid.clone(),
+                event: s.event.clone(),
+                status: s.status.clone(),
+                // `failed` is not documented as resumable; only `paused` is asked to resume.
+                resume: self.cfg.resume_subscriptions && s.status == "paused",
+            });
+        }
+        if !health.subscriptions.iter().any(|s| s.event == URL_EVENT) {
+            health.subscriptions.push(PushSubscription {
+                id: String::new(),
+                event: URL_EVENT.to_owned(),
+                status: "missing".to_owned(),
+                resume: false,
+            });
+        }
+        // URLs are lost only when every render.completed subscription of ours is paused or
+        // failed and none is about to be resumed. "missing" only degrades health: the
+        // operator's subscription may target this gateway through another URL (a proxy).
+        let url_subs: Vec<&PushSubscription> = health
+            .subscriptions
+            .iter()
+            .filter(|s| s.event == URL_EVENT && s.status != "missing")
+            .collect();
+        let down = (!url_subs.is_empty()
+            && url_subs
+                .iter()
+                .all(|s| matches!(s.status.as_str(), "paused" | "failed") && !s.resume))
+        .then(|| {
+            let states: Vec<String> = url_subs
+                .iter()
+                .map(|s| format!("subscription {} is {}", s.id, s.status))
+                .collect();
+            format!("its render.completed {}", states.join(", "))
+        });
+        *self.url_push_down.lock().unwrap_or_else(|e| e.into_inner()) = down;
+        Ok(Some(health))
+    }
+
+    async fn resume_push(&self, id: &str) -> Result<(), GenError> {
+        if !path_safe(id) {
+            return Err(GenError::Permanent {
+                message: "not a Pictify subscription id".to_owned(),
+                provider_code: "NOT_FOUND".to_owned(),
+            });
+        }
+        let url = format!("{}/webhook-subscriptions/{id}/resume", self.base);
+        let (status, headers, body) = self.call(self.http.post(url), Effect::Write).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(errors::map_status(status, &headers, &body))
+        }
     }
 
     async fn cancel(&self, poll_key: &str) -> Result<(), GenError> {
@@ -399,7 +597,7 @@ impl Generator for Pictify {
 
     fn degraded_reason(&self) -> Option<String> {
         let missing = match (
-            self.cfg.webhook_secret.is_some(),
+            self.cfg.secrets().covers(URL_EVENT),
             self.cfg.webhooks_reachable,
         ) {
             (true, true) => return None,
@@ -419,7 +617,19 @@ pub fn build(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
     let mut cfg = PictifyConfig::new(cx.api_key);
     cfg.base_url = cx.base_url.to_owned();
     cfg.webhook_secret = cx.webhook_secret.map(str::to_owned);
+    cfg.webhook_secrets = cx
+        .webhook_secrets
+        .iter()
+        .map(|(e, s)| ((*e).to_owned(), (*s).to_owned()))
+        .collect();
     cfg.webhooks_reachable = cx.webhook_url.is_some();
+    cfg.webhook_url = cx.webhook_url.clone();
+    cfg.resume_subscriptions = cx.resume_subscriptions;
+    if let Some(p) = cx.plan {
+        cfg.plan = Plan::parse(p)
+            .ok_or_else(|| config_error("plan", "must be one of free, pro, business"))?;
+    }
+    cfg.requests_per_minute = cfg.plan.requests_per_minute();
     cfg.request_timeout = cx.request_timeout;
     if let Some(n) = cx.max_items_per_submit {
         cfg.batch_size = n;
@@ -476,7 +686,8 @@ mod tests {
     #[test]
     fn limits_follow_the_documents() {
         let l = adapter(None, false).limits();
-        assert_eq!(l.max_items_per_submit, 100);
+        // Free plan: 10 items per batch (the plan table, stricter than the endpoint's 100).
+        assert_eq!(l.max_items_per_submit, 10);
         assert_eq!(l.max_keys_per_poll, 1);
         assert_eq!(l.budget.requests, 60);
         assert_eq!(l.cancel, CancelSupport::PerPollKey);
@@ -509,6 +720,128 @@ mod tests {
         assert_eq!(p.group_key(&spec), p.group_key(&same));
         assert!(p.validate(&json!({"template_uid": "tmpl_a"})).is_err());
         assert_eq!(p.name(), "pictify");
+    }
+
+    fn delivery(event: &str, secret: &str, body: &str) -> HeaderMap {
+        let t = adgate_generator::time::unix_now();
+        let sig =
+            adgate_generator::signature::header_value(secret.as_bytes(), "", t, body.as_bytes());
+        let mut h = HeaderMap::new();
+        h.insert(webhook::SIGNATURE_HEADER, sig.parse().unwrap());
+        h.insert(webhook::EVENT_HEADER, event.parse().unwrap());
+        h
+    }
+
+    const RENDER: &str = r#"{"event":"render.completed","timestamp":"2026-01-29T10:30:00Z","data":{"type":"image","imageId":"img_1","url":"https://cdn.pictify.io/r/1.png","templateId":"tmpl_a","variables":{"t":"x"}}}"#;
+    const BATCH: &str = r#"{"event":"batch.completed","timestamp":"2026-01-29T10:30:00Z","data":{"batchId":"batch_1","status":"completed"}}"#;
+
+    /// Issue 21 A(1): one subscription per event, each with its own secret
+    /// [PX-LIVE:concepts/webhooks]; both verify, and each only with its own secret.
+    #[test]
+    fn two_subscriptions_with_their_own_secrets_both_verify() {
+        let mut cfg = PictifyConfig::new("pk_test_secret_key");
+        cfg.webhook_secrets = [
+            ("render.completed".to_owned(), "whsec_a".to_owned()),
+            ("batch.completed".to_owned(), "whsec_b".to_owned()),
+        ]
+        .into();
+        cfg.webhooks_reachable = true;
+        let p = Pictify::new(cfg).unwrap();
+        let now = SystemTime::now();
+        let r = p
+            .parse_webhook(
+                &delivery("render.completed", "whsec_a", RENDER),
+                RENDER.as_bytes(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(r.updates.len(), 1);
+        let b = p
+            .parse_webhook(
+                &delivery("batch.completed", "whsec_b", BATCH),
+                BATCH.as_bytes(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(b.poll_hints, vec!["batch_1".to_owned()]);
+        // Crossed secrets fail; no default means an event without its own secret fails too.
+        assert!(
+            p.parse_webhook(
+                &delivery("batch.completed", "whsec_a", BATCH),
+                BATCH.as_bytes(),
+                now
+            )
+            .is_err()
+        );
+        assert!(
+            p.parse_webhook(
+                &delivery("render.completed", "whsec_b", RENDER),
+                RENDER.as_bytes(),
+                now
+            )
+            .is_err()
+        );
+        // A header naming another event than the body is refused even when it verifies.
+        assert!(
+            p.parse_webhook(
+                &delivery("batch.completed", "whsec_b", RENDER),
+                RENDER.as_bytes(),
+                now
+            )
+            .is_err()
+        );
+        assert!(p.limits().push.webhooks && p.degraded_reason().is_none());
+        let dbg = format!("{p:?}");
+        assert!(
+            !dbg.contains("whsec_a") && !dbg.contains("whsec_b"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn default_secret_covers_events_without_their_own() {
+        let mut cfg = PictifyConfig::new("pk_test_secret_key");
+        cfg.webhook_secret = Some("whsec_default".to_owned());
+        cfg.webhook_secrets = [("render.completed".to_owned(), "whsec_a".to_owned())].into();
+        let p = Pictify::new(cfg).unwrap();
+        let now = SystemTime::now();
+        assert!(
+            p.parse_webhook(
+                &delivery("batch.completed", "whsec_default", BATCH),
+                BATCH.as_bytes(),
+                now
+            )
+            .is_ok()
+        );
+        assert!(
+            p.parse_webhook(
+                &delivery("render.completed", "whsec_a", RENDER),
+                RENDER.as_bytes(),
+                now
+            )
+            .is_ok()
+        );
+        let mut bad = PictifyConfig::new("k");
+        bad.webhook_secrets = [("render.done".to_owned(), "s".to_owned())].into();
+        assert!(Pictify::new(bad).is_err());
+    }
+
+    #[test]
+    fn plan_limits() {
+        let free = adapter(None, false).limits();
+        assert_eq!(free.max_running_poll_keys, Some(1));
+        assert_eq!(free.daily_budget.map(|b| b.requests), Some(1000));
+        let mut cfg = PictifyConfig::new("k");
+        cfg.plan = subscriptions::Plan::Pro;
+        let pro = Pictify::new(cfg).unwrap().limits();
+        assert_eq!(
+            (
+                pro.max_running_poll_keys,
+                pro.max_items_per_submit,
+                pro.max_concurrent_submits
+            ),
+            (Some(3), 100, 3)
+        );
     }
 
     #[test]

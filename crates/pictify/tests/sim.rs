@@ -85,7 +85,11 @@ async fn poll_settled(p: &Pictify, key: &str, allow_waiting: bool) -> Vec<Provid
 #[tokio::test]
 async fn caller_grouped_250_items_map_to_three_batches_of_refs() {
     let sim = pictify::spawn(fast()).await.unwrap();
-    let p = adapter(&sim, None);
+    // The Pro plan takes 100 items per batch; Free takes 10 [PX-LIVE:api-reference/batch].
+    let mut cfg = PictifyConfig::new("sim_key");
+    cfg.base_url = sim.base_url.clone();
+    cfg.plan = adgate_pictify::subscriptions::Plan::Pro;
+    let p = Pictify::new(cfg).unwrap();
     let specs: Vec<Value> = (0..250).map(|i| spec("tmpl_bulk", i)).collect();
     let groups: Vec<Option<String>> = specs.iter().map(|s| p.group_key(s)).collect();
     assert!(groups.iter().all(|g| g.is_some() && *g == groups[0]));
