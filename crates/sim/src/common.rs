@@ -152,6 +152,19 @@ struct LedgerInner {
     cut: u64,
     request_times: Vec<Instant>,
     webhooks: Vec<WebhookRecord>,
+    /// Work intervals (Pictify: a batch from creation until its last item rendered), so tests
+    /// can check that no two overlapped.
+    spans: Vec<Span>,
+    /// Requests refused by a plan cap, by reason (`concurrent_batches`, `daily_requests`, …).
+    refusals: HashMap<String, u64>,
+}
+
+/// One interval of provider work, open while `end` is `None`.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub id: String,
+    pub start: Instant,
+    pub end: Option<Instant>,
 }
 
 /// What the simulator did, for tests to read. Cheap to clone.
@@ -205,6 +218,44 @@ impl Ledger {
     /// A submit answer cut by the `cut_after_create` fault.
     pub fn cut(&self) {
         self.lock().cut += 1;
+    }
+    pub fn span_start(&self, id: &str) {
+        self.lock().spans.push(Span {
+            id: id.to_owned(),
+            start: Instant::now(),
+            end: None,
+        });
+    }
+    /// Close the open span of `id` (no effect when none is open).
+    pub fn span_end(&self, id: &str) {
+        let mut l = self.lock();
+        if let Some(s) = l.spans.iter_mut().find(|s| s.id == id && s.end.is_none()) {
+            s.end = Some(Instant::now());
+        }
+    }
+    pub fn spans(&self) -> Vec<Span> {
+        self.lock().spans.clone()
+    }
+    /// The largest number of spans open at one instant.
+    pub fn max_overlapping_spans(&self) -> usize {
+        let spans = self.spans();
+        let now = Instant::now();
+        spans
+            .iter()
+            .map(|a| {
+                spans
+                    .iter()
+                    .filter(|b| b.start <= a.start && b.end.unwrap_or(now) > a.start)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    pub fn refused(&self, reason: &str) {
+        *self.lock().refusals.entry(reason.to_owned()).or_default() += 1;
+    }
+    pub fn refusals(&self, reason: &str) -> u64 {
+        self.lock().refusals.get(reason).copied().unwrap_or(0)
     }
     pub fn webhook(&self, record: WebhookRecord) {
         self.lock().webhooks.push(record);

@@ -880,3 +880,167 @@ async fn suppress_webhooks_sends_nothing_while_results_show_completion() {
     assert!(rx.all().is_empty(), "nothing reached the receiver");
     sim.shutdown();
 }
+
+// --- issue 21: subscriptions per event with their own secrets; plan caps --------------------
+
+fn verify_with(received: &Received, secret: &str) -> bool {
+    let header = received.header("x-pictify-signature");
+    let Some((t, v1)) = header
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&received.body);
+    hex::encode(mac.finalize().into_bytes()) == v1
+}
+
+async fn subs(sim: &SimHandle) -> Vec<Value> {
+    let v: Value = client()
+        .get(format!("{}/webhook-subscriptions", sim.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["subscriptions"].as_array().unwrap().clone()
+}
+
+/// [PX-LIVE:concepts/webhooks]: one subscription per event, its secret shown once at
+/// creation; each event is signed with its own subscription's secret.
+#[tokio::test]
+async fn each_event_is_signed_with_its_own_subscriptions_secret() {
+    let (rx, url) = receiver().await;
+    let sim = pictify::spawn(fast()).await.unwrap();
+    let mut secrets = std::collections::HashMap::new();
+    for event in ["render.completed", "batch.completed"] {
+        let resp = client()
+            .post(format!("{}/webhook-subscriptions", sim.base_url))
+            .bearer_auth(KEY)
+            .json(&json!({"event": event, "targetUrl": url, "platform": "custom"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let v: Value = resp.json().await.unwrap();
+        let sub = &v["subscription"];
+        assert!(sub["uid"].as_str().unwrap().starts_with("wh_"));
+        assert_eq!(sub["status"], "active");
+        let secret = sub["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("whsec_"));
+        secrets.insert(event.to_owned(), secret);
+    }
+    assert_ne!(secrets["render.completed"], secrets["batch.completed"]);
+    // Shown once: the list has no secrets.
+    assert!(subs(&sim).await.iter().all(|s| s.get("secret").is_none()));
+    render(&sim, "tmpl_a", json!({"variableSets": sets(2)}), None).await;
+    wait_until("batch.completed", || rx.count("batch.completed") >= 1).await;
+    wait_until("renders", || rx.count("render.completed") >= 2).await;
+    for r in rx.all() {
+        let event = r.event();
+        assert_eq!(r.header("x-pictify-event"), event);
+        assert!(
+            verify_with(&r, &secrets[&event]),
+            "{event} signed with its secret"
+        );
+        let other = if event == "batch.completed" {
+            "render.completed"
+        } else {
+            "batch.completed"
+        };
+        assert!(!verify_with(&r, &secrets[other]));
+    }
+    sim.shutdown();
+}
+
+/// [PX-DOCREPO:concepts/webhooks.mdx]: after 5 failed attempts the webhook is paused; pause and
+/// resume are API calls too.
+#[tokio::test]
+async fn a_subscription_is_paused_after_five_failed_attempts_and_resumes() {
+    let (sim, rx) = sim_with_webhooks(SimConfig {
+        time_scale: 0.0005,
+        ..fast()
+    })
+    .await;
+    *rx.fail_first.lock().unwrap() = 1000;
+    render(&sim, "tmpl_a", json!({"variableSets": sets(1)}), None).await;
+    let paused = |subs: &[Value]| {
+        subs.iter()
+            .find(|s| s["event"] == "render.completed")
+            .map(|s| s["status"].as_str().unwrap_or_default().to_owned())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if paused(&subs(&sim).await).as_deref() == Some("paused") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = rx
+        .all()
+        .iter()
+        .filter(|r| r.event() == "render.completed")
+        .count();
+    assert_eq!(attempts, 5, "five attempts, then paused");
+    let uid = subs(&sim)
+        .await
+        .iter()
+        .find(|s| s["event"] == "render.completed")
+        .map(|s| s["uid"].as_str().unwrap().to_owned())
+        .unwrap();
+    let resp = client()
+        .post(format!(
+            "{}/webhook-subscriptions/{uid}/resume",
+            sim.base_url
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(paused(&subs(&sim).await).as_deref(), Some("active"));
+    let resp = client()
+        .post(format!(
+            "{}/webhook-subscriptions/wh_nope/pause",
+            sim.base_url
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    sim.shutdown();
+}
+
+/// [PX-LIVE:api-reference/batch]: the Free plan runs 1 batch at a time and 10 items per batch;
+/// the answer at the cap is undocumented (the simulator refuses, the stricter reading).
+#[tokio::test]
+async fn the_free_plan_refuses_a_second_running_batch_and_big_batches() {
+    let sim = pictify::spawn_with(
+        SimConfig {
+            job_duration: (Duration::from_secs(200), Duration::from_secs(200)),
+            ..fast()
+        },
+        pictify::PictifyOptions {
+            plan: Some(pictify::Plan::Free),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (s, _, _) = render(&sim, "tmpl_a", json!({"variableSets": sets(11)}), None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _, _) = render(&sim, "tmpl_a", json!({"variableSets": sets(2)}), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _, b) = render(&sim, "tmpl_a", json!({"variableSets": sets(2)}), None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(b["code"], "concurrent_batch_limit");
+    assert_eq!(sim.ledger.refusals("concurrent_batches"), 1);
+    assert_eq!(sim.ledger.max_overlapping_spans(), 1);
+    sim.shutdown();
+}

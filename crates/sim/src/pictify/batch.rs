@@ -81,6 +81,7 @@ pub(super) async fn cancel(
                 // [PX-LIVE:api-reference/endpoints/batch/cancel]. Items mid-render are skipped
                 // when their render returns.
                 b.status = BatchStatus::Cancelled;
+                app.ledger.span_end(&id);
                 b.completed_at = Some(SystemTime::now());
                 b.finished = Some(Instant::now());
                 for item in &mut b.items {
@@ -220,6 +221,43 @@ fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Re
             }),
         ));
     }
+    if let Some(plan) = app.plan {
+        if req.sets.len() > plan.max_items_per_batch() {
+            // The plan's item cap (GUESS: answered like the endpoint's own 1–100 check).
+            app.ledger.refused("items_per_batch");
+            return Err(Reply::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"message": "Validation failed", "errors": [{
+                    "field": "variableSets",
+                    "message": format!("your plan allows at most {} items per batch", plan.max_items_per_batch()),
+                    "code": "plan_limit",
+                }]}),
+            ));
+        }
+        // A batch runs until its last item is rendered, failed or skipped.
+        let running = inner
+            .batches
+            .values()
+            .filter(|b| matches!(b.status, BatchStatus::Pending | BatchStatus::Processing))
+            .filter(|b| {
+                b.items
+                    .iter()
+                    .any(|i| matches!(i.state, ItemState::Queued | ItemState::Rendering))
+            })
+            .count();
+        if running >= plan.concurrent_batches() {
+            // Undocumented answer (GUESS, stricter reading): refuse rather than queue.
+            app.ledger.refused("concurrent_batches");
+            return Err(Reply::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Your plan allows {} concurrent batch(es); wait for a running batch to finish",
+                    plan.concurrent_batches()
+                ),
+                "concurrent_batch_limit",
+            ));
+        }
+    }
     // Credits: reserve the whole batch up front (stricter reading of "402 quota").
     let cap = match (app.cfg.wallet, faults.insufficient_after_charges) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -298,6 +336,7 @@ fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Re
             },
         );
     }
+    app.ledger.span_start(&id);
     drop(inner);
     app.ledger.created_id(&id);
     let _ = app.queue.send(id);

@@ -93,6 +93,31 @@ impl App {
         } else {
             self.limiter.check()
         };
+        if decision.allowed
+            && let Some(daily) = &self.daily
+        {
+            let day = daily.check();
+            if !day.allowed {
+                // The plan's requests per day [PX-LIVE:authentication]; a 429 with
+                // `quota_exceeded` is quota per [PX-PY] errors.py (GUESS: the body and the
+                // Retry-After to the window's end are not documented for the daily cap).
+                self.ledger.served_429();
+                self.ledger.refused("daily_requests");
+                let retry_after = ceil_secs(day.reset_after).max(1);
+                let r = Reply::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({
+                        "error": "Daily request quota exceeded for your plan",
+                        "code": "quota_exceeded",
+                        "retryAfter": retry_after,
+                    }),
+                );
+                let mut resp = self.respond(r, Some(day), false);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                return Err(resp);
+            }
+        }
         if !decision.allowed {
             self.ledger.served_429();
             let retry_after = ceil_secs(decision.reset_after).max(1);

@@ -12,8 +12,21 @@
 //! - Error bodies (GUESS from [PX-PY] `errors.py`, "no unified envelope"): the template
 //!   endpoints (404, 400, 422, cancel conflicts) answer `{"message", "errors"?}`; the
 //!   cross-cutting layers (401, 402, 429, 5xx) answer `{"error", "code"}`.
-//! - Batches run one at a time in creation order (Free plan: 1 concurrent batch
-//!   [PX-LIVE:api-reference/batch]); later batches stay `pending` meanwhile.
+//! - Plans ([`PictifyOptions::plan`]): without one (the default, as unmetered as the
+//!   Enterprise plan's "unlimited" concurrent batches), batches run one at a time in creation
+//!   order and later batches stay `pending` meanwhile. With a plan, its caps are enforced
+//!   [PX-LIVE:api-reference/batch], [PX-LIVE:authentication]: concurrent batches 1 / 3 / 10,
+//!   items per batch 10 / 100 / 100 (the plan table's 10 / 100 / 1,000 capped by the endpoint's
+//!   1–100, the stricter reading of the CONFLICT), 60 / 300 / 1,000 requests per minute and
+//!   1,000 / 10,000 / 100,000 per day. What Pictify answers at a cap is undocumented (GUESS,
+//!   the stricter reading: refuse, never queue): a batch over the concurrent-batch cap gets 429
+//!   `{"error", "code": "concurrent_batch_limit"}`, over the item cap 422, over the daily cap
+//!   429 `{"error", "code": "quota_exceeded"}` with `Retry-After` ([PX-PY] maps a 429 with
+//!   `quota_exceeded` to quota).
+//! - Webhook subscriptions ([`subscriptions`]): one per event with its own `whsec_` secret
+//!   [PX-LIVE:concepts/webhooks], managed through `/webhook-subscriptions`; each is paused after
+//!   five failed attempts of a delivery [PX-DOCREPO:concepts/webhooks.mdx] and then gets
+//!   nothing until resumed (GUESS: deliveries while paused are dropped, not queued).
 //! - Item failures are decided when the batch is created (`failure_ratio`, seeded rng).
 //! - Wallet: one credit per rendered item, reserved up front: a batch whose items cannot all be
 //!   covered is refused with 402 (stricter than charging until empty).
@@ -39,6 +52,7 @@ use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle};
 mod batch;
 mod gateway;
 mod render;
+pub mod subscriptions;
 mod validate;
 
 use batch::{batch_render, cancel, results};
@@ -84,14 +98,85 @@ const MAX_WEBHOOK_ATTEMPTS: usize = 5;
 /// "Answer 2xx within 30 s" [PX-DOCREPO]; scaled, but never below one second of wall time.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A Pictify plan's documented caps [PX-LIVE:api-reference/batch], [PX-LIVE:authentication].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Free,
+    Pro,
+    Business,
+}
+
+impl Plan {
+    pub fn requests_per_minute(self) -> u32 {
+        match self {
+            Self::Free => 60,
+            Self::Pro => 300,
+            Self::Business => 1000,
+        }
+    }
+    pub fn requests_per_day(self) -> u32 {
+        match self {
+            Self::Free => 1000,
+            Self::Pro => 10_000,
+            Self::Business => 100_000,
+        }
+    }
+    pub fn concurrent_batches(self) -> usize {
+        match self {
+            Self::Free => 1,
+            Self::Pro => 3,
+            Self::Business => 10,
+        }
+    }
+    /// The plan table's 10 / 100 / 1,000, capped by the endpoint's 100 per request.
+    pub fn max_items_per_batch(self) -> usize {
+        match self {
+            Self::Free => 10,
+            Self::Pro | Self::Business => MAX_VARIABLE_SETS,
+        }
+    }
+}
+
+/// A subscription that exists when the simulator starts, as if created in the dashboard.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSeed {
+    pub event: String,
+    pub target_url: String,
+    pub secret: String,
+}
+
+/// Pictify-only settings.
+#[derive(Debug, Clone, Default)]
+pub struct PictifyOptions {
+    /// `None` = no plan caps (see the module docs).
+    pub plan: Option<Plan>,
+    /// Subscriptions at start. Empty = one per event to `SimConfig::webhook`, all signed with
+    /// its one secret (how a single-secret setup looks).
+    pub subscriptions: Vec<SubscriptionSeed>,
+}
+
 /// Start a simulator on an ephemeral loopback port.
 pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
+    spawn_with(cfg, PictifyOptions::default()).await
+}
+
+/// [`spawn`] with Pictify-only settings.
+pub async fn spawn_with(cfg: SimConfig, opts: PictifyOptions) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    spawn_on(listener, cfg).await
+    spawn_on_with(listener, cfg, opts).await
 }
 
 /// Start a simulator on `listener`.
 pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle> {
+    spawn_on_with(listener, cfg, PictifyOptions::default()).await
+}
+
+/// [`spawn_on`] with Pictify-only settings.
+pub async fn spawn_on_with(
+    listener: TcpListener,
+    cfg: SimConfig,
+    opts: PictifyOptions,
+) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let base = cfg
         .public_base_url
@@ -99,9 +184,32 @@ pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .to_owned();
-    let (limit, window) = cfg
-        .rate_limit
-        .unwrap_or((FREE_PLAN_REQUESTS_PER_MINUTE, Duration::from_secs(60)));
+    let (limit, window) = cfg.rate_limit.unwrap_or((
+        opts.plan
+            .map_or(FREE_PLAN_REQUESTS_PER_MINUTE, Plan::requests_per_minute),
+        Duration::from_secs(60),
+    ));
+    let daily = opts.plan.map(|p| {
+        RollingWindow::new(
+            p.requests_per_day(),
+            cfg.scaled(Duration::from_secs(24 * 3600))
+                .max(Duration::from_millis(1)),
+        )
+    });
+    let seeds = if opts.subscriptions.is_empty() {
+        cfg.webhook
+            .iter()
+            .flat_map(|t| {
+                subscriptions::EVENTS.iter().map(|e| SubscriptionSeed {
+                    event: (*e).to_owned(),
+                    target_url: t.url.clone(),
+                    secret: t.secret.clone(),
+                })
+            })
+            .collect()
+    } else {
+        opts.subscriptions.clone()
+    };
     let webhook_timeout = cfg.scaled(WEBHOOK_TIMEOUT).max(Duration::from_secs(1));
     let http = reqwest::Client::builder()
         .timeout(webhook_timeout)
@@ -110,8 +218,16 @@ pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<
     let ledger = Ledger::default();
     let faults = Arc::new(Mutex::new(Faults::default()));
     let (queue, rx) = mpsc::unbounded_channel();
+    let mut inner = Inner::default();
+    for (i, seed) in seeds.into_iter().enumerate() {
+        inner
+            .subscriptions
+            .push(subscriptions::Subscription::seeded(i, seed));
+    }
     let app = Arc::new(App {
         limiter: RollingWindow::new(limit, cfg.scaled(window).max(Duration::from_millis(1))),
+        daily,
+        plan: opts.plan,
         rng: common::rng(cfg.seed),
         cfg,
         ledger: ledger.clone(),
@@ -119,13 +235,31 @@ pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<
         base,
         http,
         queue,
-        inner: Mutex::new(Inner::default()),
+        inner: Mutex::new(inner),
     });
     tokio::spawn(run_batches(Arc::downgrade(&app), rx));
     let router = Router::new()
         .route("/templates/{uid}/batch-render", post(batch_render))
         .route("/templates/batch/{id}/results", get(results))
         .route("/templates/batch/{id}/cancel", post(cancel))
+        .route(
+            "/webhook-subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/webhook-subscriptions/{uid}",
+            get(subscriptions::get_one)
+                .put(subscriptions::update)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/webhook-subscriptions/{uid}/pause",
+            post(subscriptions::pause),
+        )
+        .route(
+            "/webhook-subscriptions/{uid}/resume",
+            post(subscriptions::resume),
+        )
         .route("/renders/{file}", get(render_file))
         .with_state(app);
     common::serve(listener, router, ledger, faults)
@@ -213,8 +347,9 @@ struct Inner {
     images: HashMap<String, Image>,
     /// Credits charged so far (one per rendered item).
     charged: u64,
-    /// The subscription is paused after 5 failed attempts of one delivery [PX-DOCREPO].
-    webhooks_paused: bool,
+    /// Webhook subscriptions, in creation order; each is paused after 5 failed attempts of one
+    /// delivery [PX-DOCREPO].
+    subscriptions: Vec<subscriptions::Subscription>,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +366,9 @@ struct App {
     faults: Arc<Mutex<Faults>>,
     rng: Mutex<fastrand::Rng>,
     limiter: RollingWindow,
+    /// The plan's requests per day, when a plan is set.
+    daily: Option<RollingWindow>,
+    plan: Option<Plan>,
     base: String,
     http: reqwest::Client,
     queue: mpsc::UnboundedSender<String>,

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::subscriptions::subscribed;
 use super::webhooks::{dispatch, spawn_delivery};
 use super::{App, BatchStatus, Delivery, Image, ItemState, OUTPUT_HEIGHT, OUTPUT_WIDTH};
 
@@ -17,7 +18,13 @@ use super::{App, BatchStatus, Delivery, Image, ItemState, OUTPUT_HEIGHT, OUTPUT_
 pub(super) async fn run_batches(app: Weak<App>, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(id) = rx.recv().await {
         let Some(app) = app.upgrade() else { return };
-        run_batch(&app, &id).await;
+        if app.plan.is_some() {
+            // Admission already capped the running batches at the plan's figure: they run
+            // side by side, as the plan's "concurrent batches" says.
+            tokio::spawn(async move { run_batch(&app, &id).await });
+        } else {
+            run_batch(&app, &id).await;
+        }
     }
 }
 
@@ -80,6 +87,14 @@ fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
         return None;
     }
     let now = rfc3339(SystemTime::now());
+    let last =
+        b.items.iter().enumerate().all(|(i, it)| {
+            i == index || !matches!(it.state, ItemState::Queued | ItemState::Rendering)
+        });
+    if last {
+        // The batch stops running with its last render, before that render's webhook goes out.
+        app.ledger.span_end(id);
+    }
     let item = &mut b.items[index];
     let (event, data) = match item.fail {
         Some((code, message)) => {
@@ -114,8 +129,7 @@ fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
             ("render.completed", data)
         }
     };
-    app.cfg.webhook.as_ref()?;
-    Some(envelope(app, event, data))
+    subscribed_to(inner, event).then(|| envelope(app, event, data))
 }
 
 fn envelope(app: &App, event: &'static str, data: Value) -> Delivery {
@@ -133,6 +147,7 @@ fn finish_batch(app: &Arc<App>, id: &str) {
         let Some(b) = inner.batches.get_mut(id) else {
             return;
         };
+        app.ledger.span_end(id);
         for item in &mut b.items {
             if matches!(item.state, ItemState::Queued | ItemState::Rendering) {
                 item.state = ItemState::Skipped;
@@ -172,11 +187,7 @@ fn finish_batch(app: &Arc<App>, id: &str) {
         });
         let held = std::mem::take(&mut b.held);
         drop(inner);
-        let delivery = app
-            .cfg
-            .webhook
-            .is_some()
-            .then(|| envelope(app, event, data));
+        let delivery = subscribed(app, event).then(|| envelope(app, event, data));
         (delivery, held)
     };
     let Some(delivery) = delivery else { return };
@@ -189,4 +200,8 @@ fn finish_batch(app: &Arc<App>, id: &str) {
         all.reverse();
         spawn_delivery(app, all);
     }
+}
+
+fn subscribed_to(inner: &super::Inner, event: &str) -> bool {
+    inner.subscriptions.iter().any(|s| s.event == event)
 }

@@ -1,11 +1,13 @@
-//! Webhook delivery: reorder/delay/duplicate faults, signing, retries and the pause.
+//! Webhook delivery: reorder/delay/duplicate faults, signing with each subscription's own
+//! secret, retries and the per-subscription pause.
 
 use std::sync::Arc;
 
 use axum::http::header;
 
+use super::subscriptions::{is_active, pause_after_failures, targets};
 use super::{App, Delivery, MAX_WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF};
-use crate::common::{WebhookRecord, WebhookTarget};
+use crate::common::WebhookRecord;
 use crate::signing;
 
 pub(super) fn dispatch(app: &Arc<App>, id: &str, d: Delivery) {
@@ -20,9 +22,6 @@ pub(super) fn dispatch(app: &Arc<App>, id: &str, d: Delivery) {
 
 /// Deliver `deliveries` one after another, each with its full retry schedule.
 pub(super) fn spawn_delivery(app: &Arc<App>, deliveries: Vec<Delivery>) {
-    let Some(target) = app.cfg.webhook.clone() else {
-        return;
-    };
     let app = app.clone();
     tokio::spawn(async move {
         let delay = app.faults().webhook_delay;
@@ -30,12 +29,15 @@ pub(super) fn spawn_delivery(app: &Arc<App>, deliveries: Vec<Delivery>) {
             tokio::time::sleep(delay).await;
         }
         for d in deliveries {
-            deliver(&app, &target, &d).await;
+            // Every active subscription to the event gets it, signed with its own secret.
+            for (uid, url, secret) in targets(&app, d.event) {
+                deliver(&app, &uid, &url, &secret, &d).await;
+            }
         }
     });
 }
 
-async fn deliver(app: &App, target: &WebhookTarget, d: &Delivery) {
+async fn deliver(app: &App, uid: &str, url: &str, secret: &str, d: &Delivery) {
     if app.faults().suppress_webhooks {
         // A lost push: Pictify believes it delivered, so no retry and no pause follow.
         app.ledger.webhook(WebhookRecord {
@@ -51,13 +53,13 @@ async fn deliver(app: &App, target: &WebhookTarget, d: &Delivery) {
         .take(MAX_WEBHOOK_ATTEMPTS)
         .enumerate()
     {
-        if app.lock().webhooks_paused {
+        if !is_active(app, uid) {
             return;
         }
-        let status = send_once(app, target, d).await;
+        let status = send_once(app, url, secret, d).await;
         if status.is_some_and(|s| (200..300).contains(&s)) {
             if app.faults().webhook_duplicate {
-                let _ = send_once(app, target, d).await;
+                let _ = send_once(app, url, secret, d).await;
             }
             return;
         }
@@ -65,17 +67,17 @@ async fn deliver(app: &App, target: &WebhookTarget, d: &Delivery) {
             tokio::time::sleep(app.cfg.scaled(*wait)).await;
         }
     }
-    app.lock().webhooks_paused = true;
+    pause_after_failures(app, uid);
 }
 
 /// One signed POST; records the attempt and returns its status (None = no response).
-async fn send_once(app: &App, target: &WebhookTarget, d: &Delivery) -> Option<u16> {
+async fn send_once(app: &App, url: &str, secret: &str, d: &Delivery) -> Option<u16> {
     let t = adgate_generator::time::unix_now();
     // v1 = hex(HMAC-SHA256(secret, "<t>.<raw body>")) [PX-LIVE:security/webhook-verification].
-    let sig = signing::pictify_header(&target.secret, t, &d.body);
+    let sig = signing::pictify_header(secret, t, &d.body);
     let status = app
         .http
-        .post(&target.url)
+        .post(url)
         .header(header::CONTENT_TYPE, "application/json")
         .header("X-Pictify-Signature", sig)
         .header("X-Pictify-Event", d.event)
