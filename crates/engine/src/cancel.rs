@@ -13,6 +13,11 @@ use crate::error::EngineError;
 use crate::events::{self, Source};
 use crate::runtime::ProviderRuntime;
 
+/// How long a batch cancel waits for submits already on their way to be answered.
+const SUBMIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often it looks.
+const SETTLE_CHECK: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl Engine {
     /// Cancel one job: locally while it is queued and unsent; at the provider where the
     /// provider supports it; otherwise refused with a precondition error.
@@ -152,16 +157,25 @@ impl Engine {
         let Some(jobs) = self.shared.store.batch_jobs(batch_id).await? else {
             return Err(EngineError::NotFound(batch_id.to_owned()));
         };
-        let open: Vec<JobRecord> = jobs
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .collect();
-        let local: Vec<String> = open
+        // Locally first: a job an attempt takes meanwhile is skipped by the store (the attempt
+        // wins) and is then cancelled at the provider below, once its submit is answered.
+        let local: Vec<String> = jobs
             .iter()
             .filter(|j| j.state == JobState::Queued && j.attempt_id.is_none())
             .map(|j| j.id.clone())
             .collect();
         self.mark_cancelled(local, true).await?;
+        let jobs = self
+            .shared
+            .store
+            .batch_jobs(batch_id)
+            .await?
+            .unwrap_or_default();
+        let jobs = self.after_submits_settle(jobs).await?;
+        let open: Vec<JobRecord> = jobs
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
         let mut keys: Vec<(Arc<ProviderRuntime>, String)> = Vec::new();
         for job in &open {
             let (Some(rt), Some(key)) = (self.shared.providers.get(&job.provider), &job.poll_key)
@@ -197,6 +211,41 @@ impl Engine {
             .batch_jobs(batch_id)
             .await?
             .unwrap_or_default())
+    }
+
+    /// Jobs whose submit is on its way to a provider that can cancel have no provider
+    /// reference to cancel by yet: wait (bounded) for those submits to be answered, so that a
+    /// batch cancel right after Submit reaches them too. Returns the batch re-read.
+    async fn after_submits_settle(
+        &self,
+        jobs: Vec<JobRecord>,
+    ) -> Result<Vec<JobRecord>, EngineError> {
+        let in_flight = |jobs: &[JobRecord]| -> Vec<String> {
+            jobs.iter()
+                .filter(|j| j.state == JobState::Queued && j.attempt_id.is_some())
+                .filter(|j| {
+                    self.shared
+                        .providers
+                        .get(&j.provider)
+                        .is_some_and(|rt| rt.limits.cancel != CancelSupport::None)
+                })
+                .map(|j| j.id.clone())
+                .collect()
+        };
+        let mut pending = in_flight(&jobs);
+        if pending.is_empty() {
+            return Ok(jobs);
+        }
+        let until = tokio::time::Instant::now() + SUBMIT_SETTLE;
+        while !pending.is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(SETTLE_CHECK).await;
+            let now = self.shared.store.get_jobs(&pending).await?;
+            pending = in_flight(&now);
+        }
+        let Some(batch) = jobs.first().map(|j| j.batch_id.clone()) else {
+            return Ok(jobs);
+        };
+        Ok(self.shared.store.batch_jobs(&batch).await?.unwrap_or(jobs))
     }
 
     async fn refreshed(&self, job_id: &str) -> Result<JobRecord, EngineError> {
