@@ -58,6 +58,7 @@ TOML FILE (every key optional):
   api_key, base_url, webhook_secret, request_timeout_secs,
   webhook_secrets = { \"render.completed\" = \"whsec_…\" }  per-event secrets (Pictify),
   plan = \"free\"|\"pro\"|\"business\" (Pictify), resume_subscriptions = false,
+  manage_subscriptions = false (Pictify: create its webhook subscriptions at start-up),
   max_running_poll_keys, daily_requests, push_check_secs,
   requests, window_secs, max_concurrent_submits, poll_interval_ms, min_poll_interval_ms,
   max_keys_per_poll, max_items_per_submit, first_poll_after_ms, deadline_secs,
@@ -218,6 +219,7 @@ struct FileProvider {
     webhook_secrets: BTreeMap<String, Secret>,
     plan: Option<String>,
     resume_subscriptions: Option<bool>,
+    manage_subscriptions: Option<bool>,
     request_timeout_secs: Option<f64>,
     #[serde(flatten)]
     limits: LimitOverrides,
@@ -257,6 +259,8 @@ pub struct ProviderSettings {
     pub plan: Option<String>,
     /// Resume a push subscription the provider paused.
     pub resume_subscriptions: bool,
+    /// Create the push subscriptions the gateway needs at start-up (secrets kept in memory).
+    pub manage_subscriptions: bool,
     pub request_timeout: Option<Duration>,
     pub limits: LimitOverrides,
 }
@@ -481,6 +485,7 @@ impl Settings {
             p.webhook_secrets = f.webhook_secrets;
             p.plan = f.plan;
             p.resume_subscriptions = f.resume_subscriptions.unwrap_or(false);
+            p.manage_subscriptions = f.manage_subscriptions.unwrap_or(false);
             if let Some(u) = var(&url_var)
                 .or(f.base_url)
                 .filter(|u| !u.trim().is_empty())

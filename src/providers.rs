@@ -71,6 +71,7 @@ pub fn build(settings: &Settings) -> Result<Vec<ProviderSetup>, ConfigError> {
                 .collect(),
             plan: p.plan.as_deref(),
             resume_subscriptions: p.resume_subscriptions,
+            manage_subscriptions: p.manage_subscriptions,
             webhook_url: settings
                 .public_url
                 .as_ref()

@@ -392,3 +392,89 @@ async fn on_the_free_plan_a_second_batch_never_starts_while_one_runs() {
     assert_eq!(l.count_429(), 0);
     gw.stop().await;
 }
+
+/// A(2): with `manage_subscriptions = true` the gateway creates the subscriptions it needs at
+/// start-up (one per event, each with the secret Pictify shows once), keeps the secrets in
+/// memory and verifies deliveries with them; a subscription to this gateway that it cannot
+/// verify (left by an earlier process) is deleted and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_subscriptions_are_created_at_start_up_and_verify() {
+    const TS: f64 = 0.01;
+    let (http, addr) = http_listener().await;
+    // One stale subscription from "an earlier process", whose secret nobody knows any more.
+    let handle = pictify::spawn_with(
+        sim_cfg(TS),
+        PictifyOptions {
+            plan: None,
+            subscriptions: vec![SubscriptionSeed {
+                event: "render.completed".to_owned(),
+                target_url: format!("http://{addr}/webhooks/pictify"),
+                secret: "whsec_forgotten_by_a_previous_process".to_owned(),
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    let sim = Sim {
+        name: PICTIFY,
+        handle,
+        key: KEY.to_owned(),
+        secret: DEFAULT_SECRET.to_owned(),
+    };
+    let stale = uid_of(&sim, "render.completed").await;
+    // The harness always sets a default secret; `webhook_secrets` names none, so the default
+    // (which signs nothing) is all the configuration knows.
+    let gw = start(
+        TS,
+        "[providers.pictify]\nmanage_subscriptions = true\npush_check_secs = 100\n",
+        http,
+        &sim,
+    )
+    .await;
+    let client = gw.client().await;
+    let subs = wait_for("four managed subscriptions", Duration::from_secs(5), || {
+        let sim = &sim;
+        async move {
+            let s = subscriptions(sim).await;
+            (s.len() == 4 && s.iter().all(|x| x["status"] == "active")).then_some(s)
+        }
+    })
+    .await;
+    let mut events: Vec<&str> = subs.iter().map(|s| s["event"].as_str().unwrap()).collect();
+    events.sort_unstable();
+    assert_eq!(
+        events,
+        [
+            "batch.completed",
+            "batch.failed",
+            "render.completed",
+            "render.failed"
+        ]
+    );
+    assert!(subs.iter().all(|s| s["uid"] != stale.as_str()), "{subs:?}");
+    let mut c = client.clone();
+    let reply = submit(
+        &mut c,
+        (0..3)
+            .map(|i| pictify_job("tmpl_managed", &format!("m{i}")))
+            .collect(),
+    )
+    .await;
+    let jobs = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(20)).await;
+    for j in &jobs {
+        assert_eq!(j.state(), pb::JobState::Completed, "{j:?}");
+        assert_eq!(j.outputs.len(), 1, "{j:?}");
+    }
+    assert_eq!(gw.webhooks(PICTIFY, "rejected"), 0);
+    let info = wait_for("a clean reading", Duration::from_secs(5), || {
+        let client = client.clone();
+        async move {
+            let i = pictify_info(&client).await;
+            (i.health() == pb::ProviderHealth::Serving && i.push_subscriptions.len() == 4)
+                .then_some(i)
+        }
+    })
+    .await;
+    assert!(info.push_subscriptions.iter().all(|s| s.status == "active"));
+    gw.stop().await;
+}

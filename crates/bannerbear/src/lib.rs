@@ -409,6 +409,7 @@ mod tests {
             webhook_secrets: Vec::new(),
             plan: None,
             resume_subscriptions: false,
+            manage_subscriptions: false,
             webhook_url: url.map(str::to_owned),
             request_timeout: Duration::from_secs(5),
             requests: None,

@@ -1,6 +1,8 @@
 //! Push-subscription checks: every [`Limits::push_check_interval`], under the request budget,
-//! ask the adapter how its push subscriptions are ([`Generator::check_push`]), resume the ones
-//! the configuration allows, and keep the reading for health, `ListProviders` and metrics.
+//! ask the adapter how its push subscriptions are ([`Generator::check_push`]), make the changes
+//! it asks for (resume a paused one, create a missing one, delete an unverifiable one; one
+//! request each, also under the budget), and keep the reading for health, `ListProviders` and
+//! metrics.
 //!
 //! Why: Pictify pauses a subscription after five failed deliveries
 //! [PX-DOCREPO:concepts/webhooks.mdx] and says so only through its subscriptions API. While it
@@ -17,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use adgate_generator::{PushAction, PushSubscription};
 use tokio::time::Instant;
 
 use crate::budget::Priority;
@@ -40,7 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>, every: Du
     }
 }
 
-/// One reading (and the resumes it calls for). Public to the crate for tests.
+/// One reading and the changes it calls for.
 pub(crate) async fn check_once(shared: &Arc<Shared>, rt: &Arc<ProviderRuntime>) {
     let waited = rt.acquire(shared, Priority::Poll).await;
     shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
@@ -65,34 +68,45 @@ pub(crate) async fn check_once(shared: &Arc<Shared>, rt: &Arc<ProviderRuntime>) 
             return;
         }
     };
-    for sub in health.subscriptions.iter_mut().filter(|s| s.resume) {
+    let mut after = Vec::with_capacity(health.subscriptions.len());
+    for sub in std::mem::take(&mut health.subscriptions) {
+        if sub.action == PushAction::None {
+            after.push(sub);
+            continue;
+        }
         let waited = rt.acquire(shared, Priority::Poll).await;
         shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
         let started = Instant::now();
-        let r = rt.generator.resume_push(&sub.id).await;
+        let r = rt.generator.fix_push(&sub).await;
         let outcome = match &r {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(e) => e.class(),
         };
         shared.metrics.request(
             &rt.name,
-            "resume_push",
+            "fix_push",
             outcome,
             started.elapsed().as_secs_f64(),
         );
         match r {
-            Ok(()) => {
+            Ok(fixed) => {
                 tracing::warn!(provider = %rt.name, subscription = %sub.id, event = %sub.event,
-                    "push subscription was {}; resumed it", sub.status);
-                sub.status = "active".to_owned();
-                sub.resume = false;
+                    action = ?sub.action, was = %sub.status,
+                    now = fixed.as_ref().map_or("deleted", |f| f.status.as_str()),
+                    "changed a push subscription");
+                after.extend(fixed);
             }
             Err(e) => {
-                tracing::warn!(provider = %rt.name, subscription = %sub.id, error = %e,
-                    "resuming a push subscription failed");
+                tracing::warn!(provider = %rt.name, subscription = %sub.id, event = %sub.event,
+                    action = ?sub.action, error = %e, "changing a push subscription failed");
+                after.push(PushSubscription {
+                    action: PushAction::None,
+                    ..sub
+                });
             }
         }
     }
+    health.subscriptions = after;
     for sub in &health.subscriptions {
         if !sub.is_active() {
             tracing::warn!(provider = %rt.name, subscription = %sub.id, event = %sub.event,

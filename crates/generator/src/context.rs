@@ -23,6 +23,9 @@ pub struct ProviderContext<'a> {
     pub plan: Option<&'a str>,
     /// Whether the adapter asks the provider to resume a push subscription it finds paused.
     pub resume_subscriptions: bool,
+    /// Whether the adapter creates the push subscriptions it needs (and keeps their secrets in
+    /// memory) instead of using ones made by the operator.
+    pub manage_subscriptions: bool,
     /// `{ADGATE_PUBLIC_URL}/webhooks/<name>` when a public URL is configured: where the
     /// provider can reach the gateway.
     pub webhook_url: Option<String>,

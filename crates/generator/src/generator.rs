@@ -92,9 +92,24 @@ pub struct PushSubscription {
     pub event: String,
     /// `active`, `paused`, `failed`, or `missing` when the gateway needs it and none exists.
     pub status: String,
-    /// True when the configuration asks for a paused subscription to be resumed: the engine
-    /// then calls [`Generator::resume_push`] with `id`, under the request budget.
-    pub resume: bool,
+    /// What the configuration asks to be done about it; the engine calls
+    /// [`Generator::fix_push`] for every subscription whose action is not `None`, one request
+    /// each, under the request budget.
+    pub action: PushAction,
+}
+
+/// A change to a push subscription that the adapter asks the engine to make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PushAction {
+    #[default]
+    None,
+    /// Resume a paused subscription.
+    Resume,
+    /// Create the missing subscription for `event` (the adapter keeps its secret).
+    Create,
+    /// Delete a subscription of this gateway's that it can no longer verify (its secret was
+    /// shown once, to a previous process).
+    Delete,
 }
 
 impl PushSubscription {
@@ -277,9 +292,13 @@ pub trait Generator: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Resume one paused push subscription (one request, under the budget).
-    async fn resume_push(&self, _id: &str) -> Result<(), GenError> {
-        Err(GenError::Unsupported("resume_push"))
+    /// Carry out `sub.action` (one request, under the budget) and return the subscription as
+    /// it is afterwards (`None` once deleted).
+    async fn fix_push(
+        &self,
+        _sub: &PushSubscription,
+    ) -> Result<Option<PushSubscription>, GenError> {
+        Err(GenError::Unsupported("fix_push"))
     }
 
     /// Why the adapter is degraded even when reachable (e.g. Pictify without webhooks cannot

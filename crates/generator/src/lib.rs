@@ -29,7 +29,7 @@ pub mod transport;
 pub use context::{Build, ProviderContext};
 pub use error::{FieldViolation, GenError, WebhookError};
 pub use generator::{
-    Accepted, CancelSupport, Generator, Limits, Observed, PushChannels, PushHealth,
+    Accepted, CancelSupport, Generator, Limits, Observed, PushAction, PushChannels, PushHealth,
     PushSubscription, RateLimitSnapshot, RequestBudget, SubmitBatch, SubmitItem, UpdateStream,
     WebhookEvent,
 };

@@ -33,8 +33,8 @@ use std::time::{Duration, SystemTime};
 use adgate_generator::transport::{self, Effect};
 use adgate_generator::{
     Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
-    ProviderContext, ProviderUpdate, PushChannels, PushHealth, PushSubscription, RemoteState,
-    RequestBudget, SubmitBatch, UpdateTarget, WebhookError, WebhookEvent,
+    ProviderContext, ProviderUpdate, PushAction, PushChannels, PushHealth, PushSubscription,
+    RemoteState, RequestBudget, SubmitBatch, UpdateTarget, WebhookError, WebhookEvent,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::spec::Spec;
-use crate::subscriptions::{Plan, URL_EVENT, WebhookSecrets};
+use crate::subscriptions::{ManagedSecrets, Plan, URL_EVENT, WebhookSecrets};
 use crate::wire::{BatchRenderRequest, BatchRenderResponse, BatchResults};
 
 pub const NAME: &str = "pictify";
@@ -79,6 +79,10 @@ pub struct PictifyConfig {
     pub plan: Plan,
     /// Ask Pictify to resume a subscription of ours that it paused.
     pub resume_subscriptions: bool,
+    /// Create the subscriptions the gateway needs (one per event in
+    /// [`subscriptions::EVENTS`]) at the first check, keep their secrets in memory, delete
+    /// ones targeting this gateway that it cannot verify, and resume paused ones.
+    pub manage_subscriptions: bool,
     pub batch_size: usize,
     pub requests_per_minute: u32,
     pub request_timeout: Duration,
@@ -96,6 +100,7 @@ impl PictifyConfig {
             webhook_url: None,
             plan: Plan::Free,
             resume_subscriptions: false,
+            manage_subscriptions: false,
             batch_size: MAX_BATCH_SIZE,
             requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -112,7 +117,7 @@ impl PictifyConfig {
     /// URLs arrive only in `render.completed`, so webhooks are usable when its deliveries can
     /// be verified (its own secret or the default) and Pictify can reach us.
     fn webhooks_usable(&self) -> bool {
-        self.secrets().covers(URL_EVENT) && self.webhooks_reachable
+        (self.secrets().covers(URL_EVENT) || self.manage_subscriptions) && self.webhooks_reachable
     }
 }
 
@@ -133,6 +138,7 @@ impl fmt::Debug for PictifyConfig {
             .field("webhook_url", &self.webhook_url)
             .field("plan", &self.plan)
             .field("resume_subscriptions", &self.resume_subscriptions)
+            .field("manage_subscriptions", &self.manage_subscriptions)
             .field("batch_size", &self.batch_size)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("request_timeout", &self.request_timeout)
@@ -152,6 +158,8 @@ pub struct Pictify {
     /// a paused subscription will not deliver: Pictify's results carry no URLs ([PX-PY],
     /// [SEED-3]), so polling can recover an item's state but never its image.
     url_push_down: std::sync::Mutex<Option<String>>,
+    /// Subscriptions this process created (`manage_subscriptions`), with their secrets.
+    managed: ManagedSecrets,
 }
 
 fn config_error(field: &str, description: &str) -> GenError {
@@ -223,6 +231,7 @@ impl Pictify {
             base,
             http,
             url_push_down: std::sync::Mutex::new(None),
+            managed: ManagedSecrets::default(),
         })
     }
 
@@ -486,21 +495,32 @@ impl Generator for Pictify {
         let secrets = self.cfg.secrets();
         let event = headers
             .get(webhook::EVENT_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if let Some(e) = event
-            && !e.is_empty()
-        {
+            .and_then(|v| v.to_str().ok())
+            .filter(|e| !e.is_empty());
+        // Candidates: the secret of a subscription this process created for the event, then
+        // the configured one (its own, else the default).
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(e) = event {
+            candidates.extend(self.managed.secret_for(e));
+        }
+        candidates.extend(secrets.for_event(event).map(str::to_owned));
+        let mut result = Err(WebhookError::NotConfigured);
+        for secret in &candidates {
+            result = webhook::parse(Some(secret), headers, body, now);
+            if result.is_ok() {
+                break;
+            }
+        }
+        let parsed = result?;
+        if let Some(e) = event {
             let envelope: Option<wire::WebhookEnvelope> = serde_json::from_slice(body).ok();
-            let secret = secrets.for_event(Some(e));
-            let parsed = webhook::parse(secret, headers, body, now)?;
             if envelope.is_some_and(|env| env.event != e) {
                 return Err(WebhookError::Malformed(
                     "X-Pictify-Event does not match the event in the body".to_owned(),
                 ));
             }
-            return Ok(parsed);
         }
-        webhook::parse(secrets.for_event(None), headers, body, now)
+        Ok(parsed)
     }
 
     async fn check_push(&self) -> Result<Option<PushHealth>, GenError> {
@@ -518,27 +538,59 @@ impl Generator for Pictify {
         let list = subscriptions::parse_list(&body).ok_or_else(|| {
             GenError::transient("Pictify webhook-subscriptions list was not understood")
         })?;
+        let manage = self.cfg.manage_subscriptions;
+        let configured = self.cfg.secrets();
         let mut health = PushHealth::default();
         for s in list
             .iter()
             .filter(|s| subscriptions::same_target(&s.target_url, target))
             .filter(|s| subscriptions::EVENTS.contains(&s.event.as_str()))
         {
+            // Managing: the gateway owns every subscription to its URL. One that neither this
+            // process created nor a per-event configured secret covers was made by an earlier
+            // process, whose secret (shown once) is gone; its deliveries would only be
+            // refused, so it is replaced. (The default secret cannot tell: it may sign nothing.)
+            let verifiable = self.managed.uid_for(&s.event).as_deref() == Some(s.uid.as_str())
+                || configured.by_event.contains_key(&s.event);
+            let action = if manage && !verifiable {
+                PushAction::Delete
+            } else if (manage || self.cfg.resume_subscriptions) && s.status == "paused" {
+                // `failed` is not documented as resumable; only `paused` is asked to resume.
+                PushAction::Resume
+            } else {
+                PushAction::None
+            };
             health.subscriptions.push(PushSubscription {
                 id: s.uid.clone(),
                 event: s.event.clone(),
                 status: s.status.clone(),
-                // `failed` is not documented as resumable; only `paused` is asked to resume.
-                resume: self.cfg.resume_subscriptions && s.status == "paused",
+                action,
             });
         }
-        if !health.subscriptions.iter().any(|s| s.event == URL_EVENT) {
-            health.subscriptions.push(PushSubscription {
-                id: String::new(),
-                event: URL_EVENT.to_owned(),
-                status: "missing".to_owned(),
-                resume: false,
-            });
+        // Managing: every event the gateway uses; otherwise only the one that carries URLs is
+        // worth reporting missing.
+        let needed: &[&str] = if manage {
+            &subscriptions::EVENTS
+        } else {
+            &[URL_EVENT]
+        };
+        for event in needed {
+            let kept = health
+                .subscriptions
+                .iter()
+                .any(|s| s.event == *event && s.action != PushAction::Delete);
+            if !kept {
+                health.subscriptions.push(PushSubscription {
+                    id: String::new(),
+                    event: (*event).to_owned(),
+                    status: "missing".to_owned(),
+                    action: if manage {
+                        PushAction::Create
+                    } else {
+                        PushAction::None
+                    },
+                });
+            }
         }
         // URLs are lost only when every render.completed subscription of ours is paused or
         // failed and none is about to be resumed. "missing" only degrades health: the
@@ -549,9 +601,9 @@ impl Generator for Pictify {
             .filter(|s| s.event == URL_EVENT && s.status != "missing")
             .collect();
         let down = (!url_subs.is_empty()
-            && url_subs
-                .iter()
-                .all(|s| matches!(s.status.as_str(), "paused" | "failed") && !s.resume))
+            && url_subs.iter().all(|s| {
+                matches!(s.status.as_str(), "paused" | "failed") && s.action == PushAction::None
+            }))
         .then(|| {
             let states: Vec<String> = url_subs
                 .iter()
@@ -563,19 +615,75 @@ impl Generator for Pictify {
         Ok(Some(health))
     }
 
-    async fn resume_push(&self, id: &str) -> Result<(), GenError> {
-        if !path_safe(id) {
-            return Err(GenError::Permanent {
-                message: "not a Pictify subscription id".to_owned(),
-                provider_code: "NOT_FOUND".to_owned(),
-            });
-        }
-        let url = format!("{}/webhook-subscriptions/{id}/resume", self.base);
-        let (status, headers, body) = self.call(self.http.post(url), Effect::Write).await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(errors::map_status(status, &headers, &body))
+    async fn fix_push(&self, sub: &PushSubscription) -> Result<Option<PushSubscription>, GenError> {
+        let bad_id = || GenError::Permanent {
+            message: "not a Pictify subscription id".to_owned(),
+            provider_code: "NOT_FOUND".to_owned(),
+        };
+        match sub.action {
+            PushAction::None => Ok(Some(sub.clone())),
+            PushAction::Resume => {
+                if !path_safe(&sub.id) {
+                    return Err(bad_id());
+                }
+                let url = format!("{}/webhook-subscriptions/{}/resume", self.base, sub.id);
+                let (status, headers, body) = self.call(self.http.post(url), Effect::Write).await?;
+                if !status.is_success() {
+                    return Err(errors::map_status(status, &headers, &body));
+                }
+                Ok(Some(PushSubscription {
+                    status: "active".to_owned(),
+                    action: PushAction::None,
+                    ..sub.clone()
+                }))
+            }
+            PushAction::Delete => {
+                if !path_safe(&sub.id) {
+                    return Err(bad_id());
+                }
+                let url = format!("{}/webhook-subscriptions/{}", self.base, sub.id);
+                let (status, headers, body) =
+                    self.call(self.http.delete(url), Effect::Write).await?;
+                // Already gone is as good as deleted.
+                if !status.is_success() && status != StatusCode::NOT_FOUND {
+                    return Err(errors::map_status(status, &headers, &body));
+                }
+                self.managed.forget(&sub.id);
+                Ok(None)
+            }
+            PushAction::Create => {
+                let Some(target) = self.cfg.webhook_url.as_deref() else {
+                    return Err(config_error(
+                        "webhook_url",
+                        "is needed to create a subscription",
+                    ));
+                };
+                let url = format!("{}/webhook-subscriptions", self.base);
+                let body = serde_json::json!({
+                    "event": sub.event, "targetUrl": target, "platform": "custom",
+                });
+                // Not resendable blindly: a lost answer may have created a subscription whose
+                // secret we never saw; the next check deletes it (unverifiable) and recreates.
+                let (status, headers, raw) = self
+                    .call(self.http.post(url).json(&body), Effect::Write)
+                    .await?;
+                if !status.is_success() {
+                    return Err(errors::map_status(status, &headers, &raw));
+                }
+                let created = subscriptions::parse_created(&raw).ok_or_else(|| {
+                    GenError::transient(
+                        "Pictify webhook-subscriptions create answer was not understood",
+                    )
+                })?;
+                self.managed
+                    .keep(&created.event, &created.uid, created.secret);
+                Ok(Some(PushSubscription {
+                    id: created.uid,
+                    event: created.event,
+                    status: created.status,
+                    action: PushAction::None,
+                }))
+            }
         }
     }
 
@@ -597,7 +705,7 @@ impl Generator for Pictify {
 
     fn degraded_reason(&self) -> Option<String> {
         let missing = match (
-            self.cfg.secrets().covers(URL_EVENT),
+            self.cfg.secrets().covers(URL_EVENT) || self.cfg.manage_subscriptions,
             self.cfg.webhooks_reachable,
         ) {
             (true, true) => return None,
@@ -625,6 +733,7 @@ pub fn build(cx: &ProviderContext<'_>) -> Result<Arc<dyn Generator>, GenError> {
     cfg.webhooks_reachable = cx.webhook_url.is_some();
     cfg.webhook_url = cx.webhook_url.clone();
     cfg.resume_subscriptions = cx.resume_subscriptions;
+    cfg.manage_subscriptions = cx.manage_subscriptions;
     if let Some(p) = cx.plan {
         cfg.plan = Plan::parse(p)
             .ok_or_else(|| config_error("plan", "must be one of free, pro, business"))?;

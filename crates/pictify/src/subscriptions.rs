@@ -164,6 +164,62 @@ pub fn parse_list(body: &[u8]) -> Option<Vec<Subscription>> {
     serde_json::from_value(list).ok()
 }
 
+/// The create answer `{"subscription": {uid, event, status, secret, …}}`
+/// [PX-LIVE:concepts/webhooks]; the secret is shown only here.
+pub struct Created {
+    pub uid: String,
+    pub event: String,
+    pub status: String,
+    pub secret: String,
+}
+
+pub fn parse_created(body: &[u8]) -> Option<Created> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let s = v.get("subscription").unwrap_or(&v);
+    let field = |k: &str| s.get(k).and_then(Value::as_str).map(str::to_owned);
+    let secret = field("secret").filter(|x| !x.is_empty())?;
+    Some(Created {
+        uid: field("uid").filter(|x| !x.is_empty())?,
+        event: field("event")?,
+        status: field("status").unwrap_or_else(|| "active".to_owned()),
+        secret,
+    })
+}
+
+/// Secrets of the subscriptions this process created, by event: `(uid, secret)`. In memory
+/// only — a restart forgets them, and the next process replaces those subscriptions (see
+/// `PictifyConfig::manage_subscriptions`). `Debug` never shows a secret.
+#[derive(Default)]
+pub struct ManagedSecrets(std::sync::Mutex<BTreeMap<String, (String, String)>>);
+
+impl ManagedSecrets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, String)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn keep(&self, event: &str, uid: &str, secret: String) {
+        self.lock()
+            .insert(event.to_owned(), (uid.to_owned(), secret));
+    }
+    pub fn secret_for(&self, event: &str) -> Option<String> {
+        self.lock().get(event).map(|(_, s)| s.clone())
+    }
+    pub fn uid_for(&self, event: &str) -> Option<String> {
+        self.lock().get(event).map(|(u, _)| u.clone())
+    }
+    pub fn forget(&self, uid: &str) {
+        self.lock().retain(|_, (u, _)| u != uid);
+    }
+}
+
+impl fmt::Debug for ManagedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = self.lock();
+        f.debug_map()
+            .entries(l.iter().map(|(e, (u, _))| (e, u)))
+            .finish()
+    }
+}
+
 /// Same target, ignoring a trailing slash.
 pub fn same_target(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
@@ -208,6 +264,26 @@ mod tests {
             !dbg.contains("whsec_a") && !dbg.contains("whsec_d"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn created_answer_and_managed_secrets() {
+        let c = parse_created(br#"{"subscription":{"uid":"wh_9","event":"render.completed","targetUrl":"http://x","platform":"custom","status":"active","secret":"whsec_shown_once","createdAt":"2026-01-01T00:00:00Z"}}"#).unwrap();
+        assert_eq!(
+            (c.uid.as_str(), c.secret.as_str()),
+            ("wh_9", "whsec_shown_once")
+        );
+        assert!(parse_created(br#"{"subscription":{"uid":"wh_9","event":"e"}}"#).is_none());
+        let m = ManagedSecrets::default();
+        m.keep(&c.event, &c.uid, c.secret);
+        assert_eq!(
+            m.secret_for("render.completed").as_deref(),
+            Some("whsec_shown_once")
+        );
+        let dbg = format!("{m:?}");
+        assert!(dbg.contains("wh_9") && !dbg.contains("whsec_"), "{dbg}");
+        m.forget("wh_9");
+        assert!(m.uid_for("render.completed").is_none());
     }
 
     #[test]
