@@ -62,7 +62,10 @@ async fn render_failed_without_variables_is_read_at_once_by_polling_its_batch() 
         assert_eq!(j.state(), pb::JobState::Failed, "{j:?}");
         let e = j.error.as_ref().unwrap();
         assert_eq!(e.code, "PROVIDER_JOB_FAILED", "{e:?}");
-        assert!(!e.provider_code.is_empty(), "the provider's code travels: {e:?}");
+        assert!(
+            !e.provider_code.is_empty(),
+            "the provider's code travels: {e:?}"
+        );
     }
     let failed_events = pic
         .ledger()
@@ -76,5 +79,55 @@ async fn render_failed_without_variables_is_read_at_once_by_polling_its_batch() 
     );
     assert!((1..=3).contains(&polls), "{polls} polls");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    gw.stop().await;
+}
+
+/// `layouts`: one image per item per layout, each in its own `render.completed` (which names
+/// no layout). The job collects them and completes with the last; two items with identical
+/// variables each get their own three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_three_layouts_completes_with_three_images() {
+    let (http, addr) = http_listener().await;
+    let pic = sim(
+        PICTIFY,
+        addr,
+        true,
+        SimConfig {
+            time_scale: TS,
+            job_duration: (Duration::from_secs(1), Duration::from_secs(2)),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        GatewayOpts {
+            time_scale: TS,
+            webhooks: true,
+            toml: "",
+            database_url: db_url(&dir),
+        },
+        http,
+        &[&pic],
+    )
+    .await;
+    let mut client = gw.client().await;
+    let job = || {
+        let mut j = pictify_job("tmpl_layouts", "Ada");
+        if let Some(pb::job_spec::Provider::Pictify(p)) = &mut j.provider {
+            p.layouts = vec!["story".into(), "square".into(), "wide".into()];
+        }
+        j
+    };
+    let reply = submit(&mut client, vec![job(), job()]).await;
+    let done = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(15)).await;
+    let mut urls = std::collections::HashSet::new();
+    for j in &done {
+        assert_eq!(j.state(), pb::JobState::Completed, "{j:?}");
+        assert_eq!(j.outputs.len(), 3, "{j:?}");
+        urls.extend(j.outputs.iter().map(|o| o.url.clone()));
+    }
+    assert_eq!(urls.len(), 6, "six distinct images over two jobs");
+    assert_eq!(pic.ledger().total_charges(), 6);
     gw.stop().await;
 }

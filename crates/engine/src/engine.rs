@@ -170,6 +170,7 @@ impl Engine {
                     last_error: None,
                 }),
                 inbox_wake: Notify::new(),
+                correlating: tokio::sync::Mutex::new(()),
                 reconcile_window: reconcile_window(&setup_limits),
             };
             providers.insert(name, Arc::new(rt));

@@ -19,7 +19,7 @@
 //! verified event is answered 2xx only once it is either applied or kept, both durably. When
 //! the store cannot take it, the answer is a 5xx and the provider's retry brings it again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,11 +93,17 @@ pub(crate) async fn apply_updates(
             bound_job,
         } => (delivery_id, bound_job),
     };
+    let correlated = updates.iter().any(|u| is_correlated(&u.target));
+    let _serial = if correlated {
+        Some(rt.correlating.lock().await)
+    } else {
+        None
+    };
     let mut patches = Vec::new();
     let mut keep = Vec::new();
-    // Jobs an earlier correlated update of this batch took: two events for identical
-    // variables must land on two different jobs.
-    let mut claimed = HashSet::new();
+    // Outputs earlier correlated updates of this batch gave each job: two events for
+    // identical variables must land on two different jobs (or on one that expects both).
+    let mut claimed = HashMap::new();
     let expires_at = shared.now_ms() + ms(shared.kept_event_ttl);
     for update in updates {
         match resolve(shared, rt, &update, bound_job, &mut claimed).await? {
@@ -184,7 +190,7 @@ async fn resolve(
     rt: &Arc<ProviderRuntime>,
     update: &ProviderUpdate,
     bound_job: Option<&str>,
-    claimed: &mut HashSet<String>,
+    claimed: &mut HashMap<String, usize>,
 ) -> Result<Resolution, StoreError> {
     let ids = match &update.target {
         UpdateTarget::ProviderRef(r) => {
@@ -222,15 +228,11 @@ async fn resolve(
             }
             ids
         }
-        UpdateTarget::Correlation(key) => correlated(shared, rt, key, None, claimed)
-            .await?
-            .into_iter()
-            .collect(),
+        UpdateTarget::Correlation(key) => {
+            return Ok(correlated_patch(shared, rt, update, key, None, claimed).await?);
+        }
         UpdateTarget::Correlated { key, fields } => {
-            correlated(shared, rt, key, Some(fields), claimed)
-                .await?
-                .into_iter()
-                .collect()
+            return Ok(correlated_patch(shared, rt, update, key, Some(fields), claimed).await?);
         }
     };
     if ids.is_empty() {
@@ -264,25 +266,58 @@ async fn bindable(
 }
 
 /// The oldest unfinished, sent job with this correlation key that the event's fields match
-/// and that no earlier update of the same batch took.
-async fn correlated(
+/// and that still expects outputs (counting what earlier updates of this batch gave it), and
+/// the patch the update makes to it. A push that delivers one image of a job that expects
+/// several (Pictify layouts) adds it to the job's outputs; the job completes with the last.
+async fn correlated_patch(
     shared: &Shared,
     rt: &ProviderRuntime,
+    update: &ProviderUpdate,
     key: &str,
     fields: Option<&serde_json::Map<String, serde_json::Value>>,
-    claimed: &mut HashSet<String>,
-) -> Result<Option<String>, StoreError> {
+    claimed: &mut HashMap<String, usize>,
+) -> Result<Resolution, StoreError> {
     let candidates = shared
         .store
         .correlation_candidates(&rt.name, key, CORRELATION_CANDIDATES)
         .await?;
     let found = candidates.into_iter().find(|job| {
-        !claimed.contains(&job.id) && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
+        let expected = rt.generator.expected_outputs(&job.spec).max(1);
+        let have = job.outputs.len() + claimed.get(&job.id).copied().unwrap_or(0);
+        have < expected && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
     });
-    Ok(found.map(|job| {
-        claimed.insert(job.id.clone());
-        job.id
-    }))
+    let Some(job) = found else {
+        return Ok(Resolution::NoJob);
+    };
+    let added = claimed.entry(job.id.clone()).or_default();
+    let expected = rt.generator.expected_outputs(&job.spec).max(1);
+    if update.state == RemoteState::Completed && !update.outputs.is_empty() && expected > 1 {
+        let mut outputs = job.outputs.clone();
+        outputs.extend(update.outputs.iter().cloned());
+        *added += update.outputs.len();
+        let mut p = JobPatch::new(job.id.clone());
+        if outputs.len() >= expected {
+            p.state = Some(JobState::Completed);
+            p.progress = Some(Progress {
+                step: "completed".to_owned(),
+                message: String::new(),
+                percentage: 100.0,
+            });
+        } else {
+            p.state = Some(JobState::Processing);
+            p.progress = Some(Progress {
+                step: "rendered".to_owned(),
+                message: format!("{} of {expected} images delivered", outputs.len()),
+                percentage: 100.0 * outputs.len() as f64 / expected as f64,
+            });
+        }
+        p.outputs = Some(outputs);
+        return Ok(Resolution::Found(vec![p]));
+    }
+    *added += expected;
+    Ok(Resolution::Found(
+        to_patch(rt, job.id, update).into_iter().collect(),
+    ))
 }
 
 pub(crate) fn to_patch(
@@ -361,11 +396,12 @@ pub(crate) async fn drain(
         return Ok(0);
     }
     let now = shared.now_ms();
+    let _serial = rt.correlating.lock().await;
     let mut patches = Vec::new();
     let mut consumed = Vec::new();
     let mut applied = 0;
     let mut expired = 0;
-    let mut claimed = HashSet::new();
+    let mut claimed = HashMap::new();
     for event in kept {
         let parsed: Option<Kept> = serde_json::from_value(event.event.clone()).ok();
         let Some(k) = parsed else {
@@ -426,6 +462,13 @@ pub(crate) async fn drain(
         tracing::info!(provider = %rt.name, applied, "applied kept provider events");
     }
     Ok(applied)
+}
+
+fn is_correlated(t: &UpdateTarget) -> bool {
+    matches!(
+        t,
+        UpdateTarget::Correlation(_) | UpdateTarget::Correlated { .. }
+    )
 }
 
 fn target_kind(t: &UpdateTarget) -> &'static str {

@@ -45,6 +45,10 @@ pub(crate) struct ProviderRuntime {
     pub health: Mutex<Health>,
     /// Wakes the inbox when a job became known that a kept event may be waiting for.
     pub inbox_wake: Notify,
+    /// Held from reading correlation candidates to committing: two deliveries for identical
+    /// variables (or two images of one multi-layout job) resolved at once would otherwise read
+    /// the same job and the second write would undo the first.
+    pub correlating: tokio::sync::Mutex<()>,
     /// How long a job whose submit outcome is unknown waits for a callback (see
     /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
     pub reconcile_window: Duration,

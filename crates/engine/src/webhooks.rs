@@ -56,7 +56,10 @@ impl Engine {
                 .store
                 .correlation_candidates(&rt.name, key, 1000)
                 .await?;
-            let mut keys: Vec<&str> = candidates.iter().filter_map(|j| j.poll_key.as_deref()).collect();
+            let mut keys: Vec<&str> = candidates
+                .iter()
+                .filter_map(|j| j.poll_key.as_deref())
+                .collect();
             keys.sort_unstable();
             keys.dedup();
             for k in keys {

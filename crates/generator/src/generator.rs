@@ -232,6 +232,14 @@ pub trait Generator: Send + Sync + 'static {
         None
     }
 
+    /// How many images a job with `spec` produces when a push delivers them one at a time
+    /// (Pictify renders one image per layout, each in its own `render.completed`): a job
+    /// completes once it holds this many outputs. An update carrying them all at once (a poll,
+    /// an Abyssale callback) completes it regardless.
+    fn expected_outputs(&self, _spec: &Value) -> usize {
+        1
+    }
+
     /// Whether a job with `spec` is the one an event carrying `fields` names (see
     /// [`crate::UpdateTarget::Correlated`]). Only called for jobs whose correlation key matched.
     fn correlates(&self, _spec: &Value, _fields: &serde_json::Map<String, Value>) -> bool {

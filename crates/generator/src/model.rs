@@ -222,7 +222,11 @@ mod tests {
         let old = r#"{"code":"PARTIAL_FAILURE","message":"m","retryable":true,"provider_code":""}"#;
         let e: JobError = serde_json::from_str(old).unwrap();
         assert!(e.failed_formats.is_empty());
-        assert_eq!(serde_json::to_string(&e).unwrap(), old, "empty list not written");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            old,
+            "empty list not written"
+        );
         let e = e.with_failed_formats(vec![FormatFailure {
             format: "iab-medium".into(),
             reason: "Text too long".into(),

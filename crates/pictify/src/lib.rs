@@ -378,6 +378,10 @@ impl Generator for Pictify {
         Spec::parse(spec).ok().map(|s| s.correlation_key())
     }
 
+    fn expected_outputs(&self, spec: &Value) -> usize {
+        Spec::parse(spec).map_or(1, |s| s.images())
+    }
+
     fn correlates(&self, spec: &Value, fields: &serde_json::Map<String, Value>) -> bool {
         Spec::parse(spec).is_ok_and(|s| spec::variables_match(&s.variables, fields))
     }
@@ -419,6 +423,7 @@ impl Generator for Pictify {
             format: first.format(),
             quality: first.quality(),
             layout: first.layout.as_deref(),
+            layouts: (!first.layouts.is_empty()).then_some(first.layouts.as_slice()),
             concurrency: first.concurrency,
         };
         let url = format!(

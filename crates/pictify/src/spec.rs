@@ -11,14 +11,18 @@ pub const FORMATS: [&str; 3] = ["png", "jpeg", "webp"];
 /// Documented defaults of `batch-render` [PX-LIVE:…/batch/render].
 pub const DEFAULT_FORMAT: &str = "png";
 pub const DEFAULT_QUALITY: f64 = 0.9;
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "template_uid",
     "variables",
     "format",
     "quality",
     "layout",
+    "layouts",
     "concurrency",
 ];
+/// Layouts per render: "one image per item per layout"; the SDK caps the list at 20
+/// [PX-PY], providers.md §2.3.
+pub const MAX_LAYOUTS: usize = 20;
 /// Items rendered at once: 1–10, default 5 [PX-LIVE:…/batch/render]; plans cap it (Free 1,
 /// Pro 3, Business 10 per [PX-MCP]), which the provider enforces.
 pub const CONCURRENCY: std::ops::RangeInclusive<u64> = 1..=10;
@@ -32,6 +36,8 @@ pub struct Spec {
     pub format: Option<String>,
     pub quality: Option<f64>,
     pub layout: Option<String>,
+    /// Several layouts: one image each. Empty = one image (`layout` or the default).
+    pub layouts: Vec<String>,
     pub concurrency: Option<u32>,
 }
 
@@ -135,6 +141,42 @@ impl Spec {
                 None
             }
         };
+        let layouts = match obj.get("layouts") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let names: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| i.as_str().filter(|s| layout_ok(s)).map(str::to_owned))
+                    .collect();
+                let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+                if names.len() != items.len()
+                    || items.is_empty()
+                    || items.len() > MAX_LAYOUTS
+                    || unique.len() != names.len()
+                {
+                    v.push(FieldViolation::new(
+                        "layouts",
+                        "must be 1-20 distinct names matching ^[a-z0-9-]{1,64}$",
+                    ));
+                }
+                names
+            }
+            Some(_) => {
+                v.push(FieldViolation::new(
+                    "layouts",
+                    "must be a list of layout names",
+                ));
+                Vec::new()
+            }
+        };
+        // GUESS: the documents give `layout` and `layouts` side by side without saying which
+        // wins when both are set; refusing both is the reading that cannot surprise anyone.
+        if layout.is_some() && !layouts.is_empty() {
+            v.push(FieldViolation::new(
+                "layouts",
+                "set layout or layouts, not both",
+            ));
+        }
         let concurrency = match obj.get("concurrency") {
             None | Some(Value::Null) => None,
             Some(c) => match c.as_u64().filter(|n| CONCURRENCY.contains(n)) {
@@ -155,6 +197,7 @@ impl Spec {
                 format,
                 quality,
                 layout,
+                layouts,
                 concurrency,
             })
         } else {
@@ -174,17 +217,23 @@ impl Spec {
     /// documented defaults filled in so that an omitted option groups with its explicit default.
     pub fn group_key(&self) -> String {
         format!(
-            "{}|{}|{:?}|{}|{}",
+            "{}|{}|{:?}|{}|{}|{}",
             self.template_uid,
             self.format(),
             self.quality(),
             self.layout.as_deref().unwrap_or(""),
+            self.layouts.join(","),
             self.concurrency.unwrap_or(DEFAULT_CONCURRENCY)
         )
     }
 
     pub fn correlation_key(&self) -> String {
         correlation_key(&self.template_uid)
+    }
+
+    /// Images this item produces: one per layout.
+    pub fn images(&self) -> usize {
+        self.layouts.len().max(1)
     }
 }
 
@@ -292,7 +341,7 @@ mod tests {
         let s = Spec::parse(&json!({"template_uid": "tmpl_a", "variables": {"t": 1}})).unwrap();
         assert_eq!(s.format(), "png");
         assert_eq!(s.quality(), 0.9);
-        assert_eq!(s.group_key(), "tmpl_a|png|0.9|");
+        assert_eq!(s.group_key(), "tmpl_a|png|0.9|||5");
     }
 
     #[test]
@@ -372,17 +421,57 @@ mod tests {
     }
 
     #[test]
+    fn layouts_are_validated_and_each_is_an_image() {
+        let parse = |v: Value| Spec::parse(&v);
+        let two =
+            parse(json!({"template_uid": "t", "variables": {}, "layouts": ["story", "square"]}))
+                .unwrap();
+        assert_eq!(two.images(), 2);
+        assert_eq!(
+            parse(json!({"template_uid": "t", "variables": {}}))
+                .unwrap()
+                .images(),
+            1
+        );
+        assert_ne!(
+            two.group_key(),
+            parse(json!({"template_uid": "t", "variables": {}}))
+                .unwrap()
+                .group_key()
+        );
+        for bad in [
+            json!([]),
+            json!(["Story"]),
+            json!(["a", "a"]),
+            json!("story"),
+            json!((0..21).map(|i| format!("l{i}")).collect::<Vec<_>>()),
+        ] {
+            let err =
+                parse(json!({"template_uid": "t", "variables": {}, "layouts": bad})).unwrap_err();
+            assert_eq!(err[0].field, "layouts", "{err:?}");
+        }
+        let both =
+            parse(json!({"template_uid": "t", "variables": {}, "layout": "a", "layouts": ["b"]}));
+        assert_eq!(both.unwrap_err()[0].field, "layouts");
+    }
+
+    #[test]
     fn concurrency_is_validated_and_part_of_the_group() {
         let parse = |v: Value| Spec::parse(&v);
-        let five = parse(json!({"template_uid": "t", "concurrency": 5})).unwrap();
-        let unset = parse(json!({"template_uid": "t"})).unwrap();
-        let one = parse(json!({"template_uid": "t", "concurrency": 1})).unwrap();
+        let five = parse(json!({"template_uid": "t", "variables": {}, "concurrency": 5})).unwrap();
+        let unset = parse(json!({"template_uid": "t", "variables": {}})).unwrap();
+        let one = parse(json!({"template_uid": "t", "variables": {}, "concurrency": 1})).unwrap();
         assert_eq!(five.concurrency, Some(5));
         assert_eq!(unset.concurrency, None, "only what the caller set is sent");
-        assert_eq!(five.group_key(), unset.group_key(), "5 is the documented default");
+        assert_eq!(
+            five.group_key(),
+            unset.group_key(),
+            "5 is the documented default"
+        );
         assert_ne!(one.group_key(), unset.group_key());
         for bad in [json!(0), json!(11), json!(2.5), json!("3")] {
-            let err = parse(json!({"template_uid": "t", "concurrency": bad})).unwrap_err();
+            let err = parse(json!({"template_uid": "t", "variables": {}, "concurrency": bad}))
+                .unwrap_err();
             assert_eq!(err[0].field, "concurrency");
         }
         let body = crate::wire::BatchRenderRequest {
@@ -390,9 +479,14 @@ mod tests {
             format: "png",
             quality: 0.9,
             layout: None,
+            layouts: None,
             concurrency: unset.concurrency,
         };
-        assert!(!serde_json::to_string(&body).unwrap().contains("concurrency"));
+        assert!(
+            !serde_json::to_string(&body)
+                .unwrap()
+                .contains("concurrency")
+        );
     }
 
     #[test]

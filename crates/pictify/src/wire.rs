@@ -13,6 +13,9 @@ pub struct BatchRenderRequest<'a> {
     pub quality: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<&'a str>,
+    /// Several layouts: one image per item per layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layouts: Option<&'a [String]>,
     /// Only what the caller set; the provider's default (5) otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,

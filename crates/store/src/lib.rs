@@ -152,9 +152,10 @@ pub trait Store: Send + Sync + 'static {
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>>;
 
     /// Non-terminal jobs with this correlation key that have been sent (or are being sent:
-    /// they have an attempt, with or without a provider reference yet) and have no outputs,
-    /// oldest first, at most `limit`. A push may arrive before the submit's answer, so an
-    /// attempt is enough; a job never attempted cannot have produced anything.
+    /// they have an attempt, with or without a provider reference yet), oldest first, at most
+    /// `limit`. A push may arrive before the submit's answer, so an attempt is enough; a job
+    /// never attempted cannot have produced anything. Whether a candidate still expects
+    /// outputs (one image, or one per layout) is the engine's decision.
     async fn correlation_candidates(
         &self,
         provider: &str,

@@ -330,7 +330,7 @@ static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
 static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND correlation_key = $2 \
-         AND {ACTIVE} AND attempt_id IS NOT NULL AND outputs = '[]' \
+         AND {ACTIVE} AND attempt_id IS NOT NULL \
          ORDER BY created_at, pos LIMIT $3"
     )
 });

@@ -315,7 +315,7 @@ static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
 static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND correlation_key = ? AND {ACTIVE} \
-         AND attempt_id IS NOT NULL AND outputs = '[]' ORDER BY created_at, rowid LIMIT ?"
+         AND attempt_id IS NOT NULL ORDER BY created_at, rowid LIMIT ?"
     )
 });
 

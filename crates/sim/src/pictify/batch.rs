@@ -307,6 +307,7 @@ fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Re
             template_uid: uid.to_owned(),
             format: req.format,
             concurrency: req.concurrency,
+            images_per_item: req.layouts.len().max(1),
             idempotency_key: key.clone(),
             items,
             status: BatchStatus::Pending,

@@ -313,6 +313,8 @@ struct Batch {
     template_uid: String,
     format: String,
     concurrency: usize,
+    /// Images per item (one per layout, at least one).
+    images_per_item: usize,
     idempotency_key: Option<String>,
     items: Vec<Item>,
     status: BatchStatus,

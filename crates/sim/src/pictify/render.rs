@@ -69,22 +69,27 @@ async fn worker(app: Arc<App>, id: String) {
             index
         };
         tokio::time::sleep(app.item_duration()).await;
-        let delivery = finish_item(&app, &id, index);
-        if let Some(d) = delivery {
+        for d in finish_item(&app, &id, index) {
             dispatch(&app, &id, d);
         }
     }
 }
 
-/// Mark one item done and build its webhook (if a subscription exists).
-fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
-    let image_id = app.id("img_");
+/// Mark one item done and build its webhooks (if a subscription exists): one
+/// `render.completed` per image (one image per layout), or one `render.failed`.
+fn finish_item(app: &App, id: &str, index: usize) -> Vec<Delivery> {
     let mut inner = app.lock();
     let inner = &mut *inner;
-    let b = inner.batches.get_mut(id)?;
+    let (on_completed, on_failed) = (
+        subscribed_to(inner, "render.completed"),
+        subscribed_to(inner, "render.failed"),
+    );
+    let Some(b) = inner.batches.get_mut(id) else {
+        return Vec::new();
+    };
     if b.status == BatchStatus::Cancelled {
         b.items[index].state = ItemState::Skipped;
-        return None;
+        return Vec::new();
     }
     let now = rfc3339(SystemTime::now());
     let last =
@@ -96,7 +101,8 @@ fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
         app.ledger.span_end(id);
     }
     let item = &mut b.items[index];
-    let (event, data) = match item.fail {
+    let mut out = Vec::new();
+    match item.fail {
         Some((code, message)) => {
             item.state = ItemState::Failed(code, message);
             // [PX-LIVE:concepts/webhooks] shows no variables on render.failed; none are sent.
@@ -104,32 +110,42 @@ fn finish_item(app: &App, id: &str, index: usize) -> Option<Delivery> {
                 "type": "image", "templateId": b.template_uid,
                 "error": message, "errorCode": code,
             });
-            ("render.failed", data)
+            if on_failed {
+                out.push(envelope(app, "render.failed", data));
+            }
         }
         None => {
             item.state = ItemState::Rendered;
-            inner.charged += 1;
-            app.ledger
-                .charge(&format!("{id}:{index}"), b.idempotency_key.as_deref());
-            inner.images.insert(
-                image_id.clone(),
-                Image {
-                    width: OUTPUT_WIDTH,
-                    height: OUTPUT_HEIGHT,
-                    label: format!("{id}:{index}"),
-                },
-            );
-            // [SEED-3] payload plus width/height from [PX-LIVE:concepts/webhooks].
-            let data = json!({
-                "type": "image", "source": "api", "imageId": image_id,
-                "url": format!("{}/renders/{image_id}.{}", app.base, b.format),
-                "templateId": b.template_uid, "variables": item.variables,
-                "width": OUTPUT_WIDTH, "height": OUTPUT_HEIGHT, "renderedAt": now,
-            });
-            ("render.completed", data)
+            // GUESS: one credit per image (an item with three layouts makes three images);
+            // the documents bill renders without saying how layouts count.
+            for _ in 0..b.images_per_item {
+                let image_id = app.id("img_");
+                inner.charged += 1;
+                app.ledger
+                    .charge(&format!("{id}:{index}"), b.idempotency_key.as_deref());
+                inner.images.insert(
+                    image_id.clone(),
+                    Image {
+                        width: OUTPUT_WIDTH,
+                        height: OUTPUT_HEIGHT,
+                        label: format!("{id}:{index}"),
+                    },
+                );
+                // [SEED-3] payload plus width/height from [PX-LIVE:concepts/webhooks]; the
+                // event names no layout (none is documented on render.completed).
+                let data = json!({
+                    "type": "image", "source": "api", "imageId": image_id,
+                    "url": format!("{}/renders/{image_id}.{}", app.base, b.format),
+                    "templateId": b.template_uid, "variables": item.variables,
+                    "width": OUTPUT_WIDTH, "height": OUTPUT_HEIGHT, "renderedAt": now,
+                });
+                if on_completed {
+                    out.push(envelope(app, "render.completed", data));
+                }
+            }
         }
-    };
-    subscribed_to(inner, event).then(|| envelope(app, event, data))
+    }
+    out
 }
 
 fn envelope(app: &App, event: &'static str, data: Value) -> Delivery {

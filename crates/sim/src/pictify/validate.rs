@@ -8,6 +8,9 @@ pub(super) struct RenderRequest {
     pub(super) sets: Vec<Map<String, Value>>,
     pub(super) format: String,
     pub(super) concurrency: usize,
+    /// Layout names; every item renders one image per layout ("one image per item per
+    /// layout", providers.md §2.3). Empty = one image.
+    pub(super) layouts: Vec<String>,
 }
 
 fn layout_ok(s: &str) -> bool {
@@ -17,7 +20,7 @@ fn layout_ok(s: &str) -> bool {
 }
 
 /// Validate a batch-render body [PX-LIVE:…/batch/render]. Unknown fields (e.g. the old docs'
-/// `webhookUrl`) are ignored. `layouts` is validated but only one image per item is rendered.
+/// `webhookUrl`) are ignored. With `layouts`, each item renders one image per layout.
 pub(super) fn validate(body: &Value) -> Result<RenderRequest, Vec<Value>> {
     let mut errors = Vec::new();
     let mut err = |field: &str, message: &str| {
@@ -81,11 +84,21 @@ pub(super) fn validate(body: &Value) -> Result<RenderRequest, Vec<Value>> {
             );
         }
     }
+    let layouts: Vec<String> = obj
+        .get("layouts")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     if errors.is_empty() {
         Ok(RenderRequest {
             sets,
             format,
             concurrency,
+            layouts,
         })
     } else {
         Err(errors)

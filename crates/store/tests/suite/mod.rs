@@ -645,10 +645,20 @@ pub async fn tracking_lookups(store: &dyn Store) {
         .expect("corr");
     assert_eq!(hit.map(|j| j.id), Some("job_1".to_owned()));
 
-    // job_1 got its output (still processing, e.g. more events to come): next is job_2.
+    // job_1 got an output but is still processing (more images to come): still a candidate,
+    // with its outputs, so the engine can tell how many it still expects.
     let mut out = JobPatch::new("job_1");
     out.outputs = Some(vec![output(1)]);
     store.apply(vec![out], T0 + 20).await.expect("apply");
+    let hit = store
+        .find_by_correlation("pictify", "vars-abc")
+        .await
+        .expect("corr")
+        .expect("job_1");
+    assert_eq!((hit.id.as_str(), hit.outputs.len()), ("job_1", 1));
+    let mut done = JobPatch::new("job_1");
+    done.state = Some(JobState::Completed);
+    store.apply(vec![done], T0 + 21).await.expect("apply");
     let hit = store
         .find_by_correlation("pictify", "vars-abc")
         .await
@@ -678,7 +688,7 @@ pub async fn tracking_lookups(store: &dyn Store) {
     assert_eq!(other.map(|j| j.id), Some("job_4".to_owned()));
 
     let active = store.active_jobs("pictify").await.expect("active");
-    assert_eq!(ids(&active), ["job_1", "job_3"]);
+    assert_eq!(ids(&active), ["job_3"]);
     // The slim form the trackers resume from: same jobs, same order.
     let refs = store.active_refs("pictify").await.expect("active refs");
     let expected: Vec<adgate_store::ActiveRef> = active
