@@ -478,3 +478,61 @@ async fn managed_subscriptions_are_created_at_start_up_and_verify() {
     assert!(info.push_subscriptions.iter().all(|s| s.status == "active"));
     gw.stop().await;
 }
+
+/// B: the daily cap is a second request budget (every request counts): with
+/// `daily_requests = 3` the gateway sends Pictify three requests and then waits, with the
+/// minute budget long free again; the rest of the work stays QUEUED instead of provoking the
+/// provider's daily 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_cap_holds_requests_back() {
+    const TS: f64 = 0.01;
+    let (http, addr) = http_listener().await;
+    let sim = pictify_sim(addr, sim_cfg(TS), None).await;
+    // No public URL: no webhooks and no subscription checks, only submits and polls.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        GatewayOpts {
+            time_scale: TS,
+            webhooks: false,
+            toml: "[providers.pictify]\ndaily_requests = 3\n",
+            database_url: db_url(&dir),
+        },
+        http,
+        &[&sim],
+    )
+    .await;
+    let client = gw.client().await;
+    let info = pictify_info(&client).await;
+    assert_eq!(info.limits.unwrap().requests_per_day, 3);
+    let mut c = client.clone();
+    // Four templates: four batches, each needing a submit and at least one poll.
+    let reply = submit(
+        &mut c,
+        (0..4)
+            .map(|i| pictify_job(&format!("tmpl_day{i}"), "d"))
+            .collect(),
+    )
+    .await;
+    wait_for("three requests", Duration::from_secs(10), || {
+        let n = sim.ledger().total_requests();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    // An observation window, not a synchronisation: two full minute windows (1.2 s at 0.01)
+    // in which the per-minute budget alone would allow 120 more requests.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        sim.ledger().total_requests(),
+        3,
+        "{:?}",
+        sim.ledger().requests_by_endpoint()
+    );
+    let jobs = batch(&mut c, &reply.batch_id).await;
+    assert!(
+        jobs.iter().any(|j| j.state() == pb::JobState::Queued),
+        "{:?}",
+        counts(&jobs)
+    );
+    assert_eq!(sim.ledger().count_429(), 0);
+    gw.stop().await;
+}

@@ -1044,3 +1044,35 @@ async fn the_free_plan_refuses_a_second_running_batch_and_big_batches() {
     assert_eq!(sim.ledger.max_overlapping_spans(), 1);
     sim.shutdown();
 }
+
+/// [PX-LIVE:authentication]: Free allows 1,000 requests a day, every request counted; the
+/// answer past it is a 429 with `quota_exceeded` ([PX-PY] errors.py maps it to quota).
+#[tokio::test]
+async fn the_free_plan_refuses_the_1001st_request_of_a_day() {
+    let sim = pictify::spawn_with(
+        SimConfig {
+            // Lift the per-minute limit so only the daily one applies.
+            rate_limit: Some((1_000_000, Duration::from_secs(60))),
+            ..fast()
+        },
+        pictify::PictifyOptions {
+            plan: Some(pictify::Plan::Free),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let url = format!("{}/templates/batch/batch_none/results", sim.base_url);
+    for _ in 0..1000 {
+        let s = c.get(&url).bearer_auth(KEY).send().await.unwrap().status();
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let resp = c.get(&url).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exceeded");
+    assert_eq!(sim.ledger.refusals("daily_requests"), 1);
+    sim.shutdown();
+}
