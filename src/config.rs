@@ -203,7 +203,7 @@ pub struct LimitOverrides {
     pub max_running_poll_keys: Option<usize>,
     /// Requests per rolling 24 h, on top of `requests` per `window_secs`.
     pub daily_requests: Option<u32>,
-    /// How often the provider's push subscriptions are checked (`check_push`).
+    /// How often the provider's push subscriptions are checked (`check_push`); 0 = never.
     pub push_check_secs: Option<f64>,
 }
 
@@ -647,14 +647,8 @@ fn check_overrides(provider: &str, o: &LimitOverrides) -> Result<(), ConfigError
         }
     }
     if let Some(w) = o.push_check_secs {
-        let d = secs(&name("push_check_secs"), w)?;
-        if d.is_zero() {
-            return Err(ConfigError::invalid(
-                &name("push_check_secs"),
-                &w.to_string(),
-                "must be > 0",
-            ));
-        }
+        // 0 = never check (e.g. subscriptions that reach the gateway through another URL).
+        secs(&name("push_check_secs"), w)?;
     }
     if let Some(d) = o.deadline_secs
         && d > 86_400

@@ -153,7 +153,7 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
         .push_check_secs
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
     {
-        l.push_check_interval = Some(v);
+        l.push_check_interval = (!v.is_zero()).then_some(v);
     }
     if l.min_poll_interval > l.poll_interval {
         l.poll_interval = l.min_poll_interval;
@@ -234,6 +234,42 @@ mod tests {
             apply_overrides(limits(), &LimitOverrides::default(), 1.0),
             limits()
         );
+    }
+
+    /// Issue 21: the Pictify plan and per-event secrets come from the TOML file; a bad plan or
+    /// an empty secret fails at start-up; secrets never show in a dump.
+    #[test]
+    fn pictify_plan_and_per_event_secrets() {
+        let env = |k: &str| (k == "ADGATE_PICTIFY_API_KEY").then(|| "pk_test".to_owned());
+        let toml = "[providers.pictify]\nplan = \"pro\"\n\
+                    webhook_secrets = { \"render.completed\" = \"whsec_topsecret_a\" }\n";
+        let s = Settings::from_toml(false, toml, &env).unwrap();
+        assert!(!format!("{s:?}").contains("whsec_topsecret_a"));
+        let l = &build(&s).unwrap()[0].limits;
+        assert_eq!(
+            (
+                l.max_running_poll_keys,
+                l.max_items_per_submit,
+                l.budget.requests,
+                l.daily_budget.map(|b| b.requests)
+            ),
+            (Some(3), 100, 300, Some(10_000))
+        );
+        let over = "[providers.pictify]\nmax_running_poll_keys = 2\ndaily_requests = 50\n";
+        let l = &build(&Settings::from_toml(false, over, &env).unwrap()).unwrap()[0].limits;
+        assert_eq!(
+            (l.max_running_poll_keys, l.daily_budget.map(|b| b.requests)),
+            (Some(2), Some(50))
+        );
+        let bad = Settings::from_toml(false, "[providers.pictify]\nplan = \"gold\"\n", &env);
+        assert!(build(&bad.unwrap()).is_err());
+        let empty = "[providers.pictify]\nwebhook_secrets = { \"render.completed\" = \"\" }\n";
+        assert!(Settings::from_toml(false, empty, &env).is_err());
+        let zero = "[providers.pictify]\nmax_running_poll_keys = 0\n";
+        assert!(Settings::from_toml(false, zero, &env).is_err());
+        let never = "[providers.pictify]\npush_check_secs = 0\n";
+        let l = &build(&Settings::from_toml(false, never, &env).unwrap()).unwrap()[0].limits;
+        assert_eq!(l.push_check_interval, None);
     }
 
     #[test]

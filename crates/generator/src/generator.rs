@@ -131,11 +131,20 @@ impl PushHealth {
             .subscriptions
             .iter()
             .filter(|s| !s.is_active())
-            .map(|s| format!("{} subscription {} is {}", s.event, s.id, s.status))
+            .map(|s| {
+                if s.id.is_empty() {
+                    format!(
+                        "no {} subscription targets this gateway's webhook URL",
+                        s.event
+                    )
+                } else {
+                    format!("{} subscription {} is {}", s.event, s.id, s.status)
+                }
+            })
             .collect();
         (!bad.is_empty()).then(|| {
             format!(
-                "{}: its pushes do not arrive; jobs finish by polling",
+                "{}: its pushes may not arrive; jobs finish by polling",
                 bad.join(", ")
             )
         })
