@@ -336,6 +336,7 @@ mod tests {
             quality: Some(0.8),
             layout: String::new(),
             concurrency: Some(3),
+            layouts: vec!["story".into()],
         };
         let mut out = Vec::new();
         let (_, v) = ps(pb::job_spec::Provider::Pictify(m.clone()), &mut out);
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"template_uid":"tpl_1","variables":{"name":"Ada","count":3,"ratio":0.5,"tags":[true]},
-                   "format":"webp","quality":0.8,"concurrency":3})
+                   "format":"webp","quality":0.8,"concurrency":3,"layouts":["story"]})
         );
         // Unset quality and format are omitted, not zero.
         let bare = pb::PictifyRender {
