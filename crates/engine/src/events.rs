@@ -229,10 +229,10 @@ async fn resolve(
             ids
         }
         UpdateTarget::Correlation(key) => {
-            return Ok(correlated_patch(shared, rt, update, key, None, claimed).await?);
+            return correlated_patch(shared, rt, update, key, None, claimed).await;
         }
         UpdateTarget::Correlated { key, fields } => {
-            return Ok(correlated_patch(shared, rt, update, key, Some(fields), claimed).await?);
+            return correlated_patch(shared, rt, update, key, Some(fields), claimed).await;
         }
     };
     if ids.is_empty() {
