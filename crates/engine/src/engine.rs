@@ -122,6 +122,9 @@ pub enum WebhookOutcome {
     Duplicate,
 }
 
+/// How long a start waits for a just-dead holder of its replica identity to be gone.
+const IDENTITY_GRACE: Duration = Duration::from_secs(3);
+
 /// Records the read API keeps in memory (single process): about 25 MB at most.
 const READ_CACHE_JOBS: usize = 16_384;
 
@@ -199,7 +202,16 @@ impl Engine {
             let s = &engine.shared;
             // Before anything is done under this identity: two live processes sharing one
             // would each take the other's jobs for its own.
-            if !s.store.claim_identity(&s.replica_id).await? {
+            // A process that just died under this identity (kill -9, then a restart) may hold
+            // its lock a moment longer, until the database has ended its session: retry,
+            // bounded, before deciding that a live process holds it.
+            let mut claimed = s.store.claim_identity(&s.replica_id).await?;
+            let until = tokio::time::Instant::now() + IDENTITY_GRACE;
+            while !claimed && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                claimed = s.store.claim_identity(&s.replica_id).await?;
+            }
+            if !claimed {
                 return Err(EngineError::ReplicaIdInUse(s.replica_id.clone()));
             }
             s.store
