@@ -51,6 +51,89 @@ fn value_to_json(v: &prost_types::Value, path: &str, out: &mut Vec<Violation>) -
     }
 }
 
+/// A JSON object → `google.protobuf.Struct`, the inverse of [`struct_to_json`]. Numbers
+/// become doubles (protobuf has no other number type).
+pub fn json_to_struct(o: &Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: o
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        // Every JSON number has an f64 reading (large integers lose precision, as in JSON
+        // readers everywhere).
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// The `provider_result` keys a StaticAdsLab job maps to [`pb::StaticAdsLabAd`] [SEED-2].
+const STATICADSLAB_TYPED: [&str; 7] = [
+    "sku_code",
+    "editable",
+    "current_json_tree",
+    "figma_render_url",
+    "initial_figma_render_url",
+    "duration_ms",
+    "batch_id",
+];
+
+/// The typed StaticAdsLab fields of a job, from the ad resource the adapter kept [SEED-2].
+fn staticadslab_ad(o: &Map<String, Value>) -> pb::StaticAdsLabAd {
+    let text = |k: &str| {
+        o.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    pb::StaticAdsLabAd {
+        sku_code: text("sku_code"),
+        editable: o.get("editable").and_then(Value::as_bool).unwrap_or(false),
+        // `null` until the ad completes [SEED-2]: unset then.
+        current_json_tree: o
+            .get("current_json_tree")
+            .and_then(Value::as_object)
+            .map(json_to_struct),
+        figma_render_url: text("figma_render_url"),
+        initial_figma_render_url: text("initial_figma_render_url"),
+        duration: o
+            .get("duration_ms")
+            .and_then(Value::as_f64)
+            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .map(|ms| duration(Duration::from_secs_f64((ms / 1000.0).min(1e12)))),
+        batch_id: text("batch_id"),
+    }
+}
+
+/// A job's `provider_result` and, for StaticAdsLab, the typed ad fields taken out of it.
+fn provider_result(r: &JobRecord) -> (Option<prost_types::Struct>, Option<pb::StaticAdsLabAd>) {
+    let Some(Value::Object(o)) = &r.provider_result else {
+        return (None, None);
+    };
+    if r.provider != adgate_staticadslab::NAME {
+        return (Some(json_to_struct(o)), None);
+    }
+    let ad = staticadslab_ad(o);
+    let mut rest = o.clone();
+    for k in STATICADSLAB_TYPED {
+        rest.remove(k);
+    }
+    let rest = (!rest.is_empty()).then(|| json_to_struct(&rest));
+    (rest, Some(ad))
+}
+
 /// Check a `JobSpec`'s gateway-level fields (everything but the provider spec).
 pub fn check_envelope(i: usize, spec: &pb::JobSpec, out: &mut Vec<Violation>) -> Option<Duration> {
     const MAX_CLIENT_REF: usize = 256;
@@ -126,6 +209,7 @@ pub fn state(s: JobState) -> pb::JobState {
 }
 
 pub fn job(r: &JobRecord) -> pb::Job {
+    let (provider_result, staticadslab) = provider_result(r);
     pb::Job {
         id: r.id.clone(),
         batch_id: r.batch_id.clone(),
@@ -146,6 +230,8 @@ pub fn job(r: &JobRecord) -> pb::Job {
                 height: sat_i32(o.height),
                 format: o.format.clone(),
                 mime_type: o.mime_type.clone(),
+                provider_fields: (!o.provider_fields.is_empty())
+                    .then(|| json_to_struct(&o.provider_fields)),
             })
             .collect(),
         error: r.error.as_ref().map(|e| pb::JobError {
@@ -173,6 +259,8 @@ pub fn job(r: &JobRecord) -> pb::Job {
         complete_time: r.completed_at_ms.map(timestamp),
         deadline_time: Some(timestamp(r.deadline_at_ms)),
         revision: r.revision,
+        provider_result,
+        staticadslab,
     }
 }
 
@@ -470,5 +558,101 @@ mod tests {
                 nanos: 999_000_000
             }
         );
+    }
+
+    fn record(provider: &str, result: Option<Value>) -> JobRecord {
+        JobRecord {
+            id: "job_1".into(),
+            batch_id: "bat_1".into(),
+            provider: provider.into(),
+            spec: Value::Null,
+            state: JobState::Completed,
+            provider_ref: None,
+            poll_key: None,
+            group_key: None,
+            correlation_key: None,
+            attempt_id: None,
+            progress: None,
+            outputs: vec![adgate_generator::Output {
+                url: "https://cdn/x.png".into(),
+                provider_fields: json!({"imageId": "img_1", "n": 2, "ok": true, "x": null})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                ..Default::default()
+            }],
+            error: None,
+            client_ref: String::new(),
+            labels: BTreeMap::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            completed_at_ms: None,
+            deadline_at_ms: 0,
+            revision: 1,
+            provider_result: result,
+        }
+    }
+
+    /// `json_to_struct` is the inverse of `struct_to_json` on JSON objects.
+    #[test]
+    fn json_struct_round_trip() {
+        let v = json!({"a": 1, "b": [true, null, "s", 2.5], "c": {"d": {}}});
+        let s = json_to_struct(v.as_object().unwrap());
+        let mut out = Vec::new();
+        assert_eq!(struct_to_json(&s, "x", &mut out), v);
+        assert!(out.is_empty());
+    }
+
+    /// StaticAdsLab's typed fields come out of `provider_result` and are not repeated there;
+    /// other providers' results pass verbatim; jobs without one have none [SEED-2].
+    #[test]
+    fn provider_fields_and_results_reach_the_job() {
+        let tree = json!({"type": "FRAME", "id": "root", "children": []});
+        let j = job(&record(
+            "staticadslab",
+            Some(json!({
+                "sku_code": "editable_image_ad", "editable": true, "current_json_tree": tree,
+                "figma_render_url": "https://f/1.png", "initial_figma_render_url": null,
+                "duration_ms": 41250, "batch_id": null, "created_at": "2026-04-30T14:30:00.000Z"
+            })),
+        ));
+        let ad = j.staticadslab.unwrap();
+        assert_eq!(ad.sku_code, "editable_image_ad");
+        assert!(ad.editable);
+        let mut out = Vec::new();
+        assert_eq!(
+            struct_to_json(ad.current_json_tree.as_ref().unwrap(), "t", &mut out),
+            tree
+        );
+        assert_eq!(ad.figma_render_url, "https://f/1.png");
+        assert_eq!(ad.initial_figma_render_url, "");
+        assert_eq!(
+            ad.duration,
+            Some(prost_types::Duration {
+                seconds: 41,
+                nanos: 250_000_000
+            })
+        );
+        let rest = j.provider_result.unwrap();
+        assert_eq!(rest.fields.len(), 1, "{rest:?}");
+        assert!(rest.fields.contains_key("created_at"));
+        let f = j.outputs[0].provider_fields.as_ref().unwrap();
+        assert_eq!(
+            struct_to_json(f, "f", &mut out),
+            json!({"imageId": "img_1", "n": 2, "ok": true, "x": null})
+        );
+
+        let j = job(&record(
+            "bannerbear",
+            Some(json!({"uid": "u1", "self": "s"})),
+        ));
+        assert!(j.staticadslab.is_none());
+        assert_eq!(j.provider_result.unwrap().fields.len(), 2);
+
+        let mut r = record("staticadslab", None);
+        r.outputs[0].provider_fields.clear();
+        let j = job(&r);
+        assert!(j.staticadslab.is_none() && j.provider_result.is_none());
+        assert!(j.outputs[0].provider_fields.is_none());
     }
 }

@@ -82,6 +82,10 @@ pub struct Status {
     pub banners: Vec<Banner>,
     #[serde(default, deserialize_with = "lenient_list")]
     pub errors: Vec<FormatError>,
+    /// Every other field of the request, verbatim (e.g. the API `version` stamp [AB-TS]): the
+    /// job's `provider_result`.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 impl Status {
@@ -94,6 +98,10 @@ impl Status {
 pub struct Banner {
     pub file: BannerFile,
     pub format: BannerFormat,
+    /// Every other field of the banner, verbatim: `id`, `version`, `sharing_id`, `template`,
+    /// `project`, `edit_url`, `view_url`, ... [AB-TS] `Banner`, [SEED-4].
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +110,9 @@ pub struct BannerFile {
     pub kind: Option<String>,
     pub url: Option<String>,
     pub cdn_url: Option<String>,
+    /// `filename`, `fallback_image_url`, ... verbatim.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +120,9 @@ pub struct BannerFormat {
     pub id: String,
     pub width: Option<f64>,
     pub height: Option<f64>,
+    /// `unit`, ... verbatim.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,19 +167,34 @@ fn px(v: Option<f64>) -> u32 {
 }
 
 fn output(b: &Banner) -> Option<Output> {
-    let url = b
-        .file
-        .cdn_url
-        .as_deref()
-        .or(b.file.url.as_deref())
-        .filter(|u| !u.is_empty())?;
+    let cdn = b.file.cdn_url.as_deref().filter(|u| !u.is_empty());
+    let url = cdn.or(b.file.url.as_deref()).filter(|u| !u.is_empty())?;
     Some(Output {
         url: url.to_owned(),
         width: px(b.format.width),
         height: px(b.format.height),
         format: b.format.id.clone(),
         mime_type: mime(b.file.kind.as_deref().unwrap_or_default()).to_owned(),
+        provider_fields: banner_fields(b, cdn.is_some()),
     })
+}
+
+/// The banner's own fields, verbatim, minus those mapped to the output: `file.type` (the MIME
+/// type), the URL used (`file.cdn_url`, else `file.url`), `format.id`, `format.width`,
+/// `format.height`. The origin `file.url` stays when the CDN URL was used: it is another URL.
+fn banner_fields(b: &Banner, used_cdn: bool) -> Map<String, Value> {
+    let mut fields = b.rest.clone();
+    let mut file = b.file.rest.clone();
+    if used_cdn && let Some(origin) = &b.file.url {
+        file.insert("url".to_owned(), Value::String(origin.clone()));
+    }
+    if !file.is_empty() {
+        fields.insert("file".to_owned(), Value::Object(file));
+    }
+    if !b.format.rest.is_empty() {
+        fields.insert("format".to_owned(), Value::Object(b.format.rest.clone()));
+    }
+    fields
 }
 
 /// The failed formats as data, in the provider's order, so callers need not parse `message`.
@@ -224,7 +253,7 @@ pub fn to_update(
         } else {
             format!("every format failed: {}", describe(&status.errors))
         };
-        return ProviderUpdate::failed(
+        let mut failed = ProviderUpdate::failed(
             target,
             JobError::new(
                 adgate_generator::codes::PROVIDER_JOB_FAILED,
@@ -234,8 +263,15 @@ pub fn to_update(
             .with_provider_code(provider_code)
             .with_failed_formats(failed_formats(&status.errors)),
         );
+        if !status.rest.is_empty() {
+            failed.provider_result = Some(status.rest.clone());
+        }
+        return failed;
     }
     let mut update = ProviderUpdate::completed(target, outputs);
+    if !status.rest.is_empty() {
+        update.provider_result = Some(status.rest.clone());
+    }
     if !status.errors.is_empty() {
         update.error = Some(
             JobError::new(
@@ -297,6 +333,13 @@ mod tests {
         let u = to_update("e38c", &s, s.is_finalized.unwrap(), None);
         assert_eq!(u.state, RemoteState::Completed);
         assert!(u.error.is_none());
+        // The banner's own fields stay verbatim, minus those mapped (issue 20).
+        let fields = serde_json::json!({
+            "id": "28e973cf-1514-4d9b-9db6-cbaca229b040",
+            "template": {"id": "840420c2-7bd9-45c4-a7cb-c741b16edfcf", "name": "Test demo",
+              "created_at": 1692800820, "updated_at": 1692867258},
+            "file": {"url": "https://s3abyssale/.../image.jpeg", "filename": "image.jpeg"}
+        });
         assert_eq!(
             u.outputs,
             vec![Output {
@@ -305,7 +348,17 @@ mod tests {
                 height: 600,
                 format: "half-page".into(),
                 mime_type: "image/jpeg".into(),
+                provider_fields: fields.as_object().unwrap().clone(),
             }]
+        );
+        assert_eq!(u.provider_result, None, "the seed stamps no version");
+        let stamped: Status =
+            serde_json::from_str(&SEED_POLL.replacen('{', r#"{"version": "v2026-08-21","#, 1))
+                .unwrap();
+        let u = to_update("e38c", &stamped, true, None);
+        assert_eq!(
+            u.provider_result.unwrap()["version"],
+            serde_json::json!("v2026-08-21")
         );
     }
 

@@ -94,6 +94,9 @@ pub struct Image {
     /// Echoed request modifications (v2 echoes them [BB-V2-OLD]; GUESS for v5), read only
     /// for the canvas size when the object carries no `width`/`height`.
     pub modifications: Value,
+    /// Every other field of the object, verbatim (`template`, and whatever v5 adds).
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -104,6 +107,33 @@ fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 }
 
 impl Image {
+    /// The object's own fields, verbatim, minus those mapped to typed job fields (`status`,
+    /// `files`, `width`, `height`, `error`) [V5-SPEC]: `uid`, `self`, `template`,
+    /// `created_at`, `completed_at` (those four only when strings: the lenient reading above
+    /// treats a null as absent), the echoed `modifications`, and anything else. Never
+    /// `metadata`: the gateway always sets it to the job's identity and binding token
+    /// (`adgate_job=…&adgate_token=…`, see `webhook::metadata_for`), which is ours, not the
+    /// caller's, and must not leave the gateway.
+    pub fn provider_result(&self) -> Map<String, Value> {
+        let mut fields = self.rest.clone();
+        fields.remove("metadata");
+        let text = [
+            ("uid", &self.uid),
+            ("self", &self.self_url),
+            ("created_at", &self.created_at),
+            ("completed_at", &self.completed_at),
+        ];
+        for (k, v) in text {
+            if let Some(v) = v {
+                fields.insert(k.to_owned(), Value::String(v.clone()));
+            }
+        }
+        if !self.modifications.is_null() {
+            fields.insert("modifications".to_owned(), self.modifications.clone());
+        }
+        fields
+    }
+
     /// Whether this object is an image (webhook resources may also carry batches, tool jobs,
     /// animations… [V5-SPEC] §8.2). GUESS: judged by `self` when present.
     pub fn is_image(&self) -> bool {
@@ -219,6 +249,7 @@ pub fn outputs(image: &Image) -> Vec<Output> {
             height,
             mime_type: mime(&format).to_owned(),
             format,
+            provider_fields: Map::new(),
         })
         .collect()
 }
@@ -226,6 +257,16 @@ pub fn outputs(image: &Image) -> Vec<Output> {
 /// The update an Image object means. Statuses `pending|completed|failed` [V5-SPEC]; any other
 /// is a terminal error (CONFLICT §16.1: the adapter's reading of an unknown status).
 pub fn to_update(provider_ref: &str, image: &Image) -> ProviderUpdate {
+    let update = mapped_update(provider_ref, image);
+    let result = image.provider_result();
+    if result.is_empty() {
+        update
+    } else {
+        update.with_provider_result(result)
+    }
+}
+
+fn mapped_update(provider_ref: &str, image: &Image) -> ProviderUpdate {
     let target = UpdateTarget::ProviderRef(provider_ref.to_owned());
     match image.status.as_deref() {
         Some("pending") => ProviderUpdate::processing(target, None),
@@ -357,6 +398,26 @@ mod tests {
     /// A pending v5 image as a 202 answers it, fields per [V5-SPEC] §6 (the sheet gives the
     /// field list, not a verbatim sample; uid and timestamp from the [BB-V2-OLD] sample).
     const PENDING: &str = r#"{"uid":"kG39R5XbvPQpLENKBWJj","status":"pending","template":"A89wavQyY3Bebk3djP","files":{},"metadata":"adgate_job=job_1","self":"https://api.bannerbear.com/v5/images/kG39R5XbvPQpLENKBWJj","created_at":"2020-02-20T07:59:23.077Z","completed_at":null}"#;
+
+    /// The object's own fields reach the job verbatim, minus the mapped ones and never the
+    /// gateway's `metadata` (the job identity and binding token) [V5-SPEC].
+    #[test]
+    fn provider_result_keeps_the_object_but_not_our_metadata() {
+        let i: Image = serde_json::from_str(PENDING).unwrap();
+        let r = to_update("kG39R5XbvPQpLENKBWJj", &i)
+            .provider_result
+            .unwrap();
+        assert_eq!(
+            Value::Object(r),
+            json!({
+                "uid": "kG39R5XbvPQpLENKBWJj",
+                "template": "A89wavQyY3Bebk3djP",
+                "self": "https://api.bannerbear.com/v5/images/kG39R5XbvPQpLENKBWJj",
+                "created_at": "2020-02-20T07:59:23.077Z",
+            }),
+            "a null `completed_at` reads as absent"
+        );
+    }
 
     #[test]
     fn pending_is_processing() {

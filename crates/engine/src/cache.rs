@@ -144,6 +144,7 @@ mod tests {
             completed_at_ms: None,
             deadline_at_ms: 0,
             revision,
+            provider_result: None,
         })
     }
 

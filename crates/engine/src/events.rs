@@ -382,6 +382,11 @@ pub(crate) fn to_patch(
             ));
         }
     }
+    // The provider's own job-level fields, verbatim (issue 20); an update without them keeps
+    // what the job has.
+    if let Some(result) = &u.provider_result {
+        p.provider_result = Some(serde_json::Value::Object(result.clone()));
+    }
     Some(p)
 }
 

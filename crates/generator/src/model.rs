@@ -71,6 +71,13 @@ pub struct Output {
     /// Provider format name, e.g. `facebook-feed`; empty when the provider has none.
     pub format: String,
     pub mime_type: String,
+    /// The provider's own object for this output, verbatim, minus the fields mapped above
+    /// (url, width, height, format, mime type): e.g. an Abyssale banner's `id`, `sharing_id`,
+    /// `file.filename`, `template` [AB-TS] `Banner`, or Pictify's `render.completed` `imageId`
+    /// and `renderedAt` [SEED-3]. Names as the provider spells them. Stored rows are JSON:
+    /// `default` keeps rows written before this field decoding; an empty map is not written.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub provider_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a job failed (or, for partial success, why one of its formats did).
@@ -166,9 +173,24 @@ pub struct ProviderUpdate {
     /// Set when `state` is `Failed`; for `Completed` it may describe formats that failed
     /// alongside the outputs that succeeded (partial success).
     pub error: Option<JobError>,
+    /// The provider's own fields about the whole job, verbatim, minus those mapped to typed
+    /// fields (e.g. a StaticAdsLab ad's `current_json_tree`, `sku_code`, `duration_ms`
+    /// [SEED-2]). `None` means this observation carries none (the stored value is kept).
+    /// `default`: events kept in the inbox before this field existed still decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_result: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ProviderUpdate {
+    /// The same update carrying the provider's job-level fields.
+    pub fn with_provider_result(
+        mut self,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        self.provider_result = Some(fields);
+        self
+    }
+
     pub fn processing(target: UpdateTarget, progress: Option<Progress>) -> Self {
         Self {
             target,
@@ -176,6 +198,7 @@ impl ProviderUpdate {
             progress,
             outputs: Vec::new(),
             error: None,
+            provider_result: None,
         }
     }
 
@@ -186,6 +209,7 @@ impl ProviderUpdate {
             progress: None,
             outputs,
             error: None,
+            provider_result: None,
         }
     }
 
@@ -196,6 +220,7 @@ impl ProviderUpdate {
             progress: None,
             outputs: Vec::new(),
             error: Some(error),
+            provider_result: None,
         }
     }
 
@@ -206,6 +231,7 @@ impl ProviderUpdate {
             progress: None,
             outputs: Vec::new(),
             error: None,
+            provider_result: None,
         }
     }
 }
@@ -233,5 +259,34 @@ mod tests {
         }]);
         let back: JobError = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    /// Stored outputs and kept events are JSON: shapes written before the provider's own
+    /// fields existed still decode, and empty fields are not written (old shapes unchanged).
+    #[test]
+    fn provider_fields_are_backward_compatible() {
+        let old = r#"{"url":"u","width":1,"height":2,"format":"f","mime_type":"image/png"}"#;
+        let o: Output = serde_json::from_str(old).unwrap();
+        assert!(o.provider_fields.is_empty());
+        assert_eq!(serde_json::to_string(&o).unwrap(), old);
+        let mut o = o;
+        o.provider_fields
+            .insert("imageId".into(), serde_json::json!("img_1"));
+        let back: Output = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+
+        let u = ProviderUpdate::completed(UpdateTarget::ProviderRef("r".into()), vec![o]);
+        let mut v = serde_json::to_value(&u).unwrap();
+        assert!(v.get("provider_result").is_none());
+        v.as_object_mut().unwrap().remove("provider_result");
+        let back: ProviderUpdate = serde_json::from_value(v).unwrap();
+        assert_eq!(back, u);
+        let u = u.with_provider_result(serde_json::Map::from_iter([(
+            "uid".to_owned(),
+            serde_json::json!("x"),
+        )]));
+        let back: ProviderUpdate =
+            serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
+        assert_eq!(back, u);
     }
 }

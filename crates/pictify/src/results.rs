@@ -169,6 +169,7 @@ fn outputs_of(item: &ResultItem) -> Vec<Output> {
             height: dimension(item.height.as_ref()),
             mime_type: mime_type(&format),
             format,
+            provider_fields: serde_json::Map::new(),
         });
     }
     for l in &item.results {
@@ -180,6 +181,7 @@ fn outputs_of(item: &ResultItem) -> Vec<Output> {
                 height: dimension(l.height.as_ref()),
                 mime_type: mime_type(&format),
                 format,
+                provider_fields: serde_json::Map::new(),
             });
         }
     }

@@ -22,7 +22,7 @@ use crate::spec::correlation_key;
 use crate::wire::{
     BatchEventData, RenderData, WebhookEnvelope, dimension, image_format, mime_type,
 };
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 pub const SIGNATURE_HEADER: &str = "x-pictify-signature";
 pub const EVENT_HEADER: &str = "x-pictify-event";
@@ -62,6 +62,16 @@ pub fn parse(
     };
     match envelope.event.as_str() {
         "render.completed" => {
+            // The event's own fields, verbatim, minus those mapped to the output (`url`,
+            // `width`, `height`, `format`): `imageId`, `renderedAt`, `templateId`,
+            // `variables`, `userStorageUrl`, ... [SEED-3], [PX-LIVE:concepts/webhooks].
+            let mut provider_fields = match &envelope.data {
+                Value::Object(o) => o.clone(),
+                _ => Map::new(),
+            };
+            for mapped in ["url", "width", "height", "format"] {
+                provider_fields.remove(mapped);
+            }
             let data: RenderData = serde_json::from_value(envelope.data)
                 .map_err(|e| WebhookError::Malformed(format!("render.completed data: {e}")))?;
             let (Some(template), Some(url)) = (&data.template_id, &data.url) else {
@@ -82,6 +92,7 @@ pub fn parse(
                 height: dimension(data.height.as_ref()),
                 mime_type: mime_type(&format),
                 format,
+                provider_fields,
             };
             event.updates.push(ProviderUpdate::completed(
                 UpdateTarget::Correlated {

@@ -79,7 +79,7 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// The subset of the image-ad resource the gateway reads.
+/// The image-ad resource: the fields the gateway maps, and everything else verbatim.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ImageAd {
     pub id: String,
@@ -94,6 +94,12 @@ pub struct ImageAd {
     pub height: Option<f64>,
     #[serde(default)]
     pub error: Option<WireJobError>,
+    /// Every other field of the resource, verbatim [SEED-2]: `sku_code`, `editable`,
+    /// `current_json_tree` (null until the ad completes), `figma_render_url`,
+    /// `initial_figma_render_url`, `duration_ms`, `batch_id`, the echoed inputs, `created_at`,
+    /// `completed_at`, and whatever the provider adds. The job's `provider_result`.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -155,8 +161,19 @@ fn dimension(v: Option<f64>) -> u32 {
 }
 
 impl ImageAd {
-    /// Translate one ad into an update addressed by its `ia_` id.
+    /// Translate one ad into an update addressed by its `ia_` id. The fields not mapped to
+    /// the job's typed fields (id, status, progress, image_url, width, height, error) travel
+    /// verbatim as the update's `provider_result` (issue 20).
     pub fn to_update(&self) -> ProviderUpdate {
+        let update = self.mapped_update();
+        if self.rest.is_empty() {
+            update
+        } else {
+            update.with_provider_result(self.rest.clone())
+        }
+    }
+
+    fn mapped_update(&self) -> ProviderUpdate {
         let target = UpdateTarget::ProviderRef(self.id.clone());
         match self.status.as_str() {
             "completed" => match self.image_url.as_deref().filter(|u| !u.is_empty()) {
@@ -168,6 +185,7 @@ impl ImageAd {
                         height: dimension(self.height),
                         format: String::new(),
                         mime_type: "image/png".to_owned(),
+                        provider_fields: serde_json::Map::new(),
                     }],
                 ),
                 // The model's Completed never lacks outputs: wait for the URL.
@@ -241,6 +259,43 @@ mod tests {
             serde_json::from_value(json!({"id": "ia_1", "status": "completed", "image_url": null}))
                 .unwrap();
         assert_eq!(no_url.to_update().state, RemoteState::Processing);
+    }
+
+    /// An editable ad's JSON tree, Figma renders, SKU and duration are kept verbatim as the
+    /// job's provider result; what is mapped to typed fields is not repeated there [SEED-2].
+    #[test]
+    fn editable_ad_keeps_its_own_fields() {
+        let tree = json!({"type": "FRAME", "id": "root", "children": [{"id": "node-id-headline"}]});
+        let done: ImageAd = serde_json::from_value(json!({
+            "id": "ia_1", "status": "completed", "image_url": "https://cdn/x.png",
+            "width": 1080, "height": 1350, "progress": null, "error": null,
+            "editable": true, "sku_code": "editable_image_ad", "current_json_tree": tree,
+            "figma_render_url": "https://figma/r.png",
+            "initial_figma_render_url": "https://figma/i.png", "duration_ms": 41250,
+            "batch_id": null, "created_at": "2026-04-30T14:30:00.000Z"
+        }))
+        .unwrap();
+        let u = done.to_update();
+        assert_eq!(u.state, RemoteState::Completed);
+        let r = u.provider_result.unwrap();
+        assert_eq!(r["current_json_tree"], tree);
+        assert_eq!(r["figma_render_url"], "https://figma/r.png");
+        assert_eq!(r["initial_figma_render_url"], "https://figma/i.png");
+        assert_eq!(r["sku_code"], "editable_image_ad");
+        assert_eq!(r["duration_ms"], 41250);
+        assert_eq!(r["batch_id"], serde_json::Value::Null);
+        for mapped in [
+            "id",
+            "status",
+            "image_url",
+            "width",
+            "height",
+            "progress",
+            "error",
+        ] {
+            assert!(!r.contains_key(mapped), "{mapped} is mapped, not repeated");
+        }
+        assert!(u.outputs[0].provider_fields.is_empty());
     }
 
     #[test]

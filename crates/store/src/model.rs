@@ -29,6 +29,10 @@ pub struct JobRecord {
     pub deadline_at_ms: i64,
     /// Increases by one on every change; starts at 1.
     pub revision: i64,
+    /// The provider's own fields about the whole job, verbatim, minus those mapped to typed
+    /// fields (a JSON object); `None` for jobs whose provider said nothing more, and for rows
+    /// stored before the `provider_result` column existed.
+    pub provider_result: Option<Value>,
 }
 
 /// A job to create. `id` is chosen by the caller (the engine mints `job_…` ids).
@@ -86,6 +90,8 @@ pub struct JobPatch {
     /// Apply only while no submit attempt covers the job (a local cancel): decided in the
     /// write, so a cancel and an attempt racing for one job never both win.
     pub unattempted_only: bool,
+    /// Replaces the job's provider result when set.
+    pub provider_result: Option<Value>,
 }
 
 impl JobPatch {

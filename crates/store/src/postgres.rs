@@ -125,6 +125,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_kept_events.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_provider_result.sql"),
+    ),
 ];
 
 /// Pool connections for reads, claims and leases.

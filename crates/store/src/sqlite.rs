@@ -59,6 +59,7 @@ use crate::{Result, Store, StoreError};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_kept_events.sql")),
+    (3, include_str!("../migrations/0003_provider_result.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups

@@ -53,6 +53,7 @@ conformance!(
     coalesced_group_mixes_replays_conflicts_and_fresh_submits,
     attempt_key_reuse,
     single_replica_claims,
+    provider_results_round_trip,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -138,7 +139,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -305,5 +306,47 @@ async fn single_job_submits_from_64_callers() {
     let (_dir, store) = fresh().await;
     let store = Arc::new(store);
     suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
+    store.close().await;
+}
+
+/// A database written before schema version 3 (no `provider_result` column, outputs without
+/// `provider_fields`) migrates on open and its jobs still read, with no provider result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_stored_before_provider_result_still_read() {
+    let (dir, store) = fresh().await;
+    submit_ok(
+        &store,
+        submission("batch_1", vec![job("job_1", "abyssale")], T0),
+    )
+    .await;
+    store.close().await;
+    {
+        // Turn the file back into a version-2 database holding a completed job's old shape.
+        let mut conn = sqlx::SqliteConnection::connect(&url(&dir))
+            .await
+            .expect("connect");
+        for sql in [
+            "ALTER TABLE jobs DROP COLUMN provider_result",
+            "DELETE FROM schema_migrations WHERE version = 3",
+            "UPDATE jobs SET state = 3, outputs = '[{\"url\":\"https://cdn/a.png\",\"width\":1,\
+             \"height\":2,\"format\":\"facebook-feed\",\"mime_type\":\"image/png\"}]' \
+             WHERE id = 'job_1'",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        conn.close().await.expect("close");
+    }
+    let store = SqliteStore::open(&url(&dir)).await.expect("reopen");
+    let job = store
+        .get_jobs(&["job_1".to_owned()])
+        .await
+        .expect("get")
+        .pop()
+        .expect("job");
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.provider_result, None);
+    assert_eq!(job.outputs.len(), 1);
+    assert_eq!(job.outputs[0].url, "https://cdn/a.png");
+    assert!(job.outputs[0].provider_fields.is_empty());
     store.close().await;
 }

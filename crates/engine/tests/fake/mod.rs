@@ -226,6 +226,7 @@ impl Generator for Fake {
                         height: 10,
                         format: String::new(),
                         mime_type: "image/png".into(),
+                        ..Output::default()
                     }],
                 ));
             } else {

@@ -86,7 +86,15 @@ impl Sim {
                 v["duration_ms"] = json!(ad.duration.as_millis() as u64);
                 v["completed_at"] = json!(rfc3339(finished_wall));
                 if ad.editable {
+                    // `current_json_tree` is null until the ad completes [SEED-2].
                     v["current_json_tree"] = json!({"type": "FRAME", "id": "root", "children": []});
+                    // GUESS: an editable ad carries its Figma sync renders once completed
+                    // (`figma_render_url` / `initial_figma_render_url`, "Figma sync renders"
+                    // [SEED-2]); their URL shape is not documented. Before a PATCH the
+                    // current render is the initial one.
+                    let figma = format!("{}/files/{}-figma.png", self.base_url, ad.id);
+                    v["figma_render_url"] = json!(figma);
+                    v["initial_figma_render_url"] = json!(figma);
                 }
             }
             Status::Failed => {

@@ -29,11 +29,11 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
         "UPDATE jobs AS j SET state = t.state, provider_ref = t.provider_ref, \
          poll_key = t.poll_key, progress = t.progress, outputs = t.outputs, error = t.error, \
          updated_at = $1, completed_at = t.completed_at, deadline_at = t.deadline_at, \
-         revision = j.revision + t.bumps \
+         provider_result = t.provider_result, revision = j.revision + t.bumps \
          FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
          AS t(id, state, provider_ref, poll_key, progress, outputs, error, completed_at, bumps, \
-              deadline_at) \
+              deadline_at, provider_result) \
          WHERE j.id = t.id RETURNING {J_JOB_COLUMNS}"
     )
 });
@@ -108,6 +108,9 @@ pub(super) async fn apply(
         if let Some(deadline) = patch.deadline_at_ms {
             next.deadline_at_ms = deadline;
         }
+        if let Some(result) = &patch.provider_result {
+            next.provider_result = Some(result.clone());
+        }
         if next == job.next {
             continue; // changes nothing: no revision bump, no event
         }
@@ -149,6 +152,12 @@ pub(super) async fn apply(
         c.completed_at.push(n.completed_at_ms);
         c.bumps.push(job.bumps);
         c.deadlines.push(n.deadline_at_ms);
+        c.provider_results.push(
+            n.provider_result
+                .as_ref()
+                .map(|r| to_json(r, "provider_result"))
+                .transpose()?,
+        );
     }
     let rows = sqlx::query(&UPDATE_JOBS)
         .bind(now_ms)
@@ -162,6 +171,7 @@ pub(super) async fn apply(
         .bind(&c.completed_at)
         .bind(&c.bumps)
         .bind(&c.deadlines)
+        .bind(&c.provider_results)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -193,4 +203,5 @@ struct PatchColumns<'a> {
     completed_at: Vec<Option<i64>>,
     bumps: Vec<i64>,
     deadlines: Vec<i64>,
+    provider_results: Vec<Option<String>>,
 }

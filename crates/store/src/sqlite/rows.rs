@@ -13,7 +13,7 @@ use crate::{Result, StoreError};
 /// exactly this list (qualified with `j.` where a join needs it).
 pub(super) const JOB_COLUMNS: &str = "id, batch_id, provider, spec, state, provider_ref, poll_key, \
      group_key, correlation_key, attempt_id, progress, outputs, error, client_ref, labels, \
-     created_at, updated_at, completed_at, deadline_at, revision";
+     created_at, updated_at, completed_at, deadline_at, revision, provider_result";
 
 /// Maps an sqlx error to a store error. A closed pool means the store was closed.
 pub(super) fn db(e: sqlx::Error) -> StoreError {
@@ -39,6 +39,9 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
     let error: Option<JobError> = opt_from_json(row.try_get(12).map_err(db)?, &id, "error")?;
     let labels_text: String = row.try_get(14).map_err(db)?;
     let labels: BTreeMap<String, String> = from_json(&labels_text, &id, "labels")?;
+    // NULL for rows stored before migration `provider_result` and for jobs without one.
+    let provider_result: Option<serde_json::Value> =
+        opt_from_json(row.try_get(20).map_err(db)?, &id, "provider_result")?;
     Ok(JobRecord {
         spec: from_json(&spec_text, &id, "spec")?,
         batch_id: row.try_get(1).map_err(db)?,
@@ -59,6 +62,7 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
         completed_at_ms: row.try_get(17).map_err(db)?,
         deadline_at_ms: row.try_get(18).map_err(db)?,
         revision: row.try_get(19).map_err(db)?,
+        provider_result,
         id,
     })
 }

@@ -844,8 +844,8 @@ static SELECT_JOB: LazyLock<String> =
 static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET state = ?, provider_ref = ?, poll_key = ?, progress = ?, outputs = ?, \
-         error = ?, updated_at = ?, completed_at = ?, deadline_at = ?, revision = revision + 1 \
-         WHERE id = ? RETURNING {JOB_COLUMNS}"
+         error = ?, updated_at = ?, completed_at = ?, deadline_at = ?, provider_result = ?, \
+         revision = revision + 1 WHERE id = ? RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -895,6 +895,9 @@ async fn apply(
         if let Some(deadline) = patch.deadline_at_ms {
             next.deadline_at_ms = deadline;
         }
+        if let Some(result) = patch.provider_result {
+            next.provider_result = Some(result);
+        }
         if next == current {
             continue; // changes nothing: no revision bump, no event
         }
@@ -923,6 +926,12 @@ async fn apply(
             .bind(now_ms)
             .bind(completed_at)
             .bind(next.deadline_at_ms)
+            .bind(
+                next.provider_result
+                    .as_ref()
+                    .map(|r| to_json(r, "provider_result"))
+                    .transpose()?,
+            )
             .bind(&patch.job_id)
             .fetch_one(&mut *conn)
             .await

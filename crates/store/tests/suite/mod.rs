@@ -74,6 +74,7 @@ fn output(n: u32) -> Output {
         height: 1080,
         format: "facebook-feed".to_owned(),
         mime_type: "image/png".to_owned(),
+        provider_fields: serde_json::Map::new(),
     }
 }
 
@@ -132,6 +133,7 @@ pub async fn submit_and_read(store: &dyn Store) {
             completed_at_ms: None,
             deadline_at_ms: T0 + 900_000,
             revision: 1,
+            provider_result: None,
         }
     );
 
@@ -1524,4 +1526,62 @@ pub async fn single_replica_claims(store: &dyn Store) {
         .renew_leases("replica-1", now + 50, 30_000)
         .await
         .expect("renew");
+}
+
+/// The provider's own fields (issue 20): a job-level `provider_result` and per-output
+/// `provider_fields` round-trip; a job that never had a result reads `None` (as do rows
+/// stored before the column existed: NULL); a patch without one keeps the stored value; the
+/// same result again is no change.
+pub async fn provider_results_round_trip(store: &dyn Store) {
+    submit_ok(
+        store,
+        submission("batch_1", vec![job("job_1", "staticadslab")], T0),
+    )
+    .await;
+    assert_eq!(one(store, "job_1").await.provider_result, None);
+
+    let result = json!({
+        "current_json_tree": {"type": "FRAME", "id": "root", "children": []},
+        "figma_render_url": "https://figma.example/render.png",
+        "sku_code": "editable_image_ad",
+        "duration_ms": 41_250,
+    });
+    let mut out = output(1);
+    out.provider_fields =
+        json!({"id": "3f6a", "sharing_id": "sh_1", "file": {"filename": "a.png"}})
+            .as_object()
+            .cloned()
+            .expect("object");
+    let mut done = JobPatch::new("job_1");
+    done.state = Some(JobState::Processing);
+    done.outputs = Some(vec![out.clone()]);
+    done.provider_result = Some(result.clone());
+    let changed = store
+        .apply(vec![done.clone()], T0 + 10)
+        .await
+        .expect("apply");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].provider_result.as_ref(), Some(&result));
+    assert_eq!(changed[0].outputs, vec![out.clone()]);
+    let stored = one(store, "job_1").await;
+    assert_eq!(
+        &stored, &changed[0],
+        "returned record equals the stored one"
+    );
+
+    // The same result again changes nothing.
+    assert!(
+        store
+            .apply(vec![done], T0 + 20)
+            .await
+            .expect("noop")
+            .is_empty()
+    );
+    // A patch that carries no result keeps the stored one.
+    let mut progress = JobPatch::new("job_1");
+    progress.state = Some(JobState::Completed);
+    let changed = store.apply(vec![progress], T0 + 30).await.expect("apply");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].provider_result.as_ref(), Some(&result));
+    assert_eq!(changed[0].outputs[0].provider_fields, out.provider_fields);
 }
