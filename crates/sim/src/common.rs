@@ -57,6 +57,15 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The base URL the simulator puts in output URLs: `public_base_url`, or its own address.
+    pub fn base_url_for(&self, addr: std::net::SocketAddr) -> String {
+        self.public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     /// Scale a documented duration by `time_scale`.
     pub fn scaled(&self, d: Duration) -> Duration {
         d.mul_f64(self.time_scale.max(0.0))

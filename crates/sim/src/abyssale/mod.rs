@@ -118,13 +118,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
 
 /// Start the simulator on `listener`.
 pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle> {
-    let addr = listener.local_addr()?;
-    let base_url = cfg
-        .public_base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let base_url = cfg.base_url_for(listener.local_addr()?);
     let ledger = Ledger::default();
     let faults = Arc::new(Mutex::new(Faults::default()));
     let (limit, window) = cfg.rate_limit.unwrap_or(RATE_LIMIT);

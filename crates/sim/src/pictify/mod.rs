@@ -177,13 +177,7 @@ pub async fn spawn_on_with(
     cfg: SimConfig,
     opts: PictifyOptions,
 ) -> std::io::Result<SimHandle> {
-    let addr = listener.local_addr()?;
-    let base = cfg
-        .public_base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let base = cfg.base_url_for(listener.local_addr()?);
     let (limit, window) = cfg.rate_limit.unwrap_or((
         opts.plan
             .map_or(FREE_PLAN_REQUESTS_PER_MINUTE, Plan::requests_per_minute),
