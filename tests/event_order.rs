@@ -539,3 +539,64 @@ async fn kept_events_that_never_match_expire_and_are_counted() {
     gw.stop().await;
     backend.finish().await;
 }
+
+/// A kept event can only be applied to a job that existed when it arrived: a stray Pictify
+/// `render.completed` kept in the inbox must not complete a job submitted later with the same
+/// template and variables (that job cannot have produced it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_event_never_completes_a_job_submitted_after_it() {
+    let backend = Backend::new(false).await;
+    let (http, addr) = http_listener().await;
+    let pic = sim(PICTIFY, addr, true, sim_cfg((1, 2))).await;
+    // The job's own render.completed is lost: only the stray kept event could complete it.
+    pic.handle.update_faults(|f| f.suppress_webhooks = true);
+    // Kept for 2 s: its expiry is the proof that the inbox looked at it with the job there.
+    let toml = format!("kept_event_ttl_secs = 2\n{}", no_polls(PICTIFY));
+    let gw = gateway(&backend, true, &toml, http, &[&pic]).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = r#"{"event":"render.completed","timestamp":"2026-01-29T10:30:00Z","data":{"type":"image","source":"api","imageId":"img_stray","url":"https://cdn.example/stray.png","templateId":"tmpl_stray","variables":{"name":"Ada"},"renderedAt":"2026-01-29T10:30:00Z"}}"#;
+    let sig =
+        adgate_generator::signature::header_value(pic.secret.as_bytes(), "", now, body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/pictify", gw.http))
+        .header("content-type", "application/json")
+        .header("x-pictify-signature", sig)
+        .header("x-pictify-event", "render.completed")
+        .header("x-pictify-delivery-id", "del_stray")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(gw.webhooks(PICTIFY, "kept"), 1);
+    let mut client = gw.client().await;
+    let reply = submit(&mut client, vec![pictify_job("tmpl_stray", "Ada")]).await;
+    let id = reply.job_ids[0].clone();
+    wait_for("the job submitted", Duration::from_secs(10), || {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move {
+            (get_job(&mut c, &id).await.state() == pb::JobState::Processing).then_some(())
+        }
+    })
+    .await;
+    // The inbox looks at the stray event with the job present on every pass; it expires
+    // instead of being applied (applied, it would never expire).
+    wait_for("the stray event expired", Duration::from_secs(10), || {
+        let n = gw.webhooks(PICTIFY, "expired");
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let job = get_job(&mut client, &id).await;
+    assert_eq!(job.state(), pb::JobState::Processing, "{job:?}");
+    assert!(
+        job.outputs.is_empty(),
+        "completed by a stray event: {job:?}"
+    );
+    assert_eq!(gw.webhooks(PICTIFY, "applied_from_inbox"), 0);
+    gw.stop().await;
+    backend.finish().await;
+}

@@ -106,7 +106,16 @@ pub(crate) async fn apply_updates(
     let mut claimed = HashMap::new();
     let expires_at = shared.now_ms() + ms(shared.kept_event_ttl);
     for update in updates {
-        match resolve(shared, rt, &update, bound_job, &mut claimed).await? {
+        match resolve(
+            shared,
+            rt,
+            &update,
+            bound_job,
+            shared.now_ms(),
+            &mut claimed,
+        )
+        .await?
+        {
             Resolution::Found(p) => patches.extend(p),
             Resolution::NoJob if matches!(source, Source::Webhook { .. }) => {
                 let kept = Kept {
@@ -152,6 +161,7 @@ pub(crate) async fn apply_updates(
         changed
     };
     forget_stale(shared, rt, terminal, &committed).await?;
+    track_bound(rt, &committed);
     if kept > 0 {
         rt.inbox_wake.notify_one();
     }
@@ -159,6 +169,17 @@ pub(crate) async fn apply_updates(
         changed: committed.len(),
         kept,
     }))
+}
+
+/// A job that got its provider reference from an event (a callback bound to a job whose submit
+/// answer was lost or is late) and is still running is tracked from here: the dispatcher that
+/// would have tracked it never saw the reference.
+fn track_bound(rt: &ProviderRuntime, committed: &[JobRecord]) {
+    for rec in committed {
+        if !rec.state.is_terminal() && rec.provider_ref.is_some() && !rt.tracker.has_job(&rec.id) {
+            rt.tracker.add(rec, rt.limits.first_poll_after);
+        }
+    }
 }
 
 /// A terminal report for a job the store did not change means it was already terminal (a
@@ -190,6 +211,7 @@ async fn resolve(
     rt: &Arc<ProviderRuntime>,
     update: &ProviderUpdate,
     bound_job: Option<&str>,
+    arrived_ms: i64,
     claimed: &mut HashMap<String, usize>,
 ) -> Result<Resolution, StoreError> {
     let ids = match &update.target {
@@ -229,10 +251,11 @@ async fn resolve(
             ids
         }
         UpdateTarget::Correlation(key) => {
-            return correlated_patch(shared, rt, update, key, None, claimed).await;
+            return correlated_patch(shared, rt, update, key, None, arrived_ms, claimed).await;
         }
         UpdateTarget::Correlated { key, fields } => {
-            return correlated_patch(shared, rt, update, key, Some(fields), claimed).await;
+            return correlated_patch(shared, rt, update, key, Some(fields), arrived_ms, claimed)
+                .await;
         }
     };
     if ids.is_empty() {
@@ -275,6 +298,7 @@ async fn correlated_patch(
     update: &ProviderUpdate,
     key: &str,
     fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    arrived_ms: i64,
     claimed: &mut HashMap<String, usize>,
 ) -> Result<Resolution, StoreError> {
     let candidates = shared
@@ -284,7 +308,11 @@ async fn correlated_patch(
     let found = candidates.into_iter().find(|job| {
         let expected = rt.generator.expected_outputs(&job.spec).max(1);
         let have = job.outputs.len() + claimed.get(&job.id).copied().unwrap_or(0);
-        have < expected && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
+        // A job submitted after the event arrived cannot have produced it: a kept event must
+        // never complete a later job with the same template and variables.
+        job.created_at_ms <= arrived_ms
+            && have < expected
+            && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
     });
     let Some(job) = found else {
         return Ok(Resolution::NoJob);
@@ -416,7 +444,17 @@ pub(crate) async fn drain(
             consumed.push(event.id);
             continue;
         };
-        match resolve(shared, rt, &k.update, k.bound_job.as_deref(), &mut claimed).await? {
+        let arrived = event.kept_at_ms;
+        match resolve(
+            shared,
+            rt,
+            &k.update,
+            k.bound_job.as_deref(),
+            arrived,
+            &mut claimed,
+        )
+        .await?
+        {
             Resolution::Found(p) => {
                 patches.extend(p);
                 consumed.push(event.id);
@@ -457,6 +495,7 @@ pub(crate) async fn drain(
         .unwrap_or_default();
     shared.publish(&changed);
     forget_stale(shared, rt, terminal, &changed).await?;
+    track_bound(rt, &changed);
     for _ in 0..applied {
         shared.metrics.webhook(&rt.name, "applied_from_inbox");
     }

@@ -20,7 +20,7 @@ impl Engine {
             self.shared.metrics.webhook(provider, "refused");
             return Err(WebhookFailure::UnknownProvider(provider.to_owned()));
         };
-        let event = match rt.generator.parse_webhook_query(
+        let mut event = match rt.generator.parse_webhook_query(
             query,
             headers,
             body,
@@ -32,13 +32,13 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        let kind = event_kind(&event);
+        let updates = std::mem::take(&mut event.updates);
         let source = Source::Webhook {
             delivery_id: event.delivery_id.as_deref(),
             bound_job: event.bound_job.as_deref(),
         };
-        let Some(applied) =
-            events::apply_updates(&self.shared, rt, event.updates.clone(), source).await?
-        else {
+        let Some(applied) = events::apply_updates(&self.shared, rt, updates, source).await? else {
             self.shared.metrics.webhook(provider, "duplicate");
             tracing::debug!(
                 provider,
@@ -66,7 +66,6 @@ impl Engine {
                 rt.tracker.mark_due(k);
             }
         }
-        let kind = event_kind(&event);
         if applied.kept > 0 {
             self.shared.metrics.webhook(provider, "kept");
             tracing::warn!(
