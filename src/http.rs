@@ -20,6 +20,9 @@ use serde_json::json;
 
 use crate::errors::{WebhookReject, webhook_status};
 
+/// A webhook answer slower than this is logged.
+const SLOW_WEBHOOK_ANSWER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest webhook body accepted.
 pub const MAX_WEBHOOK_BODY: usize = 1 << 20;
 
@@ -80,11 +83,18 @@ async fn webhook(
     let query = query.unwrap_or_default();
     // 2xx only once the event is applied or durably kept (see the engine's `events` module);
     // a store failure answers 5xx and the provider retries.
-    match st
+    let started = std::time::Instant::now();
+    let outcome = st
         .engine
         .handle_webhook(&provider, &query, &headers, &bytes)
-        .await
-    {
+        .await;
+    let took = started.elapsed();
+    if took > SLOW_WEBHOOK_ANSWER {
+        // Providers wait a bounded time for the answer (Pictify 30 s) and count a slow one
+        // as a failed delivery: worth seeing before it happens.
+        tracing::warn!(provider = %provider, took_ms = took.as_millis() as u64, "slow webhook answer");
+    }
+    match outcome {
         Ok(WebhookOutcome::Applied { updated }) => (
             StatusCode::OK,
             axum::Json(json!({"status": "applied", "updated": updated})),

@@ -199,7 +199,10 @@ pub fn run_binary(args: &[String], env: &[(String, String)], out: File, err: Fil
     cmd.args(args)
         .env_clear()
         .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME"))
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("ADGATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
@@ -375,6 +378,59 @@ pub async fn statuses(
         out.extend(r.jobs);
     }
     Some(out)
+}
+
+/// Wait (bounded) until every job is terminal. On timeout the panic names each job still
+/// running with its state, provider reference and progress, and the newest lines of the
+/// gateway's log, so a failure in CI can be read without re-running it.
+pub async fn wait_all_terminal(
+    client: &GatewayServiceClient<Channel>,
+    ids: &[String],
+    within: Duration,
+    what: &str,
+    spec: &GatewaySpec,
+) {
+    let start = Instant::now();
+    loop {
+        let js = statuses(&mut client.clone(), ids).await;
+        if js.as_ref().is_some_and(|js| js.iter().all(is_terminal)) {
+            return;
+        }
+        if start.elapsed() > within {
+            let stuck: Vec<String> = js
+                .unwrap_or_default()
+                .iter()
+                .filter(|j| !is_terminal(j))
+                .map(|j| {
+                    format!(
+                        "{} {} {:?} ref={:?} progress={:?}",
+                        j.provider,
+                        j.id,
+                        state(j),
+                        j.provider_job_id,
+                        j.progress.as_ref().map(|p| (&p.step, &p.message))
+                    )
+                })
+                .collect();
+            let log = spec.log_text();
+            if let Ok(p) = std::env::var("ADGATE_TEST_KEEP_LOG") {
+                let _ = std::fs::write(p, &log);
+            }
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out waiting for {what}; {} not terminal:\n{}\nlog tail (newest first):\n{}",
+                stuck.len(),
+                stuck
+                    .iter()
+                    .take(30)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn is_terminal(j: &pb::Job) -> bool {

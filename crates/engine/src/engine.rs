@@ -174,6 +174,7 @@ impl Engine {
                 }),
                 inbox_wake: Notify::new(),
                 correlating: tokio::sync::Mutex::new(()),
+                correlation_claims: Mutex::new(HashMap::new()),
                 reconcile_window: reconcile_window(&setup_limits),
             };
             providers.insert(name, Arc::new(rt));

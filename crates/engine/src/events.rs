@@ -38,6 +38,9 @@ const NOT_FOUND_LIMIT: u32 = 3;
 /// again once older ones finish.
 const CORRELATION_CANDIDATES: usize = 256;
 
+/// Candidates read first; the full list is read only when none of these matches.
+const CORRELATION_FIRST_READ: usize = 16;
+
 /// Kept events one drain pass reads.
 const DRAIN_BATCH: usize = 512;
 
@@ -78,6 +81,15 @@ enum Resolution {
     NoJob,
 }
 
+/// What the correlated updates of one call took: outputs per job, and whether any of those
+/// jobs expects several images (its outputs are rewritten whole, so the resolving lock is then
+/// held through the commit).
+#[derive(Default)]
+struct Claims {
+    per_job: HashMap<String, usize>,
+    multi_image: bool,
+}
+
 /// Resolve, commit and publish updates. `Ok(None)` means the webhook delivery was seen before
 /// and nothing was applied.
 pub(crate) async fn apply_updates(
@@ -94,7 +106,7 @@ pub(crate) async fn apply_updates(
         } => (delivery_id, bound_job),
     };
     let correlated = updates.iter().any(|u| is_correlated(&u.target));
-    let _serial = if correlated {
+    let mut serial = if correlated {
         Some(rt.correlating.lock().await)
     } else {
         None
@@ -103,19 +115,10 @@ pub(crate) async fn apply_updates(
     let mut keep = Vec::new();
     // Outputs earlier correlated updates of this batch gave each job: two events for
     // identical variables must land on two different jobs (or on one that expects both).
-    let mut claimed = HashMap::new();
+    let mut claims = Claims::default();
     let expires_at = shared.now_ms() + ms(shared.kept_event_ttl);
     for update in updates {
-        match resolve(
-            shared,
-            rt,
-            &update,
-            bound_job,
-            shared.now_ms(),
-            &mut claimed,
-        )
-        .await?
-        {
+        match resolve(shared, rt, &update, bound_job, shared.now_ms(), &mut claims).await? {
             Resolution::Found(p) => patches.extend(p),
             Resolution::NoJob if matches!(source, Source::Webhook { .. }) => {
                 let kept = Kept {
@@ -129,7 +132,47 @@ pub(crate) async fn apply_updates(
             Resolution::NoJob => {}
         }
     }
+    // Release the resolving lock before the commit unless a multi-image job was touched;
+    // what this call took stays visible to other resolvers as in-flight claims until its
+    // commit is over (taken back under the lock, see `ProviderRuntime::correlation_claims`).
+    let in_flight = serial.is_some() && !claims.multi_image && !claims.per_job.is_empty();
+    if in_flight {
+        let mut held = lock(&rt.correlation_claims);
+        for (job, n) in &claims.per_job {
+            *held.entry(job.clone()).or_default() += n;
+        }
+    }
+    if !claims.multi_image {
+        serial = None;
+    }
+    let result = commit_updates(shared, rt, patches, keep, delivery_id).await;
+    if in_flight {
+        let _serial = rt.correlating.lock().await;
+        let mut held = lock(&rt.correlation_claims);
+        for (job, n) in &claims.per_job {
+            if let Some(c) = held.get_mut(job) {
+                *c = c.saturating_sub(*n);
+                if *c == 0 {
+                    held.remove(job);
+                }
+            }
+        }
+    }
+    drop(serial);
+    result
+}
+
+/// Commit what resolving a set of updates produced (with its delivery id and kept events,
+/// all or nothing) and publish it.
+async fn commit_updates(
+    shared: &Arc<Shared>,
+    rt: &Arc<ProviderRuntime>,
+    patches: Vec<JobPatch>,
+    keep: Vec<(serde_json::Value, i64)>,
+    delivery_id: Option<&str>,
+) -> Result<Option<Applied>, StoreError> {
     let kept = keep.len();
+    let bound = binding(&patches);
     let terminal: Vec<String> = patches
         .iter()
         .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
@@ -161,7 +204,7 @@ pub(crate) async fn apply_updates(
         changed
     };
     forget_stale(shared, rt, terminal, &committed).await?;
-    track_bound(rt, &committed);
+    track_bound(rt, &bound, &committed);
     if kept > 0 {
         rt.inbox_wake.notify_one();
     }
@@ -174,9 +217,16 @@ pub(crate) async fn apply_updates(
 /// A job that got its provider reference from an event (a callback bound to a job whose submit
 /// answer was lost or is late) and is still running is tracked from here: the dispatcher that
 /// would have tracked it never saw the reference.
-fn track_bound(rt: &ProviderRuntime, committed: &[JobRecord]) {
+///
+/// Only jobs whose reference this very write bound: any other record here may already be
+/// stale (a poll's "still processing" committed just before a push finished the job).
+fn track_bound(rt: &ProviderRuntime, bound: &HashSet<String>, committed: &[JobRecord]) {
     for rec in committed {
-        if !rec.state.is_terminal() && rec.provider_ref.is_some() && !rt.tracker.has_job(&rec.id) {
+        if bound.contains(&rec.id)
+            && !rec.state.is_terminal()
+            && rec.provider_ref.is_some()
+            && !rt.tracker.has_job(&rec.id)
+        {
             rt.tracker.add(rec, rt.limits.first_poll_after);
         }
     }
@@ -212,7 +262,7 @@ async fn resolve(
     update: &ProviderUpdate,
     bound_job: Option<&str>,
     arrived_ms: i64,
-    claimed: &mut HashMap<String, usize>,
+    claims: &mut Claims,
 ) -> Result<Resolution, StoreError> {
     let ids = match &update.target {
         UpdateTarget::ProviderRef(r) => {
@@ -251,10 +301,10 @@ async fn resolve(
             ids
         }
         UpdateTarget::Correlation(key) => {
-            return correlated_patch(shared, rt, update, key, None, arrived_ms, claimed).await;
+            return correlated_patch(shared, rt, update, key, None, arrived_ms, claims).await;
         }
         UpdateTarget::Correlated { key, fields } => {
-            return correlated_patch(shared, rt, update, key, Some(fields), arrived_ms, claimed)
+            return correlated_patch(shared, rt, update, key, Some(fields), arrived_ms, claims)
                 .await;
         }
     };
@@ -299,26 +349,39 @@ async fn correlated_patch(
     key: &str,
     fields: Option<&serde_json::Map<String, serde_json::Value>>,
     arrived_ms: i64,
-    claimed: &mut HashMap<String, usize>,
+    claims: &mut Claims,
 ) -> Result<Resolution, StoreError> {
-    let candidates = shared
-        .store
-        .correlation_candidates(&rt.name, key, CORRELATION_CANDIDATES)
-        .await?;
-    let found = candidates.into_iter().find(|job| {
-        let expected = rt.generator.expected_outputs(&job.spec).max(1);
-        let have = job.outputs.len() + claimed.get(&job.id).copied().unwrap_or(0);
-        // A job submitted after the event arrived cannot have produced it: a kept event must
-        // never complete a later job with the same template and variables.
-        job.created_at_ms <= arrived_ms
-            && have < expected
-            && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
-    });
+    // Events mostly name one of the oldest unfinished jobs: read a few candidates first and
+    // the full list only when none of them matches.
+    let mut found = None;
+    for limit in [CORRELATION_FIRST_READ, CORRELATION_CANDIDATES] {
+        let candidates = shared
+            .store
+            .correlation_candidates(&rt.name, key, limit)
+            .await?;
+        let read = candidates.len();
+        let in_flight = lock(&rt.correlation_claims);
+        found = candidates.into_iter().find(|job| {
+            let expected = rt.generator.expected_outputs(&job.spec).max(1);
+            let have = job.outputs.len()
+                + claims.per_job.get(&job.id).copied().unwrap_or(0)
+                + in_flight.get(&job.id).copied().unwrap_or(0);
+            // A job submitted after the event arrived cannot have produced it: a kept event
+            // must never complete a later job with the same template and variables.
+            job.created_at_ms <= arrived_ms
+                && have < expected
+                && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
+        });
+        if found.is_some() || read < limit {
+            break;
+        }
+    }
     let Some(job) = found else {
         return Ok(Resolution::NoJob);
     };
-    let added = claimed.entry(job.id.clone()).or_default();
     let expected = rt.generator.expected_outputs(&job.spec).max(1);
+    claims.multi_image |= expected > 1;
+    let added = claims.per_job.entry(job.id.clone()).or_default();
     if update.state == RemoteState::Completed && !update.outputs.is_empty() && expected > 1 {
         let mut outputs = job.outputs.clone();
         outputs.extend(update.outputs.iter().cloned());
@@ -434,7 +497,8 @@ pub(crate) async fn drain(
     let mut consumed = Vec::new();
     let mut applied = 0;
     let mut expired = 0;
-    let mut claimed = HashMap::new();
+    // The inbox pass holds the lock through its commit: it is one write, and rare.
+    let mut claims = Claims::default();
     for event in kept {
         let parsed: Option<Kept> = serde_json::from_value(event.event.clone()).ok();
         let Some(k) = parsed else {
@@ -451,7 +515,7 @@ pub(crate) async fn drain(
             &k.update,
             k.bound_job.as_deref(),
             arrived,
-            &mut claimed,
+            &mut claims,
         )
         .await?
         {
@@ -477,6 +541,7 @@ pub(crate) async fn drain(
     if consumed.is_empty() {
         return Ok(0);
     }
+    let bound = binding(&patches);
     let terminal: Vec<String> = patches
         .iter()
         .filter(|p| p.state.is_some_and(|s| s.is_terminal()))
@@ -495,7 +560,7 @@ pub(crate) async fn drain(
         .unwrap_or_default();
     shared.publish(&changed);
     forget_stale(shared, rt, terminal, &changed).await?;
-    track_bound(rt, &changed);
+    track_bound(rt, &bound, &changed);
     for _ in 0..applied {
         shared.metrics.webhook(&rt.name, "applied_from_inbox");
     }
@@ -506,6 +571,15 @@ pub(crate) async fn drain(
         tracing::info!(provider = %rt.name, applied, "applied kept provider events");
     }
     Ok(applied)
+}
+
+/// Jobs whose provider reference these patches set (a callback bound to its job).
+fn binding(patches: &[JobPatch]) -> HashSet<String> {
+    patches
+        .iter()
+        .filter(|p| p.provider_ref.is_some())
+        .map(|p| p.job_id.clone())
+        .collect()
 }
 
 fn is_correlated(t: &UpdateTarget) -> bool {
@@ -536,6 +610,10 @@ pub(crate) async fn run_inbox(shared: Arc<Shared>, rt: Arc<ProviderRuntime>, eve
             tracing::warn!(provider = %rt.name, error = %e, "applying kept provider events failed");
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn ms(d: Duration) -> i64 {

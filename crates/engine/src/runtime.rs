@@ -45,10 +45,18 @@ pub(crate) struct ProviderRuntime {
     pub health: Mutex<Health>,
     /// Wakes the inbox when a job became known that a kept event may be waiting for.
     pub inbox_wake: Notify,
-    /// Held from reading correlation candidates to committing: two deliveries for identical
-    /// variables (or two images of one multi-layout job) resolved at once would otherwise read
-    /// the same job and the second write would undo the first.
+    /// Held while correlated events are resolved to jobs: two deliveries for identical
+    /// variables resolved at once would otherwise both take the same job. Held through the
+    /// commit only when a delivery adds an image to a multi-image job (its outputs are
+    /// rewritten whole); otherwise released before the commit, so that concurrent deliveries
+    /// share one store commit instead of queueing one fsync each behind the lock (a provider
+    /// that waits a bounded time for its answer, like Pictify, would count the wait as a
+    /// failed delivery).
     pub correlating: tokio::sync::Mutex<()>,
+    /// Jobs that correlated deliveries took and whose commit is still running, with how many
+    /// outputs each took. Changed only under `correlating`, so a resolver never sees a job
+    /// neither as taken here nor as finished in the store.
+    pub correlation_claims: Mutex<HashMap<String, usize>>,
     /// How long a job whose submit outcome is unknown waits for a callback (see
     /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
     pub reconcile_window: Duration,
@@ -220,11 +228,12 @@ impl Shared {
     }
 
     /// Start an engine task, tracked so that [`Engine::stopped`] waits for it.
-    pub(crate) fn spawn<F>(&self, task: F)
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
-        F: std::future::Future<Output = ()> + Send + 'static,
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        self.tasks.spawn(task);
+        self.tasks.spawn(task)
     }
 }
 

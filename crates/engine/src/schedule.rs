@@ -23,6 +23,9 @@ use tokio::time::Instant;
 /// everything at once (deliveries may have been missed while down).
 const BACKSTOP_CAP_FACTOR: f64 = 1.9;
 
+/// How long a finished job is remembered (see `Inner::finished`).
+const FINISHED_TTL: Duration = Duration::from_secs(120);
+
 /// The poll schedule used while webhooks are configured: `(first poll after, largest spacing)`.
 /// `None` when the provider is polled on its normal schedule.
 pub fn backstop_schedule(limits: &adgate_generator::Limits) -> Option<(Duration, Duration)> {
@@ -120,6 +123,14 @@ struct Inner {
     streamed: HashSet<String>,
     cancel_requested: HashSet<String>,
     not_found: HashMap<String, u32>,
+    // Jobs with a provider reference that ended recently. An `add` may be on its way with an
+    // older, unfinished copy of the record: a push can complete a job between the commit of
+    // its submit answer and the dispatcher's `add`, or between a poll's commit of "still
+    // processing" and that poll's follow-up. Adding a finished job would keep its poll key
+    // alive for ever (and Pictify's running-batch count with it, which then blocks every
+    // new batch). Kept for `FINISHED_TTL`, far longer than any such window.
+    finished: HashMap<Id, Instant>,
+    finished_order: std::collections::VecDeque<(Instant, Id)>,
 }
 
 impl Inner {
@@ -197,6 +208,10 @@ impl TrackerState {
     /// [`TrackerState::add`] from the three strings the tracker keeps.
     pub fn add_ref(&self, job_id: &str, provider_ref: &str, key: &str, first_after: Duration) {
         let mut inner = self.lock();
+        if inner.finished.contains_key(job_id) {
+            // It ended while this add was on its way (see `Inner::finished`).
+            return;
+        }
         let job: Id = Id::from(job_id);
         let r: Id = Id::from(provider_ref);
         let key_id = inner.intern_key(key);
@@ -246,6 +261,9 @@ impl TrackerState {
         if let Some(r) = &job.provider_ref {
             inner.ref_job.remove(r.as_str());
         }
+        if job.provider_ref.is_some() && job.state.is_terminal() {
+            Self::remember_finished(&mut inner, &job.id);
+        }
         let Some(tracked) = inner.jobs.remove(job.id.as_str()) else {
             return;
         };
@@ -255,6 +273,22 @@ impl TrackerState {
         };
         if empty {
             inner.keys.remove(&tracked.key);
+        }
+    }
+
+    fn remember_finished(inner: &mut Inner, job_id: &str) {
+        let now = Instant::now();
+        let id = Id::from(job_id);
+        inner.finished.insert(id.clone(), now);
+        inner.finished_order.push_back((now, id));
+        while let Some((at, id)) = inner.finished_order.front().cloned() {
+            if now.duration_since(at) < FINISHED_TTL {
+                break;
+            }
+            inner.finished_order.pop_front();
+            if inner.finished.get(&id) == Some(&at) {
+                inner.finished.remove(&id);
+            }
         }
     }
 
@@ -409,5 +443,62 @@ impl TrackerState {
 
     pub(crate) fn clear_not_found(&self, job_id: &str) {
         self.lock().not_found.remove(job_id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use adgate_generator::JobState;
+
+    fn job(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            id: id.to_owned(),
+            batch_id: "batch_1".to_owned(),
+            provider: "p".to_owned(),
+            spec: serde_json::json!({}),
+            state,
+            provider_ref: Some(format!("b1:{id}")),
+            poll_key: Some("b1".to_owned()),
+            group_key: None,
+            correlation_key: None,
+            attempt_id: Some(1),
+            progress: None,
+            outputs: Vec::new(),
+            error: None,
+            client_ref: String::new(),
+            labels: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            completed_at_ms: None,
+            deadline_at_ms: i64::MAX,
+            revision: 2,
+            provider_result: None,
+        }
+    }
+
+    /// A push completes a job between the commit of its submit answer and the dispatcher's
+    /// `add`, or while a poll that read it as still running is committing: the late add must
+    /// not bring the finished job (and its poll key) back.
+    #[tokio::test]
+    async fn a_finished_job_is_never_added_back() {
+        let t = TrackerState {
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            grid: None,
+            backstop: None,
+        };
+        // Ended before it was ever tracked.
+        t.add(&job("a", JobState::Processing), Duration::ZERO);
+        t.remove_job(&job("b", JobState::Completed));
+        t.add(&job("b", JobState::Processing), Duration::ZERO);
+        assert!(!t.has_job("b"));
+        assert!(t.has_job("a"));
+        // Tracked, ended, then a stale add.
+        t.remove_job(&job("a", JobState::Completed));
+        t.add(&job("a", JobState::Processing), Duration::ZERO);
+        assert!(!t.has_job("a"));
+        assert_eq!(t.key_count(), 0, "the batch key must end with its last job");
     }
 }

@@ -34,11 +34,26 @@ impl Engine {
         };
         let kind = event_kind(&event);
         let updates = std::mem::take(&mut event.updates);
-        let source = Source::Webhook {
-            delivery_id: event.delivery_id.as_deref(),
-            bound_job: event.bound_job.as_deref(),
+        // Applied in a task of its own: the HTTP request may be dropped (the provider gave up
+        // waiting), but a resolve-and-commit must never stop half-way (in-flight correlation
+        // claims are taken back only at its end).
+        let applying = {
+            let shared = self.shared.clone();
+            let rt = rt.clone();
+            let delivery_id = event.delivery_id.clone();
+            let bound_job = event.bound_job.clone();
+            self.shared.spawn(async move {
+                let source = Source::Webhook {
+                    delivery_id: delivery_id.as_deref(),
+                    bound_job: bound_job.as_deref(),
+                };
+                events::apply_updates(&shared, &rt, updates, source).await
+            })
         };
-        let Some(applied) = events::apply_updates(&self.shared, rt, updates, source).await? else {
+        let applied = applying
+            .await
+            .map_err(|e| WebhookFailure::Internal(format!("applying a webhook stopped: {e}")))??;
+        let Some(applied) = applied else {
             self.shared.metrics.webhook(provider, "duplicate");
             tracing::debug!(
                 provider,
