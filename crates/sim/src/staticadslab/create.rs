@@ -1,21 +1,25 @@
-//! `POST /v1/image-ads`: body checks, `Idempotency-Key` replay/lock, wallet reservation.
+//! `POST /v1/image-ads`: body checks, `Idempotency-Key` replay/lock, template state, wallet
+//! reservation.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::gateway::{Ctx, json_response};
-use super::validate::validate_create;
-use super::{
-    Ad, IDEMPOTENCY_LOCK, IDEMPOTENCY_TTL, IdemEntry, MAX_BODY, MAX_IDEMPOTENCY_KEY,
-    PRICE_EDITABLE, PRICE_FLAT, Sim, Status, TOP_UP_URL,
+use super::request::{
+    Scope, cache_answer, detached, fingerprint, idempotency_gate, idempotency_key, read_json,
+    release_key,
 };
+use super::validate::validate_create;
+use super::{Ad, Inner, PRICE_EDITABLE, PRICE_FLAT, Sim, Status, TOP_UP_URL, Version};
 use crate::common::{dropped_connection, lock};
+
+const ENDPOINT: &str = "POST /v1/image-ads";
 
 // ---------------------------------------------------------------------------------------------
 // POST /v1/image-ads
@@ -26,7 +30,7 @@ pub(super) async fn create_ad(
     headers: HeaderMap,
     body: Body,
 ) -> Response<Body> {
-    let ctx = match sim.gate(&headers, "POST /v1/image-ads").await {
+    let ctx = match sim.gate(&headers, ENDPOINT).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -52,143 +56,99 @@ async fn create_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> (Response<Body>, bool) {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        tokio::time::sleep(ctx.faults.latency).await;
-        // GUESS: the 413 code is not documented [SAL:reference/errors].
-        let resp = sim.error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            "Request body exceeds the 15 MB limit",
-        );
-        return (resp, false);
+    let checked = match read_json(sim, headers, body).await {
+        Ok(v) => validate_create(&v)
+            .map(|()| v)
+            .map_err(|(status, details)| Box::new(sim.validation(status, details))),
+        Err(resp) => Err(resp),
     };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-    let early = match (is_json, parsed) {
-        (false, _) => Err(sim.validation(
-            StatusCode::BAD_REQUEST,
-            vec![("Content-Type".into(), "Expected application/json".into())],
-        )),
-        (true, Err(_)) => Err(sim.validation(
-            StatusCode::BAD_REQUEST,
-            vec![("body".into(), "Body is not valid JSON".into())],
-        )),
-        (true, Ok(v)) => match validate_create(&v) {
-            Ok(()) => Ok(v),
-            Err((status, details)) => Err(sim.validation(status, details)),
-        },
-    };
-    let value = match early {
-        Ok(v) => v,
+    let early = checked.and_then(|v| idempotency_key(sim, headers).map(|k| (v, k)));
+    let (value, idem_key) = match early {
+        Ok(parts) => parts,
         Err(resp) => {
             tokio::time::sleep(ctx.faults.latency).await;
-            return (resp, false);
-        }
-    };
-    let idem_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k.to_owned()),
-        Some(_) => {
-            tokio::time::sleep(ctx.faults.latency).await;
-            let resp = sim.validation(
-                StatusCode::BAD_REQUEST,
-                vec![(
-                    "Idempotency-Key".into(),
-                    format!("Must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-                )],
-            );
-            return (resp, false);
+            return (*resp, false);
         }
     };
     let scope = idem_key.clone().map(|k| (sim.cfg.api_key.clone(), k));
     if let Some(scope) = &scope
-        && let Some(resp) = idempotency_gate(sim, scope, &value)
+        && let Some(resp) = idempotency_gate(sim, scope, &fingerprint(ENDPOINT, &value))
     {
         tokio::time::sleep(ctx.faults.latency).await;
         return (resp, false);
     }
-    // The work runs in its own task: a client that gives up (timeout, reset) does not cancel
-    // it, so a retry with the same key finds the cached response, as on a real server.
-    let task_sim = sim.clone();
-    let latency = ctx.faults.latency;
     let insufficient_after = ctx.faults.insufficient_after_charges;
-    let work = tokio::spawn(async move {
-        tokio::time::sleep(latency).await;
-        perform_create(&task_sim, value, idem_key, scope, insufficient_after)
-    });
-    match work.await {
-        Ok(done) => done,
-        Err(_) => (
-            sim.error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_ERROR",
-                "An unexpected error occurred",
-            ),
-            false,
-        ),
-    }
+    detached(sim, ctx.faults.latency, move |sim| {
+        perform_create(sim, value, idem_key, scope, insufficient_after)
+    })
+    .await
 }
 
-/// Replay, conflict, or take the lock. `None` = this request owns the key now.
-fn idempotency_gate(sim: &Sim, scope: &(String, String), body: &Value) -> Option<Response<Body>> {
-    let now = Instant::now();
-    let mut inner = lock(&sim.inner);
-    let ttl = sim.scaled(IDEMPOTENCY_TTL);
-    let lock_ttl = sim.scaled(IDEMPOTENCY_LOCK);
-    match inner.idem.get(scope) {
-        Some(IdemEntry::Done {
-            body: cached_body,
-            at,
-            status,
-            response,
-        }) if now.duration_since(*at) < ttl => {
-            if cached_body != body {
-                // Open question 2 (providers.md §6): unknown. Stricter reading: refuse with 422
-                // (a permanent error — resending the same mismatched pair cannot succeed).
-                return Some(sim.error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "IDEMPOTENCY_CONFLICT",
-                    "This Idempotency-Key was already used with a different request body",
-                ));
-            }
-            sim.ledger.replay();
-            let mut resp = json_response(*status, response.to_vec());
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Some(resp);
-        }
-        Some(IdemEntry::InProgress { since, .. }) if now.duration_since(*since) < lock_ttl => {
-            // GUESS (providers.md §6 q1): the loser of the 30 s lock gets 409.
-            return Some(sim.error(
-                StatusCode::CONFLICT,
-                "IDEMPOTENCY_CONFLICT",
-                "Another request with the same Idempotency-Key is in progress. Retry later.",
-            ));
-        }
-        _ => {}
+/// The 402 every submit gives when the wallet cannot cover `price` (or the
+/// `insufficient_after_charges` fault says so), or `None`. Billing happens on completion, but
+/// the wallet must be able to cover what is in flight: stricter reading (GUESS) — accepted work
+/// reserves its price until it completes or fails, so the wallet can never go negative and
+/// `insufficient_after_charges` counts in-flight work.
+pub(super) fn insufficient_balance(
+    sim: &Sim,
+    inner: &Inner,
+    price: u64,
+    what: &str,
+    insufficient_after: Option<u64>,
+) -> Option<Response<Body>> {
+    let available = sim
+        .cfg
+        .wallet
+        .map(|w| w.saturating_sub(inner.spent_cents + inner.reserved_cents));
+    let over_count = insufficient_after.is_some_and(|n| inner.charges + inner.in_flight >= n);
+    if !over_count && available.is_none_or(|a| a >= price) {
+        return None;
     }
-    inner.idem.insert(
-        scope.clone(),
-        IdemEntry::InProgress {
-            body: body.clone(),
-            since: now,
-        },
+    let avail = available.unwrap_or(0);
+    let msg = format!(
+        "Insufficient balance: this {what} costs ${}.{:02} and your available balance is ${}.{:02}. Top up at {TOP_UP_URL}",
+        price / 100,
+        price % 100,
+        avail / 100,
+        avail % 100
     );
-    None
+    Some(sim.error(StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_BALANCE", &msg))
+}
+
+/// "The design template must be in `status: \"completed\"` before you can use it" [SEED-2]:
+/// a template this simulator created that is still processing, or failed, is a 422. An id it
+/// never created is a template made elsewhere (the dashboard) and is accepted, since the
+/// simulator cannot know its state.
+fn template_not_ready(
+    sim: &Sim,
+    inner: &Inner,
+    request: &Map<String, Value>,
+) -> Option<Response<Body>> {
+    let id = request.get("design_template_id").and_then(Value::as_str)?;
+    let template = inner.templates.get(id)?;
+    if template.status == Status::Completed {
+        return None;
+    }
+    sim.ledger.refused("template_not_completed");
+    // GUESS: the code of a relationship 422 is not documented (providers.md §6 q5); the
+    // id-prefix page's VALIDATION_ERROR is the nearest documented one.
+    Some(sim.validation(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        vec![(
+            "design_template_id".into(),
+            format!(
+                "Design template {id} is in status {}; it must be completed before use",
+                template.status.as_str()
+            ),
+        )],
+    ))
 }
 
 fn perform_create(
     sim: &Sim,
     value: Value,
     idem_key: Option<String>,
-    scope: Option<(String, String)>,
+    scope: Option<Scope>,
     insufficient_after: Option<u64>,
 ) -> (Response<Body>, bool) {
     let request = match value {
@@ -203,51 +163,35 @@ fn perform_create(
     let now = Instant::now();
     let mut inner = lock(&sim.inner);
     sim.finalize_due(&mut inner, now);
-    // Billing happens on completion, but the wallet must be able to cover what is in flight:
-    // stricter reading (GUESS) — an accepted ad reserves its price until it completes or fails,
-    // so the wallet can never go negative and `insufficient_after_charges` counts in-flight ads.
-    let available = sim
-        .cfg
-        .wallet
-        .map(|w| w.saturating_sub(inner.spent_cents + inner.reserved_cents));
-    let over_count = insufficient_after.is_some_and(|n| inner.charges + inner.in_flight >= n);
-    if over_count || available.is_some_and(|a| a < price) {
-        if let Some(scope) = &scope {
-            // GUESS: error responses are not cached; the key may be retried after a top-up.
-            inner.idem.remove(scope);
-        }
-        let avail = available.unwrap_or(0);
-        let msg = format!(
-            "Insufficient balance: this image ad costs ${}.{:02} and your available balance is ${}.{:02}. Top up at {TOP_UP_URL}",
-            price / 100,
-            price % 100,
-            avail / 100,
-            avail % 100
-        );
-        return (
-            sim.error(StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_BALANCE", &msg),
-            false,
-        );
+    // A refused request is a pre-queue error: free [SAL:guides/errors-and-billing].
+    let refusal = template_not_ready(sim, &inner, &request)
+        .or_else(|| insufficient_balance(sim, &inner, price, "image ad", insufficient_after));
+    if let Some(resp) = refusal {
+        release_key(&mut inner, scope.as_ref());
+        return (resp, false);
     }
-    let (lo, hi) = sim.cfg.job_duration;
-    let (lo, hi) = (lo.min(hi), lo.max(hi));
-    let span = (hi - lo).as_secs_f64();
-    let (jitter, will_fail) = {
-        let mut r = lock(&sim.rng);
-        (r.f64() * span, r.f64() < sim.cfg.failure_ratio)
-    };
-    let duration = sim.scaled(lo + Duration::from_secs_f64(jitter));
+    let (duration, will_fail) = sim.draw_run(1);
     let id = sim.new_id("ia_");
+    let wall = SystemTime::now();
+    // Version 1 is the generation itself; only editable ads have versions [SEED-2].
+    let versions = if editable {
+        vec![Version::new(sim.new_id("iav_"), 1, None, wall)]
+    } else {
+        Vec::new()
+    };
     let ad = Ad {
         id: id.clone(),
         request,
         editable,
-        created: now,
-        created_wall: SystemTime::now(),
+        created_wall: wall,
+        started: now,
+        started_wall: wall,
         duration,
         will_fail,
+        rerender: false,
         status: Status::Processing,
         idempotency_key: idem_key.clone(),
+        versions,
     };
     let data = sim.ad_json(&ad, now);
     inner.due.push(Reverse((now + duration, id.clone())));
@@ -258,20 +202,6 @@ fn perform_create(
     inner.reserved_cents += price;
     inner.in_flight += 1;
     let body = json!({"data": data, "meta": sim.meta()}).to_string();
-    if let Some(scope) = scope {
-        let cached_body = match inner.idem.get(&scope) {
-            Some(IdemEntry::InProgress { body, .. }) => body.clone(),
-            _ => Value::Null,
-        };
-        inner.idem.insert(
-            scope,
-            IdemEntry::Done {
-                body: cached_body,
-                at: now,
-                status: StatusCode::ACCEPTED,
-                response: Bytes::from(body.clone()),
-            },
-        );
-    }
+    cache_answer(&mut inner, scope, now, StatusCode::ACCEPTED, &body);
     (json_response(StatusCode::ACCEPTED, body.into_bytes()), true)
 }

@@ -1,4 +1,5 @@
-//! `GET /v1/image-ads`: the `?ids=` batch poll and the plain cursor list.
+//! `GET /v1/image-ads` and `GET /v1/design-templates`: the `?ids=` batch poll and the plain
+//! cursor list, which page alike [SAL:reference/pagination].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,11 +11,51 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::gateway::json_response;
-use super::{DEFAULT_LIST_LIMIT, MAX_IDS, MAX_LIST_LIMIT, Sim};
+use super::{DEFAULT_LIST_LIMIT, Inner, MAX_IDS, MAX_LIST_LIMIT, Sim};
 use crate::common::{Faults, lock};
 
+/// What a list returns. Templates are polled "with `?ids=`" like ads [SEED-1],
+/// [SAL:resources/design-templates]; GUESS: their lists follow the same pagination rules and
+/// the same `sal_ids_unpaged` / `sal_page_cap` faults, since one pagination page governs every
+/// list [SAL:reference/pagination].
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ads,
+    Templates,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Ads => "ia_",
+            Kind::Templates => "dt_",
+        }
+    }
+
+    fn order(self, inner: &Inner) -> &[String] {
+        match self {
+            Kind::Ads => &inner.order,
+            Kind::Templates => &inner.template_order,
+        }
+    }
+
+    fn contains(self, inner: &Inner, id: &str) -> bool {
+        match self {
+            Kind::Ads => inner.ads.contains_key(id),
+            Kind::Templates => inner.templates.contains_key(id),
+        }
+    }
+
+    fn json(self, sim: &Sim, inner: &Inner, id: &str, now: Instant) -> Option<Value> {
+        match self {
+            Kind::Ads => inner.ads.get(id).map(|ad| sim.ad_json(ad, now)),
+            Kind::Templates => inner.templates.get(id).map(|t| sim.template_json(t, now)),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// GET /v1/image-ads (batch poll / list)
+// GET /v1/image-ads, GET /v1/design-templates (batch poll / list)
 // ---------------------------------------------------------------------------------------------
 
 pub(super) async fn list_ads(
@@ -22,20 +63,48 @@ pub(super) async fn list_ads(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response<Body> {
-    let ctx = match sim.gate(&headers, "GET /v1/image-ads").await {
+    list(&sim, &headers, &q, Kind::Ads, "GET /v1/image-ads").await
+}
+
+pub(super) async fn list_templates(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    list(
+        &sim,
+        &headers,
+        &q,
+        Kind::Templates,
+        "GET /v1/design-templates",
+    )
+    .await
+}
+
+async fn list(
+    sim: &Sim,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    kind: Kind,
+    endpoint: &str,
+) -> Response<Body> {
+    let ctx = match sim.gate(headers, endpoint).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let resp = match q.get("ids") {
-        Some(ids) => batch_poll(&sim, ids, &q, &ctx.faults),
-        None => list_page(&sim, &q, &ctx.faults),
+        Some(ids) => batch_poll(sim, ids, q, &ctx.faults, kind),
+        None => list_page(sim, q, &ctx.faults, kind),
     };
     sim.finish(&ctx, resp, false).await
 }
 
 /// `limit` as [SAL:reference/pagination] defines it: default 20, at most 100 (more → 400).
 /// Errors are boxed responses (a `Response` is large).
-fn page_limit(sim: &Sim, q: &HashMap<String, String>) -> Result<usize, Box<Response<Body>>> {
+pub(super) fn page_limit(
+    sim: &Sim,
+    q: &HashMap<String, String>,
+) -> Result<usize, Box<Response<Body>>> {
     match q.get("limit").map(|l| l.parse::<usize>()) {
         None => Ok(DEFAULT_LIST_LIMIT),
         Some(Ok(n)) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
@@ -54,6 +123,7 @@ fn batch_poll(
     ids: &str,
     q: &HashMap<String, String>,
     faults: &Faults,
+    kind: Kind,
 ) -> Response<Body> {
     let ids: Vec<&str> = ids
         .split(',')
@@ -73,12 +143,13 @@ fn batch_poll(
         );
     }
     // Stricter reading of [SAL:reference/id-prefixes]: a foreign prefix is a 422, not "unknown".
-    if let Some(bad) = ids.iter().find(|s| !s.starts_with("ia_")) {
+    let prefix = kind.prefix();
+    if let Some(bad) = ids.iter().find(|s| !s.starts_with(prefix)) {
         return sim.validation(
             StatusCode::UNPROCESSABLE_ENTITY,
             vec![(
                 "ids".into(),
-                format!("{bad}: expected an id starting with ia_"),
+                format!("{bad}: expected an id starting with {prefix}"),
             )],
         );
     }
@@ -104,9 +175,9 @@ fn batch_poll(
         .iter()
         .copied()
         .filter(|id| seen.insert(*id))
-        .filter(|id| inner.ads.contains_key(*id))
+        .filter(|id| kind.contains(&inner, id))
         .collect();
-    // The cursor names the last ad of the previous page, so the next page starts after it in
+    // The cursor names the last item of the previous page, so the next page starts after it in
     // the answer's order; an id that is not in the answer is an unknown cursor (400), as on
     // the plain list.
     let start = match (faults.sal_ids_unpaged, q.get("starting_after")) {
@@ -127,15 +198,19 @@ fn batch_poll(
     let data: Vec<Value> = rest
         .iter()
         .take(limit)
-        .filter_map(|id| inner.ads.get(*id))
-        .map(|ad| sim.ad_json(ad, now))
+        .filter_map(|id| kind.json(sim, &inner, id, now))
         .collect();
     drop(inner);
     let body = json!({"data": data, "has_more": has_more, "meta": sim.meta()});
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
-fn list_page(sim: &Sim, q: &HashMap<String, String>, faults: &Faults) -> Response<Body> {
+fn list_page(
+    sim: &Sim,
+    q: &HashMap<String, String>,
+    faults: &Faults,
+    kind: Kind,
+) -> Response<Body> {
     let limit = match page_limit(sim, q) {
         Ok(n) => n.min(faults.sal_page_cap.unwrap_or(usize::MAX).max(1)),
         Err(r) => return *r,
@@ -144,9 +219,10 @@ fn list_page(sim: &Sim, q: &HashMap<String, String>, faults: &Faults) -> Respons
     let now = Instant::now();
     let mut inner = lock(&sim.inner);
     sim.finalize_due(&mut inner, now);
+    let order = kind.order(&inner);
     let start = match q.get("starting_after") {
         None => 0,
-        Some(after) => match inner.order.iter().position(|id| id == after) {
+        Some(after) => match order.iter().position(|id| id == after) {
             Some(p) => p + 1,
             None => {
                 return sim.validation(
@@ -158,11 +234,10 @@ fn list_page(sim: &Sim, q: &HashMap<String, String>, faults: &Faults) -> Respons
     };
     let mut data = Vec::new();
     let mut has_more = false;
-    for id in &inner.order[start..] {
-        let Some(ad) = inner.ads.get(id) else {
+    for id in &order[start..] {
+        let Some(v) = kind.json(sim, &inner, id, now) else {
             continue;
         };
-        let v = sim.ad_json(ad, now);
         if status.is_some_and(|s| v["status"] != s) {
             continue;
         }

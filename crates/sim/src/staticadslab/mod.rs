@@ -4,14 +4,23 @@
 //!
 //! Surface:
 //! - `POST /v1/image-ads` → 202 `{data: ImageAd, meta}` (one ad per call) [SEED-1], [SEED-2];
+//!   a `design_template_id` this simulator created that is not `completed` → 422 [SEED-2];
 //! - `GET /v1/image-ads/{id}` (JSON, or SSE with `Accept: text/event-stream`) [SEED-1];
 //! - `GET /v1/image-ads?ids=a,b` batch poll, or a plain cursor list, both paged by `limit`,
 //!   `has_more` and `starting_after` [SEED-0], [SAL:reference/pagination];
-//! - `GET /files/{id}.png`: the rendered output (stands in for the provider's CDN).
+//! - `PATCH /v1/image-ads/{id}` `{current_json_tree}` → 202: an editable ad goes back to
+//!   `processing` and renders a new `iav_` version [SEED-1], [SEED-2] (`versions.rs`);
+//! - `GET /v1/image-ads/{id}/versions` and `/versions/{versionId}` (editable ads only) [SEED-2];
+//! - `POST /v1/design-templates` → 202, `GET /v1/design-templates/{id}`,
+//!   `GET /v1/design-templates?ids=a,b` (or a plain list): async templates billed $0.25 on
+//!   completion [SEED-1], [SAL:guides/errors-and-billing] (`templates.rs`);
+//! - `GET /files/{id}[-v{n}][-figma].png`: rendered outputs (stand in for the provider's CDN).
 //!
-//! Ads run on a scaled clock: each draws a duration from `SimConfig::job_duration`, its progress
-//! advances with time and a background task finalises it when due, charging the wallet exactly
-//! once on completion ([SEED-1] "billed only on completed").
+//! Ads, re-renders and templates run on a scaled clock: each draws a duration from
+//! `SimConfig::job_duration` (re-renders and templates a fifth of it), fails with probability
+//! `SimConfig::failure_ratio`, and a background task finalises it when due; `finalize_due` is
+//! the one place billing happens, exactly once per completed ad or template ([SEED-1] "billed
+//! only on completed").
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -33,13 +42,18 @@ mod create;
 mod gateway;
 mod lifecycle;
 mod list;
+mod request;
 mod sse;
+mod templates;
 mod validate;
+mod versions;
 
 use create::create_ad;
 use lifecycle::spawn_finalizer;
-use list::list_ads;
+use list::{list_ads, list_templates};
 use sse::get_ad;
+use templates::{Template, create_template, get_template};
+use versions::{Version, get_version, list_versions, patch_ad};
 
 /// 100 requests per rolling 60 s, per API key [SAL:reference/rate-limits].
 const DEFAULT_LIMIT: u32 = 100;
@@ -64,6 +78,12 @@ const MAX_LIST_LIMIT: usize = 100;
 /// $1.00 flat, $4.00 editable, in cents [SEED-2], [SAL:guides/errors-and-billing].
 const PRICE_FLAT: u64 = 100;
 const PRICE_EDITABLE: u64 = 400;
+/// Design templates: $0.25 on completion [SAL:guides/errors-and-billing] (providers.md §1.4).
+const PRICE_TEMPLATE: u64 = 25;
+/// GUESS: templates and PATCH re-renders take a fifth of an ad's drawn duration. The docs only
+/// say templates have a "faster pipeline" (poll every 2 s, not 4 s) [SEED-1] and give no
+/// duration for a re-render.
+const SHORT_JOB_DIVISOR: u32 = 5;
 /// The docs promise "a single 4K PNG" [SEED-2]; we serve 1080×1080 to keep the uncompressed PNGs
 /// small, and report exactly these dimensions in `width`/`height`.
 pub const OUTPUT_SIDE: u32 = 1080;
@@ -82,6 +102,18 @@ const EDITABLE_STEPS: &[(&str, &str)] = &[
     ("image_generation", "Generating images"),
     ("template_population", "Populating the template"),
     ("polish", "Polishing"),
+    ("final_render", "Rendering the final PNG"),
+];
+
+/// GUESS: the docs name no steps for a template's pipeline or for a PATCH re-render; `progress`
+/// is only a UX hint [SEED-1], so these labels are ours.
+const TEMPLATE_STEPS: &[(&str, &str)] = &[
+    ("queued", "Waiting for a worker"),
+    ("analysis", "Analysing the design"),
+    ("template_build", "Building the template"),
+];
+const RERENDER_STEPS: &[(&str, &str)] = &[
+    ("template_population", "Applying the edited JSON tree"),
     ("final_render", "Rendering the final PNG"),
 ];
 
@@ -118,7 +150,14 @@ pub async fn spawn_on(listener: TcpListener, cfg: SimConfig) -> std::io::Result<
     spawn_finalizer(Arc::downgrade(&sim));
     let router = Router::new()
         .route("/v1/image-ads", get(list_ads).post(create_ad))
-        .route("/v1/image-ads/{id}", get(get_ad))
+        .route("/v1/image-ads/{id}", get(get_ad).patch(patch_ad))
+        .route("/v1/image-ads/{id}/versions", get(list_versions))
+        .route("/v1/image-ads/{id}/versions/{version_id}", get(get_version))
+        .route(
+            "/v1/design-templates",
+            get(list_templates).post(create_template),
+        )
+        .route("/v1/design-templates/{id}", get(get_template))
         .route("/files/{file}", get(get_file))
         .fallback(fallback)
         .with_state(sim);
@@ -136,17 +175,34 @@ enum Status {
     Failed,
 }
 
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Ad {
     id: String,
     request: Map<String, Value>,
     editable: bool,
-    created: Instant,
     created_wall: SystemTime,
+    /// The current render: the generation, or the re-render of the latest PATCH.
+    started: Instant,
+    started_wall: SystemTime,
     duration: Duration,
     will_fail: bool,
+    /// The current render comes from a PATCH: not billed, and reports its own steps.
+    rerender: bool,
     status: Status,
     idempotency_key: Option<String>,
+    /// Editable ads only: one per render, version 1 (the generation) first; the last one is
+    /// the ad's current version.
+    versions: Vec<Version>,
 }
 
 impl Ad {
@@ -159,30 +215,36 @@ impl Ad {
     }
 
     fn steps(&self) -> &'static [(&'static str, &'static str)] {
-        if self.editable {
-            EDITABLE_STEPS
-        } else {
-            FLAT_STEPS
+        match (self.rerender, self.editable) {
+            (true, _) => RERENDER_STEPS,
+            (false, true) => EDITABLE_STEPS,
+            (false, false) => FLAT_STEPS,
         }
     }
 
-    /// Elapsed fraction of the run, 0..1.
-    fn fraction(&self, now: Instant) -> f64 {
-        if self.duration.is_zero() {
-            return 1.0;
-        }
-        (now.duration_since(self.created).as_secs_f64() / self.duration.as_secs_f64()).min(1.0)
+    fn due(&self) -> Instant {
+        self.started + self.duration
     }
 
     /// (step index, percentage as a 0..1 fraction with two decimals).
     fn progress(&self, now: Instant) -> (usize, f64) {
-        let f = self.fraction(now);
-        let steps = self.steps().len();
-        let idx = ((f * steps as f64) as usize).min(steps - 1);
-        // Never report 100 % while still processing.
-        let pct = ((f * 100.0).floor() / 100.0).min(0.99);
-        (idx, pct)
+        run_progress(self.started, self.duration, now, self.steps().len())
     }
+}
+
+/// Where a run of `duration` begun at `started` is: (step index of `steps`, percentage as a
+/// 0..1 fraction with two decimals).
+fn run_progress(started: Instant, duration: Duration, now: Instant, steps: usize) -> (usize, f64) {
+    let f = if duration.is_zero() {
+        1.0
+    } else {
+        (now.duration_since(started).as_secs_f64() / duration.as_secs_f64()).min(1.0)
+    };
+    let steps = steps.max(1);
+    let idx = ((f * steps as f64) as usize).min(steps - 1);
+    // Never report 100 % while still processing.
+    let pct = ((f * 100.0).floor() / 100.0).min(0.99);
+    (idx, pct)
 }
 
 #[derive(Debug)]
@@ -203,6 +265,9 @@ enum IdemEntry {
 struct Inner {
     ads: HashMap<String, Ad>,
     order: Vec<String>,
+    templates: HashMap<String, Template>,
+    template_order: Vec<String>,
+    /// When each ad render or template is due, by id (the prefixes keep the two apart).
     due: BinaryHeap<Reverse<(Instant, String)>>,
     /// (api key, idempotency key) → entry: keys are scoped per API key [SAL:reference/idempotency].
     idem: HashMap<(String, String), IdemEntry>,
@@ -255,6 +320,20 @@ impl Sim {
         format!("{prefix}{}", common::hex_id(&self.rng, 16))
     }
 
+    /// A duration drawn from `job_duration`, divided by `divisor` and scaled, and whether the
+    /// run will fail (`failure_ratio` applies to every kind of job).
+    fn draw_run(&self, divisor: u32) -> (Duration, bool) {
+        let (lo, hi) = self.cfg.job_duration;
+        let (lo, hi) = (lo.min(hi), lo.max(hi));
+        let span = (hi - lo).as_secs_f64();
+        let (jitter, will_fail) = {
+            let mut r = lock(&self.rng);
+            (r.f64() * span, r.f64() < self.cfg.failure_ratio)
+        };
+        let drawn = (lo + Duration::from_secs_f64(jitter)) / divisor.max(1);
+        (self.scaled(drawn), will_fail)
+    }
+
     fn meta(&self) -> Value {
         json!({"request_id": self.new_id("req_"), "timestamp": rfc3339(SystemTime::now())})
     }
@@ -271,12 +350,44 @@ impl Sim {
 // Output files and fallback
 // ---------------------------------------------------------------------------------------------
 
+/// `{ia}.png` / `{ia}-figma.png` name version 1 (a flat ad's only output, which has no Figma
+/// render), `{ia}-v{n}.png` / `{ia}-v{n}-figma.png` version n ≥ 2: (ad id, version, figma).
+fn parse_file(file: &str) -> Option<(&str, usize, bool)> {
+    let stem = file.strip_suffix(".png")?;
+    let (stem, figma) = match stem.strip_suffix("-figma") {
+        Some(s) => (s, true),
+        None => (stem, false),
+    };
+    match stem.rsplit_once("-v") {
+        Some((id, n)) => n.parse().ok().filter(|n| *n >= 2).map(|n| (id, n, figma)),
+        None => Some((stem, 1, figma)),
+    }
+}
+
+impl Sim {
+    /// Whether the file of version `number` of ad `id` exists: its render completed. An older
+    /// version's files stay served while a newer one renders or after it failed.
+    fn render_done(&self, id: &str, number: usize, figma: bool) -> bool {
+        let mut inner = lock(&self.inner);
+        self.finalize_due(&mut inner, Instant::now());
+        match inner.ads.get(id) {
+            Some(ad) if ad.editable => ad
+                .versions
+                .get(number.wrapping_sub(1))
+                .is_some_and(|v| v.status == Status::Completed),
+            Some(ad) => number == 1 && !figma && ad.status == Status::Completed,
+            None => false,
+        }
+    }
+}
+
 /// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
 async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
-    let id = file.strip_suffix(".png").unwrap_or("");
-    match sim.view(id) {
-        Some((_, Status::Completed, ..)) => {
-            let png = common::png::render(OUTPUT_SIDE, OUTPUT_SIDE, id);
+    match parse_file(&file) {
+        Some((id, number, figma)) if sim.render_done(id, number, figma) => {
+            // The label makes each version's (and each Figma render's) pixels differ.
+            let label = file.trim_end_matches(".png");
+            let png = common::png::render(OUTPUT_SIDE, OUTPUT_SIDE, label);
             let mut resp = Response::new(Body::from(png));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
@@ -300,15 +411,28 @@ mod tests {
             id: "ia_x".into(),
             request: Map::new(),
             editable: true,
-            created: Instant::now() - Duration::from_secs(10),
             created_wall: SystemTime::now(),
+            started: Instant::now() - Duration::from_secs(10),
+            started_wall: SystemTime::now(),
             duration: Duration::from_secs(10),
             will_fail: false,
+            rerender: false,
             status: Status::Processing,
             idempotency_key: None,
+            versions: Vec::new(),
         };
         let (idx, pct) = ad.progress(Instant::now());
         assert_eq!(idx, EDITABLE_STEPS.len() - 1);
         assert!(pct < 1.0);
+    }
+
+    #[test]
+    fn file_names_map_to_versions() {
+        assert_eq!(parse_file("ia_1.png"), Some(("ia_1", 1, false)));
+        assert_eq!(parse_file("ia_1-figma.png"), Some(("ia_1", 1, true)));
+        assert_eq!(parse_file("ia_1-v3.png"), Some(("ia_1", 3, false)));
+        assert_eq!(parse_file("ia_1-v2-figma.png"), Some(("ia_1", 2, true)));
+        assert_eq!(parse_file("ia_1-v1.png"), None);
+        assert_eq!(parse_file("ia_1.jpg"), None);
     }
 }
