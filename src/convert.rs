@@ -122,7 +122,10 @@ fn provider_result(r: &JobRecord) -> (Option<prost_types::Struct>, Option<pb::St
     let Some(Value::Object(o)) = &r.provider_result else {
         return (None, None);
     };
-    if r.provider != adgate_staticadslab::NAME {
+    // The typed fields describe an image ad; a design template's resource stays verbatim.
+    if r.provider != adgate_staticadslab::NAME
+        || adgate_staticadslab::spec::is_design_template(&r.spec)
+    {
         return (Some(json_to_struct(o)), None);
     }
     let ad = staticadslab_ad(o);

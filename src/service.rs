@@ -19,6 +19,7 @@ use crate::errors::{ApiError, Violation, job_field};
 use crate::metrics::GrpcMetrics;
 use crate::pb;
 use crate::pb::gateway_service_server::GatewayService;
+use crate::providers;
 use crate::spec_json;
 
 /// Most ids one BatchStatus may name.
@@ -93,7 +94,7 @@ impl Gateway {
         for (i, spec) in req.jobs.into_iter().enumerate() {
             let deadline = convert::check_envelope(i, &spec, &mut violations);
             let mut conv = Vec::new();
-            let Some((name, json)) = spec_json::provider_spec(&spec, &mut conv) else {
+            let Some((field, mut json)) = spec_json::provider_spec(&spec, &mut conv) else {
                 violations.push(Violation::new(
                     format!("jobs[{i}].provider"),
                     format!(
@@ -105,8 +106,18 @@ impl Gateway {
             };
             violations.extend(
                 conv.into_iter()
-                    .map(|v| Violation::new(job_field(i, &name, &v.field), v.description)),
+                    .map(|v| Violation::new(job_field(i, &field, &v.field), v.description)),
             );
+            let Some((name, kind)) = spec_json::provider_of(&field, providers::names()) else {
+                violations.push(Violation::new(
+                    format!("jobs[{i}].{field}"),
+                    "no registered provider offers this kind of job",
+                ));
+                continue;
+            };
+            if let (Some(kind), Some(o)) = (kind, json.as_object_mut()) {
+                o.insert("kind".to_owned(), serde_json::Value::String(kind));
+            }
             if !configured.contains(&name) {
                 unconfigured.get_or_insert((name, i));
                 continue;
@@ -121,8 +132,8 @@ impl Gateway {
             match self.engine.validate(&job) {
                 Ok(()) => {}
                 Err(adgate_engine::EngineError::Invalid(v)) => {
-                    violations.extend(v.into_iter().map(|(_, p, f)| {
-                        Violation::new(job_field(i, &p, &f.field), f.description)
+                    violations.extend(v.into_iter().map(|(_, _, f)| {
+                        Violation::new(job_field(i, &field, &f.field), f.description)
                     }));
                 }
                 Err(e) => return Err(e.into()),

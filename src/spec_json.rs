@@ -34,6 +34,27 @@ fn job_spec_descriptor() -> Option<MessageDescriptor> {
     POOL.as_ref()?.get_message_by_name(JOB_SPEC)
 }
 
+/// The provider and job kind a `provider` oneof field names: the field is the provider's
+/// registry name (`staticadslab`: its main kind), or that name, an underscore and a kind
+/// (`staticadslab_design_template`: kind `design_template`), so that another kind of job at
+/// a provider needs no code here either. `None` when no registered provider matches.
+pub fn provider_of<'a>(
+    field: &str,
+    providers: impl IntoIterator<Item = &'a str>,
+) -> Option<(String, Option<String>)> {
+    providers.into_iter().find_map(|p| {
+        if field == p {
+            Some((p.to_owned(), None))
+        } else {
+            field
+                .strip_prefix(p)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .filter(|kind| !kind.is_empty())
+                .map(|kind| (p.to_owned(), Some(kind.to_owned())))
+        }
+    })
+}
+
 /// Names of the providers the proto offers (the `provider` oneof's fields), in proto order.
 pub fn proto_providers() -> Vec<String> {
     job_spec_descriptor()
@@ -243,6 +264,45 @@ mod tests {
         assert_eq!(screaming_snake("PictifyFormat"), "PICTIFY_FORMAT");
         let names = proto_providers();
         assert!(names.len() >= 3 && names[0] == "staticadslab", "{names:?}");
+    }
+
+    #[test]
+    fn a_field_names_its_provider_and_kind() {
+        let names = ["staticadslab", "pictify"];
+        assert_eq!(
+            provider_of("staticadslab", names),
+            Some(("staticadslab".to_owned(), None))
+        );
+        assert_eq!(
+            provider_of("staticadslab_design_template", names),
+            Some((
+                "staticadslab".to_owned(),
+                Some("design_template".to_owned())
+            ))
+        );
+        assert_eq!(provider_of("staticadslab_", names), None);
+        assert_eq!(provider_of("staticadslabx", names), None);
+        assert_eq!(provider_of("abyssale", names), None);
+        let mut out = Vec::new();
+        let (field, json) = provider_spec(
+            &spec(pb::job_spec::Provider::StaticadslabDesignTemplate(
+                pb::StaticAdsLabDesignTemplate {
+                    body: Some(prost_types::Struct {
+                        fields: [(
+                            "name".to_owned(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue("spring".into())),
+                            },
+                        )]
+                        .into(),
+                    }),
+                },
+            )),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(field, "staticadslab_design_template");
+        assert_eq!(json, json!({"body": {"name": "spring"}}));
     }
 
     #[test]

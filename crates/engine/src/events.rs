@@ -428,7 +428,7 @@ pub(crate) fn to_patch(
             p.state = Some(JobState::Processing);
             p.progress = u.progress.clone();
         }
-        RemoteState::Completed if u.outputs.is_empty() => {
+        RemoteState::Completed if u.outputs.is_empty() && !u.without_outputs => {
             // Never COMPLETED without output: wait for the URL to arrive.
             p.state = Some(JobState::Processing);
             p.progress = u.progress.clone();

@@ -249,6 +249,14 @@ pub trait Generator: Send + Sync + 'static {
         1
     }
 
+    /// When a job with `spec` is first polled after its submit was accepted, when it differs
+    /// from [`Limits::first_poll_after`]: a provider whose kinds of job run for very
+    /// different times (a StaticAdsLab design template is polled from 2 s, an image ad from
+    /// 30 s [SEED-1]).
+    fn first_poll_after(&self, _spec: &Value) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether a job with `spec` is the one an event carrying `fields` names (see
     /// [`crate::UpdateTarget::Correlated`]). Only called for jobs whose correlation key matched.
     fn correlates(&self, _spec: &Value, _fields: &serde_json::Map<String, Value>) -> bool {

@@ -179,9 +179,23 @@ pub struct ProviderUpdate {
     /// `default`: events kept in the inbox before this field existed still decode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_result: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The resource has no image by nature: its result is the provider's reference and its
+    /// `provider_result` (a StaticAdsLab design template). `Completed` without outputs is then
+    /// final; for every other update the engine waits for the outputs (a completed image job
+    /// never lacks them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_outputs: bool,
 }
 
 impl ProviderUpdate {
+    /// A completion whose result is the reference itself (see [`Self::without_outputs`]).
+    pub fn completed_without_outputs(target: UpdateTarget) -> Self {
+        Self {
+            without_outputs: true,
+            ..Self::with_state(target, RemoteState::Completed)
+        }
+    }
+
     /// The same update carrying the provider's job-level fields.
     pub fn with_provider_result(
         mut self,
@@ -199,6 +213,7 @@ impl ProviderUpdate {
             outputs: Vec::new(),
             error: None,
             provider_result: None,
+            without_outputs: false,
         }
     }
 
@@ -210,6 +225,7 @@ impl ProviderUpdate {
             outputs,
             error: None,
             provider_result: None,
+            without_outputs: false,
         }
     }
 
@@ -221,6 +237,7 @@ impl ProviderUpdate {
             outputs: Vec::new(),
             error: Some(error),
             provider_result: None,
+            without_outputs: false,
         }
     }
 
@@ -232,6 +249,7 @@ impl ProviderUpdate {
             outputs: Vec::new(),
             error: None,
             provider_result: None,
+            without_outputs: false,
         }
     }
 }

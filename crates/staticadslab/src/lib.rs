@@ -38,7 +38,7 @@ use adgate_generator::transport::{self, Effect};
 
 use crate::error::{malformed, map_status, rate_snapshot};
 use crate::sse::{Signal, SseParser};
-use crate::wire::{DataEnvelope, ImageAd};
+use crate::wire::{DataEnvelope, DesignTemplate, ImageAd};
 
 pub const NAME: &str = "staticadslab";
 /// "no /v2, no per-region endpoint" [SAL:agents].
@@ -171,40 +171,42 @@ impl StaticAdsLab {
         Ok((status, headers, body))
     }
 
-    /// Every ad of `ask` the provider returns for `GET /v1/image-ads?ids=…`, following its
-    /// pages. The list endpoint pages with `limit` (default 20, max 100) and `has_more`, and
-    /// the cursor is `starting_after=<last id>` [SAL:reference/pagination]; whether `ids=`
-    /// obeys that is open (providers.md §6 q4), so we read it the safe way: ask for a page as
-    /// large as the id set (`limit` = ids asked, at most 100 by `MAX_IDS_PER_POLL`), and when a
-    /// page still says `has_more` ask again after its last id. Only the answer of the last
-    /// page makes an omitted id absent; an error on any page fails the whole poll (the engine
-    /// retries), so no id is ever reported NotFound from an incomplete answer. Extra pages only
-    /// happen against a server that serves fewer than `limit`; each is one more request.
-    async fn fetch_ids(
+    /// Every resource of `ask` the provider returns for `GET /v1/<kind.path>?ids=…`,
+    /// following its pages. The list endpoint pages with `limit` (default 20, max 100) and
+    /// `has_more`, and the cursor is `starting_after=<last id>` [SAL:reference/pagination];
+    /// whether `ids=` obeys that is open (providers.md §6 q4), so we read it the safe way: ask
+    /// for a page as large as the id set (`limit` = ids asked, at most 100 by
+    /// `MAX_IDS_PER_POLL`), and when a page still says `has_more` ask again after its last id.
+    /// Only the answer of the last page makes an omitted id absent; an error on any page fails
+    /// the whole poll (the engine retries), so no id is ever reported NotFound from an
+    /// incomplete answer. Extra pages only happen against a server that serves fewer than
+    /// `limit`; each is one more request.
+    async fn fetch_ids<T: Resource>(
         &self,
+        kind: Kind,
         ask: &[&str],
-    ) -> Result<(HashMap<String, ImageAd>, Option<RateLimitSnapshot>), GenError> {
+    ) -> Result<(HashMap<String, T>, Option<RateLimitSnapshot>), GenError> {
         let ids = ask.join(",");
         let limit = ask.len().min(MAX_IDS_PER_POLL);
-        let mut found: HashMap<String, ImageAd> = HashMap::new();
+        let mut found: HashMap<String, T> = HashMap::new();
         let mut rate = None;
         let mut cursor: Option<String> = None;
-        // A page that says `has_more` must carry at least one new ad, so the id set bounds the
-        // number of pages; the extra turn reads the final page.
+        // A page that says `has_more` must carry at least one new resource, so the id set
+        // bounds the number of pages; the extra turn reads the final page.
         for _ in 0..=ask.len() {
-            let mut url = format!("{}/v1/image-ads?ids={ids}&limit={limit}", self.base);
+            let mut url = format!("{}/v1/{}?ids={ids}&limit={limit}", self.base, kind.path());
             if let Some(after) = &cursor {
                 url.push_str("&starting_after=");
                 url.push_str(after);
             }
             let (_, headers, bytes) = self.exchange(self.http.get(url), Effect::Read).await?;
             rate = rate_snapshot(&headers).or(rate);
-            let page: AdList =
-                serde_json::from_slice(&bytes).map_err(|e| malformed("image-ad list", e))?;
-            let last = page.data.last().map(|ad| ad.id.clone());
+            let page: Page<T> =
+                serde_json::from_slice(&bytes).map_err(|e| malformed(kind.list_name(), e))?;
+            let last = page.data.last().map(|r| r.id().to_owned());
             let mut fresh = false;
-            for ad in page.data {
-                fresh |= found.insert(ad.id.clone(), ad).is_none();
+            for r in page.data {
+                fresh |= found.insert(r.id().to_owned(), r).is_none();
             }
             if !page.has_more {
                 return Ok((found, rate));
@@ -212,7 +214,7 @@ impl StaticAdsLab {
             // `has_more` with nothing new (an empty page, or the same page again) would loop
             // for ever; the cursor must be an id we may put in a URL.
             match last {
-                Some(id) if fresh && is_ad_id(&id) => cursor = Some(id),
+                Some(id) if fresh && kind.owns(&id) => cursor = Some(id),
                 _ => {
                     return Err(GenError::transient(
                         "StaticAdsLab said has_more but the page did not advance",
@@ -270,25 +272,86 @@ impl StaticAdsLab {
     }
 }
 
-/// Whether `s` can be an image-ad id (`ia_…`); anything else is never sent in a URL.
+/// The two asynchronous resources [SEED-1]: image ads (`ia_…`) and design templates (`dt_…`).
+/// A job's provider reference is the resource id, so its prefix says which one it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ImageAd,
+    DesignTemplate,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::ImageAd => "ia_",
+            Self::DesignTemplate => "dt_",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::ImageAd => "image-ads",
+            Self::DesignTemplate => "design-templates",
+        }
+    }
+
+    fn list_name(self) -> &'static str {
+        match self {
+            Self::ImageAd => "image-ad list",
+            Self::DesignTemplate => "design-template list",
+        }
+    }
+
+    /// Whether `s` can be an id of this kind; anything else is never sent in a URL.
+    fn owns(self, s: &str) -> bool {
+        s.len() > 3
+            && s.len() <= spec::MAX_ID_LEN
+            && s.starts_with(self.prefix())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+}
+
+/// Whether `s` can be an image-ad id (`ia_…`).
 fn is_ad_id(s: &str) -> bool {
-    s.len() > 3
-        && s.len() <= spec::MAX_ID_LEN
-        && s.starts_with("ia_")
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    Kind::ImageAd.owns(s)
+}
+
+/// A resource read by id in a list.
+trait Resource: serde::de::DeserializeOwned {
+    fn id(&self) -> &str;
+    fn to_update(&self) -> ProviderUpdate;
+}
+
+impl Resource for ImageAd {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn to_update(&self) -> ProviderUpdate {
+        ImageAd::to_update(self)
+    }
+}
+
+impl Resource for DesignTemplate {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn to_update(&self) -> ProviderUpdate {
+        DesignTemplate::to_update(self)
+    }
 }
 
 #[derive(Debug, Deserialize)]
-struct CreatedAd {
+struct Created {
     id: String,
 }
 
 /// The list envelope `{data, has_more, meta}` [SAL:reference/pagination]. A body without
 /// `has_more` is read as the last page (a server that does not page).
 #[derive(Debug, Deserialize)]
-struct AdList {
-    data: Vec<ImageAd>,
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct Page<T> {
+    data: Vec<T>,
     #[serde(default)]
     has_more: bool,
 }
@@ -343,6 +406,13 @@ impl Generator for StaticAdsLab {
         spec::validate(spec)
     }
 
+    /// "2 seconds works for design templates (faster pipeline)" [SEED-1]; image ads keep the
+    /// provider's 30 s. Later polls follow the provider's 4 s grid (one grid for every key, so
+    /// batch polls go out full).
+    fn first_poll_after(&self, spec: &Value) -> Option<Duration> {
+        spec::is_design_template(spec).then_some(Duration::from_secs(2))
+    }
+
     async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
         let [item] = batch.items.as_slice() else {
             return Err(GenError::Invalid {
@@ -354,25 +424,37 @@ impl Generator for StaticAdsLab {
                 violations: Vec::new(),
             });
         };
-        let body = spec::to_wire(&item.spec).map_err(|violations| GenError::Invalid {
+        let request = spec::request(&item.spec).map_err(|violations| GenError::Invalid {
             message: "spec failed validation".to_owned(),
             provider_code: "LOCAL_VALIDATION".to_owned(),
             violations,
         })?;
         let key = HeaderValue::from_str(&batch.idempotency_key)
             .map_err(|_| config_error("idempotency_key", "must be visible ASCII"))?;
-        let req = self
-            .http
-            .post(format!("{}/v1/image-ads", self.base))
-            .header("idempotency-key", key)
-            .json(&body);
+        let (kind, req) = match &request {
+            spec::Request::ImageAd(body) => (
+                Kind::ImageAd,
+                self.http
+                    .post(format!("{}/v1/image-ads", self.base))
+                    .json(body),
+            ),
+            spec::Request::DesignTemplate(body) => (
+                Kind::DesignTemplate,
+                self.http
+                    .post(format!("{}/v1/design-templates", self.base))
+                    .json(body),
+            ),
+        };
+        let req = req.header("idempotency-key", key);
         let (_, headers, bytes) = self.exchange(req, Effect::Write).await?;
-        let created: DataEnvelope<CreatedAd> =
-            serde_json::from_slice(&bytes).map_err(|e| malformed("created image ad", e))?;
-        if created.data.id.is_empty() {
-            return Err(GenError::transient(
-                "StaticAdsLab returned an empty image-ad id",
-            ));
+        let created: DataEnvelope<Created> =
+            serde_json::from_slice(&bytes).map_err(|e| malformed("created resource", e))?;
+        // The reference is later put in URLs and decides which endpoint polls it.
+        if !kind.owns(&created.data.id) {
+            return Err(GenError::transient(format!(
+                "StaticAdsLab answered with an id that is not a {} id",
+                kind.prefix()
+            )));
         }
         let replayed = headers
             .get("idempotent-replayed")
@@ -401,16 +483,32 @@ impl Generator for StaticAdsLab {
             });
         }
         let mut seen = HashSet::new();
-        let ask: Vec<&str> = keys
-            .iter()
-            .map(String::as_str)
-            .filter(|k| is_ad_id(k) && seen.insert(*k))
-            .collect();
-        let (mut found, rate) = if ask.is_empty() {
-            (HashMap::new(), None)
-        } else {
-            self.fetch_ids(&ask).await?
+        let ask = |kind: Kind| -> Vec<&str> {
+            keys.iter()
+                .map(String::as_str)
+                .filter(|k| kind.owns(k))
+                .collect()
         };
+        let (ads, templates) = (ask(Kind::ImageAd), ask(Kind::DesignTemplate));
+        let ads: Vec<&str> = ads.into_iter().filter(|k| seen.insert(*k)).collect();
+        let templates: Vec<&str> = templates.into_iter().filter(|k| seen.insert(*k)).collect();
+        let mut found: HashMap<String, ProviderUpdate> = HashMap::new();
+        let mut rate = None;
+        if !ads.is_empty() {
+            let (got, r) = self.fetch_ids::<ImageAd>(Kind::ImageAd, &ads).await?;
+            found.extend(
+                got.into_iter()
+                    .map(|(id, ad)| (id, Resource::to_update(&ad))),
+            );
+            rate = r.or(rate);
+        }
+        if !templates.is_empty() {
+            let (got, r) = self
+                .fetch_ids::<DesignTemplate>(Kind::DesignTemplate, &templates)
+                .await?;
+            found.extend(got.into_iter().map(|(id, t)| (id, Resource::to_update(&t))));
+            rate = r.or(rate);
+        }
         // One update per distinct key, in request order. Ids the provider omitted from the
         // complete answer (unknown, deleted, another org's; `fetch_ids` only returns once the
         // last page said `has_more: false`) and keys that cannot be ad ids are NotFound.
@@ -419,7 +517,7 @@ impl Generator for StaticAdsLab {
             .iter()
             .filter(|k| done.insert(k.as_str()))
             .map(|k| match found.remove(k.as_str()) {
-                Some(ad) => ad.to_update(),
+                Some(update) => update,
                 None => ProviderUpdate::with_state(
                     UpdateTarget::ProviderRef(k.clone()),
                     RemoteState::NotFound,
@@ -431,8 +529,10 @@ impl Generator for StaticAdsLab {
 
     async fn stream_updates(&self, provider_ref: &str) -> Result<UpdateStream, GenError> {
         if !is_ad_id(provider_ref) {
+            // SSE is offered for image ads only [SEED-1]; a design template is polled.
             return Err(GenError::Permanent {
-                message: "not a StaticAdsLab image-ad id".to_owned(),
+                message: "not a StaticAdsLab image-ad id (SSE is offered for image ads only)"
+                    .to_owned(),
                 provider_code: "NOT_FOUND".to_owned(),
             });
         }

@@ -102,6 +102,56 @@ pub struct ImageAd {
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The design-template resource (`dt_…`): asynchronous like an ad (processing → completed |
+/// failed [SEED-1]). Its documented fields are only the id, the status and, by the async
+/// contract, `progress` and `error`; everything else travels verbatim.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DesignTemplate {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub progress: Option<WireProgress>,
+    #[serde(default)]
+    pub error: Option<WireJobError>,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DesignTemplate {
+    /// A completed template has no image: the job completes with its `dt_` id as the result
+    /// and the resource's other fields as `provider_result`.
+    pub fn to_update(&self) -> ProviderUpdate {
+        let target = UpdateTarget::ProviderRef(self.id.clone());
+        let update = match self.status.as_str() {
+            "completed" => ProviderUpdate::completed_without_outputs(target),
+            "failed" => {
+                let message = self
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "design template generation failed".to_owned());
+                let code = self
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.code.clone())
+                    .unwrap_or_else(|| "UNKNOWN".to_owned());
+                // Free when failed [SEED-1], like an ad: resubmitting costs nothing.
+                ProviderUpdate::failed(
+                    target,
+                    JobError::new(JOB_FAILED, message, true).with_provider_code(code),
+                )
+            }
+            _ => ProviderUpdate::processing(target, self.progress.as_ref().map(|p| p.to_model())),
+        };
+        if self.rest.is_empty() {
+            update
+        } else {
+            update.with_provider_result(self.rest.clone())
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WireProgress {
     #[serde(default)]
@@ -241,6 +291,29 @@ mod tests {
         assert_eq!(e.provider_code, "PIPELINE_ERROR");
         assert_eq!(e.message, "Image generation failed after 3 attempts");
         assert!(e.retryable);
+    }
+
+    #[test]
+    fn a_completed_template_completes_without_outputs_and_keeps_its_fields() {
+        let t: DesignTemplate = serde_json::from_value(json!({
+            "id": "dt_1", "status": "completed", "name": "spring", "progress": null
+        }))
+        .unwrap();
+        let u = t.to_update();
+        assert_eq!(u.state, RemoteState::Completed);
+        assert!(u.without_outputs && u.outputs.is_empty());
+        assert_eq!(u.provider_result.unwrap()["name"], "spring");
+        let failed: DesignTemplate = serde_json::from_value(json!({
+            "id": "dt_1", "status": "failed", "error": {"code": "PIPELINE_ERROR", "message": "no"}
+        }))
+        .unwrap();
+        let u = failed.to_update();
+        assert_eq!(u.state, RemoteState::Failed);
+        assert_eq!(u.error.unwrap().provider_code, "PIPELINE_ERROR");
+        let running: DesignTemplate =
+            serde_json::from_value(json!({"id": "dt_1", "status": "processing"})).unwrap();
+        assert_eq!(running.to_update().state, RemoteState::Processing);
+        assert!(!running.to_update().without_outputs);
     }
 
     #[test]
