@@ -80,7 +80,9 @@ fn json_to_value(v: &Value) -> prost_types::Value {
 }
 
 /// The `provider_result` keys a StaticAdsLab job maps to [`pb::StaticAdsLabAd`] [SEED-2].
-const STATICADSLAB_TYPED: [&str; 7] = [
+const STATICADSLAB_TYPED: [&str; 9] = [
+    "version_id",
+    "current_version_id",
     "sku_code",
     "editable",
     "current_json_tree",
@@ -114,6 +116,11 @@ fn staticadslab_ad(o: &Map<String, Value>) -> pb::StaticAdsLabAd {
             .filter(|ms| ms.is_finite() && *ms >= 0.0)
             .map(|ms| duration(Duration::from_secs_f64((ms / 1000.0).min(1e12)))),
         batch_id: text("batch_id"),
+        // `current_version_id` is not a documented field (providers.md); an edit job records
+        // its own version as `version_id`.
+        version_id: Some(text("version_id"))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| text("current_version_id")),
     }
 }
 

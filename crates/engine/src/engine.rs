@@ -358,6 +358,8 @@ impl Engine {
         if !violations.is_empty() {
             return Err(EngineError::Invalid(violations));
         }
+        let mut cmd = cmd;
+        self.bind_references(&mut cmd.jobs).await?;
         let now = self.shared.now_ms();
         // Only compared when a request id repeats: skip the hashing otherwise.
         let content_hash = match cmd.request_id {

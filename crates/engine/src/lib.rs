@@ -8,6 +8,7 @@
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
+//! - `references`: jobs that build on other jobs (an edit of an ad), bound at Submit.
 //! - `push`: per provider, checks the push subscriptions (Pictify pauses one after five failed
 //!   deliveries) every `push_check_interval` and keeps the reading for health.
 //! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule and opens
@@ -37,6 +38,7 @@ pub mod error;
 mod events;
 pub mod metrics;
 mod push;
+mod references;
 mod replica;
 mod runtime;
 mod schedule;

@@ -249,6 +249,20 @@ pub trait Generator: Send + Sync + 'static {
         1
     }
 
+    /// The gateway job a spec builds on, if any (a StaticAdsLab edit names the editable ad it
+    /// edits). The engine reads that job at Submit and asks [`Generator::bind_reference`].
+    fn referenced_job(&self, _spec: &Value) -> Option<String> {
+        None
+    }
+
+    /// Whether a job with `spec` may build on `job`, and the spec to store, completed with
+    /// what the provider needs from it (the edited ad's id). `Err` says why not; the Submit is
+    /// then refused with FAILED_PRECONDITION and nothing is stored or sent.
+    fn bind_reference(&self, spec: &Value, job: &crate::JobView<'_>) -> Result<Value, String> {
+        let _ = job;
+        Ok(spec.clone())
+    }
+
     /// When a job with `spec` is first polled after its submit was accepted, when it differs
     /// from [`Limits::first_poll_after`]: a provider whose kinds of job run for very
     /// different times (a StaticAdsLab design template is polled from 2 s, an image ad from

@@ -33,4 +33,6 @@ pub use generator::{
     PushSubscription, RateLimitSnapshot, RequestBudget, SubmitBatch, SubmitItem, UpdateStream,
     WebhookEvent,
 };
-pub use model::{JobError, JobState, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget};
+pub use model::{
+    JobError, JobState, JobView, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget,
+};

@@ -16,6 +16,18 @@ pub enum JobState {
     Cancelled,
 }
 
+/// What a job that another job builds on looks like to an adapter (an edit names the ad it
+/// edits): enough to decide whether it may be built on, and what the provider needs from it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobView<'a> {
+    pub id: &'a str,
+    pub provider: &'a str,
+    pub state: JobState,
+    pub provider_ref: Option<&'a str>,
+    pub spec: &'a serde_json::Value,
+    pub provider_result: Option<&'a serde_json::Value>,
+}
+
 impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)

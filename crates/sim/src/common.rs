@@ -102,7 +102,8 @@ pub struct Faults {
     /// the submit answer". Applies to every answer the submit handler produces (creation,
     /// replay or refusal); answers of the gate (401, 429, injected 5xx) are not held.
     pub submit_answer_delay: Duration,
-    /// Submit endpoints only: the next N submits that *create* work are answered by dropping
+    /// Submit endpoints only (and StaticAdsLab's `PATCH /v1/image-ads/:id`, which creates a
+    /// version): the next N submits that *create* work are answered by dropping
     /// the connection without any response, after the work was created (it completes, bills
     /// and fires webhooks normally). Each cut decrements the count; replays and refusals are
     /// answered normally and do not consume it. Counted by [`Ledger::count_cut`].

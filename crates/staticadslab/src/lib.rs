@@ -8,7 +8,8 @@
 //!   [`ProviderUpdate`]s;
 //! - [`error`]: the one function mapping provider answers to [`GenError`], transport errors,
 //!   and the `RateLimit-*` / `Retry-After` headers;
-//! - [`sse`]: an incremental event-stream parser and the meaning of each SSE event.
+//! - [`sse`]: an incremental event-stream parser and the meaning of each SSE event;
+//! - `edit`: edits of editable ads (`PATCH`, versions) and which jobs they may build on.
 //!
 //! The adapter never retries, sleeps or polls on its own; the engine owns all of that.
 
@@ -29,6 +30,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 
+mod edit;
 pub mod error;
 pub mod spec;
 pub mod sse;
@@ -406,6 +408,22 @@ impl Generator for StaticAdsLab {
         spec::validate(spec)
     }
 
+    fn referenced_job(&self, spec: &Value) -> Option<String> {
+        spec::edit_target(spec)
+    }
+
+    fn bind_reference(
+        &self,
+        spec: &Value,
+        job: &adgate_generator::JobView<'_>,
+    ) -> Result<Value, String> {
+        if spec::is_edit(spec) {
+            edit::bind(spec, job)
+        } else {
+            Ok(spec.clone())
+        }
+    }
+
     /// "2 seconds works for design templates (faster pipeline)" [SEED-1]; image ads keep the
     /// provider's 30 s. Later polls follow the provider's 4 s grid (one grid for every key, so
     /// batch polls go out full).
@@ -431,7 +449,16 @@ impl Generator for StaticAdsLab {
         })?;
         let key = HeaderValue::from_str(&batch.idempotency_key)
             .map_err(|_| config_error("idempotency_key", "must be visible ASCII"))?;
+        if let spec::Request::Edit { image_ad_id, tree } = &request {
+            return self.patch(&item.job_id, image_ad_id, tree, key).await;
+        }
         let (kind, req) = match &request {
+            spec::Request::Edit { .. } => {
+                return Err(GenError::Permanent {
+                    message: "an edit is sent with PATCH".to_owned(),
+                    provider_code: String::new(),
+                });
+            }
             spec::Request::ImageAd(body) => (
                 Kind::ImageAd,
                 self.http
@@ -489,18 +516,34 @@ impl Generator for StaticAdsLab {
                 .filter(|k| kind.owns(k))
                 .collect()
         };
-        let (ads, templates) = (ask(Kind::ImageAd), ask(Kind::DesignTemplate));
+        // Edits are read from their ad (one `?ids=` for ads and edits alike).
+        let edits: Vec<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| edit::parse_edit_ref(k).is_some())
+            .collect();
+        let (mut ads, templates) = (ask(Kind::ImageAd), ask(Kind::DesignTemplate));
+        ads.extend(
+            edits
+                .iter()
+                .filter_map(|k| edit::parse_edit_ref(k).map(|(ad, _)| ad)),
+        );
         let ads: Vec<&str> = ads.into_iter().filter(|k| seen.insert(*k)).collect();
         let templates: Vec<&str> = templates.into_iter().filter(|k| seen.insert(*k)).collect();
         let mut found: HashMap<String, ProviderUpdate> = HashMap::new();
         let mut rate = None;
         if !ads.is_empty() {
             let (got, r) = self.fetch_ids::<ImageAd>(Kind::ImageAd, &ads).await?;
+            rate = r.or(rate);
+            if !edits.is_empty() {
+                let (updates, r) = self.edit_updates(&edits, &got).await?;
+                found.extend(updates);
+                rate = r.or(rate);
+            }
             found.extend(
                 got.into_iter()
                     .map(|(id, ad)| (id, Resource::to_update(&ad))),
             );
-            rate = r.or(rate);
         }
         if !templates.is_empty() {
             let (got, r) = self

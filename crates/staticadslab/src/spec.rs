@@ -46,14 +46,90 @@ pub const KIND_DESIGN_TEMPLATE: &str = "design_template";
 /// 15 MB [SAL:reference/errors], far beyond any template description).
 pub const MAX_TEMPLATE_BODY_BYTES: usize = 64 * 1024;
 
+/// An edit of an editable ad (`PATCH /v1/image-ads/:id`).
+pub const KIND_EDIT: &str = "edit";
+/// Our bound on an edit's JSON tree (the provider documents none).
+pub const MAX_TREE_BYTES: usize = 256 * 1024;
+
 /// What a spec asks StaticAdsLab to make.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
+    /// `PATCH /v1/image-ads/{image_ad_id}` with the new tree: a re-render as a new version.
+    Edit {
+        image_ad_id: String,
+        tree: Map<String, Value>,
+    },
     /// `POST /v1/image-ads`.
     ImageAd(CreateImageAd),
     /// `POST /v1/design-templates` with this body, verbatim: the documents we have name the
     /// endpoint and its lifecycle but no body fields, so none are invented here.
     DesignTemplate(Map<String, Value>),
+}
+
+/// The gateway job an edit names (`job_id`), for any spec that is an edit.
+pub fn edit_target(spec: &Value) -> Option<String> {
+    (spec.get("kind").and_then(Value::as_str) == Some(KIND_EDIT))
+        .then(|| {
+            spec.get("job_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten()
+}
+
+/// Whether a spec is an edit.
+pub fn is_edit(spec: &Value) -> bool {
+    spec.get("kind").and_then(Value::as_str) == Some(KIND_EDIT)
+}
+
+/// `{"kind": "edit", "job_id": "job_…", "json_tree": {...}}`, plus `image_ad_id` once the
+/// gateway bound the edit to its ad.
+fn validate_edit(obj: &Map<String, Value>) -> Result<(), Vec<FieldViolation>> {
+    let mut v = Vec::new();
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "kind" | "job_id" | "json_tree" | "image_ad_id"
+        ) {
+            v.push(FieldViolation::new(key.as_str(), "unknown field"));
+        }
+    }
+    match obj.get("job_id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => {}
+        Some(Value::String(id)) if !id.is_empty() => v.push(FieldViolation::new(
+            "job_id",
+            format!("must be at most {MAX_ID_LEN} characters"),
+        )),
+        _ => v.push(FieldViolation::new(
+            "job_id",
+            "is required: the gateway job id of the editable ad to edit",
+        )),
+    }
+    match obj.get("json_tree") {
+        Some(Value::Object(tree)) if tree.is_empty() => {
+            v.push(FieldViolation::new("json_tree", "must not be empty"));
+        }
+        Some(Value::Object(tree)) => {
+            let size = serde_json::to_vec(tree).map_or(usize::MAX, |b| b.len());
+            if size > MAX_TREE_BYTES {
+                v.push(FieldViolation::new(
+                    "json_tree",
+                    format!("must encode to at most {MAX_TREE_BYTES} bytes of JSON, got {size}"),
+                ));
+            }
+        }
+        None => v.push(FieldViolation::new(
+            "json_tree",
+            "is required: the ad's current_json_tree with your changes",
+        )),
+        Some(_) => v.push(FieldViolation::new("json_tree", "must be a JSON object")),
+    }
+    match obj.get("image_ad_id") {
+        None => {}
+        Some(Value::String(id)) if id.starts_with("ia_") && id.len() <= MAX_ID_LEN => {}
+        Some(_) => v.push(FieldViolation::new("image_ad_id", "must be an ia_ id")),
+    }
+    if v.is_empty() { Ok(()) } else { Err(v) }
 }
 
 /// Whether a spec asks for a design template.
@@ -93,6 +169,24 @@ fn validate_design_template(obj: &Map<String, Value>) -> Result<(), Vec<FieldVio
 
 /// Check a spec and say what it asks for.
 pub fn request(spec: &Value) -> Result<Request, Vec<FieldViolation>> {
+    if is_edit(spec) {
+        validate(spec)?;
+        let Some(image_ad_id) = spec.get("image_ad_id").and_then(Value::as_str) else {
+            return Err(vec![FieldViolation::new(
+                "image_ad_id",
+                "the edit was never bound to its ad",
+            )]);
+        };
+        let tree = spec
+            .get("json_tree")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        return Ok(Request::Edit {
+            image_ad_id: image_ad_id.to_owned(),
+            tree,
+        });
+    }
     if is_design_template(spec) {
         validate(spec)?;
         let body = spec
@@ -115,10 +209,13 @@ pub fn validate(spec: &Value) -> Result<(), Vec<FieldViolation>> {
         Some(Value::String(k)) if k == KIND_DESIGN_TEMPLATE => {
             return validate_design_template(obj);
         }
+        Some(Value::String(k)) if k == KIND_EDIT => return validate_edit(obj),
         Some(_) => {
             return Err(vec![FieldViolation::new(
                 "kind",
-                format!("must be absent (an image ad) or \"{KIND_DESIGN_TEMPLATE}\""),
+                format!(
+                    "must be absent (an image ad), \"{KIND_DESIGN_TEMPLATE}\" or \"{KIND_EDIT}\""
+                ),
             )]);
         }
     }

@@ -152,6 +152,60 @@ impl DesignTemplate {
     }
 }
 
+/// One version of an editable ad (`GET /v1/image-ads/:id/versions/:versionId`) [SEED-2]; its
+/// fields are not documented beyond the `iav_` id (providers.md), so only the id, status and
+/// image are read and the rest travels verbatim.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Version {
+    pub id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Version {
+    /// The edit job's update from its own version (the ad itself has moved on to a newer
+    /// one): the version's image and tree, the ad's size and SKU.
+    pub fn to_update(&self, edit_ref: &str, ad: &ImageAd) -> ProviderUpdate {
+        let target = UpdateTarget::ProviderRef(edit_ref.to_owned());
+        let mut result = ad.rest.clone();
+        result.remove("current_version_id");
+        for (k, v) in &self.rest {
+            result.insert(k.clone(), v.clone());
+        }
+        result.insert(
+            "version_id".to_owned(),
+            serde_json::Value::String(self.id.clone()),
+        );
+        let update = match self.status.as_str() {
+            "completed" => match self.image_url.as_deref().filter(|u| !u.is_empty()) {
+                Some(url) => ProviderUpdate::completed(
+                    target,
+                    vec![Output {
+                        url: url.to_owned(),
+                        width: dimension(ad.width),
+                        height: dimension(ad.height),
+                        format: String::new(),
+                        mime_type: "image/png".to_owned(),
+                        provider_fields: serde_json::Map::new(),
+                    }],
+                ),
+                None => ProviderUpdate::processing(target, None),
+            },
+            "failed" => ProviderUpdate::failed(
+                target,
+                JobError::new(JOB_FAILED, "the edit's re-render failed", true)
+                    .with_provider_code("UNKNOWN"),
+            ),
+            _ => ProviderUpdate::processing(target, None),
+        };
+        update.with_provider_result(result)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WireProgress {
     #[serde(default)]

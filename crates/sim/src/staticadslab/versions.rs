@@ -145,7 +145,14 @@ pub(super) async fn patch_ad(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let resp = patch_inner(&sim, &ctx, id, &headers, body).await;
+    let (resp, created) = patch_inner(&sim, &ctx, id, &headers, body).await;
+    // A PATCH is a submit too ("Treat patches as new async jobs" [SEED-1]): the lost-answer
+    // fault applies once the new version exists, which then re-renders whatever becomes of
+    // this answer; a resend with the same key replays it.
+    if created && lock(&sim.faults).take_cut() {
+        sim.ledger.cut();
+        return crate::common::dropped_connection();
+    }
     sim.finish(&ctx, resp, true).await
 }
 
@@ -183,7 +190,7 @@ async fn patch_inner(
     id: String,
     headers: &HeaderMap,
     body: Body,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let checked = match read_json(sim, headers, body).await {
         Ok(v) => validate_patch(&v)
             .map(|tree| (v, tree))
@@ -195,7 +202,7 @@ async fn patch_inner(
         Ok(parts) => parts,
         Err(resp) => {
             tokio::time::sleep(ctx.faults.latency).await;
-            return *resp;
+            return (*resp, false);
         }
     };
     // "Idempotency-Key: on POST and PATCH" [SAL:reference/idempotency]. The gate comes before
@@ -206,14 +213,13 @@ async fn patch_inner(
         let print = fingerprint(&format!("PATCH /v1/image-ads/{id}"), &value);
         if let Some(resp) = idempotency_gate(sim, scope, &print) {
             tokio::time::sleep(ctx.faults.latency).await;
-            return resp;
+            return (resp, false);
         }
     }
     detached(sim, ctx.faults.latency, move |sim| {
         perform_patch(sim, &id, tree, idem_key, scope)
     })
     .await
-    .0
 }
 
 fn perform_patch(
