@@ -23,6 +23,7 @@ use adgate_store::{JobPatch, JobRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use crate::awaiting;
 use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::runtime::{ProviderRuntime, Shared};
@@ -182,6 +183,13 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
                 balance_error(),
             )
             .await;
+        }
+        let claimed = jobs.len();
+        let jobs = awaiting::screen(&shared, &rt, jobs).await;
+        if jobs.is_empty() && claimed > 0 {
+            // Everything claimed waits for another job: sleep until a job ends.
+            idle(&shared, &rt, Duration::from_secs(5)).await;
+            continue;
         }
         let mut lingering = false;
         let now_ms = shared.now_ms();
@@ -387,6 +395,22 @@ pub(crate) async fn send_attempt(
     permit: OwnedSemaphorePermit,
     mut budget_held: bool,
 ) {
+    // Jobs that waited for another job get the spec their adapter completes from it.
+    let jobs = loop {
+        match awaiting::prepare(&shared, &rt, jobs.clone()).await {
+            Ok(ready) => break ready,
+            Err(e) => {
+                tracing::warn!(provider = %rt.name, error = %e, "reading awaited jobs failed");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    if jobs.is_empty() {
+        return;
+    }
     let batch = SubmitBatch {
         idempotency_key: key,
         items: jobs

@@ -175,6 +175,7 @@ impl Engine {
                 inbox_wake: Notify::new(),
                 correlating: tokio::sync::Mutex::new(()),
                 correlation_claims: Mutex::new(HashMap::new()),
+                awaiting: AtomicBool::new(false),
                 reconcile_window: reconcile_window(&setup_limits),
             };
             providers.insert(name, Arc::new(rt));
@@ -366,16 +367,18 @@ impl Engine {
             Some(_) => content_hash(&cmd),
             None => String::new(),
         };
+        let ids: Vec<String> = cmd.jobs.iter().map(|_| new_id("job")).collect();
+        self.bind_awaits(&mut cmd.jobs, &ids)?;
         let mut jobs = Vec::with_capacity(cmd.jobs.len());
         let mut touched = HashSet::new();
-        for job in cmd.jobs {
+        for (job, id) in cmd.jobs.into_iter().zip(ids) {
             // validate() succeeded, so the provider exists.
             let Some(rt) = self.shared.providers.get(&job.provider) else {
                 return Err(EngineError::ProviderNotConfigured(job.provider));
             };
             let deadline = job.deadline.unwrap_or(rt.limits.default_deadline);
             jobs.push(NewJob {
-                id: new_id("job"),
+                id,
                 group_key: rt.generator.group_key(&job.spec),
                 correlation_key: rt.generator.correlation_key(&job.spec),
                 deadline_at_ms: now.saturating_add(deadline.as_millis() as i64),

@@ -8,7 +8,8 @@
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
-//! - `references`: jobs that build on other jobs (an edit of an ad), bound at Submit.
+//! - `references`: jobs that build on other jobs (an edit of an ad; an ad naming a template of
+//!   the same Submit), bound at Submit; `awaiting` holds the latter until the awaited job ends.
 //! - `push`: per provider, checks the push subscriptions (Pictify pauses one after five failed
 //!   deliveries) every `push_check_interval` and keeps the reading for health.
 //! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule and opens
@@ -27,6 +28,7 @@
 //! Adapters never retry, sleep or persist; everything here is provider-neutral and driven by
 //! each adapter's [`adgate_generator::Limits`].
 
+mod awaiting;
 pub mod budget;
 pub mod bus;
 mod cache;

@@ -1,11 +1,17 @@
-//! Jobs that build on other jobs (a StaticAdsLab edit names the editable ad it edits): at
-//! Submit, each referenced job is read once and its adapter says whether it may be built on
-//! and what the provider needs from it. A refusal refuses the whole Submit with
-//! FAILED_PRECONDITION before anything is stored, so nothing is ever sent for it.
+//! Jobs that build on other jobs.
+//!
+//! - On a finished job (a StaticAdsLab edit names the editable ad it edits): at Submit, each
+//!   referenced job is read once and its adapter says whether it may be built on and what the
+//!   provider needs from it. A refusal refuses the whole Submit with FAILED_PRECONDITION before
+//!   anything is stored, so nothing is ever sent for it.
+//! - On a job of the same Submit (an ad naming a design template created with it): resolved
+//!   here to that job's id, stored in the spec under [`AWAITS_KEY`]; the dispatcher holds the
+//!   job until the awaited one ends (`dispatcher::screen_awaiting`).
 
 use std::collections::HashMap;
 
-use adgate_generator::JobView;
+use adgate_generator::{FieldViolation, JobView};
+use serde_json::Value;
 
 use crate::engine::{Engine, JobRequest};
 use crate::error::EngineError;
@@ -59,6 +65,91 @@ impl Engine {
                 .generator
                 .bind_reference(&job.spec, &view)
                 .map_err(|why| EngineError::FailedPrecondition(format!("jobs[{i}]: {why}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The spec key, owned by the engine, holding the id of the job of the same Submit that this
+/// one waits for. Removed before the spec reaches the adapter.
+pub(crate) const AWAITS_KEY: &str = "awaits_job";
+
+/// The job a stored spec waits for.
+pub(crate) fn awaited_job(spec: &Value) -> Option<&str> {
+    spec.get(AWAITS_KEY).and_then(Value::as_str)
+}
+
+impl Engine {
+    /// Resolve every "waits for the job with client_ref X of this Submit" to that job's id
+    /// (`ids` are the ids the jobs will get, in order). A name that matches no other job of
+    /// the Submit, or several, is an INVALID_ARGUMENT at the naming field.
+    pub(crate) fn bind_awaits(
+        &self,
+        jobs: &mut [JobRequest],
+        ids: &[String],
+    ) -> Result<(), EngineError> {
+        let mut violations = Vec::new();
+        let mut resolved: Vec<(usize, String)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(rt) = self.shared.providers.get(&job.provider) else {
+                continue;
+            };
+            let Some((path, name)) = rt.generator.awaits(&job.spec) else {
+                continue;
+            };
+            let matches: Vec<usize> = jobs
+                .iter()
+                .enumerate()
+                .filter(|(j, other)| *j != i && other.client_ref == name)
+                .map(|(j, _)| j)
+                .collect();
+            match matches.as_slice() {
+                // No chains (and so no cycles): the awaited job must not wait itself.
+                [j] if rt.generator.awaits(&jobs[*j].spec).is_some() => violations.push((
+                    i,
+                    job.provider.clone(),
+                    FieldViolation::new(
+                        path,
+                        format!("names jobs[{j}], which itself waits for another job"),
+                    ),
+                )),
+                [j] if jobs[*j].provider == job.provider => resolved.push((i, ids[*j].clone())),
+                [j] => violations.push((
+                    i,
+                    job.provider.clone(),
+                    FieldViolation::new(
+                        path,
+                        format!(
+                            "names jobs[{j}] (client_ref {name:?}), which is not a {} job",
+                            job.provider
+                        ),
+                    ),
+                )),
+                [] => violations.push((
+                    i,
+                    job.provider.clone(),
+                    FieldViolation::new(
+                        path,
+                        format!("no other job of this Submit has client_ref {name:?}"),
+                    ),
+                )),
+                _ => violations.push((
+                    i,
+                    job.provider.clone(),
+                    FieldViolation::new(
+                        path,
+                        format!("several jobs of this Submit have client_ref {name:?}"),
+                    ),
+                )),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(EngineError::Invalid(violations));
+        }
+        for (i, id) in resolved {
+            if let Some(o) = jobs[i].spec.as_object_mut() {
+                o.insert(AWAITS_KEY.to_owned(), Value::String(id));
+            }
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ pub(crate) struct ProviderRuntime {
     pub push: Mutex<Option<PushHealth>>,
     pub submit_slots: Arc<Semaphore>,
     pub wake_dispatcher: Notify,
+    /// The dispatcher holds jobs that wait for another job (`awaiting`): a job ending must
+    /// wake it.
+    pub awaiting: AtomicBool,
     pub tracker: TrackerState,
     /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
     pub stopped_batches: Mutex<HashSet<String>>,
@@ -216,8 +219,11 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
-                // A batch may have ended: a submit waiting for a running slot re-checks.
-                if rt.limits.max_running_poll_keys.is_some() {
+                // A batch may have ended: a submit waiting for a running slot re-checks; a
+                // held job may wait for this one.
+                if rt.limits.max_running_poll_keys.is_some()
+                    || rt.awaiting.load(std::sync::atomic::Ordering::Relaxed)
+                {
                     rt.wake_dispatcher.notify_one();
                 }
             }

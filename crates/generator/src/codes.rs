@@ -23,3 +23,6 @@ pub const UNKNOWN_OUTCOME: &str = "UNKNOWN_OUTCOME";
 pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 /// The caller cancelled the job.
 pub const CANCELLED_BY_CALLER: &str = "CANCELLED_BY_CALLER";
+/// A job this one waited for (a design template its ad names) failed or was cancelled; this
+/// one was never sent.
+pub const DEPENDENCY_FAILED: &str = "DEPENDENCY_FAILED";

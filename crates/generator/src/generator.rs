@@ -263,6 +263,22 @@ pub trait Generator: Send + Sync + 'static {
         Ok(spec.clone())
     }
 
+    /// The job of the same Submit that a job with `spec` waits for, as the caller named it:
+    /// `(path of the naming field, that job's client_ref)` (a StaticAdsLab ad naming a design
+    /// template created by the same Submit). The engine resolves it at Submit, holds the job
+    /// QUEUED until that job completes, then calls [`Generator::bind_awaited`]; a failed or
+    /// cancelled awaited job fails this one with `DEPENDENCY_FAILED`, unsent.
+    fn awaits(&self, _spec: &Value) -> Option<(String, String)> {
+        None
+    }
+
+    /// The spec to send once the awaited job completed (the template's `dt_` id filled in);
+    /// `Err` says why that job cannot serve (the job then fails `DEPENDENCY_FAILED`).
+    fn bind_awaited(&self, spec: &Value, job: &crate::JobView<'_>) -> Result<Value, String> {
+        let _ = job;
+        Ok(spec.clone())
+    }
+
     /// When a job with `spec` is first polled after its submit was accepted, when it differs
     /// from [`Limits::first_poll_after`]: a provider whose kinds of job run for very
     /// different times (a StaticAdsLab design template is polled from 2 s, an image ad from

@@ -408,6 +408,35 @@ impl Generator for StaticAdsLab {
         spec::validate(spec)
     }
 
+    fn awaits(&self, spec: &Value) -> Option<(String, String)> {
+        if spec::is_edit(spec) || spec::is_design_template(spec) {
+            return None;
+        }
+        spec::awaited_template(spec).map(|r| (spec::TEMPLATE_REF.to_owned(), r))
+    }
+
+    /// "The design template must be in status: completed before you can use it" [SEED-2]:
+    /// the engine calls this once the template job completed; its `dt_` id goes in the ad.
+    fn bind_awaited(
+        &self,
+        spec: &Value,
+        job: &adgate_generator::JobView<'_>,
+    ) -> Result<Value, String> {
+        if job.provider != NAME || !spec::is_design_template(job.spec) {
+            return Err(format!(
+                "job {} is not a StaticAdsLab design template",
+                job.id
+            ));
+        }
+        match job.provider_ref {
+            Some(dt) if Kind::DesignTemplate.owns(dt) => Ok(spec::with_template(spec, dt)),
+            _ => Err(format!(
+                "design template job {} has no dt_ id on record",
+                job.id
+            )),
+        }
+    }
+
     fn referenced_job(&self, spec: &Value) -> Option<String> {
         spec::edit_target(spec)
     }

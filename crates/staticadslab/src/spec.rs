@@ -21,7 +21,34 @@ const REQUIRED_IDS: &[(&str, &str)] = &[
     ("product_id", "prod_"),
     ("audience_id", "aud_"),
 ];
+/// Names a design-template job of the same Submit instead of `design_template_id`.
+pub const TEMPLATE_REF: &str = "design_template_ref";
+/// The gateway's client_ref bound.
+const MAX_CLIENT_REF_CHARS: usize = 256;
+
+/// The client_ref of the design-template job an ad waits for, if it names one.
+pub fn awaited_template(spec: &Value) -> Option<String> {
+    spec.get(TEMPLATE_REF)
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+}
+
+/// An ad that waited for a template job, completed with that template's id.
+pub fn with_template(spec: &Value, template_id: &str) -> Value {
+    let mut out = spec.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove(TEMPLATE_REF);
+        o.insert(
+            "design_template_id".to_owned(),
+            Value::String(template_id.to_owned()),
+        );
+    }
+    out
+}
+
 const KNOWN_FIELDS: &[&str] = &[
+    "design_template_ref",
     "design_template_id",
     "brand_id",
     "product_id",
@@ -196,6 +223,14 @@ pub fn request(spec: &Value) -> Result<Request, Vec<FieldViolation>> {
             .unwrap_or_default();
         return Ok(Request::DesignTemplate(body));
     }
+    if awaited_template(spec).is_some() {
+        // The engine binds the template's id before sending; an unbound ad must never go out
+        // with an empty template.
+        return Err(vec![FieldViolation::new(
+            TEMPLATE_REF,
+            "the ad was never bound to its design template",
+        )]);
+    }
     to_wire(spec).map(Request::ImageAd)
 }
 
@@ -225,8 +260,32 @@ pub fn validate(spec: &Value) -> Result<(), Vec<FieldViolation>> {
             v.push(FieldViolation::new(key.as_str(), "unknown field"));
         }
     }
+    // The template is named by its id, or by the client_ref of a template job of the same
+    // Submit (the engine holds the ad until that template completes).
+    let by_ref = match obj.get(TEMPLATE_REF) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(r)) if !r.is_empty() && r.chars().count() <= MAX_CLIENT_REF_CHARS => {
+            if obj.get("design_template_id").is_some_and(|v| !v.is_null()) {
+                v.push(FieldViolation::new(
+                    TEMPLATE_REF,
+                    "set either design_template_id or design_template_ref, not both",
+                ));
+            }
+            true
+        }
+        Some(_) => {
+            v.push(FieldViolation::new(
+                TEMPLATE_REF,
+                format!(
+                    "must be the client_ref (1–{MAX_CLIENT_REF_CHARS} characters) of a design-template job of this Submit"
+                ),
+            ));
+            true
+        }
+    };
     for (field, prefix) in REQUIRED_IDS {
-        check_id(obj, field, prefix, true, &mut v);
+        let required = !(by_ref && *field == "design_template_id");
+        check_id(obj, field, prefix, required, &mut v);
     }
     check_id(obj, "product_variant_id", "pv_", false, &mut v);
     match obj.get("prompt") {
