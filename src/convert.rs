@@ -218,6 +218,17 @@ pub fn state(s: JobState) -> pb::JobState {
     }
 }
 
+/// A job with what its provider billed for it (see `Engine::cost`).
+pub fn job_billed(r: &JobRecord, cost: Option<adgate_generator::Cost>) -> pb::Job {
+    pb::Job {
+        cost: cost.map(|c| pb::Cost {
+            currency_code: c.currency_code.to_owned(),
+            micros: c.micros,
+        }),
+        ..job(r)
+    }
+}
+
 pub fn job(r: &JobRecord) -> pb::Job {
     let (provider_result, staticadslab) = provider_result(r);
     pb::Job {
@@ -271,6 +282,7 @@ pub fn job(r: &JobRecord) -> pb::Job {
         revision: r.revision,
         provider_result,
         staticadslab,
+        cost: None,
     }
 }
 

@@ -47,6 +47,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A job as the API shows it, with what its provider billed for it.
+    fn job(&self, r: &adgate_engine::JobRecord) -> pb::Job {
+        convert::job_billed(r, self.engine.cost(r))
+    }
+
     pub fn new(
         engine: Engine,
         cfg: ServiceConfig,
@@ -186,7 +191,7 @@ impl Gateway {
             };
         Ok(pb::BatchStatusResponse {
             counts: convert::state_counts(records.iter().map(|r| &**r)),
-            jobs: records.iter().map(|r| convert::job(r)).collect(),
+            jobs: records.iter().map(|r| self.job(r)).collect(),
             unknown_job_ids: unknown,
         })
     }
@@ -199,7 +204,7 @@ impl Gateway {
             .await?;
         let rec = found.pop().ok_or(ApiError::JobNotFound(req.job_id))?;
         Ok(pb::GetJobResponse {
-            job: Some(convert::job(&rec)),
+            job: Some(self.job(&rec)),
         })
     }
 
@@ -213,7 +218,7 @@ impl Gateway {
         }
         let rec = self.engine.cancel(&req.job_id).await?;
         Ok(pb::CancelJobResponse {
-            job: Some(convert::job(&rec)),
+            job: Some(self.job(&rec)),
         })
     }
 
@@ -234,7 +239,7 @@ impl Gateway {
                 other => other.into(),
             })?;
         Ok(pb::CancelBatchResponse {
-            jobs: jobs.iter().map(convert::job).collect(),
+            jobs: jobs.iter().map(|r| self.job(r)).collect(),
         })
     }
 
@@ -289,6 +294,7 @@ impl Gateway {
         self.metrics.watch_streams.inc();
         Box::pin(ProgressStream {
             watch,
+            engine: self.engine.clone(),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             idle: Box::pin(tokio::time::sleep(self.cfg.heartbeat)),
             heartbeat: self.cfg.heartbeat,
@@ -304,6 +310,7 @@ impl Gateway {
 /// One WatchProgress response stream (see [`Gateway::spawn_watch`]).
 struct ProgressStream {
     watch: adgate_engine::Watch,
+    engine: Engine,
     // Boxed because both futures are `!Unpin`; two small allocations per stream instead of a
     // task, its future and a channel block.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -335,7 +342,9 @@ impl Stream for ProgressStream {
                 let snapshot = this.remaining_snapshot > 0;
                 this.remaining_snapshot = this.remaining_snapshot.saturating_sub(1);
                 pb::WatchProgressResponse {
-                    event: Some(pb::watch_progress_response::Event::Job(convert::job(&rec))),
+                    event: Some(pb::watch_progress_response::Event::Job(
+                        convert::job_billed(&rec, this.engine.cost(&rec)),
+                    )),
                     snapshot,
                 }
             }

@@ -110,6 +110,14 @@ async fn template_then_ad(postgres: bool) {
     assert_eq!(t.provider, "staticadslab");
     assert!(t.provider_job_id.starts_with("dt_"), "{t:?}");
     assert!(t.outputs.is_empty(), "a template has no image: {t:?}");
+    // Billed $0.25 on completion [SEED-2].
+    assert_eq!(
+        t.cost,
+        Some(pb::Cost {
+            currency_code: "USD".into(),
+            micros: 250_000
+        })
+    );
     assert!(
         t.staticadslab.is_none(),
         "the typed image-ad fields are not for templates"
@@ -132,6 +140,7 @@ async fn template_then_ad(postgres: bool) {
     let reply = submit(&mut c, vec![ad_with_template(&t.provider_job_id)]).await;
     let ads = wait_batch_terminal(&client, &reply.batch_id, Duration::from_secs(30)).await;
     assert_eq!(ads[0].state(), pb::JobState::Completed, "{:?}", ads[0]);
+    assert_eq!(ads[0].cost.as_ref().map(|c| c.micros), Some(1_000_000));
     assert_eq!(ledger.total_charges(), 2);
     println!(
         "design template (postgres={postgres}): 1 POST, {} template polls; ad completed with it",
@@ -170,6 +179,7 @@ async fn a_failed_design_template_fails_the_job_and_is_free() {
     let e = t.error.as_ref().unwrap();
     assert_eq!(e.code, "PROVIDER_JOB_FAILED");
     assert_eq!(e.provider_code, "PIPELINE_ERROR");
+    assert_eq!(t.cost, None, "failed jobs are not billed");
     assert_eq!(sal.ledger().total_charges(), 0);
     assert_eq!(sal.ledger().requests("POST /v1/design-templates"), 1);
     drop(c);

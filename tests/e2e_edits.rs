@@ -131,6 +131,7 @@ async fn edit_and_both_versions_readable(postgres: bool) {
 
     let original = one_job(&client, editable_ad(), "").await;
     assert_eq!(original.state(), pb::JobState::Completed, "{original:?}");
+    assert_eq!(original.cost.as_ref().map(|c| c.micros), Some(4_000_000));
     let first = original.staticadslab.clone().unwrap();
     assert!(first.version_id.starts_with("iav_"), "{first:?}");
 
@@ -142,6 +143,7 @@ async fn edit_and_both_versions_readable(postgres: bool) {
     assert_ne!(second.version_id, first.version_id);
     assert_eq!(second.current_json_tree, Some(headline("Summer")));
     assert_eq!(edit.outputs.len(), 1);
+    assert_eq!(edit.cost, None, "a re-render's price is not documented");
     assert_ne!(edit.outputs[0].url, original.outputs[0].url, "a new image");
     assert!(
         edit.provider_job_id

@@ -317,6 +317,19 @@ impl Engine {
         &self.shared.store
     }
 
+    /// What a job was billed by its provider's documented price: set once it COMPLETED (the
+    /// documented providers bill only then); `None` otherwise or where no price is documented.
+    pub fn cost(&self, rec: &JobRecord) -> Option<adgate_generator::Cost> {
+        if rec.state != adgate_generator::JobState::Completed {
+            return None;
+        }
+        self.shared
+            .providers
+            .get(&rec.provider)?
+            .generator
+            .cost_on_completion(&rec.spec)
+    }
+
     /// Names of configured providers, sorted.
     pub fn provider_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.shared.providers.keys().cloned().collect();

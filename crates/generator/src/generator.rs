@@ -263,6 +263,13 @@ pub trait Generator: Send + Sync + 'static {
         Ok(spec.clone())
     }
 
+    /// What a job with `spec` costs once COMPLETED, by the provider's documented price
+    /// (StaticAdsLab bills only on completion [SEED-1]). `None` where the documents give no
+    /// per-job price in money.
+    fn cost_on_completion(&self, _spec: &Value) -> Option<crate::Cost> {
+        None
+    }
+
     /// The job of the same Submit that a job with `spec` waits for, as the caller named it:
     /// `(path of the naming field, that job's client_ref)` (a StaticAdsLab ad naming a design
     /// template created by the same Submit). The engine resolves it at Submit, holds the job

@@ -34,5 +34,5 @@ pub use generator::{
     WebhookEvent,
 };
 pub use model::{
-    JobError, JobState, JobView, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget,
+    Cost, JobError, JobState, JobView, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget,
 };

@@ -16,6 +16,14 @@ pub enum JobState {
     Cancelled,
 }
 
+/// What a provider's own documents say one finished job costs, in money (micro-units of
+/// `currency_code`, ISO 4217). Only for providers that document a per-job price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub currency_code: &'static str,
+    pub micros: i64,
+}
+
 /// What a job that another job builds on looks like to an adapter (an edit names the ad it
 /// edits): enough to decide whether it may be built on, and what the provider needs from it.
 #[derive(Debug, Clone, Copy)]

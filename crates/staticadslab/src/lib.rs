@@ -408,6 +408,24 @@ impl Generator for StaticAdsLab {
         spec::validate(spec)
     }
 
+    /// "Flat $1.00, editable $4.00, design template $0.25", billed on completion [SEED-2],
+    /// [SAL:guides/errors-and-billing]. A PATCH re-render's price is not documented: none.
+    fn cost_on_completion(&self, spec: &Value) -> Option<adgate_generator::Cost> {
+        let micros = if spec::is_edit(spec) {
+            return None;
+        } else if spec::is_design_template(spec) {
+            250_000
+        } else if spec.get("editable").and_then(Value::as_bool) == Some(true) {
+            4_000_000
+        } else {
+            1_000_000
+        };
+        Some(adgate_generator::Cost {
+            currency_code: "USD",
+            micros,
+        })
+    }
+
     fn awaits(&self, spec: &Value) -> Option<(String, String)> {
         if spec::is_edit(spec) || spec::is_design_template(spec) {
             return None;
