@@ -96,7 +96,7 @@ pub struct Faults {
     /// After this many charges, answer the provider's "out of money" error.
     pub insufficient_after_charges: Option<u64>,
     /// Submit endpoints only (Pictify `batch-render`, Abyssale `generate`, StaticAdsLab
-    /// `POST /v1/image-ads`): the submit is processed at once — work created, charged as usual,
+    /// `POST /v1/image-ads` and `PATCH /v1/image-ads/:id`): the submit is processed at once — work created, charged as usual,
     /// rendering started on the sim clock so its webhooks fire on time — but the HTTP answer is
     /// held back this long (wall time, not scaled) before it is sent. Produces "webhook before
     /// the submit answer". Applies to every answer the submit handler produces (creation,

@@ -146,10 +146,15 @@ pub(super) async fn patch_ad(
         Err(r) => return r,
     };
     let (resp, created) = patch_inner(&sim, &ctx, id, &headers, body).await;
-    // A PATCH is a submit too ("Treat patches as new async jobs" [SEED-1]): the lost-answer
-    // fault applies once the new version exists, which then re-renders whatever becomes of
-    // this answer; a resend with the same key replays it.
-    if created && lock(&sim.faults).take_cut() {
+    // A PATCH is a submit too ("Treat patches as new async jobs" [SEED-1]): the lost and late
+    // answer faults apply once the new version exists, which then re-renders whatever becomes
+    // of this answer; a resend with the same key replays it.
+    let cut = created && lock(&sim.faults).take_cut();
+    let delay = lock(&sim.faults).submit_answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if cut {
         sim.ledger.cut();
         return crate::common::dropped_connection();
     }
