@@ -576,15 +576,7 @@ async fn accept(
     match shared.commit(patches).await {
         Ok(changed) => {
             for rec in &changed {
-                // Never later than the provider's own first poll: that one is scaled by
-                // `time_scale` (sandbox, tests), a kind's documented figure is not.
-                let first = rt
-                    .generator
-                    .first_poll_after(&rec.spec)
-                    .map_or(rt.limits.first_poll_after, |d| {
-                        d.min(rt.limits.first_poll_after)
-                    });
-                rt.tracker.add(rec, first);
+                rt.tracker.add(rec, rt.limits.first_poll_after);
             }
             // Pushes that outran this answer are kept until now: apply them.
             rt.inbox_wake.notify_one();

@@ -159,7 +159,11 @@ impl Engine {
             let setup_limits = setup.limits.clone();
             let rt = ProviderRuntime {
                 name: name.clone(),
-                tracker: TrackerState::new(&setup.limits),
+                tracker: {
+                    let g = setup.generator.clone();
+                    TrackerState::new(&setup.limits)
+                        .with_fast_keys(&setup.limits, move |k| g.polled_fast(k))
+                },
                 budget: Budget::new(setup.limits.budget),
                 daily: setup.limits.daily_budget.map(Budget::new),
                 push: Mutex::new(None),

@@ -153,6 +153,23 @@ pub(crate) struct TrackerState {
     grid: Option<(Instant, Duration)>,
     /// The poll schedule when webhooks deliver completions (see [`backstop_schedule`]).
     backstop: Option<(Duration, Duration)>,
+    /// Keys polled at `min_poll_interval` from the start, off the grid
+    /// ([`adgate_generator::Generator::polled_fast`]).
+    fast: Option<FastKeys>,
+}
+
+/// Which keys are polled fast, and how fast.
+struct FastKeys {
+    is_fast: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    spacing: Duration,
+}
+
+impl std::fmt::Debug for FastKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastKeys")
+            .field("spacing", &self.spacing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TrackerState {
@@ -165,7 +182,28 @@ impl TrackerState {
             wake: Notify::new(),
             grid,
             backstop,
+            fast: None,
         }
+    }
+
+    /// Poll the keys `is_fast` names at `limits.min_poll_interval`, first poll included.
+    pub fn with_fast_keys(
+        mut self,
+        limits: &adgate_generator::Limits,
+        is_fast: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.fast = Some(FastKeys {
+            is_fast: Box::new(is_fast),
+            spacing: limits.min_poll_interval,
+        });
+        self
+    }
+
+    fn fast_spacing(&self, key: &str) -> Option<Duration> {
+        self.fast
+            .as_ref()
+            .filter(|f| (f.is_fast)(key))
+            .map(|f| f.spacing)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -242,11 +280,17 @@ impl TrackerState {
         inner.ref_job.insert(r, job);
         if fresh {
             // A zero first wait (resume) polls at once; otherwise webhooks make it a backstop.
-            let first_after = match self.backstop {
-                Some((first, _)) if !first_after.is_zero() => first.max(first_after),
+            let fast = self.fast_spacing(key);
+            let first_after = match (fast, self.backstop) {
+                (Some(spacing), _) if !first_after.is_zero() => spacing,
+                (_, Some((first, _))) if !first_after.is_zero() => first.max(first_after),
                 _ => first_after,
             };
-            let at = self.align(Instant::now() + first_after);
+            let at = if fast.is_some() {
+                Instant::now() + first_after
+            } else {
+                self.align(Instant::now() + first_after)
+            };
             Self::schedule(&mut inner, key, at);
             drop(inner);
             self.wake.notify_one();
@@ -377,6 +421,11 @@ impl TrackerState {
     /// Schedule the next poll of `key` after a poll (in the round that started at `round`)
     /// that found it still running.
     pub(crate) fn reschedule(&self, key: &str, limits: &adgate_generator::Limits, round: Instant) {
+        if let Some(spacing) = self.fast_spacing(key) {
+            let mut inner = self.lock();
+            Self::schedule(&mut inner, key, round.max(Instant::now()) + spacing);
+            return;
+        }
         let mut inner = self.lock();
         let Some(k) = inner.keys.get_mut(key) else {
             return;
@@ -488,6 +537,7 @@ mod tests {
             wake: Notify::new(),
             grid: None,
             backstop: None,
+            fast: None,
         };
         // Ended before it was ever tracked.
         t.add(&job("a", JobState::Processing), Duration::ZERO);
@@ -500,5 +550,51 @@ mod tests {
         t.add(&job("a", JobState::Processing), Duration::ZERO);
         assert!(!t.has_job("a"));
         assert_eq!(t.key_count(), 0, "the batch key must end with its last job");
+    }
+
+    /// A fast key (a StaticAdsLab design template) is first polled, and then polled again,
+    /// `min_poll_interval` apart and off the grid; other keys keep the provider's schedule.
+    #[tokio::test(start_paused = true)]
+    async fn fast_keys_are_polled_at_the_minimum_spacing() {
+        let limits = adgate_generator::Limits {
+            max_items_per_submit: 1,
+            max_keys_per_poll: 80,
+            min_poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(4),
+            max_poll_interval: None,
+            first_poll_after: Duration::from_secs(30),
+            budget: adgate_generator::RequestBudget {
+                requests: 100,
+                per: Duration::from_secs(60),
+            },
+            default_retry_after: Duration::from_secs(10),
+            max_concurrent_submits: 8,
+            idempotency: true,
+            push: adgate_generator::PushChannels::default(),
+            cancel: adgate_generator::CancelSupport::None,
+            default_deadline: Duration::from_secs(900),
+            typical_job_duration: Duration::from_secs(30),
+            longest_job_duration: Duration::from_secs(60),
+            max_running_poll_keys: None,
+            daily_budget: None,
+            push_check_interval: None,
+        };
+        let t = TrackerState::new(&limits).with_fast_keys(&limits, |k| k.starts_with("dt_"));
+        let start = Instant::now();
+        let mut template = job("t", JobState::Processing);
+        template.provider_ref = Some("dt_1".to_owned());
+        template.poll_key = Some("dt_1".to_owned());
+        t.add(&template, limits.first_poll_after);
+        let mut ad = job("a", JobState::Processing);
+        ad.provider_ref = Some("ia_1".to_owned());
+        ad.poll_key = Some("ia_1".to_owned());
+        t.add(&ad, limits.first_poll_after);
+        let first = t.next_due().unwrap();
+        assert_eq!(first - start, Duration::from_secs(2));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let due = t.take_due(Instant::now(), Duration::ZERO);
+        assert_eq!(due, ["dt_1"]);
+        t.reschedule("dt_1", &limits, Instant::now());
+        assert_eq!(t.next_due().unwrap() - start, Duration::from_secs(4));
     }
 }

@@ -54,8 +54,15 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
             _ = tokio::time::sleep_until(sleep_until) => {}
         }
         let round = Instant::now();
-        let keys = rt.tracker.take_due(round, coalesce);
-        for chunk in keys.chunks(rt.limits.max_keys_per_poll.max(1)) {
+        let mut keys = rt.tracker.take_due(round, coalesce);
+        // One poll call reads one endpoint (one request, one unit of budget).
+        keys.sort_by_key(|k| rt.generator.poll_group(k));
+        let mut chunks: Vec<&[String]> = Vec::new();
+        for group in keys.chunk_by(|a, b| rt.generator.poll_group(a) == rt.generator.poll_group(b))
+        {
+            chunks.extend(group.chunks(rt.limits.max_keys_per_poll.max(1)));
+        }
+        for chunk in chunks {
             let waited = tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 w = rt.acquire(&shared, Priority::Poll) => w,

@@ -286,12 +286,19 @@ pub trait Generator: Send + Sync + 'static {
         Ok(spec.clone())
     }
 
-    /// When a job with `spec` is first polled after its submit was accepted, when it differs
-    /// from [`Limits::first_poll_after`]: a provider whose kinds of job run for very
-    /// different times (a StaticAdsLab design template is polled from 2 s, an image ad from
-    /// 30 s [SEED-1]).
-    fn first_poll_after(&self, _spec: &Value) -> Option<std::time::Duration> {
-        None
+    /// Whether a poll key is polled at [`Limits::min_poll_interval`] from the start instead
+    /// of the provider's usual schedule: a kind of job much faster than the provider's main
+    /// one ("2 seconds works for design templates (faster pipeline)", 4 s and a first poll at
+    /// 30 s for image ads [SEED-1]).
+    fn polled_fast(&self, _poll_key: &str) -> bool {
+        false
+    }
+
+    /// Keys of different groups are never polled in one call: they are read from different
+    /// endpoints (StaticAdsLab image ads and design templates), and one poll call must be one
+    /// request, since that is what the engine takes from the budget for it.
+    fn poll_group(&self, _poll_key: &str) -> &'static str {
+        ""
     }
 
     /// Whether a job with `spec` is the one an event carrying `fields` names (see

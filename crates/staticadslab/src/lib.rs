@@ -9,7 +9,9 @@
 //! - [`error`]: the one function mapping provider answers to [`GenError`], transport errors,
 //!   and the `RateLimit-*` / `Retry-After` headers;
 //! - [`sse`]: an incremental event-stream parser and the meaning of each SSE event;
-//! - `edit`: edits of editable ads (`PATCH`, versions) and which jobs they may build on.
+//! - `edit`: edits of editable ads (`PATCH`, versions) and which jobs they may build on;
+//! - `resources`: the two asynchronous resources (ads, design templates) and reading them
+//!   by id, page by page.
 //!
 //! The adapter never retries, sleeps or polls on its own; the engine owns all of that.
 
@@ -19,8 +21,8 @@ use std::time::Duration;
 
 use adgate_generator::{
     Accepted, CancelSupport, FieldViolation, GenError, Generator, Limits, Observed,
-    ProviderContext, ProviderUpdate, PushChannels, RateLimitSnapshot, RemoteState, RequestBudget,
-    SubmitBatch, UpdateStream, UpdateTarget,
+    ProviderContext, ProviderUpdate, PushChannels, RemoteState, RequestBudget, SubmitBatch,
+    UpdateStream, UpdateTarget,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +34,7 @@ use serde_json::Value;
 
 mod edit;
 pub mod error;
+mod resources;
 pub mod spec;
 pub mod sse;
 pub mod wire;
@@ -39,6 +42,7 @@ pub mod wire;
 use adgate_generator::transport::{self, Effect};
 
 use crate::error::{malformed, map_status, rate_snapshot};
+use crate::resources::{Kind, Resource, is_ad_id};
 use crate::sse::{Signal, SseParser};
 use crate::wire::{DataEnvelope, DesignTemplate, ImageAd};
 
@@ -173,62 +177,6 @@ impl StaticAdsLab {
         Ok((status, headers, body))
     }
 
-    /// Every resource of `ask` the provider returns for `GET /v1/<kind.path>?ids=…`,
-    /// following its pages. The list endpoint pages with `limit` (default 20, max 100) and
-    /// `has_more`, and the cursor is `starting_after=<last id>` [SAL:reference/pagination];
-    /// whether `ids=` obeys that is open (providers.md §6 q4), so we read it the safe way: ask
-    /// for a page as large as the id set (`limit` = ids asked, at most 100 by
-    /// `MAX_IDS_PER_POLL`), and when a page still says `has_more` ask again after its last id.
-    /// Only the answer of the last page makes an omitted id absent; an error on any page fails
-    /// the whole poll (the engine retries), so no id is ever reported NotFound from an
-    /// incomplete answer. Extra pages only happen against a server that serves fewer than
-    /// `limit`; each is one more request.
-    async fn fetch_ids<T: Resource>(
-        &self,
-        kind: Kind,
-        ask: &[&str],
-    ) -> Result<(HashMap<String, T>, Option<RateLimitSnapshot>), GenError> {
-        let ids = ask.join(",");
-        let limit = ask.len().min(MAX_IDS_PER_POLL);
-        let mut found: HashMap<String, T> = HashMap::new();
-        let mut rate = None;
-        let mut cursor: Option<String> = None;
-        // A page that says `has_more` must carry at least one new resource, so the id set
-        // bounds the number of pages; the extra turn reads the final page.
-        for _ in 0..=ask.len() {
-            let mut url = format!("{}/v1/{}?ids={ids}&limit={limit}", self.base, kind.path());
-            if let Some(after) = &cursor {
-                url.push_str("&starting_after=");
-                url.push_str(after);
-            }
-            let (_, headers, bytes) = self.exchange(self.http.get(url), Effect::Read).await?;
-            rate = rate_snapshot(&headers).or(rate);
-            let page: Page<T> =
-                serde_json::from_slice(&bytes).map_err(|e| malformed(kind.list_name(), e))?;
-            let last = page.data.last().map(|r| r.id().to_owned());
-            let mut fresh = false;
-            for r in page.data {
-                fresh |= found.insert(r.id().to_owned(), r).is_none();
-            }
-            if !page.has_more {
-                return Ok((found, rate));
-            }
-            // `has_more` with nothing new (an empty page, or the same page again) would loop
-            // for ever; the cursor must be an id we may put in a URL.
-            match last {
-                Some(id) if fresh && kind.owns(&id) => cursor = Some(id),
-                _ => {
-                    return Err(GenError::transient(
-                        "StaticAdsLab said has_more but the page did not advance",
-                    ));
-                }
-            }
-        }
-        Err(GenError::transient(
-            "StaticAdsLab kept paging past the number of ids asked for",
-        ))
-    }
-
     /// Provider messages are quoted in errors; make sure none echoes our key back.
     fn scrub(&self, err: GenError) -> GenError {
         let key = self.cfg.api_key.as_str();
@@ -274,88 +222,9 @@ impl StaticAdsLab {
     }
 }
 
-/// The two asynchronous resources [SEED-1]: image ads (`ia_…`) and design templates (`dt_…`).
-/// A job's provider reference is the resource id, so its prefix says which one it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    ImageAd,
-    DesignTemplate,
-}
-
-impl Kind {
-    fn prefix(self) -> &'static str {
-        match self {
-            Self::ImageAd => "ia_",
-            Self::DesignTemplate => "dt_",
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Self::ImageAd => "image-ads",
-            Self::DesignTemplate => "design-templates",
-        }
-    }
-
-    fn list_name(self) -> &'static str {
-        match self {
-            Self::ImageAd => "image-ad list",
-            Self::DesignTemplate => "design-template list",
-        }
-    }
-
-    /// Whether `s` can be an id of this kind; anything else is never sent in a URL.
-    fn owns(self, s: &str) -> bool {
-        s.len() > 3
-            && s.len() <= spec::MAX_ID_LEN
-            && s.starts_with(self.prefix())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    }
-}
-
-/// Whether `s` can be an image-ad id (`ia_…`).
-fn is_ad_id(s: &str) -> bool {
-    Kind::ImageAd.owns(s)
-}
-
-/// A resource read by id in a list.
-trait Resource: serde::de::DeserializeOwned {
-    fn id(&self) -> &str;
-    fn to_update(&self) -> ProviderUpdate;
-}
-
-impl Resource for ImageAd {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn to_update(&self) -> ProviderUpdate {
-        ImageAd::to_update(self)
-    }
-}
-
-impl Resource for DesignTemplate {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn to_update(&self) -> ProviderUpdate {
-        DesignTemplate::to_update(self)
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct Created {
     id: String,
-}
-
-/// The list envelope `{data, has_more, meta}` [SAL:reference/pagination]. A body without
-/// `has_more` is read as the last page (a server that does not page).
-#[derive(Debug, Deserialize)]
-#[serde(bound = "T: serde::de::DeserializeOwned")]
-struct Page<T> {
-    data: Vec<T>,
-    #[serde(default)]
-    has_more: bool,
 }
 
 #[async_trait]
@@ -471,11 +340,18 @@ impl Generator for StaticAdsLab {
         }
     }
 
-    /// "2 seconds works for design templates (faster pipeline)" [SEED-1]; image ads keep the
-    /// provider's 30 s. Later polls follow the provider's 4 s grid (one grid for every key, so
-    /// batch polls go out full).
-    fn first_poll_after(&self, spec: &Value) -> Option<Duration> {
-        spec::is_design_template(spec).then_some(Duration::from_secs(2))
+    /// "2 seconds works for design templates (faster pipeline)" [SEED-1].
+    fn polled_fast(&self, poll_key: &str) -> bool {
+        Kind::DesignTemplate.owns(poll_key)
+    }
+
+    /// Templates are read from `/v1/design-templates`, ads and edits from `/v1/image-ads`.
+    fn poll_group(&self, poll_key: &str) -> &'static str {
+        if Kind::DesignTemplate.owns(poll_key) {
+            "design-templates"
+        } else {
+            "image-ads"
+        }
     }
 
     async fn submit(&self, batch: SubmitBatch) -> Result<Observed<Vec<Accepted>>, GenError> {
