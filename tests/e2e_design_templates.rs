@@ -17,39 +17,11 @@ use std::time::Duration;
 use adgate::pb;
 use adgate_sim::SimConfig;
 use common::*;
-use pgdb::PgDb;
+use pgdb::Backend;
 use prost_types::value::Kind;
 use tonic_types::StatusExt;
 
 const TS: f64 = 0.02;
-
-enum Backend {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDb),
-}
-
-impl Backend {
-    async fn new(postgres: bool) -> Self {
-        if postgres {
-            Self::Postgres(PgDb::create().await)
-        } else {
-            Self::Sqlite(tempfile::tempdir().unwrap())
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Sqlite(dir) => db_url(dir),
-            Self::Postgres(db) => db.url(),
-        }
-    }
-
-    async fn finish(self) {
-        if let Self::Postgres(db) = self {
-            db.drop_db().await;
-        }
-    }
-}
 
 fn text(v: &str) -> prost_types::Value {
     prost_types::Value {

@@ -15,39 +15,11 @@ use std::time::Duration;
 
 use adgate::pb;
 use common::*;
-use pgdb::PgDb;
+use pgdb::Backend;
 use prost_types::value::Kind;
 
 const TS: f64 = 0.02;
 const PATCH: &str = "PATCH /v1/image-ads/:id";
-
-enum Backend {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDb),
-}
-
-impl Backend {
-    async fn new(postgres: bool) -> Self {
-        if postgres {
-            Self::Postgres(PgDb::create().await)
-        } else {
-            Self::Sqlite(tempfile::tempdir().unwrap())
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Sqlite(dir) => db_url(dir),
-            Self::Postgres(db) => db.url(),
-        }
-    }
-
-    async fn finish(self) {
-        if let Self::Postgres(db) = self {
-            db.drop_db().await;
-        }
-    }
-}
 
 async fn start(backend: &Backend) -> (Sim, Gateway) {
     let (http, addr) = http_listener().await;
@@ -269,7 +241,8 @@ async fn edits_of_flat_running_or_unknown_ads_are_refused_and_nothing_is_sent() 
     let flat = one_job(&client, sal_job("brand_flat"), "").await;
     assert_eq!(flat.state(), pb::JobState::Completed);
     let mut c = client.clone();
-    let running = submit(&mut c, vec![editable_ad()]).await.job_ids[0].clone();
+    let running_batch = submit(&mut c, vec![editable_ad()]).await;
+    let running = running_batch.job_ids[0].clone();
     for (target, why) in [
         (flat.id.as_str(), "flat ad"),
         (running.as_str(), "COMPLETED"),
@@ -290,8 +263,20 @@ async fn edits_of_flat_running_or_unknown_ads_are_refused_and_nothing_is_sent() 
         );
     }
     assert_eq!(sal.ledger().requests(PATCH), 0);
-    // The refused Submits stored nothing: only the two ads above were ever posted.
+    // The refused Submits stored nothing: once the running ad has finished, only the two ads
+    // above were ever posted (the `brand_fine` ads of the refused Submits never were).
+    wait_batch_terminal(&client, &running_batch.batch_id, Duration::from_secs(30)).await;
     assert_eq!(sal.ledger().requests("POST /v1/image-ads"), 2);
+    let mut c2 = client.clone();
+    let listed = c2
+        .batch_status(pb::BatchStatusRequest {
+            job_ids: Vec::new(),
+            batch_id: running_batch.batch_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 1);
     drop(c);
     gw.stop().await;
     backend.finish().await;

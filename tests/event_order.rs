@@ -14,39 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use adgate::pb;
 use adgate_sim::SimConfig;
 use common::*;
-use pgdb::PgDb;
+use pgdb::Backend;
 use tokio::time::Instant;
 
 const TS: f64 = 0.02;
-
-/// Where a test's jobs are stored.
-enum Backend {
-    Sqlite(tempfile::TempDir),
-    Postgres(PgDb),
-}
-
-impl Backend {
-    async fn new(postgres: bool) -> Self {
-        if postgres {
-            Self::Postgres(PgDb::create().await)
-        } else {
-            Self::Sqlite(tempfile::tempdir().unwrap())
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Sqlite(dir) => db_url(dir),
-            Self::Postgres(db) => db.url(),
-        }
-    }
-
-    async fn finish(self) {
-        if let Self::Postgres(db) = self {
-            db.drop_db().await;
-        }
-    }
-}
 
 fn sim_cfg(job: (u64, u64)) -> SimConfig {
     SimConfig {

@@ -49,3 +49,32 @@ impl PgDb {
         }
     }
 }
+
+/// Where a test's jobs are stored: a fresh SQLite file, or a throwaway PostgreSQL database.
+pub enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDb),
+}
+
+impl Backend {
+    pub async fn new(postgres: bool) -> Self {
+        if postgres {
+            Self::Postgres(PgDb::create().await)
+        } else {
+            Self::Sqlite(tempfile::tempdir().unwrap())
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("adgate.db").display()),
+            Self::Postgres(db) => db.url(),
+        }
+    }
+
+    pub async fn finish(self) {
+        if let Self::Postgres(db) = self {
+            db.drop_db().await;
+        }
+    }
+}
