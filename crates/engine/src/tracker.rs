@@ -140,6 +140,11 @@ pub(crate) async fn stream_watched(shared: &Arc<Shared>, job_ids: &[String]) {
         else {
             continue;
         };
+        // Not every kind of job has a stream (StaticAdsLab: ads do, templates and edits not);
+        // opening one would only spend a request on the refusal.
+        if !rt.generator.streams(&provider_ref) {
+            continue;
+        }
         let cap = (rt.limits.budget.requests as usize / 10).max(1);
         if rt.tracker.streaming_count() >= cap || !rt.tracker.set_streaming(&job.id, true) {
             continue;

@@ -294,6 +294,12 @@ pub trait Generator: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`Generator::stream_updates`] can follow this job, for providers with
+    /// [`PushChannels::sse`]: a provider may offer a stream for one kind of job only.
+    fn streams(&self, _provider_ref: &str) -> bool {
+        true
+    }
+
     /// Keys of different groups are never polled in one call: they are read from different
     /// endpoints (StaticAdsLab image ads and design templates), and one poll call must be one
     /// request, since that is what the engine takes from the budget for it.

@@ -345,6 +345,12 @@ impl Generator for StaticAdsLab {
         Kind::DesignTemplate.owns(poll_key)
     }
 
+    /// "SSE is available for image ads" [SEED-1]: not for templates; an edit's reference
+    /// names a version, whose re-render is followed by polling.
+    fn streams(&self, provider_ref: &str) -> bool {
+        is_ad_id(provider_ref)
+    }
+
     /// Templates are read from `/v1/design-templates`, ads and edits from `/v1/image-ads`.
     fn poll_group(&self, poll_key: &str) -> &'static str {
         if Kind::DesignTemplate.owns(poll_key) {
@@ -648,6 +654,20 @@ mod tests {
         assert_eq!(l.budget.requests, 100);
         assert!(l.idempotency && l.push.sse && !l.push.webhooks);
         assert_eq!(l.default_deadline, Duration::from_secs(900));
+    }
+
+    /// Each kind of job is polled at its endpoint and pace, and only ads are streamed.
+    #[test]
+    fn kinds_choose_their_endpoint_pace_and_stream() {
+        let a = StaticAdsLab::new(StaticAdsLabConfig::new("k")).unwrap();
+        let edit = "ia_0123456789abcdef/iav_0123456789abcdef";
+        assert!(a.streams("ia_0123456789abcdef"));
+        assert!(!a.streams("dt_0123456789abcdef") && !a.streams(edit));
+        assert!(a.polled_fast("dt_0123456789abcdef"));
+        assert!(!a.polled_fast("ia_0123456789abcdef") && !a.polled_fast(edit));
+        assert_eq!(a.poll_group("dt_0123456789abcdef"), "design-templates");
+        assert_eq!(a.poll_group("ia_0123456789abcdef"), a.poll_group(edit));
+        assert_ne!(a.poll_group("ia_0123456789abcdef"), "design-templates");
     }
 
     #[test]
