@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use adgate_generator::{JobError, JobState, JobView, Progress};
+use adgate_generator::{JobError, JobState, Progress};
 use adgate_store::{JobPatch, JobRecord, StoreError};
 
 use crate::codes;
-use crate::references::{AWAITS_KEY, awaited_job};
+use crate::references::{AWAITS_KEY, awaited_job, view};
 use crate::runtime::{ProviderRuntime, Shared};
 
 /// The progress step of a held job.
@@ -55,6 +55,9 @@ pub(crate) async fn screen(
     if !jobs.iter().any(|j| awaited_job(&j.spec).is_some()) {
         return jobs;
     }
+    // Before the read: a job that ends between the read and the dispatcher's idle must still
+    // wake it (`Notify` keeps the permit).
+    rt.awaiting.store(true, Ordering::Relaxed);
     let awaited = match read_awaited(shared, &jobs).await {
         Ok(a) => a,
         Err(e) => {
@@ -150,17 +153,7 @@ pub(crate) async fn prepare(
             o.remove(AWAITS_KEY);
         }
         let bound = match awaited.get(&id) {
-            Some(a) if a.state == JobState::Completed => rt.generator.bind_awaited(
-                &spec,
-                &JobView {
-                    id: &a.id,
-                    provider: &a.provider,
-                    state: a.state,
-                    provider_ref: a.provider_ref.as_deref(),
-                    spec: &a.spec,
-                    provider_result: a.provider_result.as_ref(),
-                },
-            ),
+            Some(a) if a.state == JobState::Completed => rt.generator.bind_awaited(&spec, &view(a)),
             Some(a) => Err(format!("job {id} is {:?}, not COMPLETED", a.state)),
             None => Err(format!("job {id} does not exist")),
         };

@@ -6,7 +6,7 @@
 //!   anything is stored, so nothing is ever sent for it.
 //! - On a job of the same Submit (an ad naming a design template created with it): resolved
 //!   here to that job's id, stored in the spec under [`AWAITS_KEY`]; the dispatcher holds the
-//!   job until the awaited one ends (`dispatcher::screen_awaiting`).
+//!   job until the awaited one ends (`awaiting::screen`).
 
 use std::collections::HashMap;
 
@@ -53,17 +53,9 @@ impl Engine {
                     "jobs[{i}] builds on job {id}, which does not exist"
                 )));
             };
-            let view = JobView {
-                id: &target.id,
-                provider: &target.provider,
-                state: target.state,
-                provider_ref: target.provider_ref.as_deref(),
-                spec: &target.spec,
-                provider_result: target.provider_result.as_ref(),
-            };
             job.spec = rt
                 .generator
-                .bind_reference(&job.spec, &view)
+                .bind_reference(&job.spec, &view(target))
                 .map_err(|why| EngineError::FailedPrecondition(format!("jobs[{i}]: {why}")))?;
         }
         Ok(())
@@ -73,6 +65,18 @@ impl Engine {
 /// The spec key, owned by the engine, holding the id of the job of the same Submit that this
 /// one waits for. Removed before the spec reaches the adapter.
 pub(crate) const AWAITS_KEY: &str = "awaits_job";
+
+/// What an adapter sees of a job another job builds on.
+pub(crate) fn view(rec: &adgate_store::JobRecord) -> JobView<'_> {
+    JobView {
+        id: &rec.id,
+        provider: &rec.provider,
+        state: rec.state,
+        provider_ref: rec.provider_ref.as_deref(),
+        spec: &rec.spec,
+        provider_result: rec.provider_result.as_ref(),
+    }
+}
 
 /// The job a stored spec waits for.
 pub(crate) fn awaited_job(spec: &Value) -> Option<&str> {
@@ -88,21 +92,35 @@ impl Engine {
         jobs: &mut [JobRequest],
         ids: &[String],
     ) -> Result<(), EngineError> {
+        let waiting: Vec<(usize, String, String)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| {
+                let rt = self.shared.providers.get(&job.provider)?;
+                let (path, name) = rt.generator.awaits(&job.spec)?;
+                Some((i, path, name))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        // One index of client refs, not a scan of the Submit per waiting job: 10,000 ads
+        // naming one template stay linear.
+        let mut by_ref: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, job) in jobs.iter().enumerate() {
+            by_ref.entry(job.client_ref.as_str()).or_default().push(j);
+        }
         let mut violations = Vec::new();
         let mut resolved: Vec<(usize, String)> = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
+        for (i, path, name) in waiting {
+            let job = &jobs[i];
             let Some(rt) = self.shared.providers.get(&job.provider) else {
                 continue;
             };
-            let Some((path, name)) = rt.generator.awaits(&job.spec) else {
-                continue;
-            };
-            let matches: Vec<usize> = jobs
-                .iter()
-                .enumerate()
-                .filter(|(j, other)| *j != i && other.client_ref == name)
-                .map(|(j, _)| j)
-                .collect();
+            let matches: Vec<usize> = by_ref
+                .get(name.as_str())
+                .map(|v| v.iter().copied().filter(|j| *j != i).collect())
+                .unwrap_or_default();
             match matches.as_slice() {
                 // No chains (and so no cycles): the awaited job must not wait itself.
                 [j] if rt.generator.awaits(&jobs[*j].spec).is_some() => violations.push((
