@@ -281,3 +281,31 @@ async fn edits_of_flat_running_or_unknown_ads_are_refused_and_nothing_is_sent() 
     gw.stop().await;
     backend.finish().await;
 }
+
+/// `current_version_id` is not a documented field. Against a provider without it, the PATCH's
+/// version is found in the versions list and the edit reads its own version when polled: the
+/// edit still completes with its own image, tree and `iav_` id, and the original keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_completes_without_the_undocumented_version_field() {
+    let backend = Backend::new(false).await;
+    let (sal, gw) = start(&backend).await;
+    sal.handle.update_faults(|f| f.sal_no_version_field = true);
+    let client = gw.client().await;
+    let original = one_job(&client, editable_ad(), "").await;
+    assert_eq!(original.state(), pb::JobState::Completed, "{original:?}");
+    let edit = one_job(&client, edit_of(&original.id, "Plain"), "").await;
+    assert_eq!(edit.state(), pb::JobState::Completed, "{edit:?}");
+    let typed = edit.staticadslab.clone().unwrap();
+    assert!(typed.version_id.starts_with("iav_"), "{typed:?}");
+    assert_eq!(typed.current_json_tree, Some(headline("Plain")));
+    assert_ne!(edit.outputs[0].url, original.outputs[0].url);
+    assert_eq!(sal.ledger().requests(PATCH), 1);
+    assert!(
+        sal.ledger().requests("GET /v1/image-ads/:id/versions") >= 1,
+        "{:?}",
+        sal.ledger().requests_by_endpoint()
+    );
+    drop(client);
+    gw.stop().await;
+    backend.finish().await;
+}

@@ -122,6 +122,10 @@ pub struct Faults {
     /// ads per page whatever `limit` asks — a provider whose real page maximum is lower than
     /// documented — so a client must follow `has_more` to see every ad.
     pub sal_page_cap: Option<usize>,
+    /// StaticAdsLab: the image-ad resource (PATCH answers included) carries no
+    /// `current_version_id`, a field the documents do not list; the versions endpoints are then
+    /// the only way to tell versions apart, as against a provider without the guessed field.
+    pub sal_no_version_field: bool,
 }
 
 impl Faults {

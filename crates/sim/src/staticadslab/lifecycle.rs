@@ -123,6 +123,11 @@ impl Sim {
             "created_at": rfc3339(ad.created_wall),
             "completed_at": null,
         });
+        if lock(&self.faults).sal_no_version_field
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("current_version_id");
+        }
         // After a PATCH `duration_ms` and `completed_at` describe the latest render.
         let finished_wall = ad.started_wall + ad.duration;
         match ad.status {
