@@ -1021,4 +1021,46 @@ mod tests {
             assert!(help.contains(var), "--help lacks {var}");
         }
     }
+
+    #[test]
+    fn callers_prices_and_limits_are_read() {
+        let toml = r#"
+            auth_tokens = ["growth:tok-growth-0123"]
+            [callers.growth]
+            weight = 3
+            daily_spend_limits = { staticadslab = 500.0, pictify = 20000 }
+            [providers.abyssale]
+            price_unit = "USD"
+            prices = { format = 0.08 }
+        "#;
+        let s = Settings::from_toml(false, toml, &env_of(&[])).unwrap();
+        let growth = &s.callers.0["growth"];
+        assert_eq!(growth.weight, 3);
+        assert_eq!(growth.daily_limits["staticadslab"], 500_000_000);
+        assert_eq!(growth.daily_limits["pictify"], 20_000_000_000);
+        let ab = &s.providers["abyssale"].prices;
+        assert_eq!(ab.unit.as_deref(), Some("USD"));
+        assert_eq!(ab.micros_by_kind["format"], 80_000);
+        for (bad, what) in [
+            ("[callers.growth]\nweight = 0", "weight"),
+            ("[callers.Growth]\nweight = 1", "[callers.<name>]"),
+            (
+                "[callers.g]\ndaily_spend_limits = { dalle = 1.0 }",
+                "daily_spend_limits",
+            ),
+            (
+                "[callers.g]\ndaily_spend_limits = { pictify = -1.0 }",
+                "pictify",
+            ),
+            (
+                "[providers.pictify]\nprices = { image = nan }",
+                "prices.image",
+            ),
+        ] {
+            let err = Settings::from_toml(false, bad, &env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
+    }
 }

@@ -44,6 +44,8 @@ pub struct Budget {
     state: Mutex<State>,
     // Wakes waiters when the window may have changed (a block lifted, a submit waiter left).
     changed: Notify,
+    /// See `paced_until`; off for a daily cap.
+    paced: bool,
 }
 
 impl Budget {
@@ -58,6 +60,16 @@ impl Budget {
                 submit_waiters: 0,
             }),
             changed: Notify::new(),
+            paced: true,
+        }
+    }
+
+    /// A cap that is never paced (a provider's daily request cap: pacing spreads the burst of
+    /// a short window; it must not spread a day's requests over the day).
+    pub fn unpaced(budget: RequestBudget) -> Self {
+        Self {
+            paced: false,
+            ..Self::new(budget)
         }
     }
 
@@ -133,7 +145,7 @@ impl Budget {
     /// dispatcher promises a new caller the next slot or the one after). A busy window still
     /// carries exactly `limit` requests; an idle one still takes half its limit at once.
     fn paced_until(&self, s: &State) -> Option<Instant> {
-        if 2 * s.sent.len() < self.limit {
+        if !self.paced || 2 * s.sent.len() < self.limit {
             return None;
         }
         let spacing = self.window / u32::try_from(self.limit).unwrap_or(u32::MAX).max(1);
@@ -167,7 +179,8 @@ impl Budget {
             } else {
                 start
             };
-            if 2 * window.len() >= self.limit
+            if self.paced
+                && 2 * window.len() >= self.limit
                 && let Some(last) = window.back()
             {
                 at = at.max(*last + spacing);

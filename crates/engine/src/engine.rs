@@ -196,7 +196,7 @@ impl Engine {
                         .with_fast_keys(&setup.limits, move |k| g.polled_fast(k))
                 },
                 budget: Budget::new(setup.limits.budget),
-                daily: setup.limits.daily_budget.map(Budget::new),
+                daily: setup.limits.daily_budget.map(Budget::unpaced),
                 push: Mutex::new(None),
                 submit_slots: Arc::new(Semaphore::new(setup.limits.max_concurrent_submits.max(1))),
                 limits: setup.limits,
@@ -462,6 +462,10 @@ impl Engine {
             });
             touched.insert(job.provider);
         }
+        let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
+        for j in &jobs {
+            *per_provider.entry(j.provider.clone()).or_default() += 1;
+        }
         let estimated_cost = pricing::sum_by_unit(
             jobs.iter()
                 .filter_map(|j| j.cost.as_ref().map(|c| (c.unit.as_str(), c.micros))),
@@ -496,6 +500,18 @@ impl Engine {
             .await?;
         match outcome {
             SubmitOutcome::Created { batch_id, job_ids } => {
+                for (provider, n) in &per_provider {
+                    self.shared
+                        .metrics
+                        .submitted
+                        .get_or_create(&crate::metrics::CallerLabels {
+                            provider: provider.clone(),
+                            caller: cmd.caller.clone(),
+                        })
+                        .inc_by(*n);
+                }
+                tracing::debug!(caller = %cmd.caller, batch = %batch_id, jobs = job_ids.len(),
+                    "batch stored");
                 for p in touched {
                     if let Some(rt) = self.shared.providers.get(&p) {
                         rt.new_work
@@ -557,6 +573,15 @@ impl Engine {
                 .spend_since(caller, provider, unit, pricing::day_start_ms(now))
                 .await?;
             if spent.saturating_add(requested) > limit {
+                tracing::info!(
+                    caller,
+                    provider,
+                    unit,
+                    limit_micros = limit,
+                    spent_micros = spent,
+                    requested_micros = requested,
+                    "submit refused: daily spend limit"
+                );
                 return Err(EngineError::SpendLimit {
                     caller: caller.to_owned(),
                     provider: provider.to_owned(),

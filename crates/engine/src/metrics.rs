@@ -59,6 +59,14 @@ pub struct EngineMetrics {
     pub push_subscriptions: Family<PushLabels, Gauge>,
     /// Settled cost of completed jobs, in millionths of each unit.
     pub spend_micros: Family<SpendLabels, Counter>,
+    /// Jobs stored by Submit, by provider and caller.
+    pub submitted: Family<CallerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabels {
+    pub provider: String,
+    pub caller: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +109,7 @@ impl Default for EngineMetrics {
             budget_granted: Family::default(),
             push_subscriptions: Family::default(),
             spend_micros: Family::default(),
+            submitted: Family::default(),
         }
     }
 }
@@ -156,6 +165,11 @@ impl EngineMetrics {
             "adgate_provider_push_subscriptions",
             "1 for the status of each push subscription (active, paused, failed, missing) at the last check",
             self.push_subscriptions.clone(),
+        );
+        registry.register(
+            "adgate_jobs_submitted",
+            "Jobs stored by Submit, by provider and caller",
+            self.submitted.clone(),
         );
         registry.register(
             "adgate_spend_micros",

@@ -138,6 +138,7 @@ conformance!(
     attempt_key_reuse,
     single_replica_claims,
     provider_results_round_trip,
+    callers_costs_and_fair_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -76,7 +76,10 @@ BEGIN
                 ORDER BY at OFFSET v_count - p_limit LIMIT 1;
             v_wait := GREATEST(v_leaving + p_window - p_now, 1);
         END IF;
-        IF 2 * v_count >= p_limit AND v_last IS NOT NULL AND p_now - v_last < v_spacing THEN
+        -- A daily cap (key `<provider>@daily`) is never paced: pacing spreads the burst of a
+        -- short window; it must not spread a day's requests over the day.
+        IF p_provider NOT LIKE '%@daily' AND 2 * v_count >= p_limit AND v_last IS NOT NULL
+           AND p_now - v_last < v_spacing THEN
             v_wait := GREATEST(v_wait, v_last + v_spacing - p_now);
         END IF;
         -- A slot is free: it is this request's only if no older request is waiting for one.
