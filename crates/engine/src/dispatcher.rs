@@ -28,7 +28,6 @@ use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::runtime::{ProviderRuntime, Shared};
 use crate::{codes, fair, tracker};
-use std::sync::atomic::Ordering;
 
 /// How many queued jobs one dispatcher pass reads.
 const PASS_SIZE: usize = 1000;
@@ -148,6 +147,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
         if shared.shutdown.is_cancelled() {
             return;
         }
+        rt.take_arrivals();
         let jobs = match shared
             .store
             .claim_queued(
@@ -198,11 +198,16 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
         let max = rt.limits.max_items_per_submit.max(1);
         let entries: Vec<fair::Entry<'_>> = jobs.iter().map(fair::Entry::of).collect();
         let plan = fair::FairOrder::plan(&entries, max, &shared.callers, Some(&fair_state));
-        let work_seen = rt.new_work.load(Ordering::Relaxed);
+        // Per caller in this pass, its least urgent priority.
+        let mut least: HashMap<&str, i64> = HashMap::new();
+        for j in &jobs {
+            let p = least.entry(j.caller.as_str()).or_insert(j.priority);
+            *p = (*p).max(j.priority);
+        }
         for (n, indices) in plan.iter().enumerate() {
-            // A Submit arrived since this pass read the queue: read it again, so the new
-            // jobs take their fair place now rather than after this whole pass.
-            if n > 0 && rt.new_work.load(Ordering::Relaxed) != work_seen {
+            // A Submit since this pass read the queue has jobs that go before what is left
+            // of it: read the queue again, so they take their fair place now.
+            if n > 0 && rt.arrivals_jump_queue(&least) {
                 break;
             }
             let chunk: Vec<JobRecord> = indices.iter().map(|&i| jobs[i].clone()).collect();

@@ -204,6 +204,7 @@ impl Engine {
                 prices: setup.prices,
                 wake_dispatcher: Notify::new(),
                 new_work: std::sync::atomic::AtomicU64::new(0),
+                arrivals: Mutex::new(HashMap::new()),
                 backlog_sends: Mutex::new(Default::default()),
                 stopped_batches: Mutex::new(HashSet::new()),
                 health: Mutex::new(Health {
@@ -514,8 +515,7 @@ impl Engine {
                     "batch stored");
                 for p in touched {
                     if let Some(rt) = self.shared.providers.get(&p) {
-                        rt.new_work
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        rt.note_arrival(&cmd.caller, cmd.priority);
                         rt.wake_dispatcher.notify_one();
                     }
                 }

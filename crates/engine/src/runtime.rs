@@ -36,6 +36,8 @@ pub(crate) struct ProviderRuntime {
     /// Bumped by every Submit with jobs here: the dispatcher re-reads the queue at its next
     /// chunk, so a caller's new job joins the fair-share order at once.
     pub new_work: std::sync::atomic::AtomicU64,
+    /// Who added work since the dispatcher last looked (caller, most urgent priority).
+    pub arrivals: Mutex<HashMap<String, i64>>,
     /// When the dispatcher's recent submit requests went while more were queued behind them:
     /// the throughput it really achieves (the budget minus what polls take, and its own
     /// per-request store work), which start estimates use when it is below the budget's.
@@ -168,6 +170,35 @@ impl ProviderRuntime {
         {
             self.block(shared, r.reset_after);
         }
+    }
+
+    /// A Submit stored jobs of `caller` at `priority` here.
+    pub fn note_arrival(&self, caller: &str, priority: i64) {
+        self.new_work
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let p = arrivals.entry(caller.to_owned()).or_insert(priority);
+        *p = (*p).min(priority);
+    }
+
+    /// Whether work that arrived since `take_arrivals` would be served before what the
+    /// current pass still holds: a caller the pass does not serve, or one of its callers at a
+    /// more urgent priority than the pass's least urgent job of that caller. Jobs of a caller
+    /// already served at no higher priority join the end of its queue anyway, so a stream of
+    /// Submits from one caller never makes the dispatcher re-read the queue per request.
+    pub fn arrivals_jump_queue(&self, pass: &HashMap<&str, i64>) -> bool {
+        let arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        arrivals
+            .iter()
+            .any(|(caller, p)| pass.get(caller.as_str()).is_none_or(|least| p < least))
+    }
+
+    /// Forget arrivals: the dispatcher is about to read the queue.
+    pub fn take_arrivals(&self) {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// A submit request got its budget; `backlogged` when more were queued behind it. Only

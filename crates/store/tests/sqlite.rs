@@ -361,6 +361,9 @@ async fn jobs_stored_before_provider_result_still_read() {
     assert_eq!(job.outputs[0].url, "https://cdn/a.png");
     assert!(job.outputs[0].provider_fields.is_empty());
     // Rows from before callers were recorded belong to the anonymous caller, unpriced.
-    assert_eq!((job.caller.as_str(), job.priority, job.cost), ("anonymous", 2, None));
+    assert_eq!(
+        (job.caller.as_str(), job.priority, job.cost),
+        ("anonymous", 2, None)
+    );
     store.close().await;
 }
