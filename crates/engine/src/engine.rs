@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub kept_event_ttl: Duration,
     /// How often each provider's inbox of kept events is looked at without being woken.
     pub inbox_interval: Duration,
+    /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
+    /// `None`: no links.
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +62,7 @@ impl Default for EngineConfig {
             replica_id: None,
             kept_event_ttl: Duration::from_secs(24 * 3600),
             inbox_interval: Duration::from_secs(1),
+            span_link: None,
         }
     }
 }
@@ -201,6 +205,7 @@ impl Engine {
                 cache: RecordCache::new(if shared_store { 0 } else { READ_CACHE_JOBS }),
                 kept_event_ttl: config.kept_event_ttl,
                 tasks: TaskTracker::new(),
+                span_link: config.span_link,
             }),
         };
         if shared_store {
@@ -419,6 +424,7 @@ impl Engine {
             .await?;
         match outcome {
             SubmitOutcome::Created { batch_id, job_ids } => {
+                crate::trace::jobs_submitted(&batch_id, &job_ids);
                 for p in touched {
                     if let Some(rt) = self.shared.providers.get(&p) {
                         rt.wake_dispatcher.notify_one();

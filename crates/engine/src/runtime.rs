@@ -185,6 +185,8 @@ pub(crate) struct Shared {
     /// Every task the engine starts: shutdown waits for them before the store closes, so no
     /// commit is cut off by a closing store.
     pub(crate) tasks: TaskTracker,
+    /// See [`crate::EngineConfig::span_link`].
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Shared {
@@ -214,6 +216,7 @@ impl Shared {
     /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
     /// their tracker.
     pub(crate) fn publish(&self, changed: &[JobRecord]) {
+        crate::trace::jobs_changed(self.span_link, changed);
         for rec in changed {
             if rec.state.is_terminal()
                 && let Some(rt) = self.providers.get(&rec.provider)
