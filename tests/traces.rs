@@ -170,8 +170,8 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
 
     // StaticAdsLab is polled (and streamed); Pictify reports by webhook.
     let mut req = tonic::Request::new(pb::SubmitRequest {
-        request_id: String::new(),
         jobs: vec![sal_job(1), pictify_job(2)],
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "traceparent",
@@ -367,8 +367,8 @@ async fn nothing_is_exported_without_an_endpoint() {
     let mut gw = spec.spawn();
     let mut client = connect(&spec.grpc_url(), Duration::from_secs(30)).await;
     let mut req = tonic::Request::new(pb::SubmitRequest {
-        request_id: String::new(),
         jobs: vec![sal_job(1)],
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "traceparent",

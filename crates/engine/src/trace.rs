@@ -138,7 +138,7 @@ fn summary(count: usize, what: &'static str) {
 
 fn link_distinct(link: SpanLink, span: &tracing::Span, jobs: &[JobRecord]) {
     let mut seen = HashSet::new();
-    for tp in jobs.iter().filter_map(stored_traceparent) {
+    for tp in jobs.iter().filter_map(|j| j.traceparent.as_deref()) {
         if seen.insert(tp) {
             link(span, tp);
         }
@@ -153,9 +153,4 @@ fn state_name(s: JobState) -> &'static str {
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
     }
-}
-
-// TEMP until the store keeps `traceparent` (merge from main).
-fn stored_traceparent(_j: &JobRecord) -> Option<&str> {
-    None
 }
