@@ -86,6 +86,9 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
             init_logging(settings.log_format, traces.as_ref());
+            if let Some(t) = &traces {
+                tracing::info!(collector = %t.collector(), service = %t.service_name(), "exporting traces over OTLP/gRPC");
+            }
             let result = adgate::run(settings).await;
             if let Some(t) = traces {
                 // The last spans (the drain's) are still buffered.

@@ -40,7 +40,7 @@ pub struct RpcTraceLayer {
 
 impl RpcTraceLayer {
     /// `methods`: the service's method names (anything else is labelled `other`); `local`: the
-    /// listener's address, reported as `server.address`/`server.port`.
+    /// listener's address, the `server.address`/`server.port` of a request without authority.
     pub fn new(
         metrics: GrpcMetrics,
         local: SocketAddr,
@@ -111,6 +111,15 @@ where
         } else {
             OTHER_METHOD.to_owned()
         };
+        // The name the caller dialled (HTTP/2 `:authority`), else the listener's address.
+        let authority = req.uri().authority();
+        let address =
+            authority.map_or_else(|| self.cfg.local.ip().to_string(), |a| a.host().to_owned());
+        let port = i64::from(
+            authority
+                .and_then(http::uri::Authority::port_u16)
+                .unwrap_or(self.cfg.local.port()),
+        );
         let span = tracing::info_span!(
             target: TRACE_TARGET,
             "rpc",
@@ -121,8 +130,8 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
-            server.address = %self.cfg.local.ip(),
-            server.port = i64::from(self.cfg.local.port()),
+            server.address = %address,
+            server.port = port,
         );
         if !span.is_disabled() {
             let parent = TraceContextPropagator::new().extract(&Metadata(req.headers()));

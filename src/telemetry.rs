@@ -103,6 +103,7 @@ impl TraceConfig {
 #[derive(Debug)]
 pub struct Tracing {
     provider: SdkTracerProvider,
+    cfg: TraceConfig,
 }
 
 impl Tracing {
@@ -127,7 +128,27 @@ impl Tracing {
             .with_batch_exporter(exporter)
             .with_resource(resource)
             .build();
-        Ok(Self { provider })
+        Ok(Self {
+            provider,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The collector's host and port, for the start-up log (never user info or a path).
+    pub fn collector(&self) -> String {
+        self.cfg
+            .endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| {
+                let a = u.authority()?;
+                Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(4317)))
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn service_name(&self) -> &str {
+        &self.cfg.service_name
     }
 
     /// The layer that turns the gateway's spans into OpenTelemetry spans: every `adgate…`

@@ -351,9 +351,9 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
     sims.shutdown();
 }
 
-/// With `OTEL_SERVICE_NAME` but no endpoint, nothing is exported, not even to the exporter's
-/// default endpoint (127.0.0.1:4317, where this receiver listens): checked after the gateway
-/// exited, which is when an exporter would have flushed everything it had.
+/// With `OTEL_SERVICE_NAME` but no endpoint, nothing is exported, not even to the OTLP/gRPC
+/// default port on this host (4317, where this receiver listens): checked after the gateway
+/// exited, by when an exporter would have flushed everything it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_exported_without_an_endpoint() {
     let received = Received::default();
