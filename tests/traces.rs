@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use support::*;
 use tonic::metadata::MetadataValue;
 
@@ -80,18 +81,28 @@ impl Received {
 
     /// The first span matching `pred`, waiting (bounded) for the exporter's next batches.
     async fn wait_span(&self, what: &str, pred: impl Fn(&Span) -> bool) -> Span {
+        self.wait(what, |spans| spans.iter().find(|s| pred(s)).cloned())
+            .await
+    }
+
+    /// What `found` finds among every span received so far, waiting (bounded) for it.
+    async fn wait<T>(&self, what: &str, found: impl Fn(&[Span]) -> Option<T>) -> T {
         let start = std::time::Instant::now();
         loop {
-            if let Some((_, s)) = self.spans.lock().unwrap().iter().find(|(_, s)| pred(s)) {
-                return s.clone();
+            let spans: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect();
+            if let Some(t) = found(&spans) {
+                return t;
             }
             if start.elapsed() > Duration::from_secs(30) {
-                let names: Vec<String> = self
-                    .spans
-                    .lock()
-                    .unwrap()
+                let names: Vec<String> = spans
                     .iter()
-                    .map(|(_, s)| format!("{} ({})", s.name, hex(&s.trace_id)))
+                    .map(|s| format!("{} ({})", s.name, hex(&s.trace_id)))
                     .collect();
                 panic!("timed out waiting for {what}; spans received: {names:?}");
             }
@@ -179,6 +190,8 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
     );
     req.metadata_mut()
         .insert("tracestate", MetadataValue::from_static("caller=7"));
+    // StaticAdsLab refuses the next request once (429): its span records the error.
+    sims.get("staticadslab").update_faults(|f| f.burst_429 = 1);
     let reply = client.submit(req).await.unwrap().into_inner();
     let (sal, pictify) = (reply.job_ids[0].clone(), reply.job_ids[1].clone());
     wait_all_terminal(
@@ -259,19 +272,45 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
         Some(tonic::Code::NotFound as i64)
     );
 
-    // The StaticAdsLab submit call: a trace of its own, linked to the Submit, with the job's
-    // "sent" event and its HTTP request as a child client span.
-    let sal_submit = received
-        .wait_span("the StaticAdsLab submit call linked to the Submit", |s| {
-            s.name == "staticadslab submit" && links_to(s, TRACE_ID, &submit.span_id)
-        })
+    // The StaticAdsLab submit calls: traces of their own, linked to the Submit, with the job's
+    // "sent" and "processing" events and their HTTP requests as child client spans. The
+    // first POST was refused (429) and retried.
+    let sal_port: i64 = sims
+        .get("staticadslab")
+        .base_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (sal_submit, post) = received
+        .wait(
+            "an accepted StaticAdsLab POST in a submit call linked to the Submit",
+            |spans| {
+                spans
+                    .iter()
+                    .filter(|s| {
+                        s.name == "staticadslab submit" && links_to(s, TRACE_ID, &submit.span_id)
+                    })
+                    .find_map(|call| {
+                        let post = spans.iter().find(|s| {
+                            s.kind == SpanKind::Client as i32
+                                && s.parent_span_id == call.span_id
+                                && int_attr(&s.attributes, "http.response.status_code")
+                                    .is_some_and(|c| (200..300).contains(&c))
+                        })?;
+                        Some((call.clone(), post.clone()))
+                    })
+            },
+        )
         .await;
     assert!(has_event(&sal_submit, "job sent to the provider", &sal));
-    let post = received
-        .wait_span("the StaticAdsLab POST", |s| {
-            s.kind == SpanKind::Client as i32 && s.parent_span_id == sal_submit.span_id
-        })
-        .await;
+    assert!(
+        has_event(&sal_submit, "job processing", &sal),
+        "{:?}",
+        sal_submit.events
+    );
     assert_eq!(post.trace_id, sal_submit.trace_id);
     let a = &post.attributes;
     assert_eq!(
@@ -282,23 +321,28 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
         string_attr(a, "server.address").as_deref(),
         Some("127.0.0.1")
     );
-    let port = sims
-        .get("staticadslab")
-        .base_url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    assert_eq!(
-        int_attr(a, "server.port").map(|p| p.to_string()),
-        Some(port)
-    );
+    assert_eq!(int_attr(a, "server.port"), Some(sal_port));
     let url = string_attr(a, "url.full").unwrap();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let status = int_attr(a, "http.response.status_code").unwrap();
-    assert!((200..300).contains(&status), "{status}");
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{sal_port}/")),
+        "{url}"
+    );
     assert!(string_attr(a, "error.type").is_none());
+    let refused = received
+        .wait_span("the refused StaticAdsLab request", |s| {
+            s.kind == SpanKind::Client as i32
+                && int_attr(&s.attributes, "http.response.status_code") == Some(429)
+        })
+        .await;
+    assert_eq!(int_attr(&refused.attributes, "server.port"), Some(sal_port));
+    assert_eq!(
+        string_attr(&refused.attributes, "error.type").as_deref(),
+        Some("429")
+    );
+    assert_eq!(
+        refused.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
 
     // No provider request span carries a key or a query string.
     let keys: Vec<String> = sims.accounts.values().map(|a| a.api_key.clone()).collect();
