@@ -112,14 +112,15 @@ where
             OTHER_METHOD.to_owned()
         };
         // The name the caller dialled (HTTP/2 `:authority`), else the listener's address.
+        // Field values are only evaluated when the span is enabled (traces on).
         let authority = req.uri().authority();
-        let address =
-            authority.map_or_else(|| self.cfg.local.ip().to_string(), |a| a.host().to_owned());
-        let port = i64::from(
+        let local = self.cfg.local;
+        let address = || authority.map_or_else(|| local.ip().to_string(), |a| a.host().to_owned());
+        let port = || {
             authority
                 .and_then(http::uri::Authority::port_u16)
-                .unwrap_or(self.cfg.local.port()),
-        );
+                .unwrap_or(local.port())
+        };
         let span = tracing::info_span!(
             target: TRACE_TARGET,
             "rpc",
@@ -130,8 +131,8 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
-            server.address = %address,
-            server.port = port,
+            server.address = %address(),
+            server.port = i64::from(port()),
         );
         if !span.is_disabled() {
             let parent = TraceContextPropagator::new().extract(&Metadata(req.headers()));
