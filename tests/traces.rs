@@ -181,7 +181,7 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
 
     // StaticAdsLab is polled (and streamed); Pictify reports by webhook.
     let mut req = tonic::Request::new(pb::SubmitRequest {
-        jobs: vec![sal_job(1), pictify_job(2)],
+        jobs: vec![sal_job(1), pictify_job(2), sal_job(3)],
         ..Default::default()
     });
     req.metadata_mut().insert(
@@ -193,7 +193,25 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
     // StaticAdsLab refuses the next request once (429): its span records the error.
     sims.get("staticadslab").update_faults(|f| f.burst_429 = 1);
     let reply = client.submit(req).await.unwrap().into_inner();
-    let (sal, pictify) = (reply.job_ids[0].clone(), reply.job_ids[1].clone());
+    let (sal, pictify, polled) = (
+        reply.job_ids[0].clone(),
+        reply.job_ids[1].clone(),
+        reply.job_ids[2].clone(),
+    );
+    // Watching the ad makes the gateway follow it on StaticAdsLab's push stream too.
+    let mut watch = client
+        .watch_progress(pb::WatchProgressRequest {
+            job_ids: vec![sal.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while watch.message().await.unwrap().is_some() {}
+    })
+    .await
+    .expect("the watch ends when the ad is done");
     wait_all_terminal(
         &client,
         &reply.job_ids,
@@ -291,7 +309,9 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
                 spans
                     .iter()
                     .filter(|s| {
-                        s.name == "staticadslab submit" && links_to(s, TRACE_ID, &submit.span_id)
+                        s.name == "staticadslab submit"
+                            && links_to(s, TRACE_ID, &submit.span_id)
+                            && has_event(s, "job sent to the provider", &sal)
                     })
                     .find_map(|call| {
                         let post = spans.iter().find(|s| {
@@ -305,7 +325,6 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
             },
         )
         .await;
-    assert!(has_event(&sal_submit, "job sent to the provider", &sal));
     assert!(
         has_event(&sal_submit, "job processing", &sal),
         "{:?}",
@@ -356,6 +375,32 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
         }
     }
 
+    // The stream the gateway followed for the watched ad, and the watch itself.
+    received
+        .wait_span("the StaticAdsLab stream linked to the Submit", |s| {
+            s.name == "staticadslab stream" && links_to(s, TRACE_ID, &submit.span_id)
+        })
+        .await;
+    let watched = received
+        .wait_span("the WatchProgress server span", |s| {
+            s.name == "adgate.v1.GatewayService/WatchProgress"
+        })
+        .await;
+    assert_eq!(
+        int_attr(&watched.attributes, "rpc.grpc.status_code"),
+        Some(0)
+    );
+
+    // The unwatched ad is polled to its end: the poll that saw it complete is linked to the
+    // Submit from the start (as every poll of a job the gateway follows is).
+    received
+        .wait_span("the poll that completed the unwatched ad", |s| {
+            s.name == "staticadslab poll"
+                && has_event(s, "job completed", &polled)
+                && links_to(s, TRACE_ID, &submit.span_id)
+        })
+        .await;
+
     // Later work on each job (a poll, a stream or a webhook) is linked to the Submit and
     // records the job's end.
     for (job, what) in [(&sal, "StaticAdsLab"), (&pictify, "Pictify")] {
@@ -382,6 +427,7 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
     };
     assert_eq!(count("Submit", "OK"), 1.0, "{text}");
     assert!(count("BatchStatus", "OK") >= 1.0, "{text}");
+    assert_eq!(count("WatchProgress", "OK"), 1.0, "{text}");
     assert_eq!(count("GetJob", "NOT_FOUND"), 1.0, "{text}");
     assert!(text.contains("# TYPE grpc_server_call_duration_seconds histogram"));
     assert!(

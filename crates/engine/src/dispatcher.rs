@@ -592,6 +592,7 @@ async fn accept(
             for rec in &changed {
                 rt.tracker.add(rec, rt.limits.first_poll_after);
             }
+            rt.links.remember(&changed, &rt.tracker);
             // Pushes that outran this answer are kept until now: apply them.
             rt.inbox_wake.notify_one();
             let watched: Vec<String> = changed

@@ -218,6 +218,7 @@ impl Engine {
                 correlation_claims: Mutex::new(HashMap::new()),
                 awaiting: AtomicBool::new(false),
                 reconcile_window: reconcile_window(&setup_limits),
+                links: crate::trace::JobLinks::default(),
             };
             providers.insert(name, Arc::new(rt));
         }

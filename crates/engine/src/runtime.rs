@@ -47,6 +47,8 @@ pub(crate) struct ProviderRuntime {
     /// wake it.
     pub awaiting: AtomicBool,
     pub tracker: TrackerState,
+    /// The Submits of the jobs `tracker` follows, for its spans' links (traces on only).
+    pub(crate) links: crate::trace::JobLinks,
     /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
     pub stopped_batches: Mutex<HashSet<String>>,
     pub health: Mutex<Health>,
@@ -228,6 +230,7 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
+                rt.links.forget(&rec.id);
                 // A batch may have ended: a submit waiting for a running slot re-checks; a
                 // held job may wait for this one.
                 if rt.limits.max_running_poll_keys.is_some()

@@ -90,7 +90,7 @@ async fn poll_chunk(
     chunk: &[String],
     round: Instant,
 ) {
-    let span = trace::poll_call(&rt.name, chunk.len());
+    let span = trace::poll_call(shared.span_link, rt, chunk);
     let started = Instant::now();
     let result = rt.generator.poll(chunk).instrument(span.clone()).await;
     let outcome = match &result {
@@ -154,13 +154,15 @@ pub(crate) async fn stream_watched(shared: &Arc<Shared>, job_ids: &[String]) {
         if rt.tracker.streaming_count() >= cap || !rt.tracker.set_streaming(&job.id, true) {
             continue;
         }
-        shared.spawn(follow_stream(
-            shared.clone(),
-            rt.clone(),
-            job.id,
-            provider_ref,
-            key,
-        ));
+        let span = trace::stream_call(
+            shared.span_link,
+            &rt.name,
+            &job.id,
+            job.traceparent.as_deref(),
+        );
+        shared.spawn(
+            follow_stream(shared.clone(), rt.clone(), job.id, provider_ref, key).instrument(span),
+        );
     }
 }
 
