@@ -29,15 +29,15 @@ pub async fn send(
 ) -> Result<reqwest::Response, GenError> {
     let (client, req) = req.build_split();
     let req = req.map_err(|e| request_failed(provider, e, effect))?;
-    let url = req.url();
-    let method = req.method().as_str().to_owned();
+    let (url, method) = (req.url(), req.method().as_str());
+    // Field values are only evaluated when the span is enabled (traces on).
     let span = tracing::info_span!(
         target: TRACE_TARGET,
         "provider request",
-        otel.name = %method,
+        otel.name = method,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %method,
+        http.request.method = method,
         server.address = url.host_str().unwrap_or_default(),
         server.port = url.port_or_known_default().map(i64::from),
         url.full = %redacted(url),
