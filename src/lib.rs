@@ -11,7 +11,9 @@
 //! - [`auth`]: bearer-token caller authentication (per service; health/reflection stay open).
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
 //! - [`http`]: webhooks, `/metrics`, `/healthz`.
-//! - [`metrics`]: gRPC counters next to the engine's Prometheus families.
+//! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP (the standard `OTEL_*` variables).
+//! - [`rpc_trace`]: the tower layer giving each gRPC call its span and latency.
 //!
 //! [`App::start`] opens the store and starts the engine; [`serve`] runs both listeners until a
 //! shutdown future resolves and then drains. Both take already-bound listeners, so tests can
@@ -25,9 +27,11 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod providers;
+pub mod rpc_trace;
 pub mod sandbox;
 pub mod service;
 pub mod spec_json;
+pub mod telemetry;
 
 /// Generated protobuf and gRPC code for `adgate.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
@@ -49,9 +53,11 @@ use adgate_engine::{Engine, EngineConfig, EngineError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tower_layer::Layer;
 
 use crate::auth::Tokens;
 use crate::config::{ConfigError, Settings};
@@ -125,6 +131,7 @@ impl App {
             replica_id: settings.replica_id.clone(),
             kept_event_ttl: settings.kept_event_ttl,
             callers: settings.callers.clone(),
+            span_link: Some(telemetry::link),
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())
@@ -203,12 +210,21 @@ pub async fn serve(
         app.engine.clone(),
         app.service.clone(),
         token.clone(),
-        metrics,
+        metrics.clone(),
     );
-    let api = InterceptedService::new(
+    // Outside the authentication interceptor, so refused calls are traced and timed too.
+    let api = rpc_trace::RpcTraceLayer::new(
+        metrics,
+        grpc_addr,
+        rpc_trace::methods_of(
+            pb::FILE_DESCRIPTOR_SET,
+            GatewayServiceServer::<Gateway>::NAME,
+        ),
+    )
+    .layer(InterceptedService::new(
         GatewayServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         app.tokens.clone().interceptor(),
-    );
+    ));
     let max_streams =
         u32::try_from(app.service.max_watch_streams.saturating_add(1024)).unwrap_or(u32::MAX);
     let grpc_server = Server::builder()

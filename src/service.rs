@@ -219,12 +219,15 @@ impl Gateway {
             return Err(ApiError::ShuttingDown);
         }
         let caller = Caller::of(&req);
-        let traceparent = req
-            .metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 128)
-            .map(str::to_owned);
+        // With traces on, this call's own server span (see `rpc_trace`), so the jobs' later
+        // provider calls link to the Submit itself; otherwise the caller's context as sent.
+        let traceparent = crate::telemetry::traceparent(&tracing::Span::current()).or_else(|| {
+            req.metadata()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 128)
+                .map(str::to_owned)
+        });
         let cmd = self.submit_command(req.into_inner(), caller, traceparent)?;
         let validate_only = cmd.validate_only;
         let unstored: Vec<(String, String, i64, Option<String>)> = if validate_only {

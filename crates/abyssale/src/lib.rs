@@ -275,14 +275,12 @@ impl Generator for Abyssale {
             "{}/async/banner-builder/{}/generate",
             self.base, spec.design_id
         );
-        let resp = self
+        let req = self
             .http
             .post(url)
             .header("x-api-key", &self.cfg.api_key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Write))?;
+            .json(&body);
+        let resp = transport::send(NAME, req, Effect::Write).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());
@@ -349,13 +347,11 @@ impl Generator for Abyssale {
                 None,
             ));
         }
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/generation-request/{key}", self.base))
-            .header("x-api-key", &self.cfg.api_key)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
+            .header("x-api-key", &self.cfg.api_key);
+        let resp = transport::send(NAME, req, Effect::Read).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());

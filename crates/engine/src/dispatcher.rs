@@ -22,12 +22,13 @@ use adgate_generator::{GenError, JobError, JobState, Progress, SubmitBatch, Subm
 use adgate_store::{JobPatch, JobRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::awaiting;
 use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::runtime::{ProviderRuntime, Shared};
-use crate::{codes, fair, tracker};
+use crate::{codes, fair, trace, tracker};
 
 /// How many queued jobs one dispatcher pass reads.
 const PASS_SIZE: usize = 1000;
@@ -450,8 +451,13 @@ pub(crate) async fn send_attempt(
             };
             shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
         }
+        let span = trace::submit_call(shared.span_link, &rt.name, &jobs);
         let started = Instant::now();
-        let result = rt.generator.submit(batch.clone()).await;
+        let result = rt
+            .generator
+            .submit(batch.clone())
+            .instrument(span.clone())
+            .await;
         let secs = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "ok",
@@ -462,7 +468,9 @@ pub(crate) async fn send_attempt(
             Ok(observed) => {
                 rt.observe(&shared, observed.rate);
                 rt.set_health(true, None);
-                accept(&shared, &rt, &jobs, observed.value).await;
+                accept(&shared, &rt, &jobs, observed.value)
+                    .instrument(span)
+                    .await;
                 break;
             }
             Err(GenError::RateLimited { retry_after }) => {
@@ -477,7 +485,9 @@ pub(crate) async fn send_attempt(
                 // The call may have created billable work and the provider takes no key: never
                 // send it again.
                 rt.set_health(false, Some(e.to_string()));
-                settle_unknown(&shared, &rt, &jobs, &format!("submit failed: {e}")).await;
+                settle_unknown(&shared, &rt, &jobs, &format!("submit failed: {e}"))
+                    .instrument(span.clone())
+                    .await;
                 break;
             }
             Err(e @ (GenError::Transient { .. } | GenError::UnknownOutcome { .. })) => {
@@ -508,6 +518,7 @@ pub(crate) async fn send_attempt(
                     ids,
                     JobError::new(codes::PROVIDER_AUTH_FAILED, e.to_string(), true),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -531,6 +542,7 @@ pub(crate) async fn send_attempt(
                     JobError::new(codes::PROVIDER_REJECTED, msg, false)
                         .with_provider_code(provider_code),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -544,6 +556,7 @@ pub(crate) async fn send_attempt(
                     JobError::new(codes::PROVIDER_REJECTED, message, false)
                         .with_provider_code(provider_code),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -553,6 +566,7 @@ pub(crate) async fn send_attempt(
                     ids,
                     JobError::new(codes::PROVIDER_REJECTED, e.to_string(), false),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -582,6 +596,7 @@ async fn accept(
             for rec in &changed {
                 rt.tracker.add(rec, rt.limits.first_poll_after);
             }
+            rt.links.remember(&changed, &rt.tracker);
             // Pushes that outran this answer are kept until now: apply them.
             rt.inbox_wake.notify_one();
             let watched: Vec<String> = changed

@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub inbox_interval: Duration,
     /// Weights and spend limits of named callers.
     pub callers: CallerPolicies,
+    /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
+    /// `None`: no links.
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +68,7 @@ impl Default for EngineConfig {
             kept_event_ttl: Duration::from_secs(24 * 3600),
             inbox_interval: Duration::from_secs(1),
             callers: CallerPolicies::default(),
+            span_link: None,
         }
     }
 }
@@ -216,6 +220,7 @@ impl Engine {
                 correlation_claims: Mutex::new(HashMap::new()),
                 awaiting: AtomicBool::new(false),
                 reconcile_window: reconcile_window(&setup_limits),
+                links: crate::trace::JobLinks::default(),
             };
             providers.insert(name, Arc::new(rt));
         }
@@ -239,6 +244,7 @@ impl Engine {
                 callers: config.callers,
                 spend_locks: SpendLocks::default(),
                 queue_plans: Default::default(),
+                span_link: config.span_link,
             }),
         };
         if shared_store {
@@ -513,6 +519,7 @@ impl Engine {
                 }
                 tracing::debug!(caller = %cmd.caller, batch = %batch_id, jobs = job_ids.len(),
                     "batch stored");
+                crate::trace::jobs_submitted(&batch_id, &job_ids);
                 for p in touched {
                     if let Some(rt) = self.shared.providers.get(&p) {
                         rt.note_arrival(&cmd.caller, cmd.priority);

@@ -28,6 +28,7 @@
 //!   the cross-replica change feed.
 //! - [`metrics`]: Prometheus families the engine records into.
 //! - [`error`]: the engine's error enum.
+//! - [`trace`]: spans of provider calls and webhooks, job lifecycle events, links to Submits.
 //!
 //! Adapters never retry, sleep or persist; everything here is provider-neutral and driven by
 //! each adapter's [`adgate_generator::Limits`].
@@ -52,6 +53,7 @@ mod replica;
 mod runtime;
 mod schedule;
 mod sweeper;
+pub mod trace;
 pub mod tracker;
 mod webhooks;
 
@@ -66,6 +68,7 @@ pub use engine::{
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
 pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
+pub use trace::SpanLink;
 
 /// Stable error codes callers switch on (defined once, in the trait crate).
 pub use adgate_generator::codes;

@@ -53,6 +53,8 @@ pub(crate) struct ProviderRuntime {
     /// wake it.
     pub awaiting: AtomicBool,
     pub tracker: TrackerState,
+    /// The Submits of the jobs `tracker` follows, for its spans' links (traces on only).
+    pub(crate) links: crate::trace::JobLinks,
     /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
     pub stopped_batches: Mutex<HashSet<String>>,
     pub health: Mutex<Health>,
@@ -262,6 +264,8 @@ pub(crate) struct Shared {
     pub callers: crate::pricing::CallerPolicies,
     pub(crate) spend_locks: crate::pricing::SpendLocks,
     pub(crate) queue_plans: crate::eta::QueuePlans,
+    /// See [`crate::EngineConfig::span_link`].
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Shared {
@@ -291,6 +295,7 @@ impl Shared {
     /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
     /// their tracker.
     pub(crate) fn publish(&self, changed: &[JobRecord]) {
+        crate::trace::jobs_changed(self.span_link, changed);
         for rec in changed {
             if rec.state == adgate_generator::JobState::Completed
                 && let Some(cost) = &rec.cost
@@ -308,6 +313,7 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
+                rt.links.forget(&rec.id);
                 // A batch may have ended: a submit waiting for a running slot re-checks; a
                 // held job may wait for this one.
                 if rt.limits.max_running_poll_keys.is_some()

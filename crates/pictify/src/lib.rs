@@ -241,12 +241,10 @@ impl Pictify {
         req: reqwest::RequestBuilder,
         effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
-        let resp = req
+        let req = req
             .bearer_auth(&self.cfg.api_key)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, effect))?;
+            .header(http::header::ACCEPT, "application/json");
+        let resp = transport::send(NAME, req, effect).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp

@@ -158,13 +158,11 @@ impl StaticAdsLab {
         req: reqwest::RequestBuilder,
         effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
-        let resp = req
+        let req = req
             .header("x-api-key", self.key.clone())
             .header(header::ACCEPT, "application/json")
-            .timeout(self.cfg.request_timeout)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, effect))?;
+            .timeout(self.cfg.request_timeout);
+        let resp = transport::send(NAME, req, effect).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -513,14 +511,12 @@ impl Generator for StaticAdsLab {
         }
         // No overall timeout here: the stream lives as long as the job. Silence longer than
         // three heartbeats ends it through the client's read timeout.
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/v1/image-ads/{provider_ref}", self.base))
             .header("x-api-key", self.key.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
+            .header(header::ACCEPT, "text/event-stream");
+        let resp = transport::send(NAME, req, Effect::Read).await?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
