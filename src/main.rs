@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use adgate::cli::Subcommand;
 use adgate::config::{Cli, Command, LogFormat, Settings};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -67,6 +68,10 @@ async fn run(cli: Cli) -> ExitCode {
             init_logging(None);
             adgate::run_sims(args).await
         }
+        Command::Submit(a) => return adgate::cli::run(Subcommand::Submit(a)).await,
+        Command::Watch(a) => return adgate::cli::run(Subcommand::Watch(a)).await,
+        Command::Status(a) => return adgate::cli::run(Subcommand::Status(a)).await,
+        Command::Download(a) => return adgate::cli::run(Subcommand::Download(a)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
