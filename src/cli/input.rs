@@ -281,11 +281,11 @@ fn resolve(spec: &MessageDescriptor, path: &str) -> Result<Column, String> {
         if let Kind::Message(m) = &kind {
             let name = m.full_name();
             if name == "google.protobuf.Struct" || name == "google.protobuf.Value" {
-                let leaf = if last { Leaf::Object } else { Leaf::Loose };
-                let leaf = if name == "google.protobuf.Value" {
-                    Leaf::Loose
+                // Below a Struct the path names JSON keys the descriptor knows nothing of.
+                let leaf = if last && name == "google.protobuf.Struct" {
+                    Leaf::Object
                 } else {
-                    leaf
+                    Leaf::Loose
                 };
                 return Ok(Column { segments, leaf });
             }
@@ -301,20 +301,22 @@ fn resolve(spec: &MessageDescriptor, path: &str) -> Result<Column, String> {
                     },
                 });
             }
-            if last || field.is_list() {
+            if field.is_list() {
                 if !last {
                     return Err(format!("{seg} is a list, written as one JSON array"));
                 }
                 return Ok(Column {
                     segments,
-                    leaf: if field.is_list() {
-                        Leaf::Field {
-                            kind,
-                            repeated: true,
-                        }
-                    } else {
-                        Leaf::Object
+                    leaf: Leaf::Field {
+                        kind,
+                        repeated: true,
                     },
+                });
+            }
+            if last {
+                return Ok(Column {
+                    segments,
+                    leaf: Leaf::Object,
                 });
             }
             message = m.clone();

@@ -19,6 +19,9 @@ use crate::pb;
 const REDRAW: Duration = Duration::from_millis(200);
 /// A stream that keeps failing this long without a message gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
+/// Before any message arrived, a failing gateway is more likely a wrong --target than a
+/// restart: give up sooner.
+const FIRST_CONNECT_FOR: Duration = Duration::from_secs(3);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 pub fn mode(json: bool) -> Mode {
@@ -148,6 +151,7 @@ async fn stream_batch(
     tx: mpsc::Sender<Update>,
 ) -> Result<(), Failure> {
     let mut failing_since: Option<Instant> = None;
+    let mut answered = false;
     loop {
         let req = pb::WatchProgressRequest {
             job_ids: Vec::new(),
@@ -160,6 +164,7 @@ async fn stream_batch(
                     match stream.message().await {
                         Ok(Some(msg)) => {
                             failing_since = None;
+                            answered = true;
                             if let Some(pb::watch_progress_response::Event::Job(job)) = msg.event
                                 && tx.send(Update::Job(Box::new(job))).await.is_err()
                             {
@@ -177,7 +182,12 @@ async fn stream_batch(
             Err(st) => st,
         };
         let since = *failing_since.get_or_insert_with(Instant::now);
-        if !retryable(&err) || since.elapsed() > RECONNECT_FOR {
+        let patience = if answered {
+            RECONNECT_FOR
+        } else {
+            FIRST_CONNECT_FOR
+        };
+        if !retryable(&err) || since.elapsed() > patience {
             return Err(Failure::rpc(&format!("WatchProgress {batch}"), &err));
         }
         tokio::time::sleep(RECONNECT_BACKOFF).await;
