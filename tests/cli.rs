@@ -14,7 +14,7 @@ use std::time::Duration;
 use adgate::pb;
 use adgate::pb::gateway_service_client::GatewayServiceClient;
 use serde_json::Value;
-use support::{BIN, Gateway, free_port, metric_sum, run_binary};
+use support::{BIN, Gateway, GatewaySpec, Sims, free_port, metric_sum, run_binary};
 
 const SAL: &str = r#""staticadslab": {"design_template_id": "dt_a1b2c3d4e5f67890", "brand_id": "brand_a1b2c3d4e5f67890", "product_id": "prod_a1b2c3d4e5f67890", "audience_id": "aud_a1b2c3d4e5f67890""#;
 
@@ -437,4 +437,89 @@ async fn the_token_is_sent_never_shown_and_an_absent_gateway_is_exit_3() {
     let down = run_bounded(cmd).await;
     assert_eq!(down.code, 3, "{down:?}");
     assert!(down.stderr.contains("no gateway answered"), "{down:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_when_the_gateway_restarts_and_still_ends_with_every_job() {
+    // Simulators in this process, so they outlive the gateway; ads take 4-5 s.
+    let http_port = free_port();
+    let sims = Sims::start(0.05, http_port, "cliwatch", |_, cfg| {
+        cfg.job_duration = (Duration::from_secs(80), Duration::from_secs(100));
+    })
+    .await;
+    let spec = GatewaySpec::new(
+        http_port,
+        "time_scale = 0.05\ngrace_period_secs = 2\n",
+        sims.env(),
+    );
+    let mut gw = spec.spawn();
+    support::connect(&spec.grpc_url(), Duration::from_secs(30)).await;
+    let lines: Vec<String> = (1..=4)
+        .map(|i| format!("{{\"client_ref\": \"ad-{i}\", {SAL}, \"prompt\": \"v{i}\"}}}}"))
+        .collect();
+    let file = spec.dir.path().join("ads.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["submit", file.to_str().unwrap(), "--json", "--target"])
+        .arg(spec.grpc_url());
+    let out = run_bounded(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let batch = out.json_lines()[0]["batch_id"].as_str().unwrap().to_owned();
+
+    let results = spec.dir.path().join("results.jsonl");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "watch",
+        &batch,
+        "--results",
+        results.to_str().unwrap(),
+        "--target",
+    ])
+    .arg(spec.grpc_url())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let watcher = cmd.spawn().unwrap();
+    let metrics = format!("{}/metrics", spec.http_url());
+    support::wait_for("the CLI's stream", Duration::from_secs(20), || {
+        let r = reqwest::get(metrics.clone());
+        async move {
+            match r.await {
+                Ok(r) => {
+                    metric_sum(
+                        &r.text().await.unwrap_or_default(),
+                        "adgate_watch_streams",
+                        &[],
+                    ) >= 1.0
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway drained");
+    let _restarted = spec.spawn();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || watcher.wait_with_output().unwrap()),
+    )
+    .await
+    .expect("the watch ended")
+    .unwrap();
+    let out = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("reconnecting"),
+        "the stream was cut: {out:?}"
+    );
+    let rows = read_results(&results);
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["state"] == "COMPLETED"), "{rows:?}");
+    sims.shutdown();
 }

@@ -181,6 +181,14 @@ async fn stream_batch(
             }
             Err(st) => st,
         };
+        if failing_since.is_none() && answered && retryable(&err) {
+            // On stderr, so stdout stays one line (or one JSON object) per job change.
+            eprintln!(
+                "adgate: WatchProgress {batch} ended ({:?}: {}); reconnecting",
+                err.code(),
+                err.message()
+            );
+        }
         let since = *failing_since.get_or_insert_with(Instant::now);
         let patience = if answered {
             RECONNECT_FOR
