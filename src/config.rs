@@ -230,8 +230,23 @@ struct FileProvider {
     resume_subscriptions: Option<bool>,
     manage_subscriptions: Option<bool>,
     request_timeout_secs: Option<f64>,
+    /// Replaces the adapter's price unit (`USD`, `pictify_credit`, …).
+    price_unit: Option<String>,
+    /// Price per kind of job or output (`flat`, `editable`, `image`, `format`), in the unit.
+    #[serde(default)]
+    prices: BTreeMap<String, f64>,
     #[serde(flatten)]
     limits: LimitOverrides,
+}
+
+/// `[callers.<name>]` in the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCaller {
+    weight: Option<u32>,
+    /// Most the caller may spend per UTC day, by provider, in that provider's price unit.
+    #[serde(default)]
+    daily_spend_limits: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -253,6 +268,8 @@ struct FileConfig {
     kept_event_ttl_secs: Option<f64>,
     #[serde(default)]
     providers: BTreeMap<String, FileProvider>,
+    #[serde(default)]
+    callers: BTreeMap<String, FileCaller>,
 }
 
 /// One provider's resolved settings. The provider is enabled when `api_key` is set.
@@ -272,6 +289,7 @@ pub struct ProviderSettings {
     pub manage_subscriptions: bool,
     pub request_timeout: Option<Duration>,
     pub limits: LimitOverrides,
+    pub prices: adgate_engine::PriceOverrides,
 }
 
 /// The resolved configuration.
@@ -298,6 +316,8 @@ pub struct Settings {
     pub kept_event_ttl: Duration,
     /// By provider name; every registered provider has an entry.
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// Weights and daily spend limits of named callers (`[callers.<name>]`).
+    pub callers: adgate_engine::CallerPolicies,
     pub sandbox: bool,
 }
 
@@ -322,6 +342,7 @@ impl Default for Settings {
             providers: providers::names()
                 .map(|n| (n.to_owned(), ProviderSettings::default()))
                 .collect(),
+            callers: adgate_engine::CallerPolicies::default(),
             sandbox: false,
         }
     }
@@ -508,6 +529,52 @@ impl Settings {
             }
             check_overrides(name, &f.limits)?;
             p.limits = f.limits;
+            p.prices = adgate_engine::PriceOverrides {
+                unit: f.price_unit.filter(|u| !u.trim().is_empty()),
+                micros_by_kind: f
+                    .prices
+                    .iter()
+                    .map(|(kind, amount)| {
+                        micros(&format!("providers.{name}.prices.{kind}"), *amount)
+                            .map(|m| (kind.clone(), m))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+        }
+        for (caller, c) in file.callers {
+            if !crate::auth::is_caller_name(&caller) {
+                return Err(ConfigError::invalid(
+                    "[callers.<name>]",
+                    &caller,
+                    "a caller name is 1-63 of a-z 0-9 - _ .",
+                ));
+            }
+            let mut policy = adgate_engine::CallerPolicy::default();
+            if let Some(w) = c.weight {
+                if w == 0 || w > 1000 {
+                    return Err(ConfigError::invalid(
+                        &format!("callers.{caller}.weight"),
+                        &w.to_string(),
+                        "must be in 1..=1000",
+                    ));
+                }
+                policy.weight = w;
+            }
+            for (provider, amount) in c.daily_spend_limits {
+                if !s.providers.contains_key(&provider) {
+                    return Err(ConfigError::invalid(
+                        &format!("callers.{caller}.daily_spend_limits"),
+                        &provider,
+                        "unknown provider",
+                    ));
+                }
+                let m = micros(
+                    &format!("callers.{caller}.daily_spend_limits.{provider}"),
+                    amount,
+                )?;
+                policy.daily_limits.insert(provider, m);
+            }
+            s.callers.0.insert(caller, policy);
         }
         Ok(s)
     }
@@ -534,6 +601,18 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     toml::from_str(&text).map_err(|e| err(one_line(&e.to_string())))
+}
+
+/// A non-negative amount in millionths.
+fn micros(field: &str, amount: f64) -> Result<i64, ConfigError> {
+    if !(amount.is_finite() && (0.0..=1e12).contains(&amount)) {
+        return Err(ConfigError::invalid(
+            field,
+            &amount.to_string(),
+            "must be a number in [0, 1e12]",
+        ));
+    }
+    Ok((amount * 1e6).round() as i64)
 }
 
 /// toml's errors span several lines (with a source excerpt); keep the message only.

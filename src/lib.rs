@@ -126,6 +126,7 @@ impl App {
             lease: settings.lease,
             replica_id: settings.replica_id.clone(),
             kept_event_ttl: settings.kept_event_ttl,
+            callers: settings.callers.clone(),
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())
@@ -142,7 +143,13 @@ impl App {
                 max_watch_streams: settings.max_watch_streams,
                 heartbeat: settings.heartbeat,
             },
-            tokens: Tokens::new(settings.auth_tokens.clone()),
+            tokens: Tokens::new(
+                settings
+                    .auth_tokens
+                    .iter()
+                    .map(|t| auth::NamedToken::parse(t.expose()))
+                    .collect(),
+            ),
             grace: settings.grace_period,
         })
     }

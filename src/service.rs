@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::convert;
 use crate::errors::{ApiError, Violation, job_field};
 use crate::metrics::GrpcMetrics;
@@ -77,7 +78,12 @@ impl Gateway {
     }
 
     /// Validate every job and build the engine command. Nothing is stored on error.
-    fn submit_command(&self, req: pb::SubmitRequest) -> Result<SubmitCommand, ApiError> {
+    fn submit_command(
+        &self,
+        req: pb::SubmitRequest,
+        caller: Caller,
+        traceparent: Option<String>,
+    ) -> Result<SubmitCommand, ApiError> {
         let mut violations = Vec::new();
         if req.request_id.chars().count() > MAX_REQUEST_ID {
             violations.push(Violation::new(
@@ -154,22 +160,49 @@ impl Gateway {
                 provider: name,
             });
         }
+        let priority = match pb::Priority::try_from(req.priority) {
+            Ok(pb::Priority::Unspecified | pb::Priority::Normal) => adgate_engine::DEFAULT_PRIORITY,
+            Ok(pb::Priority::Interactive) => 1,
+            Ok(pb::Priority::Bulk) => 3,
+            Err(_) => {
+                return Err(ApiError::InvalidRequest(vec![Violation::new(
+                    "priority",
+                    format!("unknown priority {}", req.priority),
+                )]));
+            }
+        };
         Ok(SubmitCommand {
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
             jobs,
+            caller: caller.0,
+            priority,
+            traceparent,
+            validate_only: req.validate_only,
         })
     }
 
-    async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, ApiError> {
+    async fn submit_inner(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<pb::SubmitResponse, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
-        let cmd = self.submit_command(req)?;
+        let caller = Caller::of(&req);
+        let traceparent = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map(str::to_owned);
+        let cmd = self.submit_command(req.into_inner(), caller, traceparent)?;
         let reply = self.engine.submit(cmd).await?;
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,
             job_ids: reply.job_ids,
             replayed: reply.replayed,
+            estimated_cost: convert::costs(&reply.estimated_cost),
+            ..Default::default()
         })
     }
 
@@ -189,7 +222,13 @@ impl Gateway {
                     (jobs.into_iter().map(Arc::new).collect(), Vec::new())
                 }
             };
+        let billed: Vec<adgate_engine::StoredCost> =
+            records.iter().filter_map(|r| self.engine.cost(r)).collect();
+        let cost =
+            adgate_engine::pricing::sum_by_unit(billed.iter().map(|c| (c.unit.as_str(), c.micros)));
         Ok(pb::BatchStatusResponse {
+            cost: convert::costs(&cost),
+            estimated_completion_time: None,
             counts: convert::state_counts(records.iter().map(|r| &**r)),
             jobs: records.iter().map(|r| self.job(r)).collect(),
             unknown_job_ids: unknown,
@@ -435,7 +474,7 @@ impl GatewayService for Gateway {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let r = self.submit_inner(request.into_inner()).await;
+        let r = self.submit_inner(request).await;
         self.observe("Submit", r)
     }
 
@@ -445,6 +484,20 @@ impl GatewayService for Gateway {
     ) -> Result<Response<pb::BatchStatusResponse>, Status> {
         let r = self.batch_status_inner(request.into_inner()).await;
         self.observe("BatchStatus", r)
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Err(Status::unimplemented("ListJobs is not built yet"))
+    }
+
+    async fn list_batches(
+        &self,
+        _request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        Err(Status::unimplemented("ListBatches is not built yet"))
     }
 
     type WatchProgressStream = WatchStream;

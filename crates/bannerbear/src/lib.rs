@@ -270,6 +270,17 @@ impl Generator for Bannerbear {
         }
     }
 
+    /// "1 image = 1 credit" [FREE], [HELP-174]; the gateway creates images only.
+    fn price(&self, _spec: &Value) -> Option<adgate_generator::Price> {
+        Some(adgate_generator::Price {
+            unit: "bannerbear_credit",
+            kind: "image",
+            micros: 1_000_000,
+            per_output: false,
+            expected_outputs: 1,
+        })
+    }
+
     fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
         spec::parse(spec).map(|_| ())
     }

@@ -16,6 +16,8 @@
 //!   push streams for watched jobs.
 //! - `events`: resolves updates from polls, streams and webhooks to jobs and applies them; keeps
 //!   webhook events that match no job yet (the inbox) and applies them once their job is known.
+//! - [`pricing`]: what jobs cost (documented prices, the operator's overrides), the estimate
+//!   stored with each job, and per-caller daily spend limits.
 //! - [`budget`]: the rolling-window request budget shared by submits, polls and streams.
 //! - [`bus`]: progress fan-out to watchers with latest-wins coalescing and bounded memory.
 //! - `cache`: the read API's bounded read-through cache of job records (single process).
@@ -39,6 +41,7 @@ pub mod engine;
 pub mod error;
 mod events;
 pub mod metrics;
+pub mod pricing;
 mod push;
 mod references;
 mod replica;
@@ -50,7 +53,7 @@ mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
 /// dependency of its own.
-pub use adgate_store::{JobRecord, Store};
+pub use adgate_store::{ANONYMOUS, DEFAULT_PRIORITY, JobRecord, Store, StoredCost};
 pub use bus::Watch;
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,
@@ -58,6 +61,7 @@ pub use engine::{
 };
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
+pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
 
 /// Stable error codes callers switch on (defined once, in the trait crate).
 pub use adgate_generator::codes;

@@ -32,6 +32,10 @@ pub(crate) struct ProviderRuntime {
     pub name: String,
     pub generator: Arc<dyn Generator>,
     pub limits: Limits,
+    pub prices: crate::pricing::PriceOverrides,
+    /// Bumped by every Submit with jobs here: the dispatcher re-reads the queue at its next
+    /// chunk, so a caller's new job joins the fair-share order at once.
+    pub new_work: std::sync::atomic::AtomicU64,
     pub budget: Budget,
     /// The provider's daily request cap ([`Limits::daily_budget`]), taken before `budget`.
     pub daily: Option<Budget>,
@@ -185,6 +189,8 @@ pub(crate) struct Shared {
     /// Every task the engine starts: shutdown waits for them before the store closes, so no
     /// commit is cut off by a closing store.
     pub(crate) tasks: TaskTracker,
+    pub callers: crate::pricing::CallerPolicies,
+    pub(crate) spend_locks: crate::pricing::SpendLocks,
 }
 
 impl Shared {

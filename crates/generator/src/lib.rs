@@ -34,5 +34,5 @@ pub use generator::{
     WebhookEvent,
 };
 pub use model::{
-    Cost, JobError, JobState, JobView, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget,
+    JobError, JobState, JobView, Output, Price, Progress, ProviderUpdate, RemoteState, UpdateTarget,
 };

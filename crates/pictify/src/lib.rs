@@ -370,6 +370,22 @@ impl Generator for Pictify {
         Spec::parse(spec).map(|_| ())
     }
 
+    /// Pictify bills plan credits per rendered image (its documents give no money price;
+    /// plans differ): one credit per image by default, per layout when several are asked.
+    fn price(&self, spec: &Value) -> Option<adgate_generator::Price> {
+        let layouts = spec
+            .get("layouts")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        Some(adgate_generator::Price {
+            unit: "pictify_credit",
+            kind: "image",
+            micros: 1_000_000,
+            per_output: true,
+            expected_outputs: u32::try_from(layouts.max(1)).unwrap_or(u32::MAX),
+        })
+    }
+
     fn group_key(&self, spec: &Value) -> Option<String> {
         Spec::parse(spec).ok().map(|s| s.group_key())
     }

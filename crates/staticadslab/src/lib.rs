@@ -279,19 +279,22 @@ impl Generator for StaticAdsLab {
 
     /// "Flat $1.00, editable $4.00, design template $0.25", billed on completion [SEED-2],
     /// [SAL:guides/errors-and-billing]. A PATCH re-render's price is not documented: none.
-    fn cost_on_completion(&self, spec: &Value) -> Option<adgate_generator::Cost> {
-        let micros = if spec::is_edit(spec) {
+    fn price(&self, spec: &Value) -> Option<adgate_generator::Price> {
+        let (kind, micros) = if spec::is_edit(spec) {
             return None;
         } else if spec::is_design_template(spec) {
-            250_000
+            ("design_template", 250_000)
         } else if spec.get("editable").and_then(Value::as_bool) == Some(true) {
-            4_000_000
+            ("editable", 4_000_000)
         } else {
-            1_000_000
+            ("flat", 1_000_000)
         };
-        Some(adgate_generator::Cost {
-            currency_code: "USD",
+        Some(adgate_generator::Price {
+            unit: "USD",
+            kind,
             micros,
+            per_output: false,
+            expected_outputs: 1,
         })
     }
 

@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_kept_events.sql")),
     (3, include_str!("../migrations/0003_provider_result.sql")),
+    (4, include_str!("../migrations/0004_callers.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -282,10 +283,18 @@ const ACTIVE: &str = "state IN (1, 2)";
 static BATCH_JOBS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY seq"));
 
+/// The head of every caller's queue, not the oldest jobs overall: ranked within each caller
+/// (priority, then age) and taken rank by rank, so one caller's 10,000 queued jobs never hide
+/// another caller's first job from the dispatcher (which orders them by weighted fair share).
 static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND state = {queued} \
-         AND attempt_id IS NULL ORDER BY created_at, rowid LIMIT ?",
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (\
+             SELECT id FROM (\
+                 SELECT id, created_at, rowid AS rid, ROW_NUMBER() OVER (\
+                     PARTITION BY caller ORDER BY priority, created_at, rowid) AS rn \
+                 FROM jobs WHERE provider = ? AND state = {queued} AND attempt_id IS NULL) \
+             ORDER BY rn, created_at, rid LIMIT ?) \
+         ORDER BY created_at, rowid",
         queued = JobState::Queued.as_i64()
     )
 });
@@ -577,6 +586,27 @@ impl Store for SqliteStore {
                 )
             })
             .collect()
+    }
+
+    async fn spend_since(
+        &self,
+        caller: &str,
+        provider: &str,
+        unit: &str,
+        since_ms: i64,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost_micros), 0) FROM jobs INDEXED BY jobs_caller_spend \
+             WHERE caller = ? AND provider = ? AND created_at >= ? AND cost_unit = ?",
+        )
+        .bind(caller)
+        .bind(provider)
+        .bind(since_ms)
+        .bind(unit)
+        .fetch_one(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        row.try_get(0).map_err(db)
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {

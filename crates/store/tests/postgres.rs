@@ -223,7 +223,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
     conn.close().await.expect("close");
 }
 
@@ -1177,6 +1177,7 @@ async fn same_request_id_on_two_replicas_creates_jobs_once() {
     let a: Arc<dyn Store> = Arc::new(db.open().await);
     let b: Arc<dyn Store> = Arc::new(db.open().await);
     let request = |replica: &str, n: usize, hash: &str| NewSubmission {
+        caller: adgate_store::ANONYMOUS.to_owned(),
         batch_id: format!("batch_{replica}_{n}"),
         request_id: Some(format!("req-{n}")),
         content_hash: hash.to_owned(),

@@ -250,6 +250,7 @@ async fn bulk_submit_throughput() {
     let (_dir, store) = fresh().await;
     let store = Arc::new(store);
     let make = |call: usize| NewSubmission {
+        caller: adgate_store::ANONYMOUS.to_owned(),
         batch_id: format!("batch_{call}"),
         request_id: Some(format!("req_{call}")),
         content_hash: "h".to_owned(),

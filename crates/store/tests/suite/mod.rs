@@ -27,12 +27,16 @@ pub fn job(id: &str, provider: &str) -> NewJob {
         client_ref: format!("ref-{id}"),
         labels: BTreeMap::from([("team".to_owned(), "growth".to_owned())]),
         deadline_at_ms: T0 + 900_000,
+        priority: adgate_store::DEFAULT_PRIORITY,
+        cost: None,
+        traceparent: None,
     }
 }
 
 pub fn submission(batch_id: &str, jobs: Vec<NewJob>, now_ms: i64) -> NewSubmission {
     NewSubmission {
         batch_id: batch_id.to_owned(),
+        caller: adgate_store::ANONYMOUS.to_owned(),
         request_id: None,
         content_hash: format!("hash-{batch_id}"),
         jobs,
@@ -134,6 +138,10 @@ pub async fn submit_and_read(store: &dyn Store) {
             deadline_at_ms: T0 + 900_000,
             revision: 1,
             provider_result: None,
+            caller: "anonymous".into(),
+            priority: 2,
+            cost: None,
+            traceparent: None,
         }
     );
 
