@@ -109,6 +109,8 @@ pub enum Command {
     Status(crate::cli::StatusArgs),
     /// Download every output of batches into a directory.
     Download(crate::cli::DownloadArgs),
+    /// List jobs, newest first, optionally filtered (needs a gateway with ListJobs).
+    Jobs(crate::cli::JobsArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]

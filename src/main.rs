@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Watch(a) => return adgate::cli::run(Subcommand::Watch(a)).await,
         Command::Status(a) => return adgate::cli::run(Subcommand::Status(a)).await,
         Command::Download(a) => return adgate::cli::run(Subcommand::Download(a)).await,
+        Command::Jobs(a) => return adgate::cli::run(Subcommand::Jobs(a)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,11 @@
-//! The command line for bulk work: `adgate submit|watch|status|download`, gRPC clients of a
+//! The command line for bulk work: `adgate submit|watch|status|download|jobs`, gRPC clients of a
 //! running gateway. This module holds the shared options (target, token, output mode), the
 //! connection and the exit codes; each subcommand lives in its own module.
 
 mod csv;
 mod download;
 mod input;
+mod jobs;
 mod output;
 mod pbjson;
 mod progress;
@@ -86,6 +87,9 @@ pub struct SubmitArgs {
     /// twice.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub chunk: u32,
+    /// Order among your own queued jobs (the gateway's default is normal).
+    #[arg(long, value_enum)]
+    pub priority: Option<Priority>,
     /// Follow the created batches until every job is terminal (as `adgate watch`).
     #[arg(long)]
     pub watch: bool,
@@ -94,6 +98,26 @@ pub struct SubmitArgs {
     pub results: Option<PathBuf>,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// `SubmitRequest.priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Priority {
+    /// A person is waiting: sent before your other jobs.
+    Interactive,
+    Normal,
+    /// Background work: sent after your other jobs.
+    Bulk,
+}
+
+impl Priority {
+    pub fn proto(self) -> crate::pb::Priority {
+        match self {
+            Self::Interactive => crate::pb::Priority::Interactive,
+            Self::Normal => crate::pb::Priority::Normal,
+            Self::Bulk => crate::pb::Priority::Bulk,
+        }
+    }
 }
 
 /// `adgate watch BATCH…`.
@@ -117,6 +141,21 @@ pub struct StatusArgs {
     /// Batch ids (`bat_…`) or job ids (`job_…`).
     #[arg(required = true)]
     pub ids: Vec<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `adgate jobs`.
+#[derive(Debug, Clone, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct JobsArgs {
+    /// AIP-160 filter, e.g. `state = FAILED AND labels.campaign = "spring"` (fields: state,
+    /// provider, batch_id, caller, client_ref, labels.KEY, create_time).
+    #[arg(long, default_value = "")]
+    pub filter: String,
+    /// Most jobs shown, newest first (0 = all).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -226,6 +265,7 @@ pub async fn run(cmd: Subcommand) -> ExitCode {
         Subcommand::Watch(a) => watch::run_cmd(a).await,
         Subcommand::Status(a) => status::run(a).await,
         Subcommand::Download(a) => download::run(a).await,
+        Subcommand::Jobs(a) => jobs::run(a).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -243,4 +283,5 @@ pub enum Subcommand {
     Watch(WatchArgs),
     Status(StatusArgs),
     Download(DownloadArgs),
+    Jobs(JobsArgs),
 }

@@ -34,14 +34,20 @@ pub fn is_failure(s: pb::JobState) -> bool {
     matches!(s, pb::JobState::Failed | pb::JobState::Cancelled)
 }
 
-/// Money per currency, in micros.
+/// Cost per unit (a currency such as `USD`, or a provider's credits), in micros.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Costs(pub BTreeMap<String, i64>);
 
 impl Costs {
     pub fn add(&mut self, cost: Option<&pb::Cost>) {
         if let Some(c) = cost {
-            *self.0.entry(c.currency_code.clone()).or_default() += c.micros;
+            // Gateways before `Cost.unit` only set the currency.
+            let unit = if c.unit.is_empty() {
+                &c.currency_code
+            } else {
+                &c.unit
+            };
+            *self.0.entry(unit.clone()).or_default() += c.micros;
         }
     }
 
@@ -57,25 +63,34 @@ impl Costs {
 impl std::fmt::Display for Costs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.is_empty() {
-            return f.write_str("0.00");
+            return f.write_str("0");
         }
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(cur, micros)| {
-                let cents = micros / 10_000;
-                let sign = if cents < 0 { "-" } else { "" };
-                let cents = cents.abs();
-                let sym = if cur == "USD" { "$" } else { "" };
-                let code = if cur == "USD" {
-                    String::new()
-                } else {
-                    format!(" {cur}")
-                };
-                format!("{sign}{sym}{}.{:02}{code}", cents / 100, cents % 100)
-            })
-            .collect();
+        let parts: Vec<String> = self.0.iter().map(|(u, m)| amount(u, *m)).collect();
         f.write_str(&parts.join(" + "))
+    }
+}
+
+/// `$1.25`, `3.50 EUR`, `12 pictify_credit`.
+fn amount(unit: &str, micros: i64) -> String {
+    let money = unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase());
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    if money {
+        let cents = abs / 10_000;
+        let n = format!("{}.{:02}", cents / 100, cents % 100);
+        return if unit == "USD" {
+            format!("{sign}${n}")
+        } else {
+            format!("{sign}{n} {unit}")
+        };
+    }
+    let whole = abs / 1_000_000;
+    let frac = abs % 1_000_000;
+    if frac == 0 {
+        format!("{sign}{whole} {unit}")
+    } else {
+        let frac = format!("{frac:06}");
+        format!("{sign}{whole}.{} {unit}", frac.trim_end_matches('0'))
     }
 }
 
@@ -153,6 +168,7 @@ mod tests {
                 cost: Some(pb::Cost {
                     currency_code: "USD".into(),
                     micros: 1_000_000,
+                    unit: String::new(),
                 }),
                 ..Default::default()
             },
@@ -160,13 +176,34 @@ mod tests {
                 cost: Some(pb::Cost {
                     currency_code: "USD".into(),
                     micros: 250_000,
+                    unit: "USD".into(),
                 }),
                 ..Default::default()
             },
             pb::Job::default(),
         ];
         assert_eq!(Costs::of(&jobs).to_string(), "$1.25");
-        assert_eq!(Costs::default().to_string(), "0.00");
+        assert_eq!(Costs::default().to_string(), "0");
+        let mut c = Costs::default();
+        c.add(Some(&pb::Cost {
+            unit: "pictify_credit".into(),
+            micros: 3_000_000,
+            ..Default::default()
+        }));
+        c.add(Some(&pb::Cost {
+            currency_code: "EUR".into(),
+            unit: "EUR".into(),
+            micros: 1_500_000,
+        }));
+        c.add(Some(&pb::Cost {
+            unit: "abyssale_credit".into(),
+            micros: 500_000,
+            ..Default::default()
+        }));
+        assert_eq!(
+            c.to_string(),
+            "1.50 EUR + 0.5 abyssale_credit + 3 pictify_credit"
+        );
     }
 
     #[test]

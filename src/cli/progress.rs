@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
@@ -51,6 +51,8 @@ pub struct Tracker {
     /// Jobs that became terminal while watching (the rate counts only these).
     finished_here: usize,
     drawn_lines: usize,
+    /// The gateway's own estimate of when every job is terminal, when it gives one.
+    gateway_eta: Option<SystemTime>,
 }
 
 impl Tracker {
@@ -63,6 +65,7 @@ impl Tracker {
             start: Instant::now(),
             finished_here: 0,
             drawn_lines: 0,
+            gateway_eta: None,
         }
     }
 
@@ -130,8 +133,15 @@ impl Tracker {
         (self.finished_here > 0 && secs > 0.5).then(|| self.finished_here as f64 / secs)
     }
 
-    /// Time left at the current rate.
+    pub fn set_gateway_eta(&mut self, at: Option<SystemTime>) {
+        self.gateway_eta = at;
+    }
+
+    /// Time left: the gateway's estimate when it gives one, else the current rate's.
     pub fn eta(&self) -> Option<Duration> {
+        if let Some(at) = self.gateway_eta {
+            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
+        }
         let left = self.expected.saturating_sub(self.terminal());
         let rate = self.rate()?;
         Duration::try_from_secs_f64(left as f64 / rate).ok()
@@ -266,6 +276,13 @@ mod tests {
         assert_eq!(t.count(pb::JobState::Queued), 1);
         assert_eq!(t.terminal(), 1);
         assert_eq!(t.finished_here, 1);
+        // The gateway's estimate wins over the local rate.
+        t.set_gateway_eta(Some(SystemTime::now() + Duration::from_secs(90)));
+        let eta = t.eta().unwrap();
+        assert!(
+            eta > Duration::from_secs(80) && eta <= Duration::from_secs(90),
+            "{eta:?}"
+        );
     }
 
     #[test]

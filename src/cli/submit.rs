@@ -1,5 +1,6 @@
-//! `adgate submit FILE`: read every job first (nothing is sent if any row is bad), then
-//! Submit them in chunks, each with a request id derived from the chunk's own content and
+//! `adgate submit FILE`: read every job first (nothing is sent if any row is bad), have the
+//! gateway validate every chunk (`validate_only`: nothing is stored if any spec is refused),
+//! then Submit them in chunks, each with a request id derived from the chunk's own content and
 //! position, so re-running the command after any failure replays what was stored instead of
 //! creating it twice; then, with `--watch`, follow the created batches.
 
@@ -9,10 +10,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::input::{self, Format, Row};
-use super::output;
+use super::output::{self, Costs};
 use super::progress::Mode;
 use super::rpc_error::describe_with;
-use super::{Client, EXIT_OK, Failure, SubmitArgs, watch};
+use super::{Client, EXIT_OK, Failure, Priority, SubmitArgs, watch};
 use crate::pb;
 
 /// Most problems listed when the file has many bad rows.
@@ -51,18 +52,70 @@ pub async fn run(args: SubmitArgs) -> Result<u8, Failure> {
     })?;
     let client = super::client(&args.conn)?;
     let mode = watch::mode(args.conn.json);
-    let chunks: Vec<&[Row]> = input.rows.chunks(args.chunk as usize).collect();
-    let mut batches = Vec::with_capacity(chunks.len());
-    let mut total = 0;
-    for (i, chunk) in chunks.iter().enumerate() {
-        let request_id = request_id(format, &input.context, i, chunk);
-        let req = pb::SubmitRequest {
-            request_id,
-            jobs: chunk.iter().map(|r| r.spec.clone()).collect(),
+    let priority = args
+        .priority
+        .map_or(pb::Priority::Unspecified, Priority::proto);
+    let mut context = input.context.clone();
+    if let Some(p) = args.priority {
+        context.push_str(&format!("\npriority={p:?}"));
+    }
+    let requests: Vec<(&[Row], pb::SubmitRequest)> = input
+        .rows
+        .chunks(args.chunk as usize)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let req = pb::SubmitRequest {
+                request_id: request_id(format, &context, i, chunk),
+                jobs: chunk.iter().map(|r| r.spec.clone()).collect(),
+                priority: priority as i32,
+                validate_only: false,
+            };
+            (chunk, req)
+        })
+        .collect();
+    // Every chunk is validated before any is stored, so one bad row anywhere stores nothing.
+    // The check carries the real request id: a gateway too old to know `validate_only`
+    // stores the chunk, and the real call below then replays it instead of doubling it.
+    let mut estimate = Costs::default();
+    let mut refused: Option<Failure> = None;
+    for (chunk, req) in &requests {
+        let check = pb::SubmitRequest {
+            validate_only: true,
+            ..req.clone()
         };
-        let reply = submit_chunk(&client, req)
+        match submit_chunk(&client, check).await {
+            Ok(reply) => {
+                for c in &reply.estimated_cost {
+                    estimate.add(Some(c));
+                }
+            }
+            // Bad specs: keep checking the other chunks, so one run lists every bad row.
+            Err(st) if st.code() == tonic::Code::InvalidArgument => {
+                let f = chunk_failure(&name, &st, chunk);
+                match &mut refused {
+                    Some(first) => first.message.push_str(&format!("\n{}", f.message)),
+                    None => refused = Some(f),
+                }
+            }
+            Err(st) => return Err(chunk_failure(&name, &st, chunk)),
+        }
+    }
+    if let Some(f) = refused {
+        return Err(f);
+    }
+    if mode != Mode::Json {
+        output::line(&format!(
+            "{} job(s) in {} chunk(s), valid; estimated cost {estimate}",
+            input.rows.len(),
+            requests.len()
+        ));
+    }
+    let mut batches = Vec::with_capacity(requests.len());
+    let mut total = 0;
+    for (i, (chunk, req)) in requests.iter().enumerate() {
+        let reply = submit_chunk(&client, req.clone())
             .await
-            .map_err(|st| chunk_failure(&name, &st, chunk, &batches))?;
+            .map_err(|st| stored_so_far(chunk_failure(&name, &st, chunk), &batches))?;
         let (first, last) = (
             chunk.first().map_or(0, |r| r.line),
             chunk.last().map_or(0, |r| r.line),
@@ -81,7 +134,7 @@ pub async fn run(args: SubmitArgs) -> Result<u8, Failure> {
             output::line(&format!(
                 "chunk {}/{} (lines {first}-{last}): batch {}, {} job(s){}",
                 i + 1,
-                chunks.len(),
+                requests.len(),
                 reply.batch_id,
                 reply.job_ids.len(),
                 if reply.replayed {
@@ -133,9 +186,8 @@ async fn submit_chunk(
     }
 }
 
-/// The gateway refused a chunk: its violations name file lines, and the batches already
-/// stored are listed (re-running after a fix replays them).
-fn chunk_failure(name: &str, st: &tonic::Status, chunk: &[Row], stored: &[String]) -> Failure {
+/// The gateway refused a chunk: its violations name file lines.
+fn chunk_failure(name: &str, st: &tonic::Status, chunk: &[Row]) -> Failure {
     let field = |f: &str| match job_index(f) {
         Some((i, rest)) if i < chunk.len() => {
             format!("{name}:{}: {rest}", chunk[i].line)
@@ -144,6 +196,12 @@ fn chunk_failure(name: &str, st: &tonic::Status, chunk: &[Row], stored: &[String
     };
     let mut f = Failure::rpc("Submit", st);
     f.message = format!("Submit: {}", describe_with(st, &field));
+    f
+}
+
+/// A failure after some chunks were stored (the gateway went away mid-file): say which, and
+/// that re-running is safe.
+fn stored_so_far(mut f: Failure, stored: &[String]) -> Failure {
     if !stored.is_empty() {
         f.message.push_str(&format!(
             "\nearlier chunks were stored as {}; re-running the same command (same file, same \

@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -23,6 +23,8 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// restart: give up sooner.
 const FIRST_CONNECT_FOR: Duration = Duration::from_secs(3);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the bars ask the gateway for its completion estimate (a BatchStatus per batch).
+const GATEWAY_ETA_EVERY: Duration = Duration::from_secs(5);
 
 pub fn mode(json: bool) -> Mode {
     if json {
@@ -77,6 +79,8 @@ pub async fn follow(
     let mut open = batches.len();
     let mut tick = tokio::time::interval(REDRAW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut eta_tick = tokio::time::interval(GATEWAY_ETA_EVERY);
+    eta_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open > 0 {
         tokio::select! {
             u = rx.recv() => match u {
@@ -94,6 +98,9 @@ pub async fn follow(
                 Err(e) => return Err(Failure::gateway(format!("a watch task failed: {e}"))),
             },
             _ = tick.tick() => tracker.draw(),
+            _ = eta_tick.tick(), if mode == Mode::Bar => {
+                tracker.set_gateway_eta(gateway_eta(client, batches).await);
+            }
         }
     }
     tracker.draw();
@@ -113,6 +120,29 @@ pub fn exit_code(jobs: &[pb::Job]) -> u8 {
     } else {
         EXIT_OK
     }
+}
+
+/// The latest `estimated_completion_time` of the batches, when the gateway gives one (a
+/// gateway without it, or a failed call, leaves the local estimate from the rate).
+async fn gateway_eta(client: &Client, batches: &[String]) -> Option<SystemTime> {
+    let mut latest = None;
+    for b in batches {
+        let r = client
+            .clone()
+            .batch_status(pb::BatchStatusRequest {
+                job_ids: Vec::new(),
+                batch_id: b.clone(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        let Some(t) = r.estimated_completion_time else {
+            continue;
+        };
+        let t = SystemTime::try_from(t).ok()?;
+        latest = latest.max(Some(t));
+    }
+    latest
 }
 
 /// Every job of `batches`, in batch and submission order.
