@@ -1,12 +1,13 @@
 //! The `adgate.v1.GatewayService` implementation: request checks, then one engine call.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use adgate_engine::eta::QueueEstimate;
 use adgate_engine::{Engine, JobRequest, SubmitCommand};
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,6 +52,35 @@ impl Gateway {
     /// A job as the API shows it, with what its provider billed for it.
     fn job(&self, r: &adgate_engine::JobRecord) -> pb::Job {
         convert::job_billed(r, self.engine.cost(r))
+    }
+
+    /// [`Gateway::job`] with the queue position and start estimate of a QUEUED job.
+    fn job_estimated(
+        &self,
+        r: &adgate_engine::JobRecord,
+        estimates: &HashMap<String, QueueEstimate>,
+    ) -> pb::Job {
+        let mut job = self.job(r);
+        if let Some(e) = estimates.get(&r.id) {
+            job.queue_position = e.position;
+            job.estimated_start_time = Some(convert::timestamp(e.start_ms));
+        }
+        job
+    }
+
+    /// Estimates for the queued jobs among `records`; estimates are advice, so a failed
+    /// read of the queue leaves them unset rather than failing the call.
+    async fn estimates(
+        &self,
+        records: &[&adgate_engine::JobRecord],
+    ) -> HashMap<String, QueueEstimate> {
+        match self.engine.queue_estimates(records).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue estimates unavailable");
+                HashMap::new()
+            }
+        }
     }
 
     pub fn new(
@@ -196,13 +226,52 @@ impl Gateway {
             .filter(|v| v.len() <= 128)
             .map(str::to_owned);
         let cmd = self.submit_command(req.into_inner(), caller, traceparent)?;
+        let validate_only = cmd.validate_only;
+        let unstored: Vec<(String, String, i64, Option<String>)> = if validate_only {
+            cmd.jobs
+                .iter()
+                .map(|j| {
+                    (
+                        j.provider.clone(),
+                        cmd.caller.clone(),
+                        cmd.priority,
+                        self.engine.group_key(j),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let reply = self.engine.submit(cmd).await?;
+        let (start, completion) = if validate_only {
+            let start = self
+                .engine
+                .estimate_unstored(&unstored)
+                .await
+                .ok()
+                .flatten();
+            let typical = unstored
+                .iter()
+                .filter_map(|j| self.engine.typical_job_ms(&j.0))
+                .max()
+                .unwrap_or(0);
+            (start, start.map(|s| s.saturating_add(typical)))
+        } else {
+            let (records, _) = self.engine.get_jobs(&reply.job_ids).await?;
+            let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
+            let estimates = self.estimates(&refs).await;
+            (
+                estimates.values().map(|e| e.start_ms).max(),
+                self.engine.completion_estimate(&refs, &estimates),
+            )
+        };
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,
             job_ids: reply.job_ids,
             replayed: reply.replayed,
             estimated_cost: convert::costs(&reply.estimated_cost),
-            ..Default::default()
+            estimated_start_time: start.map(convert::timestamp),
+            estimated_completion_time: completion.map(convert::timestamp),
         })
     }
 
@@ -226,11 +295,19 @@ impl Gateway {
             records.iter().filter_map(|r| self.engine.cost(r)).collect();
         let cost =
             adgate_engine::pricing::sum_by_unit(billed.iter().map(|c| (c.unit.as_str(), c.micros)));
+        let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
+        let estimates = self.estimates(&refs).await;
         Ok(pb::BatchStatusResponse {
             cost: convert::costs(&cost),
-            estimated_completion_time: None,
+            estimated_completion_time: self
+                .engine
+                .completion_estimate(&refs, &estimates)
+                .map(convert::timestamp),
             counts: convert::state_counts(records.iter().map(|r| &**r)),
-            jobs: records.iter().map(|r| self.job(r)).collect(),
+            jobs: records
+                .iter()
+                .map(|r| self.job_estimated(r, &estimates))
+                .collect(),
             unknown_job_ids: unknown,
         })
     }
@@ -242,8 +319,9 @@ impl Gateway {
             .get_jobs(std::slice::from_ref(&req.job_id))
             .await?;
         let rec = found.pop().ok_or(ApiError::JobNotFound(req.job_id))?;
+        let estimates = self.estimates(&[&*rec]).await;
         Ok(pb::GetJobResponse {
-            job: Some(self.job(&rec)),
+            job: Some(self.job_estimated(&rec, &estimates)),
         })
     }
 

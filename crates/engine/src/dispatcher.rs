@@ -27,7 +27,8 @@ use crate::awaiting;
 use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::runtime::{ProviderRuntime, Shared};
-use crate::{codes, tracker};
+use crate::{codes, fair, tracker};
+use std::sync::atomic::Ordering;
 
 /// How many queued jobs one dispatcher pass reads.
 const PASS_SIZE: usize = 1000;
@@ -142,6 +143,7 @@ pub(crate) fn unknown_outcome_error(why: &str) -> JobError {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
+    let mut fair_state = fair::FairState::default();
     loop {
         if shared.shutdown.is_cancelled() {
             return;
@@ -193,72 +195,83 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
         }
         let mut lingering = false;
         let now_ms = shared.now_ms();
-        for group in group_in_order(jobs) {
-            let max = rt.limits.max_items_per_submit.max(1);
-            for chunk in group.chunks(max) {
-                let young = now_ms - chunk[0].created_at_ms < LINGER.as_millis() as i64;
-                if chunk.len() < max && max > 1 && young {
-                    lingering = true;
-                    continue;
-                }
-                let permit = tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    p = rt.submit_slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                if let Some(cap) = rt.limits.max_running_poll_keys
-                    && !wait_for_running_slot(&shared, &rt, cap, chunk).await
-                {
-                    return;
-                }
-                // A provider without idempotency keys: an attempt on record counts as "maybe
-                // sent" after a restart, so take the request budget first and record the attempt
-                // only right before the call (a drain then never leaves unsent attempts behind).
-                let budget_held = !rt.limits.idempotency;
-                if budget_held {
-                    let waited = tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        w = rt.acquire(&shared, Priority::Submit) => w,
-                    };
-                    shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
-                }
-                // Stable across retries and restarts: the first job id is unique to this call.
-                let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
-                let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
-                let attempt = match shared
-                    .store
-                    .create_attempt(&rt.name, &key, &ids, shared.now_ms())
-                    .await
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
-                        continue;
-                    }
-                };
-                // Send exactly the jobs the attempt took: one cancelled while this pass waited
-                // for a slot was left out by the store, and must not reach the provider.
-                let linked = match linked_jobs(&shared, chunk, attempt).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(provider = %rt.name, error = %e, "reading an attempt failed");
-                        continue;
-                    }
-                };
-                if linked.is_empty() {
-                    continue;
-                }
-                shared.spawn(send_attempt(
-                    shared.clone(),
-                    rt.clone(),
-                    key,
-                    linked,
-                    permit,
-                    budget_held,
-                ));
+        let max = rt.limits.max_items_per_submit.max(1);
+        let entries: Vec<fair::Entry<'_>> = jobs.iter().map(fair::Entry::of).collect();
+        let plan = fair::FairOrder::plan(&entries, max, &shared.callers, Some(&fair_state));
+        let work_seen = rt.new_work.load(Ordering::Relaxed);
+        for (n, indices) in plan.iter().enumerate() {
+            // A Submit arrived since this pass read the queue: read it again, so the new
+            // jobs take their fair place now rather than after this whole pass.
+            if n > 0 && rt.new_work.load(Ordering::Relaxed) != work_seen {
+                break;
             }
+            let chunk: Vec<JobRecord> = indices.iter().map(|&i| jobs[i].clone()).collect();
+            let chunk = chunk.as_slice();
+            let young = now_ms - chunk[0].created_at_ms < LINGER.as_millis() as i64;
+            if chunk.len() < max && max > 1 && young {
+                lingering = true;
+                continue;
+            }
+            let permit = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                p = rt.submit_slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            if let Some(cap) = rt.limits.max_running_poll_keys
+                && !wait_for_running_slot(&shared, &rt, cap, chunk).await
+            {
+                return;
+            }
+            // The request budget is taken here, in fair-share order, before the attempt is
+            // recorded: the next request always goes to the chunk this order chose (a
+            // caller's job waits behind at most the one chunk already waiting for budget,
+            // not behind every spawned send), and for a provider without idempotency keys
+            // an attempt on record counts as "maybe sent" after a restart, so it is
+            // recorded only right before the call (a drain never leaves unsent attempts).
+            let budget_held = true;
+            let waited = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                w = rt.acquire(&shared, Priority::Submit) => w,
+            };
+            shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
+            rt.record_backlog_send(n + 1 < plan.len());
+            // Stable across retries and restarts: the first job id is unique to this call.
+            let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
+            let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
+            let attempt = match shared
+                .store
+                .create_attempt(&rt.name, &key, &ids, shared.now_ms())
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
+                    continue;
+                }
+            };
+            // Send exactly the jobs the attempt took: one cancelled while this pass waited
+            // for a slot was left out by the store, and must not reach the provider.
+            let linked = match linked_jobs(&shared, chunk, attempt).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(provider = %rt.name, error = %e, "reading an attempt failed");
+                    continue;
+                }
+            };
+            if linked.is_empty() {
+                continue;
+            }
+            fair_state.served(&linked[0].caller, &shared.callers);
+            shared.spawn(send_attempt(
+                shared.clone(),
+                rt.clone(),
+                key,
+                linked,
+                permit,
+                budget_held,
+            ));
         }
         if lingering {
             idle(&shared, &rt, LINGER).await;
@@ -352,20 +365,6 @@ async fn idle(shared: &Shared, rt: &ProviderRuntime, max: Duration) {
         _ = rt.wake_dispatcher.notified() => {}
         _ = tokio::time::sleep(max) => {}
     }
-}
-
-/// Group jobs by group key, keeping first-seen order of groups and of jobs within them.
-fn group_in_order(jobs: Vec<JobRecord>) -> Vec<Vec<JobRecord>> {
-    let mut index: HashMap<Option<String>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<JobRecord>> = Vec::new();
-    for job in jobs {
-        let i = *index.entry(job.group_key.clone()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[i].push(job);
-    }
-    groups
 }
 
 fn balance_error() -> JobError {

@@ -204,6 +204,7 @@ impl Engine {
                 prices: setup.prices,
                 wake_dispatcher: Notify::new(),
                 new_work: std::sync::atomic::AtomicU64::new(0),
+                backlog_sends: Mutex::new(Default::default()),
                 stopped_batches: Mutex::new(HashSet::new()),
                 health: Mutex::new(Health {
                     reachable: true,
@@ -236,6 +237,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 callers: config.callers,
                 spend_locks: SpendLocks::default(),
+                queue_plans: Default::default(),
             }),
         };
         if shared_store {
@@ -368,6 +370,21 @@ impl Engine {
         // Stored before costs were: the provider's price now.
         let rt = self.shared.providers.get(&rec.provider)?;
         pricing::estimate(rt.generator.as_ref(), &rt.prices, &rec.spec)
+    }
+
+    /// The provider's grouping of a job (jobs of one group may share a submit request).
+    pub fn group_key(&self, job: &JobRequest) -> Option<String> {
+        self.shared
+            .providers
+            .get(&job.provider)?
+            .generator
+            .group_key(&job.spec)
+    }
+
+    /// The provider's typical job duration in milliseconds.
+    pub fn typical_job_ms(&self, provider: &str) -> Option<i64> {
+        let rt = self.shared.providers.get(provider)?;
+        i64::try_from(rt.limits.typical_job_duration.as_millis()).ok()
     }
 
     /// Names of configured providers, sorted.

@@ -5,6 +5,8 @@
 //! - `runtime`: the shared state (per provider and engine-wide) and the operations every
 //!   module uses: budget, commit and publish, tracked tasks.
 //! - `sweeper`: fails jobs at their deadline.
+//! - `fair`: weighted fair queuing of each provider's request budget among callers.
+//! - [`eta`]: queue positions and start / completion estimates, in the dispatcher's order.
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
@@ -39,7 +41,9 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 pub mod error;
+pub mod eta;
 mod events;
+mod fair;
 pub mod metrics;
 pub mod pricing;
 mod push;

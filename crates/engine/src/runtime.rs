@@ -36,6 +36,10 @@ pub(crate) struct ProviderRuntime {
     /// Bumped by every Submit with jobs here: the dispatcher re-reads the queue at its next
     /// chunk, so a caller's new job joins the fair-share order at once.
     pub new_work: std::sync::atomic::AtomicU64,
+    /// When the dispatcher's recent submit requests went while more were queued behind them:
+    /// the throughput it really achieves (the budget minus what polls take, and its own
+    /// per-request store work), which start estimates use when it is below the budget's.
+    pub backlog_sends: Mutex<BacklogPace>,
     pub budget: Budget,
     /// The provider's daily request cap ([`Limits::daily_budget`]), taken before `budget`.
     pub daily: Option<Budget>,
@@ -67,6 +71,13 @@ pub(crate) struct ProviderRuntime {
     /// How long a job whose submit outcome is unknown waits for a callback (see
     /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
     pub reconcile_window: Duration,
+}
+
+/// Gaps between the dispatcher's consecutive backlogged sends (see `achieved_spacing`).
+#[derive(Debug, Default)]
+pub(crate) struct BacklogPace {
+    previous: Option<tokio::time::Instant>,
+    gaps: std::collections::VecDeque<Duration>,
 }
 
 impl ProviderRuntime {
@@ -110,10 +121,12 @@ impl ProviderRuntime {
     ) -> Duration {
         let started = tokio::time::Instant::now();
         let window_ms = window.as_millis() as i64;
+        // One id for this request across its retries: its place in the fleet's line.
+        let waiter = format!("{}-{:016x}", shared.replica_id, fastrand::u64(..));
         loop {
             let grant = shared
                 .store
-                .take_budget(key, requests, window_ms, shared.now_ms())
+                .take_budget(key, requests, window_ms, shared.now_ms(), &waiter)
                 .await;
             let wait = match grant {
                 Ok(BudgetGrant::Granted) => {
@@ -157,6 +170,32 @@ impl ProviderRuntime {
         }
     }
 
+    /// A submit request got its budget; `backlogged` when more were queued behind it. Only
+    /// the gaps between two sends of one backlog count (an idle gap says nothing of pace).
+    pub fn record_backlog_send(&self, backlogged: bool) {
+        let mut pace = self.backlog_sends.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if let Some(previous) = pace.previous.take() {
+            pace.gaps.push_back(now.duration_since(previous));
+            // The recent pace only: the start of a backlog goes in a burst (see `budget`).
+            while pace.gaps.len() > 64 {
+                pace.gaps.pop_front();
+            }
+        }
+        pace.previous = backlogged.then_some(now);
+    }
+
+    /// The mean spacing of submit requests the dispatcher achieved over recent backlogs, once
+    /// there are enough of them to tell.
+    pub fn achieved_spacing(&self) -> Option<Duration> {
+        let pace = self.backlog_sends.lock().unwrap_or_else(|e| e.into_inner());
+        if pace.gaps.len() < 16 {
+            return None;
+        }
+        let sum: Duration = pace.gaps.iter().sum();
+        Some(sum / u32::try_from(pace.gaps.len()).ok()?)
+    }
+
     pub fn set_health(&self, reachable: bool, error: Option<String>) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.reachable = reachable;
@@ -191,6 +230,7 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     pub callers: crate::pricing::CallerPolicies,
     pub(crate) spend_locks: crate::pricing::SpendLocks,
+    pub(crate) queue_plans: crate::eta::QueuePlans,
 }
 
 impl Shared {
@@ -221,6 +261,18 @@ impl Shared {
     /// their tracker.
     pub(crate) fn publish(&self, changed: &[JobRecord]) {
         for rec in changed {
+            if rec.state == adgate_generator::JobState::Completed
+                && let Some(cost) = &rec.cost
+            {
+                self.metrics
+                    .spend_micros
+                    .get_or_create(&crate::metrics::SpendLabels {
+                        provider: rec.provider.clone(),
+                        caller: rec.caller.clone(),
+                        unit: cost.unit.clone(),
+                    })
+                    .inc_by(u64::try_from(cost.micros).unwrap_or(0));
+            }
             if rec.state.is_terminal()
                 && let Some(rt) = self.providers.get(&rec.provider)
             {

@@ -129,6 +129,16 @@ impl JobRecord {
     }
 }
 
+/// A queued job as the fair-share order sees it (queue positions and start estimates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEntry {
+    pub id: String,
+    pub caller: String,
+    pub priority: i64,
+    pub created_at_ms: i64,
+    pub group_key: Option<String>,
+}
+
 /// A job to create. `id` is chosen by the caller (the engine mints `job_…` ids).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {

@@ -110,7 +110,8 @@ use tokio::task::JoinHandle;
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Answer, Command, Op};
 use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
+    SubmitOutcome,
 };
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
@@ -740,6 +741,30 @@ impl Store for PgStore {
         row.try_get(0).map_err(db)
     }
 
+    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, caller, priority, created_at, group_key FROM jobs \
+             WHERE provider = $1 AND state = 1 AND attempt_id IS NULL \
+             ORDER BY created_at, pos LIMIT $2",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedEntry {
+                    id: r.try_get(0).map_err(db)?,
+                    caller: r.try_get(1).map_err(db)?,
+                    priority: r.try_get(2).map_err(db)?,
+                    created_at_ms: r.try_get(3).map_err(db)?,
+                    group_key: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
         let rows = sqlx::query(
             "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state \
@@ -872,12 +897,14 @@ impl Store for PgStore {
         limit: u32,
         window_ms: i64,
         now_ms: i64,
+        waiter: &str,
     ) -> Result<BudgetGrant> {
-        let wait: i64 = sqlx::query("SELECT adgate_take_budget($1, $2, $3, $4)")
+        let wait: i64 = sqlx::query("SELECT adgate_take_budget($1, $2, $3, $4, $5)")
             .bind(provider)
             .bind(i64::from(limit))
             .bind(window_ms)
             .bind(now_ms)
+            .bind(waiter)
             .fetch_one(&self.budget)
             .await
             .map_err(db)?

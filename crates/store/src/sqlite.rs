@@ -51,7 +51,8 @@ use self::reads::ReadPool;
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::Command;
 use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
+    SubmitOutcome,
 };
 use crate::{Result, Store, StoreError};
 
@@ -607,6 +608,30 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         row.try_get(0).map_err(db)
+    }
+
+    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, caller, priority, created_at, group_key FROM jobs \
+             WHERE provider = ? AND state = 1 AND attempt_id IS NULL \
+             ORDER BY created_at, rowid LIMIT ?",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedEntry {
+                    id: r.try_get(0).map_err(db)?,
+                    caller: r.try_get(1).map_err(db)?,
+                    priority: r.try_get(2).map_err(db)?,
+                    created_at_ms: r.try_get(3).map_err(db)?,
+                    group_key: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
