@@ -185,7 +185,11 @@ impl Tracker {
         let rate = self
             .rate()
             .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
-        let eta = self.eta().map_or_else(|| "-".to_owned(), clock);
+        // `~`: estimated here from the rate, not by the gateway.
+        let approx = if self.gateway_eta.is_some() { "" } else { "~" };
+        let eta = self
+            .eta()
+            .map_or_else(|| "-".to_owned(), |d| format!("{approx}{}", clock(d)));
         format!(
             "{}  {}/{} done  {} jobs/s  ETA {}  cost {}  ({} elapsed)",
             self.label,
