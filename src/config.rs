@@ -100,6 +100,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run every provider's simulator alone (for pointing a gateway or a test at them).
     Sim(SimArgs),
+    /// Submit a JSON Lines or CSV file of job specs to a running gateway, in chunks that are
+    /// safe to re-run; with --watch, follow them to the end.
+    Submit(crate::cli::SubmitArgs),
+    /// Follow batches until every job is terminal, with a progress bar per state.
+    Watch(crate::cli::WatchArgs),
+    /// Show batches or jobs.
+    Status(crate::cli::StatusArgs),
+    /// Download every output of batches into a directory.
+    Download(crate::cli::DownloadArgs),
+    /// List jobs, newest first, optionally filtered (needs a gateway with ListJobs).
+    Jobs(crate::cli::JobsArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]

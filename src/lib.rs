@@ -1,6 +1,7 @@
 //! adgate's server: one gRPC API in front of asynchronous ad-image providers (see `providers`).
 //!
 //! This crate is the thin surface around the engine (`adgate_engine`):
+//! - [`cli`]: the client subcommands (`adgate submit|watch|status|download|jobs`) for bulk work.
 //! - [`config`]: CLI (`adgate serve`, `adgate sim`), environment (SPEC §5) and TOML settings;
 //!   [`config::Secret`] keeps keys and tokens out of logs.
 //! - [`providers`]: the provider registry (one row per provider) and limit overrides.
@@ -20,6 +21,7 @@
 //! bind port 0.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod errors;

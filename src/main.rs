@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use adgate::cli::Subcommand;
 use adgate::config::{Cli, Command, LogFormat, Settings};
 use adgate::telemetry::{TraceConfig, Tracing};
 use clap::Parser;
@@ -100,6 +101,11 @@ async fn run(cli: Cli) -> ExitCode {
             init_logging(None, None);
             adgate::run_sims(args).await
         }
+        Command::Submit(a) => return adgate::cli::run(Subcommand::Submit(a)).await,
+        Command::Watch(a) => return adgate::cli::run(Subcommand::Watch(a)).await,
+        Command::Status(a) => return adgate::cli::run(Subcommand::Status(a)).await,
+        Command::Download(a) => return adgate::cli::run(Subcommand::Download(a)).await,
+        Command::Jobs(a) => return adgate::cli::run(Subcommand::Jobs(a)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
