@@ -58,9 +58,11 @@ impl NamedToken {
     }
 }
 
-/// Whether `name` may name a caller.
+/// Whether `name` may name a caller. `anonymous` is reserved for calls without auth (it sees
+/// every job in ListJobs), so no token can take it.
 pub fn is_caller_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
+    name != adgate_engine::ANONYMOUS
+        && (1..=63).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
@@ -194,6 +196,9 @@ mod tests {
         assert!(!plain.contains("tok"));
         // A prefix that is no caller name stays part of the token.
         assert!(t.check(Some(b"Bearer Not A Name:tok:x")).is_ok());
+        // Nobody authenticates as the anonymous caller.
+        let reserved = Tokens::new(vec![NamedToken::parse("anonymous:tok-x")]);
+        assert_ne!(reserved.check(Some(b"Bearer anonymous:tok-x")).unwrap().0, "anonymous");
         assert!(t.check(Some(b"Bearer tok-b")).is_err());
         assert!(t.check(Some(b"Bearer team-a:tok-a")).is_err());
     }

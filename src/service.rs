@@ -260,13 +260,23 @@ impl Gateway {
                 .unwrap_or(0);
             (start, start.map(|s| s.saturating_add(typical)))
         } else {
-            let (records, _) = self.engine.get_jobs(&reply.job_ids).await?;
-            let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
-            let estimates = self.estimates(&refs).await;
-            (
-                estimates.values().map(|e| e.start_ms).max(),
-                self.engine.completion_estimate(&refs, &estimates),
-            )
+            // The jobs are stored: estimates are advice, so a failed read leaves them unset
+            // rather than failing a Submit that was committed.
+            match self.engine.get_jobs(&reply.job_ids).await {
+                Ok((records, _)) => {
+                    let refs: Vec<&adgate_engine::JobRecord> =
+                        records.iter().map(|r| &**r).collect();
+                    let estimates = self.estimates(&refs).await;
+                    (
+                        estimates.values().map(|e| e.start_ms).max(),
+                        self.engine.completion_estimate(&refs, &estimates),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "submit estimates unavailable");
+                    (None, None)
+                }
+            }
         };
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,

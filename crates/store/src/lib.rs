@@ -67,6 +67,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+    /// The database could not be reached (connection lost and not regained in time);
+    /// nothing of the write was committed, or, when the connection broke during COMMIT, its
+    /// outcome is unknown. Retrying later is the remedy.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
 }
