@@ -63,6 +63,10 @@ pub enum ApiError {
         spent_micros: i64,
         requested_micros: i64,
     },
+    /// A named caller asked for another caller's jobs or batches (a `caller` filter).
+    OtherCallerData {
+        caller: String,
+    },
     /// A failure inside the gateway; the detail is logged, never sent.
     Internal(String),
 }
@@ -227,6 +231,18 @@ pub fn to_status(err: ApiError) -> Status {
                 Code::ResourceExhausted,
                 "WATCH_STREAMS_EXHAUSTED",
                 "too many concurrent WatchProgress streams; retry later".to_owned(),
+            )
+        }
+        E::OtherCallerData { caller } => {
+            d.set_bad_request(vec![tonic_types::FieldViolation::new(
+                "filter",
+                format!("caller {caller} may list only its own jobs and batches"),
+            )]);
+            meta.insert("caller".into(), caller.clone());
+            (
+                Code::PermissionDenied,
+                "OTHER_CALLER_DATA",
+                format!("caller {caller} may list only its own jobs and batches"),
             )
         }
         E::MissingCredentials => (

@@ -138,6 +138,9 @@ conformance!(
     attempt_key_reuse,
     single_replica_claims,
     provider_results_round_trip,
+    search_filters,
+    search_pagination_under_inserts,
+    search_batches,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,7 +226,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,)]);
     conn.close().await.expect("close");
 }
 
