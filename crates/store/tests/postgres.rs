@@ -140,6 +140,7 @@ conformance!(
     provider_results_round_trip,
     search_filters,
     search_pagination_under_inserts,
+    search_pages_while_writing,
     search_batches,
 );
 

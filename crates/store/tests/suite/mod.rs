@@ -16,7 +16,9 @@ use adgate_store::{
 use serde_json::json;
 
 mod search;
-pub use search::{search_batches, search_filters, search_pagination_under_inserts};
+pub use search::{
+    search_batches, search_filters, search_pages_while_writing, search_pagination_under_inserts,
+};
 
 pub const T0: i64 = 1_700_000_000_000;
 

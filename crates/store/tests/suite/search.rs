@@ -215,6 +215,53 @@ pub async fn search_pagination_under_inserts(store: &dyn Store) {
     assert_eq!(unique.len(), seen.len());
 }
 
+/// Pages read while another writer submits at the same time (not only between pages): the
+/// listing of the jobs that existed at the start comes out whole and in order.
+pub async fn search_pages_while_writing(store: &dyn Store) {
+    for b in 0..10 {
+        let jobs = (0..10)
+            .map(|i| job(&format!("job_{b:02}_{i}"), "pictify"))
+            .collect();
+        submit_ok(store, submission(&format!("bat_{b}"), jobs, T0 + b)).await;
+    }
+    let all = ids_of(store, &JobFilter::default()).await;
+    let writer = async {
+        for n in 0..50 {
+            let jobs = (0..20)
+                .map(|i| job(&format!("job_w{n}_{i}"), "pictify"))
+                .collect();
+            submit_ok(
+                store,
+                submission(&format!("bat_w{n}"), jobs, T0 + 1_000 + n),
+            )
+            .await;
+            tokio::task::yield_now().await;
+        }
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut after: Option<PageKey> = None;
+        loop {
+            let page = store
+                .list_jobs(&JobFilter::default(), after.as_ref(), 3)
+                .await
+                .expect("page");
+            // Pages of the old jobs only: the new ones are all newer than the first page.
+            seen.extend(page.items.into_iter().map(|j| j.id));
+            match page.next {
+                Some(k) => after = Some(k),
+                None => break seen,
+            }
+        }
+    };
+    let ((), seen) = tokio::join!(writer, reader);
+    let old: Vec<String> = seen
+        .into_iter()
+        .filter(|id| !id.starts_with("job_w"))
+        .collect();
+    assert_eq!(old, all, "no job lost, repeated or reordered");
+}
+
 pub async fn search_batches(store: &dyn Store) {
     let priced = |id: &str, micros: i64| {
         let mut j = job(id, "staticadslab");
