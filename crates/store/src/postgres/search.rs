@@ -2,7 +2,6 @@
 //! read pool.
 
 use sqlx::PgPool;
-use sqlx::Row;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 
@@ -10,8 +9,8 @@ use super::rows::{JOB_COLUMNS, db, jobs_from_rows};
 use crate::Result;
 use crate::model::JobRecord;
 use crate::search::{
-    Arg, BatchFilter, BatchSummary, CountRow, Dialect, JobFilter, Page, PageKey, Sql, add_counts,
-    batch_counts_query, batches_query, into_page, jobs_query,
+    Arg, BatchFilter, BatchSummary, Dialect, JobFilter, Page, PageKey, Sql, add_counts,
+    batch_counts_query, batch_from_row, batches_query, count_from_row, into_page, jobs_query,
 };
 
 fn bound(q: &Sql) -> Query<'_, sqlx::Postgres, PgArguments> {
@@ -47,16 +46,7 @@ pub(super) async fn list_batches(
     let rows = bound(&q).fetch_all(pool).await.map_err(db)?;
     let batches = rows
         .iter()
-        .map(|r| {
-            Ok(BatchSummary {
-                id: r.try_get(0).map_err(db)?,
-                caller: r.try_get(1).map_err(db)?,
-                created_at_ms: r.try_get(2).map_err(db)?,
-                job_count: r.try_get(3).map_err(db)?,
-                counts: Vec::new(),
-                cost: Vec::new(),
-            })
-        })
+        .map(batch_from_row)
         .collect::<Result<Vec<_>>>()?;
     let mut page = into_page(batches, limit, |b| PageKey {
         created_at_ms: b.created_at_ms,
@@ -70,15 +60,7 @@ pub(super) async fn list_batches(
     let rows = bound(&q).fetch_all(pool).await.map_err(db)?;
     let counts = rows
         .iter()
-        .map(|r| {
-            Ok(CountRow {
-                batch_id: r.try_get(0).map_err(db)?,
-                state: r.try_get(1).map_err(db)?,
-                unit: r.try_get(2).map_err(db)?,
-                count: r.try_get(3).map_err(db)?,
-                micros: r.try_get(4).map_err(db)?,
-            })
-        })
+        .map(count_from_row)
         .collect::<Result<Vec<_>>>()?;
     add_counts(&mut page.items, counts)?;
     Ok(page)
