@@ -65,6 +65,10 @@ pub enum ApiError {
     },
     /// The job store's database is unreachable; the detail is logged, never sent.
     StoreUnavailable(String),
+    /// A named caller asked for another caller's jobs or batches (a `caller` filter).
+    OtherCallerData {
+        caller: String,
+    },
     /// A failure inside the gateway; the detail is logged, never sent.
     Internal(String),
 }
@@ -230,6 +234,18 @@ pub fn to_status(err: ApiError) -> Status {
                 Code::ResourceExhausted,
                 "WATCH_STREAMS_EXHAUSTED",
                 "too many concurrent WatchProgress streams; retry later".to_owned(),
+            )
+        }
+        E::OtherCallerData { caller } => {
+            d.set_bad_request(vec![tonic_types::FieldViolation::new(
+                "filter",
+                format!("caller {caller} may list only its own jobs and batches"),
+            )]);
+            meta.insert("caller".into(), caller.clone());
+            (
+                Code::PermissionDenied,
+                "OTHER_CALLER_DATA",
+                format!("caller {caller} may list only its own jobs and batches"),
             )
         }
         E::MissingCredentials => (

@@ -24,6 +24,8 @@ use crate::pb::gateway_service_server::GatewayService;
 use crate::providers;
 use crate::spec_json;
 
+mod search;
+
 /// Most ids one BatchStatus may name.
 pub const MAX_BATCH_STATUS_IDS: usize = 1_000;
 /// Most jobs one WatchProgress may watch.
@@ -579,16 +581,18 @@ impl GatewayService for Gateway {
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Err(Status::unimplemented("ListJobs is not built yet"))
+        let r = self.list_jobs_inner(request).await;
+        self.observe("ListJobs", r)
     }
 
     async fn list_batches(
         &self,
-        _request: Request<pb::ListBatchesRequest>,
+        request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
-        Err(Status::unimplemented("ListBatches is not built yet"))
+        let r = self.list_batches_inner(request).await;
+        self.observe("ListBatches", r)
     }
 
     type WatchProgressStream = WatchStream;

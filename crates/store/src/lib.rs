@@ -15,6 +15,7 @@ mod codec;
 pub mod model;
 pub mod postgres;
 mod rows;
+pub mod search;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ pub use model::{
     NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
 };
 pub use postgres::PgStore;
+pub use search::{BatchFilter, BatchSummary, JobFilter, Page, PageKey};
 pub use sqlite::SqliteStore;
 
 /// A change committed by any replica, from a shared backend's change feed.
@@ -255,6 +257,24 @@ pub trait Store: Send + Sync + 'static {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64>;
+
+    /// Jobs matching `filter`, newest first by `(created_at, id)`, at most `limit`, starting
+    /// strictly below `after` (the previous page's [`Page::next`]).
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Page<JobRecord>>;
+
+    /// Batches matching `filter`, newest first by `(created_at, id)`, with their jobs'
+    /// counts per state and the cost of their completed jobs per unit.
+    async fn list_batches(
+        &self,
+        filter: &BatchFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Page<BatchSummary>>;
 
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;
