@@ -198,7 +198,10 @@ mod tests {
         assert!(t.check(Some(b"Bearer Not A Name:tok:x")).is_ok());
         // Nobody authenticates as the anonymous caller.
         let reserved = Tokens::new(vec![NamedToken::parse("anonymous:tok-x")]);
-        assert_ne!(reserved.check(Some(b"Bearer anonymous:tok-x")).unwrap().0, "anonymous");
+        assert_ne!(
+            reserved.check(Some(b"Bearer anonymous:tok-x")).unwrap().0,
+            "anonymous"
+        );
         assert!(t.check(Some(b"Bearer tok-b")).is_err());
         assert!(t.check(Some(b"Bearer team-a:tok-a")).is_err());
     }

@@ -527,7 +527,7 @@ async fn watch_reconnects_when_the_gateway_restarts_and_still_ends_with_every_jo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_lists_by_filter_or_says_the_gateway_lacks_list_jobs() {
+async fn jobs_lists_by_filter() {
     let sbx = Sandbox::start(&[]).await;
     let file = sbx.write("ads.jsonl", &jsonl_file());
     let out = sbx.cli(&["submit", &file, "--watch"]).await;
@@ -535,15 +535,6 @@ async fn jobs_lists_by_filter_or_says_the_gateway_lacks_list_jobs() {
     let out = sbx
         .cli(&["jobs", "--filter", "provider = \"staticadslab\"", "--json"])
         .await;
-    // ListJobs is in the proto but answers UNIMPLEMENTED until the gateway builds it; the
-    // command must say so plainly, and list the jobs once it exists.
-    if out.code == 3 {
-        assert!(
-            out.stderr.contains("does not offer ListJobs yet"),
-            "{out:?}"
-        );
-        return;
-    }
     assert_eq!(out.code, 0, "{out:?}");
     let jobs = out.json_lines();
     assert_eq!(jobs.len(), 1, "{out:?}");
