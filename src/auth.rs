@@ -35,15 +35,26 @@ impl Tokens {
         }
         let header = header.ok_or(ApiError::MissingCredentials)?;
         let token = bearer(header).ok_or(ApiError::InvalidCredentials)?;
-        // Compare against every token so timing does not reveal which one (or how many) matched.
-        let ok = self.0.iter().fold(Choice::from(0), |acc, t| {
-            acc | t.expose().as_bytes().ct_eq(token)
-        });
-        if bool::from(ok) {
+        if self.matches(token) {
             Ok(())
         } else {
             Err(ApiError::InvalidCredentials)
         }
+    }
+
+    /// Whether `token` is one of the configured tokens (constant time).
+    pub fn matches(&self, token: &[u8]) -> bool {
+        self.any(|t| t.ct_eq(token))
+    }
+
+    /// Whether `test` holds for some configured token. Every token is tested, so timing does
+    /// not reveal which one (or how many) matched; `test` must itself be constant time.
+    pub(crate) fn any(&self, test: impl Fn(&[u8]) -> Choice) -> bool {
+        let ok = self
+            .0
+            .iter()
+            .fold(Choice::from(0), |acc, t| acc | test(t.expose().as_bytes()));
+        bool::from(ok)
     }
 
     /// The tonic interceptor.

@@ -11,6 +11,7 @@
 //! - [`auth`]: bearer-token caller authentication (per service; health/reflection stay open).
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
 //! - [`http`]: webhooks, `/metrics`, `/healthz`.
+//! - [`console`]: the web console at `/ui` (batches, job cards with images, providers).
 //! - [`metrics`]: gRPC counters next to the engine's Prometheus families.
 //!
 //! [`App::start`] opens the store and starts the engine; [`serve`] runs both listeners until a
@@ -19,6 +20,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod errors;
 pub mod health;
@@ -221,6 +223,7 @@ pub async fn serve(
         engine: app.engine.clone(),
         registry: Arc::new(registry),
         draining: draining.clone(),
+        tokens: app.tokens.clone(),
     });
     let http_server =
         axum::serve(http, router).with_graceful_shutdown(token.clone().cancelled_owned());

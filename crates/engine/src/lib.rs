@@ -23,6 +23,7 @@
 //! - `replica`: several replicas on one shared store — lease renewal, orphan takeover, and
 //!   the cross-replica change feed.
 //! - [`metrics`]: Prometheus families the engine records into.
+//! - `usage`: each provider's live budget reading ([`BudgetUsage`]), for the web console.
 //! - [`error`]: the engine's error enum.
 //!
 //! Adapters never retry, sleep or persist; everything here is provider-neutral and driven by
@@ -46,6 +47,7 @@ mod runtime;
 mod schedule;
 mod sweeper;
 pub mod tracker;
+mod usage;
 mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
@@ -58,6 +60,7 @@ pub use engine::{
 };
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
+pub use usage::BudgetUsage;
 
 /// Stable error codes callers switch on (defined once, in the trait crate).
 pub use adgate_generator::codes;
