@@ -100,13 +100,14 @@ async fn the_batch_page_shows_every_job_with_its_image_live_in_chromium() {
         &[("ADGATE_DATABASE_URL", db_url(&dir))],
     );
     let mut client = connect(&gw.grpc).await;
+    // The browser is up before the Submit, so the page opens while the jobs still run (the
+    // quickest sandbox job takes 1.5 s, and the 1 s deadline one runs for 1 s) and reaches
+    // the end only by following them live.
+    let mut browser = Browser::launch(1280, 900).await;
     let jobs = mixed_batch();
     let n = jobs.len();
     let reply = submit(&mut client, jobs).await;
     assert_eq!(reply.job_ids.len(), n);
-
-    // Opened at once, while jobs are still queued: the page must follow them live.
-    let mut browser = Browser::launch(1280, 900).await;
     let url = format!("{}/ui/batches/{}", gw.http, reply.batch_id);
     browser.navigate(&url).await;
     let first = browser
@@ -123,6 +124,10 @@ async fn the_batch_page_shows_every_job_with_its_image_live_in_chromium() {
         .iter()
         .filter(|c| !matches!(c["state"].as_str(), Some("COMPLETED" | "FAILED")))
         .count();
+    assert!(
+        running_at_first > 0 && first["live"] != "finished",
+        "the page opened before the jobs ended, so reaching the end below is the live update: {first}"
+    );
 
     let terminal = |c: &Value| matches!(c["state"].as_str(), Some("COMPLETED" | "FAILED"));
     let done = browser
