@@ -218,6 +218,44 @@ async fn the_batch_page_shows_every_job_with_its_image_live_in_chromium() {
         png.len()
     );
 
+    // The JSON the page polls: all cards without `since`, none after the newest change.
+    let api = |q: String| {
+        let url = format!("{}/ui/api/batches/{}{q}", gw.http, reply.batch_id);
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    let all = api(String::new()).await;
+    assert_eq!(all["cards"].as_object().unwrap().len(), n);
+    assert_eq!(all["batch"]["done"], true);
+    let cursor = all["batch"]["cursor"].as_i64().unwrap();
+    let after = api(format!("?since={}", cursor + 1)).await;
+    assert_eq!(after["cards"].as_object().unwrap().len(), 0, "{after}");
+    assert_eq!(after["batch"]["totals"]["jobs"], n);
+
+    // The list page's "open a batch" form goes to the batch; a malformed id goes nowhere.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("{}/ui/open?batch={}", gw.http, reply.batch_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        r.headers()["location"],
+        format!("/ui/batches/{}", reply.batch_id).as_str()
+    );
+    let r = http
+        .get(format!("{}/ui/open?batch=%2F%2Fevil.example", gw.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     // The provider page lists every provider with its counters from the same gateway.
     browser.navigate(&format!("{}/ui/providers", gw.http)).await;
     let rows = browser

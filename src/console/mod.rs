@@ -19,7 +19,7 @@ use adgate_engine::Engine;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
@@ -50,6 +50,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/ui", get(batches_page))
         .route("/ui/", get(batches_page))
         .route("/ui/batches/{id}", get(batch_page))
+        .route("/ui/open", get(open_batch))
         .route("/ui/providers", get(providers_page))
         .route("/ui/api/batches", get(api::batches))
         .route("/ui/api/batches/{id}", get(api::batch))
@@ -83,6 +84,32 @@ async fn batches_page(State(state): State<ConsoleState>) -> Response {
     let signed_in = state.tokens.enabled();
     let (rows, note) = listing::recent(&state.engine).await;
     pages::batches(&rows, &note, signed_in)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OpenQuery {
+    #[serde(default)]
+    batch: String,
+}
+
+/// `GET /ui/open?batch=ID`: the list page's "open a batch" form. Ids are `bat_` + hex; anything
+/// else is answered on the list page rather than put into a URL.
+async fn open_batch(
+    State(state): State<ConsoleState>,
+    axum::extract::Query(q): axum::extract::Query<OpenQuery>,
+) -> Response {
+    let id = q.batch.trim();
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return axum::response::Redirect::to(&format!("/ui/batches/{id}")).into_response();
+    }
+    pages::not_found(
+        &format!("{id:?} is not a batch id (bat_…)."),
+        state.tokens.enabled(),
+    )
 }
 
 async fn batch_page(State(state): State<ConsoleState>, Path(id): Path<String>) -> Response {

@@ -184,7 +184,10 @@ pub struct BatchRow {
 
 pub fn batches(rows: &[BatchRow], note: &str, signed_in: bool) -> Response {
     let body = format!(
-        "<h1>Batches</h1><section id=\"batches\">{}</section>",
+        "<h1>Batches</h1><form class=\"open\" method=\"get\" action=\"/ui/open\">\
+         <label>Open a batch <input name=\"batch\" placeholder=\"bat_…\" required \
+         pattern=\"[A-Za-z0-9_\\-]+\"></label> <button type=\"submit\">Open</button></form>\
+         <section id=\"batches\">{}</section>",
         batches_list(rows, note)
     );
     page(StatusCode::OK, "Batches", "batches", signed_in, &body)
