@@ -403,7 +403,10 @@ pub fn provider_rows(ps: &[ProviderView]) -> String {
             queued = p.queued,
             processing = p.processing,
             in_flight = p.in_flight,
-            eta = p.eta_secs.map_or("—".to_owned(), duration),
+            eta = match p.eta_secs {
+                Some(s) if p.queued > 0 => duration(s),
+                _ => "—".to_owned(),
+            },
             webhooks = counters(&p.webhooks),
             requests = counters(&p.requests),
         );
