@@ -34,6 +34,7 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     pub draining: Arc<AtomicBool>,
     pub tokens: Tokens,
+    pub recent_batches: crate::console::RecentBatches,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -41,6 +42,7 @@ pub fn router(state: HttpState) -> Router {
         engine: state.engine.clone(),
         tokens: state.tokens.clone(),
         registry: state.registry.clone(),
+        recent: state.recent_batches.clone(),
     });
     Router::new()
         .route("/webhooks/{provider}", post(webhook))

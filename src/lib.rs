@@ -194,12 +194,14 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| StartError::Grpc(e.to_string()))?;
 
+    let recent_batches = console::RecentBatches::default();
     let gateway = Gateway::new(
         app.engine.clone(),
         app.service.clone(),
         token.clone(),
         metrics,
-    );
+    )
+    .with_recent_batches(recent_batches.clone());
     let api = InterceptedService::new(
         GatewayServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         app.tokens.clone().interceptor(),
@@ -224,6 +226,7 @@ pub async fn serve(
         registry: Arc::new(registry),
         draining: draining.clone(),
         tokens: app.tokens.clone(),
+        recent_batches,
     });
     let http_server =
         axum::serve(http, router).with_graceful_shutdown(token.clone().cancelled_owned());

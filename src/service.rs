@@ -44,6 +44,8 @@ pub struct Gateway {
     watch_slots: Arc<Semaphore>,
     cfg: ServiceConfig,
     metrics: GrpcMetrics,
+    /// Where Submit records its batch ids for the web console's list.
+    recent_batches: Option<crate::console::RecentBatches>,
 }
 
 impl Gateway {
@@ -64,7 +66,14 @@ impl Gateway {
             watch_slots: Arc::new(Semaphore::new(cfg.max_watch_streams)),
             cfg,
             metrics,
+            recent_batches: None,
         }
+    }
+
+    /// Record every submitted batch in `recent` (the web console's batches list).
+    pub fn with_recent_batches(mut self, recent: crate::console::RecentBatches) -> Self {
+        self.recent_batches = Some(recent);
+        self
     }
 
     fn observe<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
@@ -166,6 +175,9 @@ impl Gateway {
         }
         let cmd = self.submit_command(req)?;
         let reply = self.engine.submit(cmd).await?;
+        if let Some(recent) = &self.recent_batches {
+            recent.record(&reply.batch_id);
+        }
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,
             job_ids: reply.job_ids,

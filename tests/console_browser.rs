@@ -256,6 +256,36 @@ async fn the_batch_page_shows_every_job_with_its_image_live_in_chromium() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // The batches list has the batch, newest first, with its counts; its link opens it.
+    browser.navigate(&format!("{}/ui", gw.http)).await;
+    let row = browser
+        .wait_until(
+            "the batch in the batches list",
+            Duration::from_secs(10),
+            "(() => { const r = document.querySelector('table.batches tbody tr');\
+               if (!r) return null;\
+               return { id: r.querySelector('a').textContent, jobs: r.children[2].textContent,\
+                 completed: r.querySelector('.chip.s-COMPLETED b').textContent,\
+                 failed: r.querySelector('.chip.s-FAILED b').textContent }; })()",
+            |v| !v.is_null(),
+        )
+        .await;
+    assert_eq!(row["id"], reply.batch_id.as_str(), "{row}");
+    assert_eq!(row["jobs"], n.to_string().as_str());
+    assert_eq!(row["completed"], completed.to_string().as_str());
+    assert_eq!(row["failed"], "1");
+    browser
+        .eval("document.querySelector('table.batches tbody a').click(); true")
+        .await;
+    browser
+        .wait_until(
+            "the batch page from the list",
+            Duration::from_secs(10),
+            "location.pathname + '|' + document.querySelectorAll('#grid .card').length",
+            |v| *v == format!("/ui/batches/{}|{n}", reply.batch_id).as_str(),
+        )
+        .await;
+
     // The provider page lists every provider with its counters from the same gateway.
     browser.navigate(&format!("{}/ui/providers", gw.http)).await;
     let rows = browser

@@ -331,7 +331,7 @@ pub async fn batch(
 
 /// `GET /ui/api/batches`: the newest batches, and the list as HTML.
 pub async fn batches(State(state): State<ConsoleState>) -> Response {
-    let (rows, note) = super::listing::recent(&state.engine).await;
+    let (rows, note) = super::listing::recent(&state.engine, &state.recent).await;
     let list: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
 use crate::auth::Tokens;
+pub use listing::RecentBatches;
 
 const SCRIPT: &str = include_str!("assets/console.js");
 const STYLE: &str = include_str!("assets/console.css");
@@ -34,6 +35,8 @@ pub struct ConsoleState {
     pub engine: Engine,
     pub tokens: Tokens,
     pub registry: Arc<Registry>,
+    /// Batches submitted through this process, for the list (see [`listing`]).
+    pub recent: RecentBatches,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -82,7 +85,7 @@ async fn style() -> Response {
 
 async fn batches_page(State(state): State<ConsoleState>) -> Response {
     let signed_in = state.tokens.enabled();
-    let (rows, note) = listing::recent(&state.engine).await;
+    let (rows, note) = listing::recent(&state.engine, &state.recent).await;
     pages::batches(&rows, &note, signed_in)
 }
 
