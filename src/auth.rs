@@ -1,5 +1,8 @@
 //! Caller authentication: `authorization: Bearer <token>` against `ADGATE_AUTH_TOKENS`,
-//! compared in constant time. Installed per service (health and reflection stay open).
+//! compared in constant time, and the caller's name it yields (a [`Caller`] request
+//! extension): `name:token` entries name their caller, a bare token is named after a short
+//! hash of itself, and without tokens every call is the caller `anonymous`. Installed per
+//! service (health and reflection stay open).
 
 use std::sync::Arc;
 
@@ -9,9 +12,69 @@ use tonic::{Request, Status};
 use crate::config::Secret;
 use crate::errors::ApiError;
 
+/// The caller a request was authenticated as; names appear in logs, metrics and on jobs, the
+/// token never does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Caller(adgate_engine::ANONYMOUS.to_owned())
+    }
+
+    /// The caller of `req`, as the interceptor recorded it.
+    pub fn of<T>(req: &Request<T>) -> Caller {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous)
+    }
+}
+
+/// One configured token and the caller it names.
+#[derive(Clone)]
+pub struct NamedToken {
+    pub caller: String,
+    pub token: Secret,
+}
+
+impl NamedToken {
+    /// `name:token`, or a bare `token` (named `caller-<8 hex of its SHA-256>`). A name is 1–63
+    /// of `a-z 0-9 - _ .`; anything else before a colon is part of the token.
+    pub fn parse(entry: &str) -> NamedToken {
+        if let Some((name, token)) = entry.split_once(':')
+            && is_caller_name(name)
+            && !token.trim().is_empty()
+        {
+            return NamedToken {
+                caller: name.to_owned(),
+                token: Secret::new(token.trim()),
+            };
+        }
+        NamedToken {
+            caller: hashed_name(entry),
+            token: Secret::new(entry),
+        }
+    }
+}
+
+/// Whether `name` may name a caller.
+pub fn is_caller_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn hashed_name(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    format!("caller-{}", hex::encode(&digest[..4]))
+}
+
 /// The configured caller tokens. Empty = authentication is off.
 #[derive(Clone, Default)]
-pub struct Tokens(Arc<[Secret]>);
+pub struct Tokens(Arc<[NamedToken]>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -20,25 +83,48 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    pub fn new(tokens: Vec<Secret>) -> Self {
+    pub fn new(tokens: Vec<NamedToken>) -> Self {
         Self(tokens.into())
+    }
+
+    /// Unnamed tokens (each named after its hash), as tests configure them.
+    pub fn unnamed(tokens: Vec<Secret>) -> Self {
+        Self(
+            tokens
+                .into_iter()
+                .map(|t| NamedToken {
+                    caller: hashed_name(t.expose()),
+                    token: t,
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        )
     }
 
     pub fn enabled(&self) -> bool {
         !self.0.is_empty()
     }
 
-    /// Check an `authorization` header value.
-    pub fn check(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
+    /// Check an `authorization` header value; the caller it names.
+    pub fn check(&self, header: Option<&[u8]>) -> Result<Caller, ApiError> {
         if !self.enabled() {
-            return Ok(());
+            return Ok(Caller::anonymous());
         }
         let header = header.ok_or(ApiError::MissingCredentials)?;
         let token = bearer(header).ok_or(ApiError::InvalidCredentials)?;
-        if self.matches(token) {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidCredentials)
+        // Compare against every token so timing does not reveal which one (or how many) matched.
+        let mut matched: Option<&NamedToken> = None;
+        let mut any = Choice::from(0);
+        for t in self.0.iter() {
+            let eq = t.token.expose().as_bytes().ct_eq(token);
+            if matched.is_none() && bool::from(eq) {
+                matched = Some(t);
+            }
+            any |= eq;
+        }
+        match (bool::from(any), matched) {
+            (true, Some(t)) => Ok(Caller(t.caller.clone())),
+            _ => Err(ApiError::InvalidCredentials),
         }
     }
 
@@ -50,18 +136,19 @@ impl Tokens {
     /// Whether `test` holds for some configured token. Every token is tested, so timing does
     /// not reveal which one (or how many) matched; `test` must itself be constant time.
     pub(crate) fn any(&self, test: impl Fn(&[u8]) -> Choice) -> bool {
-        let ok = self
-            .0
-            .iter()
-            .fold(Choice::from(0), |acc, t| acc | test(t.expose().as_bytes()));
+        let ok = self.0.iter().fold(Choice::from(0), |acc, t| {
+            acc | test(t.token.expose().as_bytes())
+        });
         bool::from(ok)
     }
 
     /// The tonic interceptor.
     pub fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
         move |req: Request<()>| {
+            let mut req = req;
             let header = req.metadata().get("authorization").map(|v| v.as_bytes());
-            self.check(header).map_err(Status::from)?;
+            let caller = self.check(header).map_err(Status::from)?;
+            req.extensions_mut().insert(caller);
             Ok(req)
         }
     }
@@ -83,7 +170,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let t = Tokens::new(vec![Secret::new("alpha"), Secret::new("beta")]);
+        let t = Tokens::unnamed(vec![Secret::new("alpha"), Secret::new("beta")]);
         assert!(t.check(Some(b"Bearer alpha")).is_ok());
         assert!(t.check(Some(b"bearer beta")).is_ok());
         assert!(matches!(t.check(None), Err(ApiError::MissingCredentials)));
@@ -104,12 +191,30 @@ mod tests {
 
     #[test]
     fn no_tokens_means_open() {
-        assert!(Tokens::default().check(None).is_ok());
+        assert_eq!(Tokens::default().check(None).unwrap(), Caller::anonymous());
+    }
+
+    #[test]
+    fn named_tokens_name_their_caller() {
+        let t = Tokens::new(
+            ["team-a:tok-a", "tok-plain", "Not A Name:tok:x"]
+                .into_iter()
+                .map(NamedToken::parse)
+                .collect(),
+        );
+        assert_eq!(t.check(Some(b"Bearer tok-a")).unwrap().0, "team-a");
+        let plain = t.check(Some(b"Bearer tok-plain")).unwrap().0;
+        assert!(plain.starts_with("caller-") && plain.len() == 15, "{plain}");
+        assert!(!plain.contains("tok"));
+        // A prefix that is no caller name stays part of the token.
+        assert!(t.check(Some(b"Bearer Not A Name:tok:x")).is_ok());
+        assert!(t.check(Some(b"Bearer tok-b")).is_err());
+        assert!(t.check(Some(b"Bearer team-a:tok-a")).is_err());
     }
 
     #[test]
     fn interceptor_rejects_with_unauthenticated() {
-        let mut i = Tokens::new(vec![Secret::new("s3cret")]).interceptor();
+        let mut i = Tokens::unnamed(vec![Secret::new("s3cret")]).interceptor();
         let err = i(Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(!err.message().contains("s3cret"));
@@ -118,6 +223,13 @@ mod tests {
             "authorization",
             tonic::metadata::MetadataValue::from_static("Bearer s3cret"),
         );
-        assert!(i(req).is_ok());
+        let ok = i(req).unwrap();
+        assert!(
+            ok.extensions()
+                .get::<Caller>()
+                .unwrap()
+                .0
+                .starts_with("caller-")
+        );
     }
 }

@@ -100,6 +100,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run every provider's simulator alone (for pointing a gateway or a test at them).
     Sim(SimArgs),
+    /// Submit a JSON Lines or CSV file of job specs to a running gateway, in chunks that are
+    /// safe to re-run; with --watch, follow them to the end.
+    Submit(crate::cli::SubmitArgs),
+    /// Follow batches until every job is terminal, with a progress bar per state.
+    Watch(crate::cli::WatchArgs),
+    /// Show batches or jobs.
+    Status(crate::cli::StatusArgs),
+    /// Download every output of batches into a directory.
+    Download(crate::cli::DownloadArgs),
+    /// List jobs, newest first, optionally filtered (needs a gateway with ListJobs).
+    Jobs(crate::cli::JobsArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -221,8 +232,23 @@ struct FileProvider {
     resume_subscriptions: Option<bool>,
     manage_subscriptions: Option<bool>,
     request_timeout_secs: Option<f64>,
+    /// Replaces the adapter's price unit (`USD`, `pictify_credit`, …).
+    price_unit: Option<String>,
+    /// Price per kind of job or output (`flat`, `editable`, `image`, `format`), in the unit.
+    #[serde(default)]
+    prices: BTreeMap<String, f64>,
     #[serde(flatten)]
     limits: LimitOverrides,
+}
+
+/// `[callers.<name>]` in the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCaller {
+    weight: Option<u32>,
+    /// Most the caller may spend per UTC day, by provider, in that provider's price unit.
+    #[serde(default)]
+    daily_spend_limits: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -244,6 +270,8 @@ struct FileConfig {
     kept_event_ttl_secs: Option<f64>,
     #[serde(default)]
     providers: BTreeMap<String, FileProvider>,
+    #[serde(default)]
+    callers: BTreeMap<String, FileCaller>,
 }
 
 /// One provider's resolved settings. The provider is enabled when `api_key` is set.
@@ -263,6 +291,7 @@ pub struct ProviderSettings {
     pub manage_subscriptions: bool,
     pub request_timeout: Option<Duration>,
     pub limits: LimitOverrides,
+    pub prices: adgate_engine::PriceOverrides,
 }
 
 /// The resolved configuration.
@@ -289,6 +318,8 @@ pub struct Settings {
     pub kept_event_ttl: Duration,
     /// By provider name; every registered provider has an entry.
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// Weights and daily spend limits of named callers (`[callers.<name>]`).
+    pub callers: adgate_engine::CallerPolicies,
     pub sandbox: bool,
 }
 
@@ -313,6 +344,7 @@ impl Default for Settings {
             providers: providers::names()
                 .map(|n| (n.to_owned(), ProviderSettings::default()))
                 .collect(),
+            callers: adgate_engine::CallerPolicies::default(),
             sandbox: false,
         }
     }
@@ -499,6 +531,52 @@ impl Settings {
             }
             check_overrides(name, &f.limits)?;
             p.limits = f.limits;
+            p.prices = adgate_engine::PriceOverrides {
+                unit: f.price_unit.filter(|u| !u.trim().is_empty()),
+                micros_by_kind: f
+                    .prices
+                    .iter()
+                    .map(|(kind, amount)| {
+                        micros(&format!("providers.{name}.prices.{kind}"), *amount)
+                            .map(|m| (kind.clone(), m))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+        }
+        for (caller, c) in file.callers {
+            if !crate::auth::is_caller_name(&caller) {
+                return Err(ConfigError::invalid(
+                    "[callers.<name>]",
+                    &caller,
+                    "a caller name is 1-63 of a-z 0-9 - _ .",
+                ));
+            }
+            let mut policy = adgate_engine::CallerPolicy::default();
+            if let Some(w) = c.weight {
+                if w == 0 || w > 1000 {
+                    return Err(ConfigError::invalid(
+                        &format!("callers.{caller}.weight"),
+                        &w.to_string(),
+                        "must be in 1..=1000",
+                    ));
+                }
+                policy.weight = w;
+            }
+            for (provider, amount) in c.daily_spend_limits {
+                if !s.providers.contains_key(&provider) {
+                    return Err(ConfigError::invalid(
+                        &format!("callers.{caller}.daily_spend_limits"),
+                        &provider,
+                        "unknown provider",
+                    ));
+                }
+                let m = micros(
+                    &format!("callers.{caller}.daily_spend_limits.{provider}"),
+                    amount,
+                )?;
+                policy.daily_limits.insert(provider, m);
+            }
+            s.callers.0.insert(caller, policy);
         }
         Ok(s)
     }
@@ -525,6 +603,18 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     toml::from_str(&text).map_err(|e| err(one_line(&e.to_string())))
+}
+
+/// A non-negative amount in millionths.
+fn micros(field: &str, amount: f64) -> Result<i64, ConfigError> {
+    if !(amount.is_finite() && (0.0..=1e12).contains(&amount)) {
+        return Err(ConfigError::invalid(
+            field,
+            &amount.to_string(),
+            "must be a number in [0, 1e12]",
+        ));
+    }
+    Ok((amount * 1e6).round() as i64)
 }
 
 /// toml's errors span several lines (with a source excerpt); keep the message only.
@@ -940,6 +1030,48 @@ mod tests {
             "time_scale",
         ] {
             assert!(help.contains(var), "--help lacks {var}");
+        }
+    }
+
+    #[test]
+    fn callers_prices_and_limits_are_read() {
+        let toml = r#"
+            auth_tokens = ["growth:tok-growth-0123"]
+            [callers.growth]
+            weight = 3
+            daily_spend_limits = { staticadslab = 500.0, pictify = 20000 }
+            [providers.abyssale]
+            price_unit = "USD"
+            prices = { format = 0.08 }
+        "#;
+        let s = Settings::from_toml(false, toml, &env_of(&[])).unwrap();
+        let growth = &s.callers.0["growth"];
+        assert_eq!(growth.weight, 3);
+        assert_eq!(growth.daily_limits["staticadslab"], 500_000_000);
+        assert_eq!(growth.daily_limits["pictify"], 20_000_000_000);
+        let ab = &s.providers["abyssale"].prices;
+        assert_eq!(ab.unit.as_deref(), Some("USD"));
+        assert_eq!(ab.micros_by_kind["format"], 80_000);
+        for (bad, what) in [
+            ("[callers.growth]\nweight = 0", "weight"),
+            ("[callers.Growth]\nweight = 1", "[callers.<name>]"),
+            (
+                "[callers.g]\ndaily_spend_limits = { dalle = 1.0 }",
+                "daily_spend_limits",
+            ),
+            (
+                "[callers.g]\ndaily_spend_limits = { pictify = -1.0 }",
+                "pictify",
+            ),
+            (
+                "[providers.pictify]\nprices = { image = nan }",
+                "prices.image",
+            ),
+        ] {
+            let err = Settings::from_toml(false, bad, &env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{bad}: {err}");
         }
     }
 }

@@ -219,13 +219,39 @@ pub fn state(s: JobState) -> pb::JobState {
 }
 
 /// A job with what its provider billed for it (see `Engine::cost`).
-pub fn job_billed(r: &JobRecord, cost: Option<adgate_generator::Cost>) -> pb::Job {
+pub fn job_billed(r: &JobRecord, cost: Option<adgate_engine::StoredCost>) -> pb::Job {
     pb::Job {
-        cost: cost.map(|c| pb::Cost {
-            currency_code: c.currency_code.to_owned(),
-            micros: c.micros,
-        }),
+        cost: cost.map(|c| cost_of(&c.unit, c.micros)),
         ..job(r)
+    }
+}
+
+/// A cost in `unit`: money units (three upper-case letters, ISO 4217) also set
+/// `currency_code`.
+pub fn cost_of(unit: &str, micros: i64) -> pb::Cost {
+    let money = unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase());
+    pb::Cost {
+        currency_code: if money {
+            unit.to_owned()
+        } else {
+            String::new()
+        },
+        micros,
+        unit: unit.to_owned(),
+    }
+}
+
+/// Costs per unit.
+pub fn costs(sums: &[(String, i64)]) -> Vec<pb::Cost> {
+    sums.iter().map(|(u, m)| cost_of(u, *m)).collect()
+}
+
+/// The proto priority of a stored one.
+pub fn priority(p: i64) -> pb::Priority {
+    match p {
+        1 => pb::Priority::Interactive,
+        3 => pb::Priority::Bulk,
+        _ => pb::Priority::Normal,
     }
 }
 
@@ -283,6 +309,10 @@ pub fn job(r: &JobRecord) -> pb::Job {
         provider_result,
         staticadslab,
         cost: None,
+        caller: r.caller.clone(),
+        priority: priority(r.priority).into(),
+        queue_position: 0,
+        estimated_start_time: None,
     }
 }
 
@@ -612,6 +642,10 @@ mod tests {
             deadline_at_ms: 0,
             revision: 1,
             provider_result: result,
+            caller: "anonymous".into(),
+            priority: 2,
+            cost: None,
+            traceparent: None,
         }
     }
 

@@ -54,6 +54,15 @@ pub enum ApiError {
     ShuttingDown,
     /// A provider could not do it now; retry later.
     ProviderUnavailable(String),
+    /// A Submit would pass a caller's daily spend limit at a provider (nothing stored).
+    SpendLimit {
+        caller: String,
+        provider: String,
+        unit: String,
+        limit_micros: i64,
+        spent_micros: i64,
+        requested_micros: i64,
+    },
     /// A failure inside the gateway; the detail is logged, never sent.
     Internal(String),
 }
@@ -80,6 +89,21 @@ impl From<EngineError> for ApiError {
             // to see it, another process being this replica is UNAVAILABLE to this one.
             EngineError::ReplicaIdInUse(_) => Self::ShuttingDown,
             EngineError::Internal(e) => Self::Internal(e),
+            EngineError::SpendLimit {
+                caller,
+                provider,
+                unit,
+                limit_micros,
+                spent_micros,
+                requested_micros,
+            } => Self::SpendLimit {
+                caller,
+                provider,
+                unit,
+                limit_micros,
+                spent_micros,
+                requested_micros,
+            },
             EngineError::ProviderUnavailable(m) => Self::ProviderUnavailable(m),
         }
     }
@@ -226,6 +250,44 @@ pub fn to_status(err: ApiError) -> Status {
         E::ProviderUnavailable(m) => {
             d.set_retry_info(Some(RETRY_SOON));
             (Code::Unavailable, "PROVIDER_UNAVAILABLE", m)
+        }
+        E::SpendLimit {
+            caller,
+            provider,
+            unit,
+            limit_micros,
+            spent_micros,
+            requested_micros,
+        } => {
+            let amount = |m: i64| format!("{:.2} {unit}", m as f64 / 1e6);
+            let subject = format!("callers/{caller}/providers/{provider}/spend:daily");
+            d.add_quota_failure_violation(
+                subject.clone(),
+                format!(
+                    "daily spend limit {} at {provider}: {} spent or reserved today, this request \
+                     needs {}",
+                    amount(limit_micros),
+                    amount(spent_micros),
+                    amount(requested_micros)
+                ),
+            );
+            meta.insert("caller".into(), caller.clone());
+            meta.insert("provider".into(), provider.clone());
+            meta.insert("unit".into(), unit.clone());
+            meta.insert("limit_micros".into(), limit_micros.to_string());
+            meta.insert("spent_micros".into(), spent_micros.to_string());
+            meta.insert("requested_micros".into(), requested_micros.to_string());
+            (
+                Code::ResourceExhausted,
+                "SPEND_LIMIT_EXCEEDED",
+                format!(
+                    "caller {caller} would pass its daily spend limit at {provider} ({} spent or \
+                     reserved today + {} requested > {}); nothing was stored",
+                    amount(spent_micros),
+                    amount(requested_micros),
+                    amount(limit_micros)
+                ),
+            )
         }
         E::Internal(e) => {
             tracing::error!(error = %e, "internal failure");

@@ -1,6 +1,7 @@
 //! adgate's server: one gRPC API in front of asynchronous ad-image providers (see `providers`).
 //!
 //! This crate is the thin surface around the engine (`adgate_engine`):
+//! - [`cli`]: the client subcommands (`adgate submit|watch|status|download|jobs`) for bulk work.
 //! - [`config`]: CLI (`adgate serve`, `adgate sim`), environment (SPEC §5) and TOML settings;
 //!   [`config::Secret`] keeps keys and tokens out of logs.
 //! - [`providers`]: the provider registry (one row per provider) and limit overrides.
@@ -12,13 +13,16 @@
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
 //! - [`http`]: webhooks, `/metrics`, `/healthz`.
 //! - [`console`]: the web console at `/ui` (batches, job cards with images, providers).
-//! - [`metrics`]: gRPC counters next to the engine's Prometheus families.
+//! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP (the standard `OTEL_*` variables).
+//! - [`rpc_trace`]: the tower layer giving each gRPC call its span and latency.
 //!
 //! [`App::start`] opens the store and starts the engine; [`serve`] runs both listeners until a
 //! shutdown future resolves and then drains. Both take already-bound listeners, so tests can
 //! bind port 0.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod convert;
@@ -27,9 +31,11 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod providers;
+pub mod rpc_trace;
 pub mod sandbox;
 pub mod service;
 pub mod spec_json;
+pub mod telemetry;
 
 /// Generated protobuf and gRPC code for `adgate.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
@@ -51,9 +57,11 @@ use adgate_engine::{Engine, EngineConfig, EngineError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tower_layer::Layer;
 
 use crate::auth::Tokens;
 use crate::config::{ConfigError, Settings};
@@ -126,6 +134,8 @@ impl App {
             lease: settings.lease,
             replica_id: settings.replica_id.clone(),
             kept_event_ttl: settings.kept_event_ttl,
+            callers: settings.callers.clone(),
+            span_link: Some(telemetry::link),
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())
@@ -142,7 +152,13 @@ impl App {
                 max_watch_streams: settings.max_watch_streams,
                 heartbeat: settings.heartbeat,
             },
-            tokens: Tokens::new(settings.auth_tokens.clone()),
+            tokens: Tokens::new(
+                settings
+                    .auth_tokens
+                    .iter()
+                    .map(|t| auth::NamedToken::parse(t.expose()))
+                    .collect(),
+            ),
             grace: settings.grace_period,
         })
     }
@@ -199,13 +215,22 @@ pub async fn serve(
         app.engine.clone(),
         app.service.clone(),
         token.clone(),
-        metrics,
+        metrics.clone(),
     )
     .with_recent_batches(recent_batches.clone());
-    let api = InterceptedService::new(
+    // Outside the authentication interceptor, so refused calls are traced and timed too.
+    let api = rpc_trace::RpcTraceLayer::new(
+        metrics,
+        grpc_addr,
+        rpc_trace::methods_of(
+            pb::FILE_DESCRIPTOR_SET,
+            GatewayServiceServer::<Gateway>::NAME,
+        ),
+    )
+    .layer(InterceptedService::new(
         GatewayServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         app.tokens.clone().interceptor(),
-    );
+    ));
     let max_streams =
         u32::try_from(app.service.max_watch_streams.saturating_add(1024)).unwrap_or(u32::MAX);
     let grpc_server = Server::builder()

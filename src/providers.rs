@@ -90,7 +90,11 @@ pub fn build(settings: &Settings) -> Result<Vec<ProviderSetup>, ConfigError> {
             ConfigError::Other(format!("cannot configure provider {}: {e}", entry.name))
         })?;
         let limits = apply_overrides(generator.limits(), &p.limits, settings.time_scale());
-        out.push(ProviderSetup { generator, limits });
+        out.push(ProviderSetup {
+            generator,
+            limits,
+            prices: p.prices.clone(),
+        });
     }
     Ok(out)
 }

@@ -1,12 +1,13 @@
 //! The `adgate.v1.GatewayService` implementation: request checks, then one engine call.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use adgate_engine::eta::QueueEstimate;
 use adgate_engine::{Engine, JobRequest, SubmitCommand};
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::convert;
 use crate::errors::{ApiError, Violation, job_field};
 use crate::metrics::GrpcMetrics;
@@ -54,6 +56,35 @@ impl Gateway {
         convert::job_billed(r, self.engine.cost(r))
     }
 
+    /// [`Gateway::job`] with the queue position and start estimate of a QUEUED job.
+    fn job_estimated(
+        &self,
+        r: &adgate_engine::JobRecord,
+        estimates: &HashMap<String, QueueEstimate>,
+    ) -> pb::Job {
+        let mut job = self.job(r);
+        if let Some(e) = estimates.get(&r.id) {
+            job.queue_position = e.position;
+            job.estimated_start_time = Some(convert::timestamp(e.start_ms));
+        }
+        job
+    }
+
+    /// Estimates for the queued jobs among `records`; estimates are advice, so a failed
+    /// read of the queue leaves them unset rather than failing the call.
+    async fn estimates(
+        &self,
+        records: &[&adgate_engine::JobRecord],
+    ) -> HashMap<String, QueueEstimate> {
+        match self.engine.queue_estimates(records).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue estimates unavailable");
+                HashMap::new()
+            }
+        }
+    }
+
     pub fn new(
         engine: Engine,
         cfg: ServiceConfig,
@@ -86,7 +117,12 @@ impl Gateway {
     }
 
     /// Validate every job and build the engine command. Nothing is stored on error.
-    fn submit_command(&self, req: pb::SubmitRequest) -> Result<SubmitCommand, ApiError> {
+    fn submit_command(
+        &self,
+        req: pb::SubmitRequest,
+        caller: Caller,
+        traceparent: Option<String>,
+    ) -> Result<SubmitCommand, ApiError> {
         let mut violations = Vec::new();
         if req.request_id.chars().count() > MAX_REQUEST_ID {
             violations.push(Violation::new(
@@ -163,25 +199,94 @@ impl Gateway {
                 provider: name,
             });
         }
+        let priority = match pb::Priority::try_from(req.priority) {
+            Ok(pb::Priority::Unspecified | pb::Priority::Normal) => adgate_engine::DEFAULT_PRIORITY,
+            Ok(pb::Priority::Interactive) => 1,
+            Ok(pb::Priority::Bulk) => 3,
+            Err(_) => {
+                return Err(ApiError::InvalidRequest(vec![Violation::new(
+                    "priority",
+                    format!("unknown priority {}", req.priority),
+                )]));
+            }
+        };
         Ok(SubmitCommand {
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
             jobs,
+            caller: caller.0,
+            priority,
+            traceparent,
+            validate_only: req.validate_only,
         })
     }
 
-    async fn submit_inner(&self, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, ApiError> {
+    async fn submit_inner(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<pb::SubmitResponse, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
-        let cmd = self.submit_command(req)?;
+        let caller = Caller::of(&req);
+        // With traces on, this call's own server span (see `rpc_trace`), so the jobs' later
+        // provider calls link to the Submit itself; otherwise the caller's context as sent.
+        let traceparent = crate::telemetry::traceparent(&tracing::Span::current()).or_else(|| {
+            req.metadata()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 128)
+                .map(str::to_owned)
+        });
+        let cmd = self.submit_command(req.into_inner(), caller, traceparent)?;
+        let validate_only = cmd.validate_only;
+        let unstored: Vec<(String, String, i64, Option<String>)> = if validate_only {
+            cmd.jobs
+                .iter()
+                .map(|j| {
+                    (
+                        j.provider.clone(),
+                        cmd.caller.clone(),
+                        cmd.priority,
+                        self.engine.group_key(j),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let reply = self.engine.submit(cmd).await?;
-        if let Some(recent) = &self.recent_batches {
+        let (start, completion) = if validate_only {
+            let start = self
+                .engine
+                .estimate_unstored(&unstored)
+                .await
+                .ok()
+                .flatten();
+            let typical = unstored
+                .iter()
+                .filter_map(|j| self.engine.typical_job_ms(&j.0))
+                .max()
+                .unwrap_or(0);
+            (start, start.map(|s| s.saturating_add(typical)))
+        } else {
+            let (records, _) = self.engine.get_jobs(&reply.job_ids).await?;
+            let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
+            let estimates = self.estimates(&refs).await;
+            (
+                estimates.values().map(|e| e.start_ms).max(),
+                self.engine.completion_estimate(&refs, &estimates),
+            )
+        };
+        if !validate_only && let Some(recent) = &self.recent_batches {
             recent.record(&reply.batch_id);
         }
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,
             job_ids: reply.job_ids,
             replayed: reply.replayed,
+            estimated_cost: convert::costs(&reply.estimated_cost),
+            estimated_start_time: start.map(convert::timestamp),
+            estimated_completion_time: completion.map(convert::timestamp),
         })
     }
 
@@ -201,9 +306,23 @@ impl Gateway {
                     (jobs.into_iter().map(Arc::new).collect(), Vec::new())
                 }
             };
+        let billed: Vec<adgate_engine::StoredCost> =
+            records.iter().filter_map(|r| self.engine.cost(r)).collect();
+        let cost =
+            adgate_engine::pricing::sum_by_unit(billed.iter().map(|c| (c.unit.as_str(), c.micros)));
+        let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
+        let estimates = self.estimates(&refs).await;
         Ok(pb::BatchStatusResponse {
+            cost: convert::costs(&cost),
+            estimated_completion_time: self
+                .engine
+                .completion_estimate(&refs, &estimates)
+                .map(convert::timestamp),
             counts: convert::state_counts(records.iter().map(|r| &**r)),
-            jobs: records.iter().map(|r| self.job(r)).collect(),
+            jobs: records
+                .iter()
+                .map(|r| self.job_estimated(r, &estimates))
+                .collect(),
             unknown_job_ids: unknown,
         })
     }
@@ -215,8 +334,9 @@ impl Gateway {
             .get_jobs(std::slice::from_ref(&req.job_id))
             .await?;
         let rec = found.pop().ok_or(ApiError::JobNotFound(req.job_id))?;
+        let estimates = self.estimates(&[&*rec]).await;
         Ok(pb::GetJobResponse {
-            job: Some(self.job(&rec)),
+            job: Some(self.job_estimated(&rec, &estimates)),
         })
     }
 
@@ -447,7 +567,7 @@ impl GatewayService for Gateway {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let r = self.submit_inner(request.into_inner()).await;
+        let r = self.submit_inner(request).await;
         self.observe("Submit", r)
     }
 
@@ -457,6 +577,20 @@ impl GatewayService for Gateway {
     ) -> Result<Response<pb::BatchStatusResponse>, Status> {
         let r = self.batch_status_inner(request.into_inner()).await;
         self.observe("BatchStatus", r)
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Err(Status::unimplemented("ListJobs is not built yet"))
+    }
+
+    async fn list_batches(
+        &self,
+        _request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        Err(Status::unimplemented("ListBatches is not built yet"))
     }
 
     type WatchProgressStream = WatchStream;

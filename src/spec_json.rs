@@ -30,6 +30,11 @@ const PROVIDER_ONEOF: &str = "provider";
 static POOL: LazyLock<Option<DescriptorPool>> =
     LazyLock::new(|| DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).ok());
 
+/// The descriptors of `adgate.v1` and its imports (also the command line's JSON mapping).
+pub fn descriptor_pool() -> Option<&'static DescriptorPool> {
+    POOL.as_ref()
+}
+
 fn job_spec_descriptor() -> Option<MessageDescriptor> {
     POOL.as_ref()?.get_message_by_name(JOB_SPEC)
 }

@@ -57,6 +57,7 @@ async fn kill_9_between_patch_and_its_answer_makes_one_version() {
         .submit(pb::SubmitRequest {
             request_id: String::new(),
             jobs: vec![editable_ad()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -92,6 +93,7 @@ async fn kill_9_between_patch_and_its_answer_makes_one_version() {
                 )),
                 ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -87,7 +87,8 @@ async fn template_then_ad(postgres: bool) {
         t.cost,
         Some(pb::Cost {
             currency_code: "USD".into(),
-            micros: 250_000
+            micros: 250_000,
+            unit: "USD".into(),
         })
     );
     assert!(
@@ -176,6 +177,7 @@ async fn a_bad_design_template_is_refused_with_its_path_and_nothing_is_sent() {
         .submit(pb::SubmitRequest {
             request_id: String::new(),
             jobs: vec![template_job("fine"), empty],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -373,6 +375,7 @@ async fn an_ad_naming_no_template_of_its_submit_is_refused() {
             .submit(pb::SubmitRequest {
                 request_id: String::new(),
                 jobs,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -85,6 +85,7 @@ async fn one_job(client: &Client, spec: pb::JobSpec, request_id: &str) -> pb::Jo
         .submit(pb::SubmitRequest {
             request_id: request_id.to_owned(),
             jobs: vec![spec],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -155,6 +156,7 @@ async fn edit_and_both_versions_readable(postgres: bool) {
         .submit(pb::SubmitRequest {
             request_id: "edit-summer-1".to_owned(),
             jobs: vec![edit_of(&original.id, "Summer")],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -252,6 +254,7 @@ async fn edits_of_flat_running_or_unknown_ads_are_refused_and_nothing_is_sent() 
             .submit(pb::SubmitRequest {
                 request_id: String::new(),
                 jobs: vec![sal_job("brand_fine"), edit_of(target, "x")],
+                ..Default::default()
             })
             .await
             .unwrap_err();

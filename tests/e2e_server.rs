@@ -374,6 +374,7 @@ async fn validation_matrix_is_invalid_argument_with_field_paths_and_stores_nothi
                 pb::SubmitRequest {
                     request_id: format!("req-{name}"),
                     jobs: vec![sal_job("brand_ok"), bad],
+                    ..Default::default()
                 },
                 field.to_owned(),
             )
@@ -384,6 +385,7 @@ async fn validation_matrix_is_invalid_argument_with_field_paths_and_stores_nothi
         pb::SubmitRequest {
             request_id: "r".repeat(129),
             jobs: vec![sal_job("brand_1")],
+            ..Default::default()
         },
         "request_id".into(),
     ));
@@ -393,6 +395,7 @@ async fn validation_matrix_is_invalid_argument_with_field_paths_and_stores_nothi
         pb::SubmitRequest {
             request_id: String::new(),
             jobs: vec![sal_job("brand_1"); adgate::config::DEFAULT_MAX_JOBS_PER_SUBMIT + 1],
+            ..Default::default()
         },
         "jobs".into(),
     ));
@@ -423,6 +426,7 @@ async fn validation_matrix_is_invalid_argument_with_field_paths_and_stores_nothi
         .submit(pb::SubmitRequest {
             request_id: "req-NaN quality".into(),
             jobs: vec![sal_job("brand_ok"), pictify_job("tmpl_a", "Ada")],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -149,6 +149,7 @@ async fn submit_then_watch_to_completion_on_every_provider() {
         .submit(pb::SubmitRequest {
             request_id: "req-1".into(),
             jobs: vec![staticadslab_job("brand_1"), pictify_job(), abyssale_job()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -193,6 +194,7 @@ async fn submit_then_watch_to_completion_on_every_provider() {
         .submit(pb::SubmitRequest {
             request_id: "req-1".into(),
             jobs: vec![staticadslab_job("brand_1"), pictify_job(), abyssale_job()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -203,6 +205,7 @@ async fn submit_then_watch_to_completion_on_every_provider() {
         .submit(pb::SubmitRequest {
             request_id: "req-1".into(),
             jobs: vec![staticadslab_job("brand_2")],
+            ..Default::default()
         })
         .await
         .unwrap_err();

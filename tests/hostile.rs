@@ -88,6 +88,7 @@ fn submit(jobs: Vec<pb::JobSpec>) -> pb::SubmitRequest {
     pb::SubmitRequest {
         request_id: String::new(),
         jobs,
+        ..Default::default()
     }
 }
 
@@ -196,6 +197,7 @@ async fn hostile_grpc_input_and_webhooks() {
             pb::SubmitRequest {
                 request_id: "q".repeat(10_000),
                 jobs: vec![sal_job(1)],
+                ..Default::default()
             },
             &[Code::InvalidArgument],
             "request_id",

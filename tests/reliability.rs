@@ -57,6 +57,7 @@ async fn submit_acked(url: &str, request_id: &str, jobs: Vec<pb::JobSpec>) -> Ve
             c.submit(pb::SubmitRequest {
                 request_id: request_id.to_owned(),
                 jobs: jobs.clone(),
+                ..Default::default()
             })
             .await
             .ok()
@@ -421,6 +422,7 @@ async fn chaos_every_fault_at_once() {
             .submit(pb::SubmitRequest {
                 request_id: format!("chaos-{b}"),
                 jobs: (b * 15..(b + 1) * 15).map(mixed_job).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -616,6 +618,7 @@ async fn drain_under_load_then_restart() {
             .submit(pb::SubmitRequest {
                 request_id: format!("drain-{b}"),
                 jobs: (b * 100..(b + 1) * 100).map(mixed_job).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -218,6 +218,7 @@ async fn submit(client: &mut GatewayServiceClient<Channel>, from: usize, n: usiz
             .submit(pb::SubmitRequest {
                 request_id: String::new(),
                 jobs: chunk.iter().map(|i| ad(*i)).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -366,6 +367,7 @@ async fn the_same_request_id_on_two_replicas_creates_the_jobs_once() {
         let req = pb::SubmitRequest {
             request_id: format!("same-request-{round}"),
             jobs: (0..3).map(ad).collect(),
+            ..Default::default()
         };
         let (ra, rb) = tokio::join!(ca.submit(req.clone()), cb.submit(req));
         let (ra, rb) = (ra.unwrap().into_inner(), rb.unwrap().into_inner());

@@ -133,7 +133,7 @@ pub fn job_view(engine: &Engine, r: &JobRecord) -> JobView {
             message: e.message.clone(),
         }),
         cost: engine.cost(r).map(|c| Money {
-            currency: c.currency_code.to_owned(),
+            currency: c.unit.clone(),
             micros: c.micros,
         }),
         updated_at_ms: r.updated_at_ms,
@@ -143,11 +143,11 @@ pub fn job_view(engine: &Engine, r: &JobRecord) -> JobView {
 /// Counts and cost of `jobs`.
 pub fn totals(engine: &Engine, jobs: &[JobRecord]) -> Totals {
     let mut counts: BTreeMap<&'static str, usize> = STATES.iter().map(|s| (s.name(), 0)).collect();
-    let mut cost: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut cost: BTreeMap<String, i64> = BTreeMap::new();
     for j in jobs {
         *counts.entry(j.state.name()).or_default() += 1;
         if let Some(c) = engine.cost(j) {
-            let m = cost.entry(c.currency_code).or_default();
+            let m = cost.entry(c.unit).or_default();
             *m = m.saturating_add(c.micros);
         }
     }
@@ -156,10 +156,7 @@ pub fn totals(engine: &Engine, jobs: &[JobRecord]) -> Totals {
         counts,
         cost: cost
             .into_iter()
-            .map(|(currency, micros)| Money {
-                currency: currency.to_owned(),
-                micros,
-            })
+            .map(|(currency, micros)| Money { currency, micros })
             .collect(),
     }
 }

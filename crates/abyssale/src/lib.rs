@@ -209,6 +209,24 @@ impl Generator for Abyssale {
         }
     }
 
+    /// Abyssale bills plan credits per generated format (only successful creations count
+    /// [AB:rest-api]). With `format_names` empty the design's every format is generated and
+    /// their number is unknown before the answer: the estimate counts one and completion
+    /// settles the real number.
+    fn price(&self, spec: &Value) -> Option<adgate_generator::Price> {
+        let formats = spec
+            .get("format_names")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        Some(adgate_generator::Price {
+            unit: "abyssale_credit",
+            kind: "format",
+            micros: 1_000_000,
+            per_output: true,
+            expected_outputs: u32::try_from(formats.max(1)).unwrap_or(u32::MAX),
+        })
+    }
+
     fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
         spec::parse(spec).map(|_| ())
     }
@@ -257,14 +275,12 @@ impl Generator for Abyssale {
             "{}/async/banner-builder/{}/generate",
             self.base, spec.design_id
         );
-        let resp = self
+        let req = self
             .http
             .post(url)
             .header("x-api-key", &self.cfg.api_key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Write))?;
+            .json(&body);
+        let resp = transport::send(NAME, req, Effect::Write).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());
@@ -331,13 +347,11 @@ impl Generator for Abyssale {
                 None,
             ));
         }
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/generation-request/{key}", self.base))
-            .header("x-api-key", &self.cfg.api_key)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
+            .header("x-api-key", &self.cfg.api_key);
+        let resp = transport::send(NAME, req, Effect::Read).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());

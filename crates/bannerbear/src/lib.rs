@@ -270,6 +270,17 @@ impl Generator for Bannerbear {
         }
     }
 
+    /// "1 image = 1 credit" [FREE], [HELP-174]; the gateway creates images only.
+    fn price(&self, _spec: &Value) -> Option<adgate_generator::Price> {
+        Some(adgate_generator::Price {
+            unit: "bannerbear_credit",
+            kind: "image",
+            micros: 1_000_000,
+            per_output: false,
+            expected_outputs: 1,
+        })
+    }
+
     fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
         spec::parse(spec).map(|_| ())
     }
@@ -289,14 +300,12 @@ impl Generator for Bannerbear {
         let metadata = webhook::metadata_for(&item.job_id, self.cfg.webhook_secret.as_deref());
         let body = wire::create_body(&spec, &metadata);
         // No Idempotency-Key: Bannerbear has none (§13); `batch.idempotency_key` is unused.
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/v5/images", self.base))
             .header(http::header::AUTHORIZATION, self.auth.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Write))?;
+            .json(&body);
+        let resp = transport::send(NAME, req, Effect::Write).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());
@@ -351,13 +360,11 @@ impl Generator for Bannerbear {
                 None,
             ));
         }
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/v5/images/{key}", self.base))
-            .header(http::header::AUTHORIZATION, self.auth.clone())
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
+            .header(http::header::AUTHORIZATION, self.auth.clone());
+        let resp = transport::send(NAME, req, Effect::Read).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let rate = rate_snapshot(&headers, SystemTime::now());

@@ -161,6 +161,7 @@ pub async fn takeover(ctx: &mut Ctx) -> Res<()> {
             .submit(pb::SubmitRequest {
                 request_id: String::new(),
                 jobs: chunk.iter().map(|i| world::sal_job(*i)).collect(),
+                ..Default::default()
             })
             .await?;
     }

@@ -101,6 +101,7 @@ pub(crate) async fn submit_call(ch: Channel, jobs: Vec<pb::JobSpec>) -> Option<p
         .submit(pb::SubmitRequest {
             request_id: String::new(),
             jobs,
+            ..Default::default()
         })
         .await
         .ok()

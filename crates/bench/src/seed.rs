@@ -104,6 +104,9 @@ pub async fn seed_100k() -> Res<(World, Seeded)> {
                     client_ref: String::new(),
                     labels: Default::default(),
                     deadline_at_ms: deadline,
+                    priority: adgate_store::DEFAULT_PRIORITY,
+                    cost: None,
+                    traceparent: None,
                 });
                 patches.push(JobPatch {
                     state: Some(JobState::Processing),
@@ -125,6 +128,7 @@ pub async fn seed_100k() -> Res<(World, Seeded)> {
         store
             .submit(NewSubmission {
                 batch_id: format!("bat_seed{n:016}"),
+                caller: adgate_store::ANONYMOUS.to_owned(),
                 request_id: None,
                 content_hash: String::new(),
                 jobs: chunk,

@@ -44,6 +44,8 @@ pub struct Budget {
     state: Mutex<State>,
     // Wakes waiters when the window may have changed (a block lifted, a submit waiter left).
     changed: Notify,
+    /// See `paced_until`; off for a daily cap.
+    paced: bool,
 }
 
 impl Budget {
@@ -58,6 +60,16 @@ impl Budget {
                 submit_waiters: 0,
             }),
             changed: Notify::new(),
+            paced: true,
+        }
+    }
+
+    /// A cap that is never paced (a provider's daily request cap: pacing spreads the burst of
+    /// a short window; it must not spread a day's requests over the day).
+    pub fn unpaced(budget: RequestBudget) -> Self {
+        Self {
+            paced: false,
+            ..Self::new(budget)
         }
     }
 
@@ -88,7 +100,9 @@ impl Budget {
                 let yields = priority == Priority::Poll
                     && s.submit_waiters > 0
                     && now.duration_since(started) < self.window * 2;
-                if blocked.is_none() && s.sent.len() < self.limit && !yields {
+                let paced_until = self.paced_until(&s);
+                let paced = paced_until.is_some_and(|p| p > now);
+                if blocked.is_none() && s.sent.len() < self.limit && !yields && !paced {
                     s.sent.push_back(now);
                     if guard.registered {
                         s.submit_waiters -= 1;
@@ -107,17 +121,77 @@ impl Budget {
                     None
                 };
                 let poll_unyield = yields.then(|| started + self.window * 2);
-                [blocked, window_free, poll_unyield]
-                    .into_iter()
-                    .flatten()
-                    .max()
-                    .unwrap_or(now + Duration::from_millis(10))
+                [
+                    blocked,
+                    window_free,
+                    poll_unyield,
+                    paced_until.filter(|p| *p > now),
+                ]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(now + Duration::from_millis(10))
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = self.changed.notified() => {}
             }
         }
+    }
+
+    /// Once the window is half used, requests are paced `window / limit` apart: a rolling
+    /// window alone lets its whole limit through in one burst the moment it frees, so a job
+    /// arriving just after a burst would wait a full window however fair the order (the
+    /// dispatcher promises a new caller the next slot or the one after). A busy window still
+    /// carries exactly `limit` requests; an idle one still takes half its limit at once.
+    fn paced_until(&self, s: &State) -> Option<Instant> {
+        if !self.paced || 2 * s.sent.len() < self.limit {
+            return None;
+        }
+        let spacing = self.window / u32::try_from(self.limit).unwrap_or(u32::MAX).max(1);
+        s.sent.back().map(|last| *last + spacing)
+    }
+
+    /// When the next `count` requests can go, from now, if nothing else used the budget: the
+    /// rolling window replayed forward from the requests it holds (and any block). What queue
+    /// start estimates are computed from.
+    pub fn projected_slots(&self, count: usize) -> Vec<Duration> {
+        let now = Instant::now();
+        let s = self.lock();
+        let start = s.blocked_until.filter(|b| *b > now).unwrap_or(now);
+        let mut window: VecDeque<Instant> = s
+            .sent
+            .iter()
+            .copied()
+            .filter(|t| now.duration_since(*t) < self.window)
+            .collect();
+        drop(s);
+        let mut out = Vec::with_capacity(count);
+        let spacing = self.window / u32::try_from(self.limit).unwrap_or(u32::MAX).max(1);
+        for _ in 0..count {
+            while window.front().is_some_and(|t| *t + self.window <= start) {
+                window.pop_front();
+            }
+            let mut at = if window.len() >= self.limit {
+                window
+                    .front()
+                    .map_or(start, |t| (*t + self.window).max(start))
+            } else {
+                start
+            };
+            if self.paced
+                && 2 * window.len() >= self.limit
+                && let Some(last) = window.back()
+            {
+                at = at.max(*last + spacing);
+            }
+            window.push_back(at);
+            while window.len() > self.limit {
+                window.pop_front();
+            }
+            out.push(at.saturating_duration_since(now));
+        }
+        out
     }
 
     /// Block every caller for `wait` (a 429's Retry-After or a default).

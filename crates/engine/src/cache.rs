@@ -145,6 +145,10 @@ mod tests {
             deadline_at_ms: 0,
             revision,
             provider_result: None,
+            caller: "anonymous".into(),
+            priority: 2,
+            cost: None,
+            traceparent: None,
         })
     }
 

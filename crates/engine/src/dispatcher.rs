@@ -22,12 +22,13 @@ use adgate_generator::{GenError, JobError, JobState, Progress, SubmitBatch, Subm
 use adgate_store::{JobPatch, JobRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::awaiting;
 use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::runtime::{ProviderRuntime, Shared};
-use crate::{codes, tracker};
+use crate::{codes, fair, trace, tracker};
 
 /// How many queued jobs one dispatcher pass reads.
 const PASS_SIZE: usize = 1000;
@@ -142,10 +143,12 @@ pub(crate) fn unknown_outcome_error(why: &str) -> JobError {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
+    let mut fair_state = fair::FairState::default();
     loop {
         if shared.shutdown.is_cancelled() {
             return;
         }
+        rt.take_arrivals();
         let jobs = match shared
             .store
             .claim_queued(
@@ -193,72 +196,88 @@ pub(crate) async fn run(shared: Arc<Shared>, rt: Arc<ProviderRuntime>) {
         }
         let mut lingering = false;
         let now_ms = shared.now_ms();
-        for group in group_in_order(jobs) {
-            let max = rt.limits.max_items_per_submit.max(1);
-            for chunk in group.chunks(max) {
-                let young = now_ms - chunk[0].created_at_ms < LINGER.as_millis() as i64;
-                if chunk.len() < max && max > 1 && young {
-                    lingering = true;
-                    continue;
-                }
-                let permit = tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    p = rt.submit_slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                if let Some(cap) = rt.limits.max_running_poll_keys
-                    && !wait_for_running_slot(&shared, &rt, cap, chunk).await
-                {
-                    return;
-                }
-                // A provider without idempotency keys: an attempt on record counts as "maybe
-                // sent" after a restart, so take the request budget first and record the attempt
-                // only right before the call (a drain then never leaves unsent attempts behind).
-                let budget_held = !rt.limits.idempotency;
-                if budget_held {
-                    let waited = tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        w = rt.acquire(&shared, Priority::Submit) => w,
-                    };
-                    shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
-                }
-                // Stable across retries and restarts: the first job id is unique to this call.
-                let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
-                let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
-                let attempt = match shared
-                    .store
-                    .create_attempt(&rt.name, &key, &ids, shared.now_ms())
-                    .await
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
-                        continue;
-                    }
-                };
-                // Send exactly the jobs the attempt took: one cancelled while this pass waited
-                // for a slot was left out by the store, and must not reach the provider.
-                let linked = match linked_jobs(&shared, chunk, attempt).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(provider = %rt.name, error = %e, "reading an attempt failed");
-                        continue;
-                    }
-                };
-                if linked.is_empty() {
-                    continue;
-                }
-                shared.spawn(send_attempt(
-                    shared.clone(),
-                    rt.clone(),
-                    key,
-                    linked,
-                    permit,
-                    budget_held,
-                ));
+        let max = rt.limits.max_items_per_submit.max(1);
+        let entries: Vec<fair::Entry<'_>> = jobs.iter().map(fair::Entry::of).collect();
+        let plan = fair::FairOrder::plan(&entries, max, &shared.callers, Some(&fair_state));
+        // Per caller in this pass, its least urgent priority.
+        let mut least: HashMap<&str, i64> = HashMap::new();
+        for j in &jobs {
+            let p = least.entry(j.caller.as_str()).or_insert(j.priority);
+            *p = (*p).max(j.priority);
+        }
+        for (n, indices) in plan.iter().enumerate() {
+            // A Submit since this pass read the queue has jobs that go before what is left
+            // of it: read the queue again, so they take their fair place now.
+            if n > 0 && rt.arrivals_jump_queue(&least) {
+                break;
             }
+            let chunk: Vec<JobRecord> = indices.iter().map(|&i| jobs[i].clone()).collect();
+            let chunk = chunk.as_slice();
+            let young = now_ms - chunk[0].created_at_ms < LINGER.as_millis() as i64;
+            if chunk.len() < max && max > 1 && young {
+                lingering = true;
+                continue;
+            }
+            let permit = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                p = rt.submit_slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            if let Some(cap) = rt.limits.max_running_poll_keys
+                && !wait_for_running_slot(&shared, &rt, cap, chunk).await
+            {
+                return;
+            }
+            // The request budget is taken here, in fair-share order, before the attempt is
+            // recorded: the next request always goes to the chunk this order chose (a
+            // caller's job waits behind at most the one chunk already waiting for budget,
+            // not behind every spawned send), and for a provider without idempotency keys
+            // an attempt on record counts as "maybe sent" after a restart, so it is
+            // recorded only right before the call (a drain never leaves unsent attempts).
+            let budget_held = true;
+            let waited = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                w = rt.acquire(&shared, Priority::Submit) => w,
+            };
+            shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
+            rt.record_backlog_send(n + 1 < plan.len());
+            // Stable across retries and restarts: the first job id is unique to this call.
+            let key = format!("adgate-{}-{}", chunk[0].id, chunk.len());
+            let ids: Vec<String> = chunk.iter().map(|j| j.id.clone()).collect();
+            let attempt = match shared
+                .store
+                .create_attempt(&rt.name, &key, &ids, shared.now_ms())
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(provider = %rt.name, error = %e, "recording an attempt failed");
+                    continue;
+                }
+            };
+            // Send exactly the jobs the attempt took: one cancelled while this pass waited
+            // for a slot was left out by the store, and must not reach the provider.
+            let linked = match linked_jobs(&shared, chunk, attempt).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(provider = %rt.name, error = %e, "reading an attempt failed");
+                    continue;
+                }
+            };
+            if linked.is_empty() {
+                continue;
+            }
+            fair_state.served(&linked[0].caller, &shared.callers);
+            shared.spawn(send_attempt(
+                shared.clone(),
+                rt.clone(),
+                key,
+                linked,
+                permit,
+                budget_held,
+            ));
         }
         if lingering {
             idle(&shared, &rt, LINGER).await;
@@ -354,20 +373,6 @@ async fn idle(shared: &Shared, rt: &ProviderRuntime, max: Duration) {
     }
 }
 
-/// Group jobs by group key, keeping first-seen order of groups and of jobs within them.
-fn group_in_order(jobs: Vec<JobRecord>) -> Vec<Vec<JobRecord>> {
-    let mut index: HashMap<Option<String>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<JobRecord>> = Vec::new();
-    for job in jobs {
-        let i = *index.entry(job.group_key.clone()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[i].push(job);
-    }
-    groups
-}
-
 fn balance_error() -> JobError {
     JobError::new(
         codes::INSUFFICIENT_BALANCE,
@@ -446,8 +451,13 @@ pub(crate) async fn send_attempt(
             };
             shared.metrics.budget_wait(&rt.name, waited.as_secs_f64());
         }
+        let span = trace::submit_call(shared.span_link, &rt.name, &jobs);
         let started = Instant::now();
-        let result = rt.generator.submit(batch.clone()).await;
+        let result = rt
+            .generator
+            .submit(batch.clone())
+            .instrument(span.clone())
+            .await;
         let secs = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "ok",
@@ -458,7 +468,9 @@ pub(crate) async fn send_attempt(
             Ok(observed) => {
                 rt.observe(&shared, observed.rate);
                 rt.set_health(true, None);
-                accept(&shared, &rt, &jobs, observed.value).await;
+                accept(&shared, &rt, &jobs, observed.value)
+                    .instrument(span)
+                    .await;
                 break;
             }
             Err(GenError::RateLimited { retry_after }) => {
@@ -473,7 +485,9 @@ pub(crate) async fn send_attempt(
                 // The call may have created billable work and the provider takes no key: never
                 // send it again.
                 rt.set_health(false, Some(e.to_string()));
-                settle_unknown(&shared, &rt, &jobs, &format!("submit failed: {e}")).await;
+                settle_unknown(&shared, &rt, &jobs, &format!("submit failed: {e}"))
+                    .instrument(span.clone())
+                    .await;
                 break;
             }
             Err(e @ (GenError::Transient { .. } | GenError::UnknownOutcome { .. })) => {
@@ -504,6 +518,7 @@ pub(crate) async fn send_attempt(
                     ids,
                     JobError::new(codes::PROVIDER_AUTH_FAILED, e.to_string(), true),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -527,6 +542,7 @@ pub(crate) async fn send_attempt(
                     JobError::new(codes::PROVIDER_REJECTED, msg, false)
                         .with_provider_code(provider_code),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -540,6 +556,7 @@ pub(crate) async fn send_attempt(
                     JobError::new(codes::PROVIDER_REJECTED, message, false)
                         .with_provider_code(provider_code),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -549,6 +566,7 @@ pub(crate) async fn send_attempt(
                     ids,
                     JobError::new(codes::PROVIDER_REJECTED, e.to_string(), false),
                 )
+                .instrument(span.clone())
                 .await;
                 break;
             }
@@ -578,6 +596,7 @@ async fn accept(
             for rec in &changed {
                 rt.tracker.add(rec, rt.limits.first_poll_after);
             }
+            rt.links.remember(&changed, &rt.tracker);
             // Pushes that outran this answer are kept until now: apply them.
             rt.inbox_wake.notify_one();
             let watched: Vec<String> = changed

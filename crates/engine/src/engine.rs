@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::events;
 use crate::metrics::{EngineMetrics, ProviderLabels, StateLabels};
+use crate::pricing::{self, CallerPolicies, PriceOverrides, SpendLocks};
 use crate::runtime::{Health, ProviderRuntime, Shared, reconcile_window};
 use crate::schedule::TrackerState;
 use crate::sweeper::sweep_deadlines;
@@ -29,6 +30,8 @@ use crate::{dispatcher, replica, tracker};
 pub struct ProviderSetup {
     pub generator: Arc<dyn Generator>,
     pub limits: Limits,
+    /// The operator's price settings (TOML); default = the adapter's documented prices.
+    pub prices: PriceOverrides,
 }
 
 pub struct EngineConfig {
@@ -47,6 +50,11 @@ pub struct EngineConfig {
     pub kept_event_ttl: Duration,
     /// How often each provider's inbox of kept events is looked at without being woken.
     pub inbox_interval: Duration,
+    /// Weights and spend limits of named callers.
+    pub callers: CallerPolicies,
+    /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
+    /// `None`: no links.
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +67,8 @@ impl Default for EngineConfig {
             replica_id: None,
             kept_event_ttl: Duration::from_secs(24 * 3600),
             inbox_interval: Duration::from_secs(1),
+            callers: CallerPolicies::default(),
+            span_link: None,
         }
     }
 }
@@ -78,14 +88,39 @@ pub struct JobRequest {
 pub struct SubmitCommand {
     pub request_id: Option<String>,
     pub jobs: Vec<JobRequest>,
+    /// Who submits (recorded on the batch and its jobs; fair share and spend limits).
+    pub caller: String,
+    /// 1 interactive, 2 normal, 3 bulk: order among the caller's own queued jobs.
+    pub priority: i64,
+    /// The caller's W3C trace context, kept so later provider calls link back to it.
+    pub traceparent: Option<String>,
+    /// AIP-163: validate and estimate only; store and send nothing.
+    pub validate_only: bool,
+}
+
+impl SubmitCommand {
+    /// A Submit of `jobs` by the anonymous caller at normal priority.
+    pub fn new(request_id: Option<String>, jobs: Vec<JobRequest>) -> Self {
+        Self {
+            request_id,
+            jobs,
+            caller: adgate_store::ANONYMOUS.to_owned(),
+            priority: adgate_store::DEFAULT_PRIORITY,
+            traceparent: None,
+            validate_only: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitReply {
+    /// Empty for `validate_only`.
     pub batch_id: String,
     pub job_ids: Vec<String>,
     /// True when this is the stored answer to an earlier identical request.
     pub replayed: bool,
+    /// The jobs' estimated cost per unit (millionths).
+    pub estimated_cost: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,12 +200,16 @@ impl Engine {
                         .with_fast_keys(&setup.limits, move |k| g.polled_fast(k))
                 },
                 budget: Budget::new(setup.limits.budget),
-                daily: setup.limits.daily_budget.map(Budget::new),
+                daily: setup.limits.daily_budget.map(Budget::unpaced),
                 push: Mutex::new(None),
                 submit_slots: Arc::new(Semaphore::new(setup.limits.max_concurrent_submits.max(1))),
                 limits: setup.limits,
                 generator: setup.generator,
+                prices: setup.prices,
                 wake_dispatcher: Notify::new(),
+                new_work: std::sync::atomic::AtomicU64::new(0),
+                arrivals: Mutex::new(HashMap::new()),
+                backlog_sends: Mutex::new(Default::default()),
                 stopped_batches: Mutex::new(HashSet::new()),
                 health: Mutex::new(Health {
                     reachable: true,
@@ -181,6 +220,7 @@ impl Engine {
                 correlation_claims: Mutex::new(HashMap::new()),
                 awaiting: AtomicBool::new(false),
                 reconcile_window: reconcile_window(&setup_limits),
+                links: crate::trace::JobLinks::default(),
             };
             providers.insert(name, Arc::new(rt));
         }
@@ -201,6 +241,10 @@ impl Engine {
                 cache: RecordCache::new(if shared_store { 0 } else { READ_CACHE_JOBS }),
                 kept_event_ttl: config.kept_event_ttl,
                 tasks: TaskTracker::new(),
+                callers: config.callers,
+                spend_locks: SpendLocks::default(),
+                queue_plans: Default::default(),
+                span_link: config.span_link,
             }),
         };
         if shared_store {
@@ -323,15 +367,31 @@ impl Engine {
 
     /// What a job was billed by its provider's documented price: set once it COMPLETED (the
     /// documented providers bill only then); `None` otherwise or where no price is documented.
-    pub fn cost(&self, rec: &JobRecord) -> Option<adgate_generator::Cost> {
+    pub fn cost(&self, rec: &JobRecord) -> Option<adgate_store::StoredCost> {
         if rec.state != adgate_generator::JobState::Completed {
             return None;
         }
+        if let Some(cost) = &rec.cost {
+            return Some(cost.clone());
+        }
+        // Stored before costs were: the provider's price now.
+        let rt = self.shared.providers.get(&rec.provider)?;
+        pricing::estimate(rt.generator.as_ref(), &rt.prices, &rec.spec)
+    }
+
+    /// The provider's grouping of a job (jobs of one group may share a submit request).
+    pub fn group_key(&self, job: &JobRequest) -> Option<String> {
         self.shared
             .providers
-            .get(&rec.provider)?
+            .get(&job.provider)?
             .generator
-            .cost_on_completion(&rec.spec)
+            .group_key(&job.spec)
+    }
+
+    /// The provider's typical job duration in milliseconds.
+    pub fn typical_job_ms(&self, provider: &str) -> Option<i64> {
+        let rt = self.shared.providers.get(provider)?;
+        i64::try_from(rt.limits.typical_job_duration.as_millis()).ok()
     }
 
     /// Names of configured providers, sorted.
@@ -399,18 +459,46 @@ impl Engine {
                 group_key: rt.generator.group_key(&job.spec),
                 correlation_key: rt.generator.correlation_key(&job.spec),
                 deadline_at_ms: now.saturating_add(deadline.as_millis() as i64),
+                cost: pricing::estimate(rt.generator.as_ref(), &rt.prices, &job.spec),
                 provider: job.provider.clone(),
                 spec: job.spec,
                 client_ref: job.client_ref,
                 labels: job.labels,
+                priority: cmd.priority,
+                traceparent: cmd.traceparent.clone(),
             });
             touched.insert(job.provider);
+        }
+        let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
+        for j in &jobs {
+            *per_provider.entry(j.provider.clone()).or_default() += 1;
+        }
+        let estimated_cost = pricing::sum_by_unit(
+            jobs.iter()
+                .filter_map(|j| j.cost.as_ref().map(|c| (c.unit.as_str(), c.micros))),
+        );
+        // Held from reading today's spend to committing the jobs that reserve more.
+        let spend_lock = self.shared.spend_locks.of(&cmd.caller);
+        let _spending = if self.has_limits(&cmd.caller) {
+            Some(spend_lock.lock().await)
+        } else {
+            None
+        };
+        self.check_spend(&cmd.caller, &jobs, now).await?;
+        if cmd.validate_only {
+            return Ok(SubmitReply {
+                batch_id: String::new(),
+                job_ids: Vec::new(),
+                replayed: false,
+                estimated_cost,
+            });
         }
         let outcome = self
             .shared
             .store
             .submit(NewSubmission {
                 batch_id: new_id("bat"),
+                caller: cmd.caller.clone(),
                 content_hash,
                 request_id: cmd.request_id,
                 jobs,
@@ -419,8 +507,22 @@ impl Engine {
             .await?;
         match outcome {
             SubmitOutcome::Created { batch_id, job_ids } => {
+                for (provider, n) in &per_provider {
+                    self.shared
+                        .metrics
+                        .submitted
+                        .get_or_create(&crate::metrics::CallerLabels {
+                            provider: provider.clone(),
+                            caller: cmd.caller.clone(),
+                        })
+                        .inc_by(*n);
+                }
+                tracing::debug!(caller = %cmd.caller, batch = %batch_id, jobs = job_ids.len(),
+                    "batch stored");
+                crate::trace::jobs_submitted(&batch_id, &job_ids);
                 for p in touched {
                     if let Some(rt) = self.shared.providers.get(&p) {
+                        rt.note_arrival(&cmd.caller, cmd.priority);
                         rt.wake_dispatcher.notify_one();
                     }
                 }
@@ -428,15 +530,76 @@ impl Engine {
                     batch_id,
                     job_ids,
                     replayed: false,
+                    estimated_cost,
                 })
             }
             SubmitOutcome::Replayed { batch_id, job_ids } => Ok(SubmitReply {
                 batch_id,
                 job_ids,
                 replayed: true,
+                estimated_cost,
             }),
             SubmitOutcome::Conflict => Err(EngineError::RequestIdConflict),
         }
+    }
+
+    fn has_limits(&self, caller: &str) -> bool {
+        self.shared
+            .callers
+            .0
+            .get(caller)
+            .is_some_and(|p| !p.daily_limits.is_empty())
+    }
+
+    /// Refuses jobs that would take their caller past a daily spend limit at a provider.
+    async fn check_spend(
+        &self,
+        caller: &str,
+        jobs: &[NewJob],
+        now: i64,
+    ) -> Result<(), EngineError> {
+        if !self.has_limits(caller) {
+            return Ok(());
+        }
+        let mut wanted: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for job in jobs {
+            if let Some(cost) = &job.cost {
+                let e = wanted
+                    .entry((job.provider.as_str(), cost.unit.as_str()))
+                    .or_default();
+                *e = e.saturating_add(cost.micros);
+            }
+        }
+        for ((provider, unit), requested) in wanted {
+            let Some(limit) = self.shared.callers.daily_limit(caller, provider) else {
+                continue;
+            };
+            let spent = self
+                .shared
+                .store
+                .spend_since(caller, provider, unit, pricing::day_start_ms(now))
+                .await?;
+            if spent.saturating_add(requested) > limit {
+                tracing::info!(
+                    caller,
+                    provider,
+                    unit,
+                    limit_micros = limit,
+                    spent_micros = spent,
+                    requested_micros = requested,
+                    "submit refused: daily spend limit"
+                );
+                return Err(EngineError::SpendLimit {
+                    caller: caller.to_owned(),
+                    provider: provider.to_owned(),
+                    unit: unit.to_owned(),
+                    limit_micros: limit,
+                    spent_micros: spent,
+                    requested_micros: requested,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Jobs in the order asked, plus the ids that are unknown: what the read API shows.
@@ -596,6 +759,7 @@ fn content_hash(cmd: &SubmitCommand) -> String {
         // serde_json's Map is ordered (BTreeMap) without the preserve_order feature, so equal
         // specs serialise identically.
         for part in [
+            cmd.caller.as_str(),
             job.provider.as_str(),
             &job.spec.to_string(),
             &job.client_ref,

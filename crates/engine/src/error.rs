@@ -47,6 +47,20 @@ pub enum EngineError {
     #[error("replica id {0:?} is in use by another live process on this store")]
     ReplicaIdInUse(String),
 
+    /// A Submit would take a caller past its daily spend limit at a provider (nothing stored).
+    #[error(
+        "caller {caller} may spend {limit_micros} micro-{unit} a day at {provider}; \
+         {spent_micros} are spent or reserved today and this request needs {requested_micros}"
+    )]
+    SpendLimit {
+        caller: String,
+        provider: String,
+        unit: String,
+        limit_micros: i64,
+        spent_micros: i64,
+        requested_micros: i64,
+    },
+
     /// Something failed inside the gateway (the job store): the detail is for logs only.
     #[error("{0}")]
     Internal(String),

@@ -5,6 +5,8 @@
 //! - `runtime`: the shared state (per provider and engine-wide) and the operations every
 //!   module uses: budget, commit and publish, tracked tasks.
 //! - `sweeper`: fails jobs at their deadline.
+//! - `fair`: weighted fair queuing of each provider's request budget among callers.
+//! - [`eta`]: queue positions and start / completion estimates, in the dispatcher's order.
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
 //!   and a concurrency cap; owns retries, idempotency keys, the unknown-outcome rule and the
 //!   insufficient-balance stop.
@@ -16,6 +18,8 @@
 //!   push streams for watched jobs.
 //! - `events`: resolves updates from polls, streams and webhooks to jobs and applies them; keeps
 //!   webhook events that match no job yet (the inbox) and applies them once their job is known.
+//! - [`pricing`]: what jobs cost (documented prices, the operator's overrides), the estimate
+//!   stored with each job, and per-caller daily spend limits.
 //! - [`budget`]: the rolling-window request budget shared by submits, polls and streams.
 //! - [`bus`]: progress fan-out to watchers with latest-wins coalescing and bounded memory.
 //! - `cache`: the read API's bounded read-through cache of job records (single process).
@@ -25,6 +29,7 @@
 //! - [`metrics`]: Prometheus families the engine records into.
 //! - `usage`: each provider's live budget reading ([`BudgetUsage`]), for the web console.
 //! - [`error`]: the engine's error enum.
+//! - [`trace`]: spans of provider calls and webhooks, job lifecycle events, links to Submits.
 //!
 //! Adapters never retry, sleep or persist; everything here is provider-neutral and driven by
 //! each adapter's [`adgate_generator::Limits`].
@@ -38,21 +43,25 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 pub mod error;
+pub mod eta;
 mod events;
+mod fair;
 pub mod metrics;
+pub mod pricing;
 mod push;
 mod references;
 mod replica;
 mod runtime;
 mod schedule;
 mod sweeper;
+pub mod trace;
 pub mod tracker;
 mod usage;
 mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
 /// dependency of its own.
-pub use adgate_store::{JobRecord, Store};
+pub use adgate_store::{ANONYMOUS, DEFAULT_PRIORITY, JobRecord, Store, StoredCost};
 pub use bus::Watch;
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,
@@ -60,6 +69,8 @@ pub use engine::{
 };
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
+pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
+pub use trace::SpanLink;
 pub use usage::BudgetUsage;
 
 /// Stable error codes callers switch on (defined once, in the trait crate).

@@ -57,6 +57,23 @@ pub struct EngineMetrics {
     pub leases: Family<ReplicaLabels, Gauge>,
     pub budget_granted: Family<ReplicaProviderLabels, Counter>,
     pub push_subscriptions: Family<PushLabels, Gauge>,
+    /// Settled cost of completed jobs, in millionths of each unit.
+    pub spend_micros: Family<SpendLabels, Counter>,
+    /// Jobs stored by Submit, by provider and caller.
+    pub submitted: Family<CallerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabels {
+    pub provider: String,
+    pub caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub provider: String,
+    pub caller: String,
+    pub unit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +108,8 @@ impl Default for EngineMetrics {
             leases: Family::default(),
             budget_granted: Family::default(),
             push_subscriptions: Family::default(),
+            spend_micros: Family::default(),
+            submitted: Family::default(),
         }
     }
 }
@@ -146,6 +165,16 @@ impl EngineMetrics {
             "adgate_provider_push_subscriptions",
             "1 for the status of each push subscription (active, paused, failed, missing) at the last check",
             self.push_subscriptions.clone(),
+        );
+        registry.register(
+            "adgate_jobs_submitted",
+            "Jobs stored by Submit, by provider and caller",
+            self.submitted.clone(),
+        );
+        registry.register(
+            "adgate_spend_micros",
+            "Settled cost of completed jobs in millionths of the unit (USD or a provider's credits), by provider and caller",
+            self.spend_micros.clone(),
         );
         registry.register(
             "adgate_active_watchers",

@@ -32,6 +32,16 @@ pub(crate) struct ProviderRuntime {
     pub name: String,
     pub generator: Arc<dyn Generator>,
     pub limits: Limits,
+    pub prices: crate::pricing::PriceOverrides,
+    /// Bumped by every Submit with jobs here: the dispatcher re-reads the queue at its next
+    /// chunk, so a caller's new job joins the fair-share order at once.
+    pub new_work: std::sync::atomic::AtomicU64,
+    /// Who added work since the dispatcher last looked (caller, most urgent priority).
+    pub arrivals: Mutex<HashMap<String, i64>>,
+    /// When the dispatcher's recent submit requests went while more were queued behind them:
+    /// the throughput it really achieves (the budget minus what polls take, and its own
+    /// per-request store work), which start estimates use when it is below the budget's.
+    pub backlog_sends: Mutex<BacklogPace>,
     pub budget: Budget,
     /// The provider's daily request cap ([`Limits::daily_budget`]), taken before `budget`.
     pub daily: Option<Budget>,
@@ -43,6 +53,8 @@ pub(crate) struct ProviderRuntime {
     /// wake it.
     pub awaiting: AtomicBool,
     pub tracker: TrackerState,
+    /// The Submits of the jobs `tracker` follows, for its spans' links (traces on only).
+    pub(crate) links: crate::trace::JobLinks,
     /// Gateway batches that hit an empty wallet at this provider: their unsent jobs fail.
     pub stopped_batches: Mutex<HashSet<String>>,
     pub health: Mutex<Health>,
@@ -63,6 +75,13 @@ pub(crate) struct ProviderRuntime {
     /// How long a job whose submit outcome is unknown waits for a callback (see
     /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
     pub reconcile_window: Duration,
+}
+
+/// Gaps between the dispatcher's consecutive backlogged sends (see `achieved_spacing`).
+#[derive(Debug, Default)]
+pub(crate) struct BacklogPace {
+    previous: Option<tokio::time::Instant>,
+    gaps: std::collections::VecDeque<Duration>,
 }
 
 impl ProviderRuntime {
@@ -106,10 +125,12 @@ impl ProviderRuntime {
     ) -> Duration {
         let started = tokio::time::Instant::now();
         let window_ms = window.as_millis() as i64;
+        // One id for this request across its retries: its place in the fleet's line.
+        let waiter = format!("{}-{:016x}", shared.replica_id, fastrand::u64(..));
         loop {
             let grant = shared
                 .store
-                .take_budget(key, requests, window_ms, shared.now_ms())
+                .take_budget(key, requests, window_ms, shared.now_ms(), &waiter)
                 .await;
             let wait = match grant {
                 Ok(BudgetGrant::Granted) => {
@@ -153,6 +174,61 @@ impl ProviderRuntime {
         }
     }
 
+    /// A Submit stored jobs of `caller` at `priority` here.
+    pub fn note_arrival(&self, caller: &str, priority: i64) {
+        self.new_work
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let p = arrivals.entry(caller.to_owned()).or_insert(priority);
+        *p = (*p).min(priority);
+    }
+
+    /// Whether work that arrived since `take_arrivals` would be served before what the
+    /// current pass still holds: a caller the pass does not serve, or one of its callers at a
+    /// more urgent priority than the pass's least urgent job of that caller. Jobs of a caller
+    /// already served at no higher priority join the end of its queue anyway, so a stream of
+    /// Submits from one caller never makes the dispatcher re-read the queue per request.
+    pub fn arrivals_jump_queue(&self, pass: &HashMap<&str, i64>) -> bool {
+        let arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        arrivals
+            .iter()
+            .any(|(caller, p)| pass.get(caller.as_str()).is_none_or(|least| p < least))
+    }
+
+    /// Forget arrivals: the dispatcher is about to read the queue.
+    pub fn take_arrivals(&self) {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// A submit request got its budget; `backlogged` when more were queued behind it. Only
+    /// the gaps between two sends of one backlog count (an idle gap says nothing of pace).
+    pub fn record_backlog_send(&self, backlogged: bool) {
+        let mut pace = self.backlog_sends.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if let Some(previous) = pace.previous.take() {
+            pace.gaps.push_back(now.duration_since(previous));
+            // The recent pace only: the start of a backlog goes in a burst (see `budget`).
+            while pace.gaps.len() > 64 {
+                pace.gaps.pop_front();
+            }
+        }
+        pace.previous = backlogged.then_some(now);
+    }
+
+    /// The mean spacing of submit requests the dispatcher achieved over recent backlogs, once
+    /// there are enough of them to tell.
+    pub fn achieved_spacing(&self) -> Option<Duration> {
+        let pace = self.backlog_sends.lock().unwrap_or_else(|e| e.into_inner());
+        if pace.gaps.len() < 16 {
+            return None;
+        }
+        let sum: Duration = pace.gaps.iter().sum();
+        Some(sum / u32::try_from(pace.gaps.len()).ok()?)
+    }
+
     pub fn set_health(&self, reachable: bool, error: Option<String>) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.reachable = reachable;
@@ -185,6 +261,11 @@ pub(crate) struct Shared {
     /// Every task the engine starts: shutdown waits for them before the store closes, so no
     /// commit is cut off by a closing store.
     pub(crate) tasks: TaskTracker,
+    pub callers: crate::pricing::CallerPolicies,
+    pub(crate) spend_locks: crate::pricing::SpendLocks,
+    pub(crate) queue_plans: crate::eta::QueuePlans,
+    /// See [`crate::EngineConfig::span_link`].
+    pub span_link: Option<crate::SpanLink>,
 }
 
 impl Shared {
@@ -214,11 +295,25 @@ impl Shared {
     /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
     /// their tracker.
     pub(crate) fn publish(&self, changed: &[JobRecord]) {
+        crate::trace::jobs_changed(self.span_link, changed);
         for rec in changed {
+            if rec.state == adgate_generator::JobState::Completed
+                && let Some(cost) = &rec.cost
+            {
+                self.metrics
+                    .spend_micros
+                    .get_or_create(&crate::metrics::SpendLabels {
+                        provider: rec.provider.clone(),
+                        caller: rec.caller.clone(),
+                        unit: cost.unit.clone(),
+                    })
+                    .inc_by(u64::try_from(cost.micros).unwrap_or(0));
+            }
             if rec.state.is_terminal()
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
+                rt.links.forget(&rec.id);
                 // A batch may have ended: a submit waiting for a running slot re-checks; a
                 // held job may wait for this one.
                 if rt.limits.max_running_poll_keys.is_some()

@@ -524,6 +524,10 @@ mod tests {
             deadline_at_ms: i64::MAX,
             revision: 2,
             provider_result: None,
+            caller: "anonymous".into(),
+            priority: 2,
+            cost: None,
+            traceparent: None,
         }
     }
 

@@ -15,11 +15,14 @@ use std::time::Duration;
 use adgate_generator::{GenError, JobState, RemoteState};
 use futures_util::StreamExt;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::budget::Priority;
 use crate::error::EngineError;
 use crate::events::{self, Source};
 use crate::runtime::{ProviderRuntime, Shared};
+use crate::trace;
+
 /// Track every job a previous process left in flight.
 pub(crate) async fn resume(
     shared: &Arc<Shared>,
@@ -87,8 +90,9 @@ async fn poll_chunk(
     chunk: &[String],
     round: Instant,
 ) {
+    let span = trace::poll_call(shared.span_link, rt, chunk);
     let started = Instant::now();
-    let result = rt.generator.poll(chunk).await;
+    let result = rt.generator.poll(chunk).instrument(span.clone()).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.class(),
@@ -100,8 +104,9 @@ async fn poll_chunk(
         Ok(observed) => {
             rt.observe(shared, observed.rate);
             rt.set_health(true, None);
-            if let Err(e) =
-                events::apply_updates(shared, rt, observed.value, Source::Observed).await
+            if let Err(e) = events::apply_updates(shared, rt, observed.value, Source::Observed)
+                .instrument(span)
+                .await
             {
                 tracing::warn!(provider = %rt.name, error = %e, "applying poll results failed");
             }
@@ -149,13 +154,15 @@ pub(crate) async fn stream_watched(shared: &Arc<Shared>, job_ids: &[String]) {
         if rt.tracker.streaming_count() >= cap || !rt.tracker.set_streaming(&job.id, true) {
             continue;
         }
-        shared.spawn(follow_stream(
-            shared.clone(),
-            rt.clone(),
-            job.id,
-            provider_ref,
-            key,
-        ));
+        let span = trace::stream_call(
+            shared.span_link,
+            &rt.name,
+            &job.id,
+            job.traceparent.as_deref(),
+        );
+        shared.spawn(
+            follow_stream(shared.clone(), rt.clone(), job.id, provider_ref, key).instrument(span),
+        );
     }
 }
 

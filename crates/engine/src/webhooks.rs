@@ -1,9 +1,12 @@
 //! Inbound provider webhooks: verify, parse, apply or keep (see `events` for the answer rule),
 //! and count every delivery by outcome.
 
+use tracing::Instrument;
+
 use crate::engine::{Engine, WebhookOutcome};
 use crate::error::WebhookFailure;
 use crate::events::{self, Source};
+use crate::trace;
 
 impl Engine {
     /// Verify, parse and apply a provider webhook. Duplicate deliveries change nothing; an
@@ -42,13 +45,17 @@ impl Engine {
             let rt = rt.clone();
             let delivery_id = event.delivery_id.clone();
             let bound_job = event.bound_job.clone();
-            self.shared.spawn(async move {
-                let source = Source::Webhook {
-                    delivery_id: delivery_id.as_deref(),
-                    bound_job: bound_job.as_deref(),
-                };
-                events::apply_updates(&shared, &rt, updates, source).await
-            })
+            let span = trace::webhook(provider);
+            self.shared.spawn(
+                async move {
+                    let source = Source::Webhook {
+                        delivery_id: delivery_id.as_deref(),
+                        bound_job: bound_job.as_deref(),
+                    };
+                    events::apply_updates(&shared, &rt, updates, source).await
+                }
+                .instrument(span),
+            )
         };
         let applied = applying
             .await

@@ -25,10 +25,10 @@ fn job(n: usize, deadline: Option<Duration>) -> JobRequest {
 
 async fn submit(h: &Harness, n: usize, deadline: Option<Duration>) -> Vec<String> {
     h.engine
-        .submit(SubmitCommand {
-            request_id: None,
-            jobs: (0..n).map(|i| job(i, deadline)).collect(),
-        })
+        .submit(SubmitCommand::new(
+            None,
+            (0..n).map(|i| job(i, deadline)).collect(),
+        ))
         .await
         .unwrap()
         .job_ids
@@ -477,10 +477,10 @@ async fn concurrent_submits_are_group_committed() {
         let engine = h.engine.clone();
         tasks.push(tokio::spawn(async move {
             engine
-                .submit(SubmitCommand {
-                    request_id: Some(format!("req-{i}")),
-                    jobs: vec![job(i, None)],
-                })
+                .submit(SubmitCommand::new(
+                    Some(format!("req-{i}")),
+                    vec![job(i, None)],
+                ))
                 .await
                 .unwrap()
         }));
@@ -499,10 +499,7 @@ async fn request_ids_replay_and_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new(limits());
     let h = start(&fake, &dir.path().join("a.db")).await;
-    let cmd = SubmitCommand {
-        request_id: Some("r1".into()),
-        jobs: vec![job(1, None), job(2, None)],
-    };
+    let cmd = SubmitCommand::new(Some("r1".into()), vec![job(1, None), job(2, None)]);
     let a = h.engine.submit(cmd.clone()).await.unwrap();
     let b = h.engine.submit(cmd.clone()).await.unwrap();
     assert_eq!(a.job_ids, b.job_ids);
@@ -513,13 +510,13 @@ async fn request_ids_replay_and_conflict() {
     assert!(matches!(err, adgate_engine::EngineError::RequestIdConflict));
     let invalid = h
         .engine
-        .submit(SubmitCommand {
-            request_id: None,
-            jobs: vec![JobRequest {
+        .submit(SubmitCommand::new(
+            None,
+            vec![JobRequest {
                 spec: serde_json::json!({}),
                 ..job(0, None)
             }],
-        })
+        ))
         .await
         .unwrap_err();
     assert!(matches!(invalid, adgate_engine::EngineError::Invalid(v) if v[0].2.field == "n"));

@@ -263,10 +263,9 @@ pub trait Generator: Send + Sync + 'static {
         Ok(spec.clone())
     }
 
-    /// What a job with `spec` costs once COMPLETED, by the provider's documented price
-    /// (StaticAdsLab bills only on completion [SEED-1]). `None` where the documents give no
-    /// per-job price in money.
-    fn cost_on_completion(&self, _spec: &Value) -> Option<crate::Cost> {
+    /// What a job with `spec` costs, by the provider's documents (every documented provider
+    /// bills completed work only). `None` where nothing is documented for this kind of job.
+    fn price(&self, _spec: &Value) -> Option<crate::Price> {
         None
     }
 

@@ -11,7 +11,8 @@
 //! - [`context`]: [`ProviderContext`], what a provider's `build` function gets.
 //! - [`codes`]: the public job error codes, defined once.
 //! - [`callback`]: a job's identity in a callback URL, so a callback binds without a provider ref.
-//! - [`transport`]: the one rule for a request that got no answer (may it be resent?).
+//! - [`transport`]: the one place provider requests are sent: a client span for each, and the
+//!   one rule for a request that got no answer (may it be resent?).
 //! - [`ratelimit`]: `Retry-After` and rate-limit headers, for every adapter.
 //! - [`time`]: RFC 3339 formatting without a calendar dependency.
 
@@ -26,6 +27,10 @@ pub mod signature;
 pub mod time;
 pub mod transport;
 
+/// `tracing` target of spans and events meant for OpenTelemetry traces only (the gateway keeps
+/// them out of its log output).
+pub const TRACE_TARGET: &str = "adgate::otel";
+
 pub use context::{Build, ProviderContext};
 pub use error::{FieldViolation, GenError, WebhookError};
 pub use generator::{
@@ -34,5 +39,5 @@ pub use generator::{
     WebhookEvent,
 };
 pub use model::{
-    Cost, JobError, JobState, JobView, Output, Progress, ProviderUpdate, RemoteState, UpdateTarget,
+    JobError, JobState, JobView, Output, Price, Progress, ProviderUpdate, RemoteState, UpdateTarget,
 };

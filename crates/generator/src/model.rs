@@ -16,12 +16,21 @@ pub enum JobState {
     Cancelled,
 }
 
-/// What a provider's own documents say one finished job costs, in money (micro-units of
-/// `currency_code`, ISO 4217). Only for providers that document a per-job price.
+/// What one job costs by its provider's documents (or plan): the engine estimates it at Submit
+/// (reserved against spend limits), settles it on completion and releases it on failure; the
+/// operator may override `micros` per `kind` and the unit per provider in the TOML file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost {
-    pub currency_code: &'static str,
+pub struct Price {
+    /// `USD` (ISO 4217) for money, or the provider's credits (`pictify_credit`).
+    pub unit: &'static str,
+    /// What the price is for, as the TOML override names it (`flat`, `editable`, `item`).
+    pub kind: &'static str,
+    /// Millionths of `unit`, per job or per output.
     pub micros: i64,
+    /// Billed per produced output (a credit per rendered item or format) rather than per job.
+    pub per_output: bool,
+    /// Outputs the job is expected to produce (the estimate's multiplier when `per_output`).
+    pub expected_outputs: u32,
 }
 
 /// What a job that another job builds on looks like to an adapter (an edit names the ad it

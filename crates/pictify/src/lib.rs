@@ -241,12 +241,10 @@ impl Pictify {
         req: reqwest::RequestBuilder,
         effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
-        let resp = req
+        let req = req
             .bearer_auth(&self.cfg.api_key)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, effect))?;
+            .header(http::header::ACCEPT, "application/json");
+        let resp = transport::send(NAME, req, effect).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -368,6 +366,22 @@ impl Generator for Pictify {
 
     fn validate(&self, spec: &Value) -> Result<(), Vec<FieldViolation>> {
         Spec::parse(spec).map(|_| ())
+    }
+
+    /// Pictify bills plan credits per rendered image (its documents give no money price;
+    /// plans differ): one credit per image by default, per layout when several are asked.
+    fn price(&self, spec: &Value) -> Option<adgate_generator::Price> {
+        let layouts = spec
+            .get("layouts")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        Some(adgate_generator::Price {
+            unit: "pictify_credit",
+            kind: "image",
+            micros: 1_000_000,
+            per_output: true,
+            expected_outputs: u32::try_from(layouts.max(1)).unwrap_or(u32::MAX),
+        })
     }
 
     fn group_key(&self, spec: &Value) -> Option<String> {

@@ -158,13 +158,11 @@ impl StaticAdsLab {
         req: reqwest::RequestBuilder,
         effect: Effect,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GenError> {
-        let resp = req
+        let req = req
             .header("x-api-key", self.key.clone())
             .header(header::ACCEPT, "application/json")
-            .timeout(self.cfg.request_timeout)
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, effect))?;
+            .timeout(self.cfg.request_timeout);
+        let resp = transport::send(NAME, req, effect).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -279,19 +277,22 @@ impl Generator for StaticAdsLab {
 
     /// "Flat $1.00, editable $4.00, design template $0.25", billed on completion [SEED-2],
     /// [SAL:guides/errors-and-billing]. A PATCH re-render's price is not documented: none.
-    fn cost_on_completion(&self, spec: &Value) -> Option<adgate_generator::Cost> {
-        let micros = if spec::is_edit(spec) {
+    fn price(&self, spec: &Value) -> Option<adgate_generator::Price> {
+        let (kind, micros) = if spec::is_edit(spec) {
             return None;
         } else if spec::is_design_template(spec) {
-            250_000
+            ("design_template", 250_000)
         } else if spec.get("editable").and_then(Value::as_bool) == Some(true) {
-            4_000_000
+            ("editable", 4_000_000)
         } else {
-            1_000_000
+            ("flat", 1_000_000)
         };
-        Some(adgate_generator::Cost {
-            currency_code: "USD",
+        Some(adgate_generator::Price {
+            unit: "USD",
+            kind,
             micros,
+            per_output: false,
+            expected_outputs: 1,
         })
     }
 
@@ -510,14 +511,12 @@ impl Generator for StaticAdsLab {
         }
         // No overall timeout here: the stream lives as long as the job. Silence longer than
         // three heartbeats ends it through the client's read timeout.
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/v1/image-ads/{provider_ref}", self.base))
             .header("x-api-key", self.key.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| transport::request_failed(NAME, e, Effect::Read))?;
+            .header(header::ACCEPT, "text/event-stream");
+        let resp = transport::send(NAME, req, Effect::Read).await?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();

@@ -14,13 +14,14 @@
 mod codec;
 pub mod model;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
 
 pub use model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob, NewSubmission, StateCount,
-    SubmitOutcome,
+    ANONYMOUS, Attempt, DEFAULT_PRIORITY, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob,
+    NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -235,6 +236,21 @@ pub trait Store: Send + Sync + 'static {
     /// Job counts per provider and state, for metrics.
     async fn count_by_state(&self) -> Result<Vec<StateCount>>;
 
+    /// Up to `limit` QUEUED jobs of a provider (unattempted), oldest first, without their
+    /// records: what queue positions are computed from.
+    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>>;
+
+    /// What `caller` has spent or reserved at `provider` on jobs created since `since_ms`
+    /// (the sum of their cost columns: estimates while running, settled when completed, zero
+    /// when failed or cancelled), in millionths of `unit`.
+    async fn spend_since(
+        &self,
+        caller: &str,
+        provider: &str,
+        unit: &str,
+        since_ms: i64,
+    ) -> Result<i64>;
+
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;
 
@@ -318,6 +334,7 @@ pub trait Store: Send + Sync + 'static {
         _limit: u32,
         _window_ms: i64,
         _now_ms: i64,
+        _waiter: &str,
     ) -> Result<BudgetGrant> {
         Ok(BudgetGrant::Granted)
     }

@@ -33,6 +33,110 @@ pub struct JobRecord {
     /// fields (a JSON object); `None` for jobs whose provider said nothing more, and for rows
     /// stored before the `provider_result` column existed.
     pub provider_result: Option<Value>,
+    /// Who submitted it: a caller name from the gateway's tokens, or `anonymous`.
+    pub caller: String,
+    /// Order among the caller's own queued jobs: 1 interactive, 2 normal, 3 bulk.
+    pub priority: i64,
+    /// What it costs in its provider's unit (`None` where nothing is priced).
+    pub cost: Option<StoredCost>,
+    /// The W3C `traceparent` of the Submit that created it, so later provider calls link back.
+    pub traceparent: Option<String>,
+}
+
+/// The priority of a job without one (`normal`).
+pub const DEFAULT_PRIORITY: i64 = 2;
+/// The caller of a job submitted without authentication.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What a job costs, in its provider's unit: the estimate while it may still run (it is what
+/// spend limits count as reserved), settled when it completes, zero once it failed or was
+/// cancelled (the providers bill completed work only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCost {
+    /// `USD`, or a provider's credits (`pictify_credit`).
+    pub unit: String,
+    pub micros: i64,
+    /// Priced per produced output (credits per rendered item or format): settled at completion
+    /// as this × the outputs. `None`: one fixed price per job.
+    pub per_output_micros: Option<i64>,
+}
+
+impl StoredCost {
+    /// The cost once the job is in `state` with `outputs` outputs.
+    fn settled(&self, state: JobState, outputs: usize) -> StoredCost {
+        let micros = match (state, self.per_output_micros) {
+            (JobState::Failed | JobState::Cancelled, _) => 0,
+            (JobState::Completed, Some(per)) => {
+                per.saturating_mul(i64::try_from(outputs).unwrap_or(i64::MAX))
+            }
+            _ => self.micros,
+        };
+        StoredCost {
+            micros,
+            ..self.clone()
+        }
+    }
+}
+
+impl JobRecord {
+    /// The job state machine, written once for every store: the job after `patch`, or `None`
+    /// when the patch does not apply (terminal jobs never change again; a local cancel loses
+    /// to an attempt that took the job) or changes nothing (no revision, no event). The
+    /// revision and `updated_at` are the store's to set when it writes.
+    pub fn patched(&self, patch: &JobPatch, now_ms: i64) -> Option<JobRecord> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        if patch.unattempted_only && self.attempt_id.is_some() {
+            return None; // an attempt took it first: it may be on its way to the provider
+        }
+        let mut next = self.clone();
+        if let Some(state) = patch.state {
+            next.state = state;
+        }
+        if let Some(provider_ref) = &patch.provider_ref {
+            next.provider_ref = Some(provider_ref.clone());
+        }
+        if let Some(poll_key) = &patch.poll_key {
+            next.poll_key = Some(poll_key.clone());
+        }
+        if let Some(progress) = &patch.progress {
+            next.progress = Some(crate::codec::sanitize_progress(progress.clone()));
+        }
+        if let Some(outputs) = &patch.outputs {
+            next.outputs = outputs.clone();
+        }
+        if let Some(error) = &patch.error {
+            next.error = Some(error.clone());
+        }
+        if let Some(deadline) = patch.deadline_at_ms {
+            next.deadline_at_ms = deadline;
+        }
+        if let Some(result) = &patch.provider_result {
+            next.provider_result = Some(result.clone());
+        }
+        if next == *self {
+            return None;
+        }
+        if next.state.is_terminal() {
+            next.completed_at_ms = Some(now_ms);
+            next.cost = next
+                .cost
+                .as_ref()
+                .map(|c| c.settled(next.state, next.outputs.len()));
+        }
+        Some(next)
+    }
+}
+
+/// A queued job as the fair-share order sees it (queue positions and start estimates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEntry {
+    pub id: String,
+    pub caller: String,
+    pub priority: i64,
+    pub created_at_ms: i64,
+    pub group_key: Option<String>,
 }
 
 /// A job to create. `id` is chosen by the caller (the engine mints `job_…` ids).
@@ -46,11 +150,18 @@ pub struct NewJob {
     pub client_ref: String,
     pub labels: BTreeMap<String, String>,
     pub deadline_at_ms: i64,
+    /// 1 interactive, 2 normal, 3 bulk.
+    pub priority: i64,
+    /// The estimate (reserved against spend limits until the job ends).
+    pub cost: Option<StoredCost>,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSubmission {
     pub batch_id: String,
+    /// Who submitted it (recorded on the batch and every job).
+    pub caller: String,
     /// AIP-155 request id; `None` means no deduplication.
     pub request_id: Option<String>,
     /// Hash of the request content, compared when `request_id` repeats.

@@ -110,7 +110,8 @@ use tokio::task::JoinHandle;
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Answer, Command, Op};
 use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
+    SubmitOutcome,
 };
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
@@ -129,6 +130,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/postgres/0004_provider_result.sql"),
     ),
+    (5, include_str!("../migrations/postgres/0005_callers.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -300,10 +302,16 @@ static GET_JOBS: LazyLock<String> =
 static BATCH_JOBS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY seq"));
 
+/// The head of every caller's queue (see the SQLite twin).
 static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND state = {queued} \
-         AND attempt_id IS NULL ORDER BY created_at, pos LIMIT $2",
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (\
+             SELECT id FROM (\
+                 SELECT id, created_at, pos, ROW_NUMBER() OVER (\
+                     PARTITION BY caller ORDER BY priority, created_at, pos) AS rn \
+                 FROM jobs WHERE provider = $1 AND state = {queued} AND attempt_id IS NULL) r \
+             ORDER BY rn, created_at, pos LIMIT $2) \
+         ORDER BY created_at, pos",
         queued = JobState::Queued.as_i64()
     )
 });
@@ -378,14 +386,26 @@ const CLAIMER_AND_LAPSED: &str = "me AS (\
 /// lapsed owner; the replica's own jobs are included (see the module docs). Only rows that
 /// change hands are written.
 static CLAIM_QUEUED: LazyLock<String> = LazyLock::new(|| {
+    // The head of every caller's queue (see QUEUED_UNASSIGNED): per caller with queued jobs,
+    // its first `$5` free rows, locked with SKIP LOCKED (rows another replica is claiming are
+    // passed over, never waited for); then ranked within each caller, and `$5` taken rank by
+    // rank. Rows locked but not taken are released when the statement ends.
     format!(
         "WITH {CLAIMER_AND_LAPSED}, \
-         c AS (\
-             SELECT {JOB_COLUMNS}, pos, owner FROM jobs \
-             WHERE provider = $1 AND state = {queued} AND attempt_id IS NULL \
-               AND (owner IS NULL OR owner = $2 OR owner IN (SELECT id FROM lapsed)) \
-             ORDER BY created_at, pos LIMIT $5 \
-             FOR UPDATE SKIP LOCKED), \
+         callers AS (\
+             SELECT DISTINCT caller FROM jobs \
+             WHERE provider = $1 AND state = {queued} AND attempt_id IS NULL), \
+         heads AS (\
+             SELECT h.*, ROW_NUMBER() OVER (\
+                 PARTITION BY h.caller ORDER BY h.priority, h.created_at, h.pos) AS rn \
+             FROM callers k, LATERAL (\
+                 SELECT {JOB_COLUMNS}, pos, owner FROM jobs \
+                 WHERE provider = $1 AND caller = k.caller AND state = {queued} \
+                   AND attempt_id IS NULL \
+                   AND (owner IS NULL OR owner = $2 OR owner IN (SELECT id FROM lapsed)) \
+                 ORDER BY priority, created_at, pos LIMIT $5 \
+                 FOR UPDATE SKIP LOCKED) h), \
+         c AS (SELECT * FROM heads ORDER BY rn, created_at, pos LIMIT $5), \
          u AS (\
              UPDATE jobs j SET owner = $2 FROM c \
              WHERE j.id = c.id AND c.owner IS DISTINCT FROM $2) \
@@ -700,6 +720,51 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn spend_since(
+        &self,
+        caller: &str,
+        provider: &str,
+        unit: &str,
+        since_ms: i64,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM jobs \
+             WHERE caller = $1 AND provider = $2 AND created_at >= $3 AND cost_unit = $4",
+        )
+        .bind(caller)
+        .bind(provider)
+        .bind(since_ms)
+        .bind(unit)
+        .fetch_one(&self.reads)
+        .await
+        .map_err(db)?;
+        row.try_get(0).map_err(db)
+    }
+
+    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, caller, priority, created_at, group_key FROM jobs \
+             WHERE provider = $1 AND state = 1 AND attempt_id IS NULL \
+             ORDER BY created_at, pos LIMIT $2",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedEntry {
+                    id: r.try_get(0).map_err(db)?,
+                    caller: r.try_get(1).map_err(db)?,
+                    priority: r.try_get(2).map_err(db)?,
+                    created_at_ms: r.try_get(3).map_err(db)?,
+                    group_key: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
         let rows = sqlx::query(
             "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state \
@@ -832,12 +897,14 @@ impl Store for PgStore {
         limit: u32,
         window_ms: i64,
         now_ms: i64,
+        waiter: &str,
     ) -> Result<BudgetGrant> {
-        let wait: i64 = sqlx::query("SELECT adgate_take_budget($1, $2, $3, $4)")
+        let wait: i64 = sqlx::query("SELECT adgate_take_budget($1, $2, $3, $4, $5)")
             .bind(provider)
             .bind(i64::from(limit))
             .bind(window_ms)
             .bind(now_ms)
+            .bind(waiter)
             .fetch_one(&self.budget)
             .await
             .map_err(db)?

@@ -51,7 +51,8 @@ use self::reads::ReadPool;
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::Command;
 use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, StateCount, SubmitOutcome,
+    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
+    SubmitOutcome,
 };
 use crate::{Result, Store, StoreError};
 
@@ -60,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_kept_events.sql")),
     (3, include_str!("../migrations/0003_provider_result.sql")),
+    (4, include_str!("../migrations/0004_callers.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -282,10 +284,18 @@ const ACTIVE: &str = "state IN (1, 2)";
 static BATCH_JOBS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY seq"));
 
+/// The head of every caller's queue, not the oldest jobs overall: ranked within each caller
+/// (priority, then age) and taken rank by rank, so one caller's 10,000 queued jobs never hide
+/// another caller's first job from the dispatcher (which orders them by weighted fair share).
 static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND state = {queued} \
-         AND attempt_id IS NULL ORDER BY created_at, rowid LIMIT ?",
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (\
+             SELECT id FROM (\
+                 SELECT id, created_at, rowid AS rid, ROW_NUMBER() OVER (\
+                     PARTITION BY caller ORDER BY priority, created_at, rowid) AS rn \
+                 FROM jobs WHERE provider = ? AND state = {queued} AND attempt_id IS NULL) \
+             ORDER BY rn, created_at, rid LIMIT ?) \
+         ORDER BY created_at, rowid",
         queued = JobState::Queued.as_i64()
     )
 });
@@ -575,6 +585,51 @@ impl Store for SqliteStore {
                     row.try_get(4).map_err(db)?,
                     row.try_get(5).map_err(db)?,
                 )
+            })
+            .collect()
+    }
+
+    async fn spend_since(
+        &self,
+        caller: &str,
+        provider: &str,
+        unit: &str,
+        since_ms: i64,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost_micros), 0) FROM jobs INDEXED BY jobs_caller_spend \
+             WHERE caller = ? AND provider = ? AND created_at >= ? AND cost_unit = ?",
+        )
+        .bind(caller)
+        .bind(provider)
+        .bind(since_ms)
+        .bind(unit)
+        .fetch_one(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        row.try_get(0).map_err(db)
+    }
+
+    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, caller, priority, created_at, group_key FROM jobs \
+             WHERE provider = ? AND state = 1 AND attempt_id IS NULL \
+             ORDER BY created_at, rowid LIMIT ?",
+        )
+        .bind(provider)
+        .bind(sql_limit(limit))
+        .fetch_all(&mut *self.reads.get().await?)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedEntry {
+                    id: r.try_get(0).map_err(db)?,
+                    caller: r.try_get(1).map_err(db)?,
+                    priority: r.try_get(2).map_err(db)?,
+                    created_at_ms: r.try_get(3).map_err(db)?,
+                    group_key: r.try_get(4).map_err(db)?,
+                })
             })
             .collect()
     }

@@ -138,6 +138,7 @@ conformance!(
     attempt_key_reuse,
     single_replica_claims,
     provider_results_round_trip,
+    callers_costs_and_fair_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,7 +224,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
     conn.close().await.expect("close");
 }
 
@@ -841,7 +842,13 @@ async fn shared_budget_is_an_exact_rolling_window() {
                     let now = now_ms();
                     calls += 1;
                     match store
-                        .take_budget("pictify", LIMIT, WINDOW, now)
+                        .take_budget(
+                            "pictify",
+                            LIMIT,
+                            WINDOW,
+                            now,
+                            &format!("t{n}-{}", grants.len()),
+                        )
                         .await
                         .expect("take")
                     {
@@ -882,7 +889,7 @@ async fn shared_budget_is_an_exact_rolling_window() {
     assert!(grants.len() > 2 * LIMIT as usize, "{} grants", grants.len());
     // Other providers have budgets of their own.
     assert_eq!(
-        a.take_budget("abyssale", 1, WINDOW, now_ms())
+        a.take_budget("abyssale", 1, WINDOW, now_ms(), "other")
             .await
             .expect("other"),
         BudgetGrant::Granted
@@ -894,55 +901,69 @@ async fn shared_budget_is_an_exact_rolling_window() {
     b.block_budget("pictify", now + 100)
         .await
         .expect("an earlier block never shortens it");
-    for store in [&a, &b] {
+    for (store, waiter) in [(&a, "a1"), (&b, "b1")] {
         assert_eq!(
             store
-                .take_budget("pictify", LIMIT, WINDOW, now)
+                .take_budget("pictify", LIMIT, WINDOW, now, waiter)
                 .await
                 .expect("take"),
             BudgetGrant::Wait(300)
         );
     }
     assert_eq!(
-        b.take_budget("pictify", LIMIT, WINDOW, now + 300)
+        a.take_budget("pictify", LIMIT, WINDOW, now + 300, "a1")
             .await
             .expect("take"),
-        BudgetGrant::Granted
+        BudgetGrant::Granted,
+        "the oldest waiter gets the slot"
     );
     a.close().await;
     b.close().await;
 }
 
-/// The wait a full window answers is the time until its oldest request leaves it.
+/// The wait a full window answers is the time until its oldest request leaves it; once half
+/// the window is used, requests are paced window / limit apart; a free slot goes to the
+/// oldest waiting request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budget_wait_is_until_the_oldest_request_leaves() {
     let db = TestDb::create().await;
     let store = db.open().await;
-    for t in [0, 10, 20] {
+    for (t, w) in [(0, "w0"), (40, "w1"), (80, "w2")] {
         assert_eq!(
-            store.take_budget("p", 3, 100, T0 + t).await.expect("take"),
+            store
+                .take_budget("p", 3, 100, T0 + t, w)
+                .await
+                .expect("take"),
             BudgetGrant::Granted
         );
     }
+    // Full, and paced: the slot after 80 is at 80 + 33.
     assert_eq!(
-        store.take_budget("p", 3, 100, T0 + 50).await.expect("full"),
-        BudgetGrant::Wait(50)
+        store
+            .take_budget("p", 3, 100, T0 + 90, "w3")
+            .await
+            .expect("full"),
+        BudgetGrant::Wait(23)
     );
+    // Another request arriving later waits behind w3 even when a slot is free.
     assert_eq!(
-        store.take_budget("p", 3, 100, T0 + 99).await.expect("full"),
-        BudgetGrant::Wait(1)
+        store
+            .take_budget("p", 3, 100, T0 + 113, "w4")
+            .await
+            .expect("line"),
+        BudgetGrant::Wait(33)
     );
     assert_eq!(
         store
-            .take_budget("p", 3, 100, T0 + 100)
+            .take_budget("p", 3, 100, T0 + 113, "w3")
             .await
             .expect("rolled"),
         BudgetGrant::Granted
     );
-    // A lowered limit waits until enough requests have left: all three (10, 20 and 100).
+    // A lowered limit waits until enough requests have left: 40, 80 and 113.
     assert_eq!(
         store
-            .take_budget("p", 1, 100, T0 + 101)
+            .take_budget("p", 1, 100, T0 + 114, "w4")
             .await
             .expect("lower"),
         BudgetGrant::Wait(99)
@@ -972,7 +993,13 @@ async fn budget_throughput() {
                     while started.elapsed() < run_for {
                         calls += 1;
                         if store
-                            .take_budget(&provider, limit, window, now_ms())
+                            .take_budget(
+                                &provider,
+                                limit,
+                                window,
+                                now_ms(),
+                                &format!("t{n}-{granted}"),
+                            )
                             .await
                             .expect("take")
                             == BudgetGrant::Granted
@@ -1177,6 +1204,7 @@ async fn same_request_id_on_two_replicas_creates_jobs_once() {
     let a: Arc<dyn Store> = Arc::new(db.open().await);
     let b: Arc<dyn Store> = Arc::new(db.open().await);
     let request = |replica: &str, n: usize, hash: &str| NewSubmission {
+        caller: adgate_store::ANONYMOUS.to_owned(),
         batch_id: format!("batch_{replica}_{n}"),
         request_id: Some(format!("req-{n}")),
         content_hash: hash.to_owned(),

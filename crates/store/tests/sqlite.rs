@@ -54,6 +54,7 @@ conformance!(
     attempt_key_reuse,
     single_replica_claims,
     provider_results_round_trip,
+    callers_costs_and_fair_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,7 +140,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -250,6 +251,7 @@ async fn bulk_submit_throughput() {
     let (_dir, store) = fresh().await;
     let store = Arc::new(store);
     let make = |call: usize| NewSubmission {
+        caller: adgate_store::ANONYMOUS.to_owned(),
         batch_id: format!("batch_{call}"),
         request_id: Some(format!("req_{call}")),
         content_hash: "h".to_owned(),
@@ -326,8 +328,18 @@ async fn jobs_stored_before_provider_result_still_read() {
             .await
             .expect("connect");
         for sql in [
+            // Version 4 first (newer columns and their indexes), then version 3.
+            "DROP INDEX jobs_caller_spend",
+            "DROP INDEX jobs_queue",
+            "ALTER TABLE jobs DROP COLUMN caller",
+            "ALTER TABLE jobs DROP COLUMN priority",
+            "ALTER TABLE jobs DROP COLUMN cost_unit",
+            "ALTER TABLE jobs DROP COLUMN cost_micros",
+            "ALTER TABLE jobs DROP COLUMN cost_per_output_micros",
+            "ALTER TABLE jobs DROP COLUMN traceparent",
+            "ALTER TABLE batches DROP COLUMN caller",
             "ALTER TABLE jobs DROP COLUMN provider_result",
-            "DELETE FROM schema_migrations WHERE version = 3",
+            "DELETE FROM schema_migrations WHERE version IN (3, 4)",
             "UPDATE jobs SET state = 3, outputs = '[{\"url\":\"https://cdn/a.png\",\"width\":1,\
              \"height\":2,\"format\":\"facebook-feed\",\"mime_type\":\"image/png\"}]' \
              WHERE id = 'job_1'",
@@ -348,5 +360,10 @@ async fn jobs_stored_before_provider_result_still_read() {
     assert_eq!(job.outputs.len(), 1);
     assert_eq!(job.outputs[0].url, "https://cdn/a.png");
     assert!(job.outputs[0].provider_fields.is_empty());
+    // Rows from before callers were recorded belong to the anonymous caller, unpriced.
+    assert_eq!(
+        (job.caller.as_str(), job.priority, job.cost),
+        ("anonymous", 2, None)
+    );
     store.close().await;
 }

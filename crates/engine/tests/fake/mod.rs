@@ -280,6 +280,7 @@ pub async fn start(fake: &Fake, db: &std::path::Path) -> Harness {
         store.clone(),
         EngineConfig {
             providers: vec![ProviderSetup {
+                prices: Default::default(),
                 generator: Arc::new(fake.clone()),
                 limits: fake.limits.clone(),
             }],

@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use sqlx::postgres::PgConnection;
 
-use super::rows::{J_JOB_COLUMNS, JOB_COLUMNS, db, job_from_row, sanitize_progress, to_json};
+use super::rows::{J_JOB_COLUMNS, JOB_COLUMNS, db, job_from_row, to_json};
 use crate::Result;
 use crate::model::{JobPatch, JobRecord};
 
@@ -29,12 +29,14 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
         "UPDATE jobs AS j SET state = t.state, provider_ref = t.provider_ref, \
          poll_key = t.poll_key, progress = t.progress, outputs = t.outputs, error = t.error, \
          updated_at = $1, completed_at = t.completed_at, deadline_at = t.deadline_at, \
-         provider_result = t.provider_result, revision = j.revision + t.bumps \
+         provider_result = t.provider_result, cost_micros = t.cost_micros, \
+         revision = j.revision + t.bumps \
          FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
+         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[]) \
          AS t(id, state, provider_ref, poll_key, progress, outputs, error, completed_at, bumps, \
-              deadline_at, provider_result) \
-         WHERE j.id = t.id RETURNING {J_JOB_COLUMNS}"
+              deadline_at, provider_result, cost_micros) \
+         WHERE j.id = t.id RETURNING {j_columns}",
+        j_columns = *J_JOB_COLUMNS
     )
 });
 
@@ -80,43 +82,9 @@ pub(super) async fn apply(
         let Some(job) = jobs.get_mut(&patch.job_id) else {
             continue; // unknown job
         };
-        if job.next.state.is_terminal() {
-            continue; // terminal states never change again
-        }
-        if patch.unattempted_only && job.next.attempt_id.is_some() {
-            continue; // an attempt took it first: it may be on its way to the provider
-        }
-        let mut next = job.next.clone();
-        if let Some(state) = patch.state {
-            next.state = state;
-        }
-        if let Some(provider_ref) = &patch.provider_ref {
-            next.provider_ref = Some(provider_ref.clone());
-        }
-        if let Some(poll_key) = &patch.poll_key {
-            next.poll_key = Some(poll_key.clone());
-        }
-        if let Some(progress) = &patch.progress {
-            next.progress = Some(sanitize_progress(progress.clone()));
-        }
-        if let Some(outputs) = &patch.outputs {
-            next.outputs = outputs.clone();
-        }
-        if let Some(error) = &patch.error {
-            next.error = Some(error.clone());
-        }
-        if let Some(deadline) = patch.deadline_at_ms {
-            next.deadline_at_ms = deadline;
-        }
-        if let Some(result) = &patch.provider_result {
-            next.provider_result = Some(result.clone());
-        }
-        if next == job.next {
-            continue; // changes nothing: no revision bump, no event
-        }
-        if next.state.is_terminal() {
-            next.completed_at_ms = Some(now_ms);
-        }
+        let Some(next) = job.next.patched(patch, now_ms) else {
+            continue;
+        };
         job.next = next;
         job.bumps += 1;
         if job.first_change.is_none() {
@@ -158,6 +126,7 @@ pub(super) async fn apply(
                 .map(|r| to_json(r, "provider_result"))
                 .transpose()?,
         );
+        c.cost_micros.push(n.cost.as_ref().map(|c| c.micros));
     }
     let rows = sqlx::query(&UPDATE_JOBS)
         .bind(now_ms)
@@ -172,6 +141,7 @@ pub(super) async fn apply(
         .bind(&c.bumps)
         .bind(&c.deadlines)
         .bind(&c.provider_results)
+        .bind(&c.cost_micros)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -204,4 +174,5 @@ struct PatchColumns<'a> {
     bumps: Vec<i64>,
     deadlines: Vec<i64>,
     provider_results: Vec<Option<String>>,
+    cost_micros: Vec<Option<i64>>,
 }

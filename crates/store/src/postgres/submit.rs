@@ -25,21 +25,25 @@ use crate::model::{NewSubmission, SubmitOutcome};
 static INSERT_JOBS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (id, batch_id, seq, provider, spec, state, group_key, correlation_key, \
-         outputs, client_ref, labels, created_at, updated_at, deadline_at, revision) \
+         outputs, client_ref, labels, created_at, updated_at, deadline_at, revision, caller, \
+         priority, cost_unit, cost_micros, cost_per_output_micros, traceparent) \
          SELECT t.id, t.batch_id, t.seq, t.provider, t.spec, {queued}, t.group_key, \
          t.correlation_key, '[]', t.client_ref, t.labels, t.created_at, t.created_at, \
-         t.deadline_at, 1 \
+         t.deadline_at, 1, t.caller, t.priority, t.cost_unit, t.cost_micros, \
+         t.cost_per_output_micros, t.traceparent \
          FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[]) WITH ORDINALITY \
+         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], \
+         $13::bigint[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) WITH ORDINALITY \
          AS t(id, batch_id, seq, provider, spec, group_key, correlation_key, client_ref, labels, \
-         deadline_at, created_at, n) \
+         deadline_at, created_at, caller, priority, cost_unit, cost_micros, \
+         cost_per_output_micros, traceparent, n) \
          ORDER BY t.n",
         queued = JobState::Queued.as_i64()
     )
 });
 
-const INSERT_BATCHES: &str = "INSERT INTO batches (id, created_at, job_count) \
-     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])";
+const INSERT_BATCHES: &str = "INSERT INTO batches (id, created_at, job_count, caller) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[])";
 
 /// Claims request ids; the unique key decides (no read-then-write). An id another replica's
 /// writer is inserting right now makes this statement wait for that commit, then skip it.
@@ -196,10 +200,12 @@ async fn insert_batches_and_jobs(
         .iter()
         .map(|s| i64::try_from(s.jobs.len()).unwrap_or(i64::MAX))
         .collect();
+    let callers: Vec<&str> = submissions.iter().map(|s| s.caller.as_str()).collect();
     sqlx::query(INSERT_BATCHES)
         .bind(&ids)
         .bind(&created_at)
         .bind(&counts)
+        .bind(&callers)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -222,6 +228,14 @@ async fn insert_batches_and_jobs(
             c.labels.push(to_json(&job.labels, "labels")?);
             c.deadlines.push(job.deadline_at_ms);
             c.created_at.push(s.now_ms);
+            c.callers.push(s.caller.as_str());
+            c.priorities.push(job.priority);
+            c.cost_units
+                .push(job.cost.as_ref().map(|c| c.unit.as_str()));
+            c.cost_micros.push(job.cost.as_ref().map(|c| c.micros));
+            c.cost_per_output
+                .push(job.cost.as_ref().and_then(|c| c.per_output_micros));
+            c.traceparents.push(job.traceparent.as_deref());
         }
     }
     sqlx::query(&INSERT_JOBS)
@@ -236,6 +250,12 @@ async fn insert_batches_and_jobs(
         .bind(&c.labels)
         .bind(&c.deadlines)
         .bind(&c.created_at)
+        .bind(&c.callers)
+        .bind(&c.priorities)
+        .bind(&c.cost_units)
+        .bind(&c.cost_micros)
+        .bind(&c.cost_per_output)
+        .bind(&c.traceparents)
         .execute(&mut *conn)
         .await
         .map_err(db)
@@ -255,6 +275,12 @@ struct JobColumns<'a> {
     labels: Vec<String>,
     deadlines: Vec<i64>,
     created_at: Vec<i64>,
+    callers: Vec<&'a str>,
+    priorities: Vec<i64>,
+    cost_units: Vec<Option<&'a str>>,
+    cost_micros: Vec<Option<i64>>,
+    cost_per_output: Vec<Option<i64>>,
+    traceparents: Vec<Option<&'a str>>,
 }
 
 impl JobColumns<'_> {
@@ -271,6 +297,12 @@ impl JobColumns<'_> {
             labels: Vec::with_capacity(n),
             deadlines: Vec::with_capacity(n),
             created_at: Vec::with_capacity(n),
+            callers: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            cost_units: Vec::with_capacity(n),
+            cost_micros: Vec::with_capacity(n),
+            cost_per_output: Vec::with_capacity(n),
+            traceparents: Vec::with_capacity(n),
         }
     }
 }

@@ -33,8 +33,8 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{JOB_COLUMNS, db, job_from_row, sanitize_progress, to_json};
-use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
+use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -439,9 +439,10 @@ static JOB_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
     multi_row_inserts(
         "INSERT INTO jobs (id, batch_id, seq, provider, spec, state, group_key, \
          correlation_key, outputs, client_ref, labels, created_at, updated_at, deadline_at, \
-         revision)",
+         revision, caller, priority, cost_unit, cost_micros, cost_per_output_micros, \
+         traceparent)",
         &format!(
-            "(?, ?, ?, ?, ?, {queued}, ?, ?, '[]', ?, ?, ?, ?, ?, 1)",
+            "(?, ?, ?, ?, ?, {queued}, ?, ?, '[]', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
             queued = JobState::Queued.as_i64()
         ),
     )
@@ -449,8 +450,8 @@ static JOB_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
 
 static BATCH_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
     multi_row_inserts(
-        "INSERT INTO batches (id, created_at, job_count)",
-        "(?, ?, ?)",
+        "INSERT INTO batches (id, created_at, job_count, caller)",
+        "(?, ?, ?, ?)",
     )
 });
 
@@ -517,12 +518,16 @@ struct EncodedJob {
     client_ref: String,
     labels: String,
     deadline_at_ms: i64,
+    priority: i64,
+    cost: Option<StoredCost>,
+    traceparent: Option<String>,
 }
 
 /// A submission with its JSON encoded. Kept (not consumed) by the coalesced path, so that
 /// the op-by-op fallback can run it again.
 struct PreparedSubmit {
     batch_id: String,
+    caller: String,
     request_id: Option<String>,
     content_hash: String,
     now_ms: i64,
@@ -542,10 +547,14 @@ impl PreparedSubmit {
                 correlation_key: job.correlation_key,
                 client_ref: job.client_ref,
                 deadline_at_ms: job.deadline_at_ms,
+                priority: job.priority,
+                cost: job.cost,
+                traceparent: job.traceparent,
             });
         }
         Ok(PreparedSubmit {
             batch_id: s.batch_id,
+            caller: s.caller,
             request_id: s.request_id,
             content_hash: s.content_hash,
             now_ms: s.now_ms,
@@ -586,11 +595,21 @@ fn bind_job<'q>(query: SqliteQuery<'q>, row: &'q JobRow<'q>) -> SqliteQuery<'q> 
         .bind(row.submit.now_ms)
         .bind(row.submit.now_ms)
         .bind(row.job.deadline_at_ms)
+        .bind(&row.submit.caller)
+        .bind(row.job.priority)
+        .bind(row.job.cost.as_ref().map(|c| c.unit.as_str()))
+        .bind(row.job.cost.as_ref().map(|c| c.micros))
+        .bind(row.job.cost.as_ref().and_then(|c| c.per_output_micros))
+        .bind(&row.job.traceparent)
 }
 
 fn bind_batch<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
     let job_count = i64::try_from(s.jobs.len()).unwrap_or(i64::MAX);
-    query.bind(&s.batch_id).bind(s.now_ms).bind(job_count)
+    query
+        .bind(&s.batch_id)
+        .bind(s.now_ms)
+        .bind(job_count)
+        .bind(&s.caller)
 }
 
 fn bind_request_id<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
@@ -845,7 +864,7 @@ static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET state = ?, provider_ref = ?, poll_key = ?, progress = ?, outputs = ?, \
          error = ?, updated_at = ?, completed_at = ?, deadline_at = ?, provider_result = ?, \
-         revision = revision + 1 WHERE id = ? RETURNING {JOB_COLUMNS}"
+         cost_micros = ?, revision = revision + 1 WHERE id = ? RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -867,44 +886,8 @@ async fn apply(
             continue; // unknown job
         };
         let current = job_from_row(&row)?;
-        if current.state.is_terminal() {
-            continue; // terminal states never change again
-        }
-        if patch.unattempted_only && current.attempt_id.is_some() {
-            continue; // an attempt took it first: it may be on its way to the provider
-        }
-        let mut next = current.clone();
-        if let Some(state) = patch.state {
-            next.state = state;
-        }
-        if let Some(provider_ref) = patch.provider_ref {
-            next.provider_ref = Some(provider_ref);
-        }
-        if let Some(poll_key) = patch.poll_key {
-            next.poll_key = Some(poll_key);
-        }
-        if let Some(progress) = patch.progress {
-            next.progress = Some(sanitize_progress(progress));
-        }
-        if let Some(outputs) = patch.outputs {
-            next.outputs = outputs;
-        }
-        if let Some(error) = patch.error {
-            next.error = Some(error);
-        }
-        if let Some(deadline) = patch.deadline_at_ms {
-            next.deadline_at_ms = deadline;
-        }
-        if let Some(result) = patch.provider_result {
-            next.provider_result = Some(result);
-        }
-        if next == current {
-            continue; // changes nothing: no revision bump, no event
-        }
-        let completed_at = if next.state.is_terminal() {
-            Some(now_ms)
-        } else {
-            current.completed_at_ms
+        let Some(next) = current.patched(&patch, now_ms) else {
+            continue;
         };
         let row = sqlx::query(&UPDATE_JOB)
             .bind(next.state.as_i64())
@@ -924,7 +907,7 @@ async fn apply(
                     .transpose()?,
             )
             .bind(now_ms)
-            .bind(completed_at)
+            .bind(next.completed_at_ms)
             .bind(next.deadline_at_ms)
             .bind(
                 next.provider_result
@@ -932,6 +915,7 @@ async fn apply(
                     .map(|r| to_json(r, "provider_result"))
                     .transpose()?,
             )
+            .bind(next.cost.as_ref().map(|c| c.micros))
             .bind(&patch.job_id)
             .fetch_one(&mut *conn)
             .await

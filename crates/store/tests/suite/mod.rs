@@ -27,12 +27,16 @@ pub fn job(id: &str, provider: &str) -> NewJob {
         client_ref: format!("ref-{id}"),
         labels: BTreeMap::from([("team".to_owned(), "growth".to_owned())]),
         deadline_at_ms: T0 + 900_000,
+        priority: adgate_store::DEFAULT_PRIORITY,
+        cost: None,
+        traceparent: None,
     }
 }
 
 pub fn submission(batch_id: &str, jobs: Vec<NewJob>, now_ms: i64) -> NewSubmission {
     NewSubmission {
         batch_id: batch_id.to_owned(),
+        caller: adgate_store::ANONYMOUS.to_owned(),
         request_id: None,
         content_hash: format!("hash-{batch_id}"),
         jobs,
@@ -134,6 +138,10 @@ pub async fn submit_and_read(store: &dyn Store) {
             deadline_at_ms: T0 + 900_000,
             revision: 1,
             provider_result: None,
+            caller: "anonymous".into(),
+            priority: 2,
+            cost: None,
+            traceparent: None,
         }
     );
 
@@ -1584,4 +1592,95 @@ pub async fn provider_results_round_trip(store: &dyn Store) {
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].provider_result.as_ref(), Some(&result));
     assert_eq!(changed[0].outputs[0].provider_fields, out.provider_fields);
+}
+
+/// Callers and costs (issue 17): the caller and priority are stored on jobs; the cost is the
+/// estimate while the job may run, settled at completion (per output when priced so), zero
+/// when it fails; `spend_since` sums one caller's cost at one provider in one unit since a
+/// time; the queue is read head-of-every-caller first, so one caller's backlog never hides
+/// another caller's first job.
+pub async fn callers_costs_and_fair_queue(store: &dyn Store) {
+    let priced = |id: &str, micros: i64, per_output: Option<i64>| NewJob {
+        cost: Some(adgate_store::StoredCost {
+            unit: "pictify_credit".into(),
+            micros,
+            per_output_micros: per_output,
+        }),
+        ..job(id, "pictify")
+    };
+    let mut team_a = submission(
+        "batch_a",
+        (0..30)
+            .map(|i| priced(&format!("job_a{i:02}"), 2_000_000, Some(1_000_000)))
+            .collect(),
+        T0,
+    );
+    team_a.caller = "team-a".into();
+    submit_ok(store, team_a).await;
+    let mut team_b = submission(
+        "batch_b",
+        vec![NewJob {
+            priority: 1,
+            ..priced("job_b00", 5_000_000, None)
+        }],
+        T0 + 50,
+    );
+    team_b.caller = "team-b".into();
+    submit_ok(store, team_b).await;
+
+    let b = one(store, "job_b00").await;
+    assert_eq!((b.caller.as_str(), b.priority), ("team-b", 1));
+    assert_eq!(one(store, "job_a00").await.caller, "team-a");
+    // Reserved: estimates of unfinished jobs.
+    let spent = |caller: &'static str, since: i64| async move {
+        store
+            .spend_since(caller, "pictify", "pictify_credit", since)
+            .await
+            .expect("spend")
+    };
+    assert_eq!(spent("team-a", T0).await, 60_000_000);
+    assert_eq!(spent("team-b", T0).await, 5_000_000);
+    assert_eq!(spent("team-b", T0 + 51).await, 0, "created before `since`");
+    assert_eq!(
+        store
+            .spend_since("team-a", "pictify", "USD", T0)
+            .await
+            .expect("spend"),
+        0,
+        "other units apart"
+    );
+
+    // A claim of 5 from a 31-job queue holds team-b's job, not just team-a's oldest five.
+    let claimed = store
+        .claim_queued("pictify", "replica-1", T0 + 100, 60_000, 5)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 5);
+    assert!(claimed.iter().any(|j| j.id == "job_b00"), "{claimed:?}");
+
+    // Settled: three outputs at 1 credit each; a failure costs nothing.
+    let mut done = JobPatch::new("job_a00");
+    done.state = Some(JobState::Completed);
+    done.outputs = Some(vec![output(1), output(2), output(3)]);
+    let mut failed = JobPatch::new("job_a01");
+    failed.state = Some(JobState::Failed);
+    failed.error = Some(JobError::new("X", "no", false));
+    let mut fixed = JobPatch::new("job_b00");
+    fixed.state = Some(JobState::Completed);
+    fixed.outputs = Some(vec![output(1), output(2)]);
+    store
+        .apply(vec![done, failed, fixed], T0 + 200)
+        .await
+        .expect("apply");
+    assert_eq!(
+        one(store, "job_a00").await.cost.expect("cost").micros,
+        3_000_000
+    );
+    assert_eq!(one(store, "job_a01").await.cost.expect("cost").micros, 0);
+    assert_eq!(
+        one(store, "job_b00").await.cost.expect("cost").micros,
+        5_000_000,
+        "a fixed price does not depend on outputs"
+    );
+    assert_eq!(spent("team-a", T0).await, 3_000_000 + 28 * 2_000_000);
 }

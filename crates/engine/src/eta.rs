@@ -1,0 +1,263 @@
+//! Queue positions and start estimates for QUEUED jobs, and completion estimates for
+//! batches.
+//!
+//! A queued job's position is where the dispatcher's own fair-share order
+//! ([`crate::fair::FairOrder`]) puts it among its provider's queued jobs: the jobs in the
+//! requests before its request. Its start estimate is when that request fits the provider's
+//! rolling request budget, replayed forward from the requests the window already holds
+//! ([`crate::budget::Budget::projected_slots`]). Polls share the budget but yield to submits
+//! (see `budget`), so they shift estimates only slightly; the daily cap of a provider that has
+//! one is not modelled. Replicas on one PostgreSQL store share the budget through the store:
+//! each replica projects from the steady rate (its own window is empty), which is exact while
+//! the fleet is busy with this queue.
+//!
+//! The order is computed from a snapshot of the queue (ids, callers, priorities, ages; at most
+//! [`MAX_QUEUE_SNAPSHOT`] jobs) taken at most once per [`SNAPSHOT_TTL`] per provider and again
+//! whenever a Submit added work there, so reading many jobs' estimates costs one store read.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adgate_store::{JobRecord, QueuedEntry};
+use tokio::time::Instant;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::fair::{Entry, FairOrder};
+use crate::runtime::ProviderRuntime;
+
+/// Queued jobs per provider that positions are computed over; jobs beyond are reported at
+/// the end of this range.
+pub const MAX_QUEUE_SNAPSHOT: usize = 200_000;
+/// How long one snapshot of a provider's queue serves reads.
+const SNAPSHOT_TTL: Duration = Duration::from_millis(500);
+
+/// Where a queued job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEstimate {
+    /// Jobs of the provider the dispatcher sends before this one.
+    pub position: i64,
+    /// When the job is expected to be sent, in the engine clock's Unix milliseconds.
+    pub start_ms: i64,
+}
+
+/// One provider's queue in fair-share order.
+#[derive(Debug)]
+struct Plan {
+    /// Job id → (jobs ahead, requests ahead).
+    at: HashMap<String, (i64, usize)>,
+    /// The requests the queue needs in all.
+    requests: usize,
+    taken: Instant,
+    work_seen: u64,
+}
+
+/// The engine's cache of per-provider plans.
+#[derive(Debug, Default)]
+pub(crate) struct QueuePlans(Mutex<HashMap<String, Arc<Plan>>>);
+
+impl Engine {
+    /// Estimates for the QUEUED jobs among `records` (others are absent from the answer).
+    pub async fn queue_estimates(
+        &self,
+        records: &[&JobRecord],
+    ) -> Result<HashMap<String, QueueEstimate>, EngineError> {
+        let mut out = HashMap::new();
+        let mut providers: Vec<&str> = records
+            .iter()
+            .filter(|r| r.state == adgate_generator::JobState::Queued)
+            .map(|r| r.provider.as_str())
+            .collect();
+        providers.sort_unstable();
+        providers.dedup();
+        for provider in providers {
+            let Some(rt) = self.shared.providers.get(provider) else {
+                continue;
+            };
+            let plan = self.plan(rt).await?;
+            let now = self.shared.now_ms();
+            let slots = slot_offsets(rt, plan.requests.max(1));
+            for r in records
+                .iter()
+                .filter(|r| r.provider == provider && r.state == adgate_generator::JobState::Queued)
+            {
+                // A job newer than the snapshot (or beyond its range) is at its end.
+                let (position, requests_ahead) = plan.at.get(&r.id).copied().unwrap_or((
+                    i64::try_from(plan.at.len()).unwrap_or(i64::MAX),
+                    plan.requests,
+                ));
+                let offset = slot_at(&slots, rt, requests_ahead);
+                out.insert(
+                    r.id.clone(),
+                    QueueEstimate {
+                        position,
+                        start_ms: now
+                            .saturating_add(i64::try_from(offset.as_millis()).unwrap_or(i64::MAX)),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the jobs of a Submit not yet stored would start at the latest (validate_only):
+    /// `jobs` as (provider, caller, priority, group), placed after everything queued.
+    pub async fn estimate_unstored(
+        &self,
+        jobs: &[(String, String, i64, Option<String>)],
+    ) -> Result<Option<i64>, EngineError> {
+        let mut latest: Option<i64> = None;
+        let mut providers: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
+        providers.sort_unstable();
+        providers.dedup();
+        for provider in providers {
+            let Some(rt) = self.shared.providers.get(provider) else {
+                continue;
+            };
+            let mut queued = self
+                .shared
+                .store
+                .queued_entries(provider, MAX_QUEUE_SNAPSHOT)
+                .await?;
+            let now = self.shared.now_ms();
+            let first_new = queued.len();
+            queued.extend(jobs.iter().filter(|j| j.0 == provider).enumerate().map(
+                |(i, (_, caller, priority, group))| QueuedEntry {
+                    id: format!("new-{i}"),
+                    caller: caller.clone(),
+                    priority: *priority,
+                    created_at_ms: now,
+                    group_key: group.clone(),
+                },
+            ));
+            let plan = plan_of(&queued, rt, &self.shared.callers);
+            let last = queued[first_new..]
+                .iter()
+                .filter_map(|e| plan.at.get(&e.id).map(|(_, req)| *req))
+                .max()
+                .unwrap_or(0);
+            let slots = slot_offsets(rt, last + 1);
+            let offset = slot_at(&slots, rt, last);
+            let start = now.saturating_add(i64::try_from(offset.as_millis()).unwrap_or(i64::MAX));
+            latest = Some(latest.map_or(start, |l: i64| l.max(start)));
+        }
+        Ok(latest)
+    }
+
+    /// When every job of `records` is expected to be terminal: queued jobs at their start
+    /// plus the provider's typical job duration, running jobs at their start plus the same.
+    /// `None` when all are terminal.
+    pub fn completion_estimate(
+        &self,
+        records: &[&JobRecord],
+        estimates: &HashMap<String, QueueEstimate>,
+    ) -> Option<i64> {
+        let now = self.shared.now_ms();
+        records
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .filter_map(|r| {
+                let rt = self.shared.providers.get(&r.provider)?;
+                let typical =
+                    i64::try_from(rt.limits.typical_job_duration.as_millis()).unwrap_or(i64::MAX);
+                let start = match estimates.get(&r.id) {
+                    Some(e) => e.start_ms,
+                    None => r.updated_at_ms.min(now),
+                };
+                Some(start.saturating_add(typical).max(now))
+            })
+            .max()
+    }
+
+    /// The provider's queue plan, from the cache when fresh.
+    async fn plan(&self, rt: &ProviderRuntime) -> Result<Arc<Plan>, EngineError> {
+        let work = rt.new_work.load(Ordering::Relaxed);
+        if let Some(p) = self.cached_plan(&rt.name)
+            && p.work_seen == work
+            && p.taken.elapsed() < SNAPSHOT_TTL
+        {
+            return Ok(p);
+        }
+        let queued = self
+            .shared
+            .store
+            .queued_entries(&rt.name, MAX_QUEUE_SNAPSHOT)
+            .await?;
+        let mut plan = plan_of(&queued, rt, &self.shared.callers);
+        plan.work_seen = work;
+        let plan = Arc::new(plan);
+        self.shared
+            .queue_plans
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rt.name.clone(), plan.clone());
+        Ok(plan)
+    }
+
+    fn cached_plan(&self, provider: &str) -> Option<Arc<Plan>> {
+        self.shared
+            .queue_plans
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(provider)
+            .cloned()
+    }
+}
+
+fn plan_of(
+    queued: &[QueuedEntry],
+    rt: &ProviderRuntime,
+    callers: &crate::pricing::CallerPolicies,
+) -> Plan {
+    let entries: Vec<Entry<'_>> = queued
+        .iter()
+        .map(|q| Entry {
+            caller: &q.caller,
+            priority: q.priority,
+            created_at_ms: q.created_at_ms,
+            group: q.group_key.as_deref(),
+        })
+        .collect();
+    let order = FairOrder::plan(&entries, rt.limits.max_items_per_submit, callers, None);
+    let mut at = HashMap::with_capacity(queued.len());
+    let mut ahead: i64 = 0;
+    for (request, chunk) in order.iter().enumerate() {
+        for &i in chunk {
+            at.insert(queued[i].id.clone(), (ahead, request));
+        }
+        ahead += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+    }
+    Plan {
+        at,
+        requests: order.len(),
+        taken: Instant::now(),
+        work_seen: 0,
+    }
+}
+
+/// Offsets from now of the next `count` request slots of the provider's budget (single
+/// process: its own rolling window; replicas: the steady rate).
+fn slot_offsets(rt: &ProviderRuntime, count: usize) -> Vec<Duration> {
+    // Bounded: beyond this the steady rate extrapolates (`slot_at`).
+    rt.budget.projected_slots(count.min(100_000))
+}
+
+/// The offset of request `n` (0-based) ahead: the budget's projection, or the pace the
+/// dispatcher recently achieved under a backlog when that is slower.
+fn slot_at(slots: &[Duration], rt: &ProviderRuntime, n: usize) -> Duration {
+    let achieved = rt
+        .achieved_spacing()
+        .map(|s| s.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
+        .unwrap_or_default();
+    if let Some(d) = slots.get(n) {
+        return (*d).max(achieved);
+    }
+    let per = rt.limits.budget.per / rt.limits.budget.requests.max(1);
+    let last = slots.last().copied().unwrap_or_default();
+    let extra = u32::try_from(n.saturating_sub(slots.len()) + 1).unwrap_or(u32::MAX);
+    (last + per.saturating_mul(extra)).max(achieved)
+}
