@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use adgate_engine::eta::QueueEstimate;
 use adgate_engine::{BudgetUsage, Engine, JobRecord, ProviderStatus};
 use adgate_generator::JobState;
 use axum::Json;
@@ -74,6 +75,10 @@ pub struct JobView {
     pub error: Option<ErrorView>,
     pub cost: Option<Money>,
     pub updated_at_ms: i64,
+    /// For a QUEUED job, the engine's estimate: jobs of its provider sent before it…
+    pub queue_position: Option<i64>,
+    /// …and when it should be sent (Unix ms).
+    pub starts_at_ms: Option<i64>,
 }
 
 /// Counts per state (every state present, zeros included) and cost per currency.
@@ -92,6 +97,8 @@ pub struct BatchView {
     pub totals: Totals,
     /// Every job is terminal: the page stops polling.
     pub done: bool,
+    /// When the engine expects every job to be terminal (Unix ms); `None` once they are.
+    pub expected_done_at_ms: Option<i64>,
     /// Pass as `since` next time to get only what changed (the newest change seen; a job
     /// changed in that same millisecond is sent again, never missed).
     pub cursor: i64,
@@ -105,7 +112,7 @@ fn web_url(url: &str) -> bool {
     lower.starts_with("https://") || lower.starts_with("http://")
 }
 
-pub fn job_view(engine: &Engine, r: &JobRecord) -> JobView {
+pub fn job_view(engine: &Engine, r: &JobRecord, estimate: Option<&QueueEstimate>) -> JobView {
     JobView {
         id: r.id.clone(),
         client_ref: r.client_ref.clone(),
@@ -137,6 +144,8 @@ pub fn job_view(engine: &Engine, r: &JobRecord) -> JobView {
             micros: c.micros,
         }),
         updated_at_ms: r.updated_at_ms,
+        queue_position: estimate.map(|e| e.position),
+        starts_at_ms: estimate.map(|e| e.start_ms),
     }
 }
 
@@ -171,17 +180,25 @@ pub async fn batch_view(
         return Ok(None);
     };
     let cursor = jobs.iter().map(|j| j.updated_at_ms).max().unwrap_or(0);
-    let views = jobs
+    let shown: Vec<&JobRecord> = jobs
         .iter()
         .take(MAX_CARDS)
         .filter(|j| since.is_none_or(|s| j.updated_at_ms >= s))
-        .map(|j| job_view(engine, j))
         .collect();
+    // Estimates are a nicety: a failure to make them leaves the cards without.
+    let estimates = engine.queue_estimates(&shown).await.unwrap_or_default();
+    let views = shown
+        .iter()
+        .map(|j| job_view(engine, j, estimates.get(&j.id)))
+        .collect();
+    let all: Vec<&JobRecord> = jobs.iter().collect();
+    let expected_done_at_ms = engine.completion_estimate(&all, &estimates);
     Ok(Some(BatchView {
         batch_id: batch_id.to_owned(),
         created_at_ms: jobs.iter().map(|j| j.created_at_ms).min().unwrap_or(0),
         totals: totals(engine, &jobs),
         done: jobs.iter().all(|j| j.state.is_terminal()),
+        expected_done_at_ms,
         cursor,
         jobs: views,
     }))
@@ -318,6 +335,7 @@ pub async fn batch(
                 "cards": cards,
                 "counts_html": pages::chips(&v.totals),
                 "cost_text": pages::costs(&v.totals.cost),
+                "eta_text": pages::eta_text(&v),
             }))
             .into_response()
         }

@@ -281,6 +281,13 @@ pub fn card(j: &JobView) -> String {
             pct.clamp(0.0, 100.0)
         );
     }
+    if let (Some(pos), Some(start)) = (j.queue_position, j.starts_at_ms) {
+        let _ = write!(
+            out,
+            "<div class=\"step\">queued: {pos} ahead · sent {}</div>",
+            relative(start)
+        );
+    }
     if let Some(p) = &j.progress
         && !j.terminal
     {
@@ -321,7 +328,8 @@ pub fn batch(v: &BatchView, signed_in: bool) -> Response {
         "<section class=\"batch\" id=\"batch\" data-batch=\"{id}\" data-cursor=\"{cursor}\" \
          data-done=\"{done}\"><h1>Batch <code>{id}</code></h1>\
          <p class=\"summary\">Created {created} · <span id=\"jobs\">{jobs}</span> jobs · cost \
-         <span id=\"cost\">{cost}</span> · <span id=\"live\">{live}</span></p><div id=\"counts\">{chips}</div>{shown}\
+         <span id=\"cost\">{cost}</span> · <span id=\"live\">{live}</span>\
+         <span id=\"eta\">{eta}</span></p><div id=\"counts\">{chips}</div>{shown}\
          <div class=\"grid\" id=\"grid\">",
         id = esc(&v.batch_id),
         cursor = v.cursor,
@@ -330,6 +338,7 @@ pub fn batch(v: &BatchView, signed_in: bool) -> Response {
         jobs = v.totals.jobs,
         cost = esc(&costs(&v.totals.cost)),
         live = if v.done { "finished" } else { "running" },
+        eta = eta_text(v),
         chips = chips(&v.totals),
     );
     for j in &v.jobs {
@@ -345,6 +354,13 @@ pub fn batch(v: &BatchView, signed_in: bool) -> Response {
     )
 }
 
+/// ` · done in ~30 s` while the engine has an estimate.
+pub fn eta_text(v: &BatchView) -> String {
+    v.expected_done_at_ms
+        .filter(|_| !v.done)
+        .map_or(String::new(), |t| format!(" · done {}", relative(t)))
+}
+
 fn counters(m: &std::collections::BTreeMap<String, u64>) -> String {
     if m.is_empty() {
         return "—".to_owned();
@@ -353,6 +369,18 @@ fn counters(m: &std::collections::BTreeMap<String, u64>) -> String {
         .map(|(k, v)| format!("{} {v}", esc(k)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `in ~12 s` (or `now`) for a Unix-ms moment, from this machine's clock.
+pub fn relative(at_ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let secs = at_ms.saturating_sub(now) as f64 / 1000.0;
+    match duration(secs).as_str() {
+        "now" => "now".to_owned(),
+        d => format!("in ~{d}"),
+    }
 }
 
 /// A budget window: `50 ms`, `3 s`, `1 min` (sandbox windows are scaled below a second).
@@ -485,6 +513,8 @@ mod tests {
             }),
             cost: None,
             updated_at_ms: 0,
+            queue_position: None,
+            starts_at_ms: None,
         };
         let html = card(&j);
         assert!(!html.contains("<script>"), "{html}");

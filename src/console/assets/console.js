@@ -63,6 +63,7 @@
       }
       document.getElementById("counts").innerHTML = d.counts_html;
       document.getElementById("cost").textContent = d.cost_text;
+      document.getElementById("eta").textContent = d.eta_text;
       document.getElementById("jobs").textContent = String(d.batch.totals.jobs);
       cursor = d.batch.cursor;
       if (d.batch.done) {
