@@ -330,7 +330,11 @@ async fn with_auth_on_the_console_needs_a_sign_in_and_keeps_it_in_an_httponly_co
         &["serve", "--sandbox"],
         &[
             ("ADGATE_DATABASE_URL", db_url(&dir)),
-            ("ADGATE_AUTH_TOKENS", format!("other-token,{TOKEN}")),
+            // A named entry: the form takes the token part.
+            (
+                "ADGATE_AUTH_TOKENS",
+                format!("other-token,console-team:{TOKEN}"),
+            ),
         ],
     );
     let http = reqwest::Client::builder()
