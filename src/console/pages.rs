@@ -284,8 +284,11 @@ pub fn card(j: &JobView) -> String {
     if let (Some(pos), Some(start)) = (j.queue_position, j.starts_at_ms) {
         let _ = write!(
             out,
-            "<div class=\"step\">queued: {pos} ahead · sent {}</div>",
-            relative(start)
+            "<div class=\"step\">queued: {pos} ahead · {}</div>",
+            match relative(start).as_str() {
+                "now" => "next to be sent".to_owned(),
+                r => format!("sent {r}"),
+            }
         );
     }
     if let Some(p) = &j.progress
@@ -358,7 +361,10 @@ pub fn batch(v: &BatchView, signed_in: bool) -> Response {
 pub fn eta_text(v: &BatchView) -> String {
     v.expected_done_at_ms
         .filter(|_| !v.done)
-        .map_or(String::new(), |t| format!(" · done {}", relative(t)))
+        .map_or(String::new(), |t| match relative(t).as_str() {
+            "now" => " · finishing".to_owned(),
+            r => format!(" · done {r}"),
+        })
 }
 
 fn counters(m: &std::collections::BTreeMap<String, u64>) -> String {
