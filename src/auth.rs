@@ -58,9 +58,11 @@ impl NamedToken {
     }
 }
 
-/// Whether `name` may name a caller.
+/// Whether `name` may name a caller. `anonymous` is reserved for calls without auth (it sees
+/// every job in ListJobs), so no token can take it.
 pub fn is_caller_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
+    name != adgate_engine::ANONYMOUS
+        && (1..=63).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
@@ -136,10 +138,20 @@ impl Tokens {
     /// Whether `test` holds for some configured token. Every token is tested, so timing does
     /// not reveal which one (or how many) matched; `test` must itself be constant time.
     pub(crate) fn any(&self, test: impl Fn(&[u8]) -> Choice) -> bool {
-        let ok = self.0.iter().fold(Choice::from(0), |acc, t| {
-            acc | test(t.token.expose().as_bytes())
-        });
-        bool::from(ok)
+        self.caller_where(test).is_some()
+    }
+
+    /// The caller of the first configured token `test` holds for (every token is tested, as
+    /// in [`Tokens::any`]).
+    pub(crate) fn caller_where(&self, test: impl Fn(&[u8]) -> Choice) -> Option<Caller> {
+        let mut matched: Option<&NamedToken> = None;
+        for t in self.0.iter() {
+            let eq = test(t.token.expose().as_bytes());
+            if matched.is_none() && bool::from(eq) {
+                matched = Some(t);
+            }
+        }
+        matched.map(|t| Caller(t.caller.clone()))
     }
 
     /// The tonic interceptor.
@@ -208,6 +220,12 @@ mod tests {
         assert!(!plain.contains("tok"));
         // A prefix that is no caller name stays part of the token.
         assert!(t.check(Some(b"Bearer Not A Name:tok:x")).is_ok());
+        // Nobody authenticates as the anonymous caller.
+        let reserved = Tokens::new(vec![NamedToken::parse("anonymous:tok-x")]);
+        assert_ne!(
+            reserved.check(Some(b"Bearer anonymous:tok-x")).unwrap().0,
+            "anonymous"
+        );
         assert!(t.check(Some(b"Bearer tok-b")).is_err());
         assert!(t.check(Some(b"Bearer team-a:tok-a")).is_err());
     }

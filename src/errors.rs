@@ -63,6 +63,12 @@ pub enum ApiError {
         spent_micros: i64,
         requested_micros: i64,
     },
+    /// The job store's database is unreachable; the detail is logged, never sent.
+    StoreUnavailable(String),
+    /// A named caller asked for another caller's jobs or batches (a `caller` filter).
+    OtherCallerData {
+        caller: String,
+    },
     /// A failure inside the gateway; the detail is logged, never sent.
     Internal(String),
 }
@@ -89,6 +95,7 @@ impl From<EngineError> for ApiError {
             // to see it, another process being this replica is UNAVAILABLE to this one.
             EngineError::ReplicaIdInUse(_) => Self::ShuttingDown,
             EngineError::Internal(e) => Self::Internal(e),
+            EngineError::StoreUnavailable(e) => Self::StoreUnavailable(e),
             EngineError::SpendLimit {
                 caller,
                 provider,
@@ -229,6 +236,18 @@ pub fn to_status(err: ApiError) -> Status {
                 "too many concurrent WatchProgress streams; retry later".to_owned(),
             )
         }
+        E::OtherCallerData { caller } => {
+            d.set_bad_request(vec![tonic_types::FieldViolation::new(
+                "filter",
+                format!("caller {caller} may list only its own jobs and batches"),
+            )]);
+            meta.insert("caller".into(), caller.clone());
+            (
+                Code::PermissionDenied,
+                "OTHER_CALLER_DATA",
+                format!("caller {caller} may list only its own jobs and batches"),
+            )
+        }
         E::MissingCredentials => (
             Code::Unauthenticated,
             "MISSING_CREDENTIALS",
@@ -287,6 +306,17 @@ pub fn to_status(err: ApiError) -> Status {
                     amount(requested_micros),
                     amount(limit_micros)
                 ),
+            )
+        }
+        E::StoreUnavailable(e) => {
+            tracing::warn!(error = %e, "job store unreachable");
+            d.set_retry_info(Some(RETRY_SOON));
+            (
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+                "the job store is unreachable; nothing was acknowledged, retry (with the same \
+                 request_id, a Submit is never stored twice)"
+                    .to_owned(),
             )
         }
         E::Internal(e) => {

@@ -34,7 +34,6 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     pub draining: Arc<AtomicBool>,
     pub tokens: Tokens,
-    pub recent_batches: crate::console::RecentBatches,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -42,7 +41,6 @@ pub fn router(state: HttpState) -> Router {
         engine: state.engine.clone(),
         tokens: state.tokens.clone(),
         registry: state.registry.clone(),
-        recent: state.recent_batches.clone(),
     });
     Router::new()
         .route("/webhooks/{provider}", post(webhook))

@@ -27,9 +27,11 @@ pub mod config;
 pub mod console;
 pub mod convert;
 pub mod errors;
+pub mod filter;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod page_token;
 pub mod providers;
 pub mod rpc_trace;
 pub mod sandbox;
@@ -210,14 +212,12 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| StartError::Grpc(e.to_string()))?;
 
-    let recent_batches = console::RecentBatches::default();
     let gateway = Gateway::new(
         app.engine.clone(),
         app.service.clone(),
         token.clone(),
         metrics.clone(),
-    )
-    .with_recent_batches(recent_batches.clone());
+    );
     // Outside the authentication interceptor, so refused calls are traced and timed too.
     let api = rpc_trace::RpcTraceLayer::new(
         metrics,
@@ -251,7 +251,6 @@ pub async fn serve(
         registry: Arc::new(registry),
         draining: draining.clone(),
         tokens: app.tokens.clone(),
-        recent_batches,
     });
     let http_server =
         axum::serve(http, router).with_graceful_shutdown(token.clone().cancelled_owned());

@@ -24,6 +24,8 @@ use crate::pb::gateway_service_server::GatewayService;
 use crate::providers;
 use crate::spec_json;
 
+mod search;
+
 /// Most ids one BatchStatus may name.
 pub const MAX_BATCH_STATUS_IDS: usize = 1_000;
 /// Most jobs one WatchProgress may watch.
@@ -46,8 +48,6 @@ pub struct Gateway {
     watch_slots: Arc<Semaphore>,
     cfg: ServiceConfig,
     metrics: GrpcMetrics,
-    /// Where Submit records its batch ids for the web console's list.
-    recent_batches: Option<crate::console::RecentBatches>,
 }
 
 impl Gateway {
@@ -97,14 +97,7 @@ impl Gateway {
             watch_slots: Arc::new(Semaphore::new(cfg.max_watch_streams)),
             cfg,
             metrics,
-            recent_batches: None,
         }
-    }
-
-    /// Record every submitted batch in `recent` (the web console's batches list).
-    pub fn with_recent_batches(mut self, recent: crate::console::RecentBatches) -> Self {
-        self.recent_batches = Some(recent);
-        self
     }
 
     fn observe<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
@@ -269,17 +262,24 @@ impl Gateway {
                 .unwrap_or(0);
             (start, start.map(|s| s.saturating_add(typical)))
         } else {
-            let (records, _) = self.engine.get_jobs(&reply.job_ids).await?;
-            let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
-            let estimates = self.estimates(&refs).await;
-            (
-                estimates.values().map(|e| e.start_ms).max(),
-                self.engine.completion_estimate(&refs, &estimates),
-            )
+            // The jobs are stored: estimates are advice, so a failed read leaves them unset
+            // rather than failing a Submit that was committed.
+            match self.engine.get_jobs(&reply.job_ids).await {
+                Ok((records, _)) => {
+                    let refs: Vec<&adgate_engine::JobRecord> =
+                        records.iter().map(|r| &**r).collect();
+                    let estimates = self.estimates(&refs).await;
+                    (
+                        estimates.values().map(|e| e.start_ms).max(),
+                        self.engine.completion_estimate(&refs, &estimates),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "submit estimates unavailable");
+                    (None, None)
+                }
+            }
         };
-        if !validate_only && let Some(recent) = &self.recent_batches {
-            recent.record(&reply.batch_id);
-        }
         Ok(pb::SubmitResponse {
             batch_id: reply.batch_id,
             job_ids: reply.job_ids,
@@ -581,16 +581,18 @@ impl GatewayService for Gateway {
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Err(Status::unimplemented("ListJobs is not built yet"))
+        let r = self.list_jobs_inner(request).await;
+        self.observe("ListJobs", r)
     }
 
     async fn list_batches(
         &self,
-        _request: Request<pb::ListBatchesRequest>,
+        request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
-        Err(Status::unimplemented("ListBatches is not built yet"))
+        let r = self.list_batches_inner(request).await;
+        self.observe("ListBatches", r)
     }
 
     type WatchProgressStream = WatchStream;

@@ -410,6 +410,48 @@ async fn with_auth_on_the_console_needs_a_sign_in_and_keeps_it_in_an_httponly_co
         )
         .await;
     assert_eq!(rows, 4);
+    // A caller sees its own batches: one submitted with the console's token is listed, one
+    // of the other token's caller is neither listed nor opened.
+    let client = connect(&gw.grpc).await;
+    let submit_as = |token: &'static str, client_ref: &'static str| {
+        let mut req = tonic::Request::new(pb::SubmitRequest {
+            jobs: vec![named(sal_job("brand_console"), client_ref)],
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut c = client.clone();
+        async move { c.submit(req).await.unwrap().into_inner().batch_id }
+    };
+    let own = submit_as(TOKEN, "own-ad").await;
+    let other = submit_as("other-token", "other-ad").await;
+    browser.navigate(&format!("{}/ui", gw.http)).await;
+    let listed = browser
+        .wait_until(
+            "the caller's batch in the list",
+            Duration::from_secs(10),
+            "[...document.querySelectorAll('table.batches tbody a')].map(a => a.textContent)",
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+    assert_eq!(
+        listed,
+        serde_json::json!([own]),
+        "only the caller's own batch"
+    );
+    let status = browser
+        .eval(&format!(
+            "fetch('/ui/api/batches/{other}').then(r => r.status)"
+        ))
+        .await;
+    assert_eq!(status, 404, "another caller's batch is not shown");
+    let status = browser
+        .eval(&format!(
+            "fetch('/ui/api/batches/{own}').then(r => r.status)"
+        ))
+        .await;
+    assert_eq!(status, 200);
+
     let cookie_visible = browser.eval("document.cookie").await;
     assert_eq!(
         cookie_visible, "",

@@ -14,7 +14,7 @@ use adgate_engine::eta::QueueEstimate;
 use adgate_engine::{BudgetUsage, Engine, JobRecord, ProviderStatus};
 use adgate_generator::JobState;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::ConsoleState;
 use super::counters::Counters;
 use super::pages;
+use crate::auth::Caller;
 
 /// Cards one batch page shows; counts and cost always cover the whole batch.
 pub const MAX_CARDS: usize = 500;
@@ -171,14 +172,20 @@ pub fn totals(engine: &Engine, jobs: &[JobRecord]) -> Totals {
 }
 
 /// A batch's view with the cards of jobs changed at or after `since` (all with `None`).
+/// Another caller's batch is answered as unknown (as `ListBatches` would not show it).
 pub async fn batch_view(
     engine: &Engine,
+    caller: &Caller,
     batch_id: &str,
     since: Option<i64>,
 ) -> Result<Option<BatchView>, adgate_engine::EngineError> {
     let Some(jobs) = engine.batch_jobs(batch_id).await? else {
         return Ok(None);
     };
+    let visible = super::listing::visible_callers(caller);
+    if !visible.is_empty() && jobs.iter().any(|j| !visible.contains(&j.caller)) {
+        return Ok(None);
+    }
     let cursor = jobs.iter().map(|j| j.updated_at_ms).max().unwrap_or(0);
     let shown: Vec<&JobRecord> = jobs
         .iter()
@@ -320,10 +327,11 @@ fn unavailable(e: &adgate_engine::EngineError) -> Response {
 /// page swaps in (one renderer, [`pages`], for the first load and every update).
 pub async fn batch(
     State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<SinceQuery>,
 ) -> Response {
-    match batch_view(&state.engine, &id, q.since).await {
+    match batch_view(&state.engine, &caller, &id, q.since).await {
         Ok(Some(v)) => {
             let cards: BTreeMap<&str, String> = v
                 .jobs
@@ -345,8 +353,11 @@ pub async fn batch(
 }
 
 /// `GET /ui/api/batches`: the newest batches, and the list as HTML.
-pub async fn batches(State(state): State<ConsoleState>) -> Response {
-    let (rows, note) = super::listing::recent(&state.engine, &state.recent).await;
+pub async fn batches(
+    State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let (rows, note) = super::listing::recent(&state.engine, &caller).await;
     let list: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

@@ -1,117 +1,73 @@
-//! The batches list: the newest batches with their counts and cost.
-//!
-//! The engine has no batch listing yet (`ListBatches` is being built), so this process keeps
-//! the ids of the batches submitted through it ([`RecentBatches`], fed by `Submit`), newest
-//! first, and reads each one's jobs for its row. A finished batch no longer changes, so its
-//! row is kept and not read again. Batches submitted before a restart or through another
-//! replica are not listed (the page says so); they open by id.
+//! The batches list: the newest batches (one page of the engine's `list_batches`, the store
+//! query behind `ListBatches`) with their counts per state and completed cost. A signed-in
+//! caller sees its own batches, as `ListBatches` shows them; without auth, every batch.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
+use adgate_engine::BatchFilter;
 use adgate_engine::Engine;
 
-use super::api;
+use super::api::{Money, STATES, Totals};
 use super::pages::BatchRow;
+use crate::auth::Caller;
 
-/// Batches remembered; older ones drop off the list (they still open by id).
-pub const REMEMBERED: usize = 50;
+/// Batches the list shows (the newest).
+pub const SHOWN: usize = 50;
 
-/// What the list page says about its source.
-pub const NOTE: &str = "Batches submitted to this gateway process since it started, newest \
-    first; older batches, and those submitted through another replica, open by id.";
-
-#[derive(Debug, Clone)]
-struct Entry {
-    batch_id: String,
-    /// Set once every job of the batch is terminal.
-    finished: Option<BatchRow>,
+/// The callers whose batches `caller` may see (empty: everyone's), as `ListBatches` decides.
+pub fn visible_callers(caller: &Caller) -> Vec<String> {
+    if caller.0 == adgate_engine::ANONYMOUS {
+        Vec::new()
+    } else {
+        vec![caller.0.clone()]
+    }
 }
 
-/// The ids of recently submitted batches, newest first (shared by `Submit` and the console).
-#[derive(Debug, Clone, Default)]
-pub struct RecentBatches(Arc<Mutex<VecDeque<Entry>>>);
-
-impl RecentBatches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A Submit created (or replayed) `batch_id`: it goes to the top.
-    pub fn record(&self, batch_id: &str) {
-        let mut q = self.lock();
-        let prior = q
-            .iter()
-            .position(|e| e.batch_id == batch_id)
-            .and_then(|i| q.remove(i));
-        q.push_front(prior.unwrap_or_else(|| Entry {
-            batch_id: batch_id.to_owned(),
-            finished: None,
-        }));
-        q.truncate(REMEMBERED);
-    }
-
-    fn snapshot(&self) -> Vec<Entry> {
-        self.lock().iter().cloned().collect()
-    }
-
-    fn finish(&self, row: &BatchRow) {
-        if let Some(e) = self.lock().iter_mut().find(|e| e.batch_id == row.batch_id) {
-            e.finished = Some(row.clone());
-        }
-    }
-
-    /// The rows, newest first. A batch the store cannot read right now is left out.
-    pub async fn rows(&self, engine: &Engine) -> Vec<BatchRow> {
-        let mut rows = Vec::new();
-        for e in self.snapshot() {
-            if let Some(row) = e.finished {
-                rows.push(row);
-                continue;
-            }
-            let Ok(Some(jobs)) = engine.batch_jobs(&e.batch_id).await else {
-                continue;
+/// The newest batches first, and a note for the page (empty when there is none).
+pub async fn recent(engine: &Engine, caller: &Caller) -> (Vec<BatchRow>, String) {
+    let filter = BatchFilter {
+        callers: visible_callers(caller),
+        ..BatchFilter::default()
+    };
+    match engine.list_batches(&filter, None, SHOWN).await {
+        Ok(page) => {
+            let rows = page
+                .items
+                .into_iter()
+                .map(|b| {
+                    let mut counts: BTreeMap<&'static str, usize> =
+                        STATES.iter().map(|s| (s.name(), 0)).collect();
+                    for (s, n) in &b.counts {
+                        counts.insert(s.name(), usize::try_from(*n).unwrap_or(usize::MAX));
+                    }
+                    BatchRow {
+                        batch_id: b.id,
+                        created_at_ms: b.created_at_ms,
+                        totals: Totals {
+                            jobs: usize::try_from(b.job_count).unwrap_or(0),
+                            counts,
+                            cost: b
+                                .cost
+                                .into_iter()
+                                .map(|(currency, micros)| Money { currency, micros })
+                                .collect(),
+                        },
+                    }
+                })
+                .collect();
+            let note = if page.next.is_some() {
+                format!("The newest {SHOWN} batches; older ones open by id.")
+            } else {
+                String::new()
             };
-            let row = BatchRow {
-                batch_id: e.batch_id.clone(),
-                created_at_ms: jobs.iter().map(|j| j.created_at_ms).min().unwrap_or(0),
-                totals: api::totals(engine, &jobs),
-            };
-            if jobs.iter().all(|j| j.state.is_terminal()) {
-                self.finish(&row);
-            }
-            rows.push(row);
+            (rows, note)
         }
-        rows
-    }
-}
-
-/// The newest batches first, and a note to show above them.
-pub async fn recent(engine: &Engine, batches: &RecentBatches) -> (Vec<BatchRow>, String) {
-    (batches.rows(engine).await, NOTE.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(r: &RecentBatches) -> Vec<String> {
-        r.snapshot().into_iter().map(|e| e.batch_id).collect()
-    }
-
-    #[test]
-    fn newest_first_without_duplicates_and_bounded() {
-        let r = RecentBatches::default();
-        r.record("bat_a");
-        r.record("bat_b");
-        r.record("bat_a");
-        assert_eq!(ids(&r), ["bat_a", "bat_b"]);
-        for i in 0..REMEMBERED + 5 {
-            r.record(&format!("bat_{i}"));
+        Err(e) => {
+            tracing::warn!(error = %e, "console: listing batches failed");
+            (
+                Vec::new(),
+                "The job store cannot be read right now; the list will come back.".to_owned(),
+            )
         }
-        let all = ids(&r);
-        assert_eq!(all.len(), REMEMBERED);
-        assert_eq!(all[0], format!("bat_{}", REMEMBERED + 4));
-        assert!(!all.contains(&"bat_a".to_owned()));
     }
 }

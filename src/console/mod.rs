@@ -17,14 +17,13 @@ use std::sync::Arc;
 
 use adgate_engine::Engine;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
-use crate::auth::Tokens;
-pub use listing::RecentBatches;
+use crate::auth::{Caller, Tokens};
 
 const SCRIPT: &str = include_str!("assets/console.js");
 const STYLE: &str = include_str!("assets/console.css");
@@ -35,8 +34,6 @@ pub struct ConsoleState {
     pub engine: Engine,
     pub tokens: Tokens,
     pub registry: Arc<Registry>,
-    /// Batches submitted through this process, for the list (see [`listing`]).
-    pub recent: RecentBatches,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -83,9 +80,12 @@ async fn style() -> Response {
     pages::with_headers(StatusCode::OK, "text/css; charset=utf-8", STYLE.to_owned())
 }
 
-async fn batches_page(State(state): State<ConsoleState>) -> Response {
+async fn batches_page(
+    State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     let signed_in = state.tokens.enabled();
-    let (rows, note) = listing::recent(&state.engine, &state.recent).await;
+    let (rows, note) = listing::recent(&state.engine, &caller).await;
     pages::batches(&rows, &note, signed_in)
 }
 
@@ -115,9 +115,13 @@ async fn open_batch(
     )
 }
 
-async fn batch_page(State(state): State<ConsoleState>, Path(id): Path<String>) -> Response {
+async fn batch_page(
+    State(state): State<ConsoleState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let signed_in = state.tokens.enabled();
-    match api::batch_view(&state.engine, &id, None).await {
+    match api::batch_view(&state.engine, &caller, &id, None).await {
         Ok(Some(v)) => pages::batch(&v, signed_in),
         Ok(None) => pages::not_found(&format!("No batch {id:?}."), signed_in),
         Err(e) => {

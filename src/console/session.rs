@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::ConsoleState;
 use super::pages;
+use crate::auth::Caller;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "adgate_console";
@@ -50,24 +51,24 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Whether the request may see the console: auth is off, or it carries a valid session.
-pub fn signed_in(state: &ConsoleState, headers: &HeaderMap) -> bool {
+/// Who the request is signed in as: anonymous when auth is off, the caller of the session's
+/// token otherwise, `None` without a valid session.
+pub fn session_caller(state: &ConsoleState, headers: &HeaderMap) -> Option<Caller> {
     if !state.tokens.enabled() {
-        return true;
+        return Some(Caller::anonymous());
     }
-    let Some(presented) = cookie(headers, COOKIE) else {
-        return false;
-    };
-    let presented = presented.as_bytes();
+    let presented = cookie(headers, COOKIE)?.as_bytes();
     state
         .tokens
-        .any(|t| session_value(t).as_bytes().ct_eq(presented))
+        .caller_where(|t| session_value(t).as_bytes().ct_eq(presented))
 }
 
-/// Middleware for every console route but sign-in: pages redirect to the form, the JSON API
-/// answers 401.
-pub async fn require(State(state): State<ConsoleState>, req: Request, next: Next) -> Response {
-    if signed_in(&state, req.headers()) {
+/// Middleware for every console route but sign-in: the caller goes into the request's
+/// extensions (what it may see is decided per route); without a session, pages redirect to
+/// the form and the JSON API answers 401.
+pub async fn require(State(state): State<ConsoleState>, mut req: Request, next: Next) -> Response {
+    if let Some(caller) = session_caller(&state, req.headers()) {
+        req.extensions_mut().insert(caller);
         return next.run(req).await;
     }
     let path = req.uri().path();

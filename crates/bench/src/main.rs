@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p adgate-bench -- all
-//! cargo run --release -p adgate-bench -- <echo|submit1|submit100|read|watch|inflight|restart|providers>
+//! cargo run --release -p adgate-bench -- <echo|submit1|submit100|read|watch|inflight|restart|providers|postgres|takeover|search>
 //! ```
 //!
 //! Every server under test (the gateway, and a bare tonic `grpc.health.v1.Health/Check` echo
@@ -17,6 +17,7 @@ mod proc;
 mod replicas;
 mod report;
 mod scenarios;
+mod search;
 mod seed;
 mod world;
 
@@ -38,6 +39,7 @@ const SCENARIOS: &[&str] = &[
     "providers",
     "postgres",
     "takeover",
+    "search",
 ];
 
 fn usage() -> String {
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
                 "restart" => scenarios::in_flight(&mut ctx, false).await,
                 "postgres" => replicas::postgres(&mut ctx).await,
                 "takeover" => replicas::takeover(&mut ctx).await,
+                "search" => search::search(&mut ctx).await,
                 _ => scenarios::providers(&mut ctx).await,
             };
             if let Err(e) = r {

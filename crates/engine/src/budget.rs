@@ -258,6 +258,38 @@ mod tests {
         }))
     }
 
+    /// Paced, a busy budget still carries its whole limit per window, evenly: after the first
+    /// half-window burst, one request every window / limit.
+    #[tokio::test(start_paused = true)]
+    async fn pacing_keeps_the_full_rate_evenly_spaced() {
+        let b = budget(10, 1);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..45 {
+            b.acquire(Priority::Submit).await;
+            at.push(start.elapsed());
+        }
+        // The window is widened by its margin (50 ms): 10 per 1.05 s, 105 ms apart.
+        let gaps: Vec<Duration> = at.windows(2).skip(10).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_millis(106)),
+            "{gaps:?}"
+        );
+        // 5 at once, 5 paced until the window is full; the burst leaves the window at 1.05 s,
+        // from when every request is 105 ms after the previous: the full rate.
+        assert!(
+            at[44] <= Duration::from_millis(1050 + 34 * 105 + 10),
+            "{:?}",
+            at[44]
+        );
+        assert!(
+            at[10] >= Duration::from_millis(1050),
+            "never more than 10 per window"
+        );
+        let projected = b.projected_slots(3);
+        assert!(projected[0] <= Duration::from_millis(106), "{projected:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn never_more_than_limit_in_any_window() {
         let b = budget(100, 60);

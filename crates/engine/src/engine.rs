@@ -651,6 +651,27 @@ impl Engine {
         Ok(self.shared.store.batch_jobs(batch_id).await?)
     }
 
+    /// A page of jobs for ListJobs, straight from the store (the search needs its indexes;
+    /// the read cache holds single jobs by id).
+    pub async fn list_jobs(
+        &self,
+        filter: &adgate_store::JobFilter,
+        after: Option<&adgate_store::PageKey>,
+        limit: usize,
+    ) -> Result<adgate_store::Page<JobRecord>, EngineError> {
+        Ok(self.shared.store.list_jobs(filter, after, limit).await?)
+    }
+
+    /// A page of batches for ListBatches, with their counts per state and completed cost.
+    pub async fn list_batches(
+        &self,
+        filter: &adgate_store::BatchFilter,
+        after: Option<&adgate_store::PageKey>,
+        limit: usize,
+    ) -> Result<adgate_store::Page<adgate_store::BatchSummary>, EngineError> {
+        Ok(self.shared.store.list_batches(filter, after, limit).await?)
+    }
+
     /// Watch jobs: a snapshot first, then every change, ending when all are terminal.
     /// Watched jobs of a provider with a push stream get one (shared by all watchers).
     pub async fn watch(&self, job_ids: Vec<String>) -> Result<Watch, EngineError> {

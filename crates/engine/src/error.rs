@@ -61,6 +61,11 @@ pub enum EngineError {
         requested_micros: i64,
     },
 
+    /// The job store's database cannot be reached now (the detail is for logs only): the
+    /// same call may succeed later.
+    #[error("the job store is unreachable: {0}")]
+    StoreUnavailable(String),
+
     /// Something failed inside the gateway (the job store): the detail is for logs only.
     #[error("{0}")]
     Internal(String),
@@ -70,6 +75,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => Self::ShuttingDown,
+            StoreError::Unavailable(why) => Self::StoreUnavailable(why),
             other => Self::Internal(describe(&other)),
         }
     }

@@ -61,7 +61,10 @@ mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
 /// dependency of its own.
-pub use adgate_store::{ANONYMOUS, DEFAULT_PRIORITY, JobRecord, Store, StoredCost};
+pub use adgate_store::{
+    ANONYMOUS, BatchFilter, BatchSummary, DEFAULT_PRIORITY, JobFilter, JobRecord, Page, PageKey,
+    Store, StoredCost,
+};
 pub use bus::Watch;
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,

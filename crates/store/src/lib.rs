@@ -15,6 +15,7 @@ mod codec;
 pub mod model;
 pub mod postgres;
 mod rows;
+pub mod search;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ pub use model::{
     NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
 };
 pub use postgres::PgStore;
+pub use search::{BatchFilter, BatchSummary, JobFilter, Page, PageKey};
 pub use sqlite::SqliteStore;
 
 /// A change committed by any replica, from a shared backend's change feed.
@@ -67,6 +69,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+    /// The database could not be reached (connection lost and not regained in time);
+    /// nothing of the write was committed, or, when the connection broke during COMMIT, its
+    /// outcome is unknown. Retrying later is the remedy.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
 }
@@ -250,6 +257,24 @@ pub trait Store: Send + Sync + 'static {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64>;
+
+    /// Jobs matching `filter`, newest first by `(created_at, id)`, at most `limit`, starting
+    /// strictly below `after` (the previous page's [`Page::next`]).
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Page<JobRecord>>;
+
+    /// Batches matching `filter`, newest first by `(created_at, id)`, with their jobs'
+    /// counts per state and the cost of their completed jobs per unit.
+    async fn list_batches(
+        &self,
+        filter: &BatchFilter,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Page<BatchSummary>>;
 
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;

@@ -90,6 +90,7 @@
 
 mod patch;
 mod rows;
+mod search;
 mod submit;
 mod writer;
 
@@ -131,6 +132,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0004_provider_result.sql"),
     ),
     (5, include_str!("../migrations/postgres/0005_callers.sql")),
+    (6, include_str!("../migrations/postgres/0006_search.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -763,6 +765,24 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &crate::JobFilter,
+        after: Option<&crate::PageKey>,
+        limit: usize,
+    ) -> Result<crate::Page<JobRecord>> {
+        search::list_jobs(&self.reads, filter, after, limit).await
+    }
+
+    async fn list_batches(
+        &self,
+        filter: &crate::BatchFilter,
+        after: Option<&crate::PageKey>,
+        limit: usize,
+    ) -> Result<crate::Page<crate::BatchSummary>> {
+        search::list_batches(&self.reads, filter, after, limit).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {

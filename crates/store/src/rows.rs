@@ -26,10 +26,19 @@ pub(crate) static J_JOB_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
-/// Maps an sqlx error to a store error. A closed pool means the store was closed.
+/// Maps an sqlx error to a store error. A closed pool means the store was closed; a
+/// connection that broke (I/O, a pool that cannot connect in time, a backend the server
+/// terminated: SQLSTATE 57P01..57P03) means the database is unreachable, which callers may
+/// retry, unlike an error the database reported about the statement.
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::PoolClosed => StoreError::Closed,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("57P")) => {
+            StoreError::Unavailable(e.to_string())
+        }
         other => StoreError::Database(Box::new(other)),
     }
 }

@@ -31,6 +31,7 @@
 mod checkpoint;
 mod reads;
 mod rows;
+mod search;
 mod writer;
 
 use std::collections::HashSet;
@@ -62,6 +63,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_kept_events.sql")),
     (3, include_str!("../migrations/0003_provider_result.sql")),
     (4, include_str!("../migrations/0004_callers.sql")),
+    (5, include_str!("../migrations/0005_search.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -655,6 +657,24 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &crate::JobFilter,
+        after: Option<&crate::PageKey>,
+        limit: usize,
+    ) -> Result<crate::Page<JobRecord>> {
+        search::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
+    }
+
+    async fn list_batches(
+        &self,
+        filter: &crate::BatchFilter,
+        after: Option<&crate::PageKey>,
+        limit: usize,
+    ) -> Result<crate::Page<crate::BatchSummary>> {
+        search::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
     fn commit_count(&self) -> u64 {

@@ -139,6 +139,10 @@ conformance!(
     single_replica_claims,
     provider_results_round_trip,
     callers_costs_and_fair_queue,
+    search_filters,
+    search_pagination_under_inserts,
+    search_pages_while_writing,
+    search_batches,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -224,7 +228,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,)]);
     conn.close().await.expect("close");
 }
 

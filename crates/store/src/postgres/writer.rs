@@ -44,6 +44,12 @@ pub(super) const MAX_GROUP: usize = 512;
 /// caller gets the error.
 const MAX_TRIES: u8 = 4;
 
+/// How long a group that met a lost connection before its COMMIT keeps being retried on fresh
+/// connections before its callers get [`StoreError::Unavailable`]. Nothing of it was
+/// committed and no caller was answered, so retrying is safe; a restarted or failed-over
+/// database is usually back well within this.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The channel notifications are sent on; `change_feed` listens to it.
 pub(super) const CHANNEL: &str = "adgate_jobs";
 
@@ -104,9 +110,24 @@ fn group_error(e: &GroupFailure) -> StoreError {
 }
 
 /// A lost connection (as opposed to an error the server reported): reconnect before the next
-/// group.
+/// group. A backend terminated by the server (`pg_terminate_backend`, a restart) reports
+/// SQLSTATE 57P01..57P03 before the socket closes: that is lost too.
 fn connection_lost(e: &sqlx::Error) -> bool {
-    !matches!(e, sqlx::Error::Database(_))
+    match e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P")),
+        _ => true,
+    }
+}
+
+/// [`connection_lost`] for an error the store already wrapped.
+fn lost_store_error(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(_) => true,
+        StoreError::Database(inner) => inner
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(connection_lost),
+        _ => false,
+    }
 }
 
 /// The writer loop. Returns once `Shutdown` was received and the queue is drained, or when
@@ -147,26 +168,52 @@ pub(super) async fn run(
         if group.is_empty() {
             continue;
         }
-        // (Re)connect if the previous connection was lost.
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match options.connect().await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    let e = Arc::new(e);
-                    tracing::error!(error = %e, "store: cannot reconnect the writer");
-                    for item in group {
-                        drop(item.reply.send(Err(group_error(&e))));
+        // A group that meets a lost connection before its COMMIT is run again, whole, on a
+        // fresh connection (see RECONNECT_FOR); its callers wait meanwhile.
+        let since = tokio::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(20);
+        let mut group = group;
+        loop {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match options.connect().await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        if since.elapsed() < RECONNECT_FOR {
+                            tracing::warn!(error = %e, "store: cannot reconnect the writer yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                            continue;
+                        }
+                        tracing::error!(error = %e, "store: the database stays unreachable");
+                        let why = e.to_string();
+                        for item in group {
+                            drop(item.reply.send(Err(StoreError::Unavailable(why.clone()))));
+                        }
+                        break;
                     }
-                    continue;
+                },
+            };
+            match commit_group(c, group, &commits).await {
+                GroupEnd::Committed(next) => {
+                    carried = next;
+                    break;
                 }
-            },
-        };
-        match commit_group(c, group, &commits).await {
-            GroupEnd::Committed(next) => carried = next,
-            GroupEnd::Failed { lost } => {
-                if lost && let Some(c) = conn.take() {
-                    drop(c.close().await);
+                GroupEnd::Failed { lost } => {
+                    if lost && let Some(c) = conn.take() {
+                        drop(c.close().await);
+                    }
+                    break;
+                }
+                GroupEnd::Retry(again) => {
+                    if let Some(c) = conn.take() {
+                        drop(c.close().await);
+                    }
+                    tracing::warn!(
+                        size = again.len(),
+                        "store: the write connection was lost before COMMIT; retrying the group"
+                    );
+                    group = again;
                 }
             }
         }
@@ -183,6 +230,9 @@ enum GroupEnd {
     Committed(Vec<Item>),
     /// The group failed as a whole; `lost` when the connection is unusable.
     Failed { lost: bool },
+    /// The connection was lost before COMMIT: nothing was committed and nobody answered;
+    /// run the group again on a new connection.
+    Retry(Vec<Item>),
 }
 
 async fn exec(conn: &mut PgConnection, sql: &'static str) -> std::result::Result<(), sqlx::Error> {
@@ -200,6 +250,9 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> std::result::Result
 async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &AtomicU64) -> GroupEnd {
     let size = group.len();
     if let Err(end) = begin_locked(conn, &group).await {
+        if end.1 {
+            return GroupEnd::Retry(group);
+        }
         return fail_group(group, end);
     }
     match run_fast(conn, &group).await {
@@ -216,18 +269,34 @@ async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &Atomi
             Err(e) => {
                 tracing::error!(error = %e, size, "store: commit failed");
                 let lost = connection_lost(&e);
+                if lost {
+                    // The COMMIT may or may not have happened: not retried (a Submit could
+                    // be stored twice), its callers are told to retry (request ids make a
+                    // Submit's retry safe).
+                    let why = format!("the connection broke during COMMIT: {e}");
+                    group.into_iter().for_each(|i| {
+                        drop(i.reply.send(Err(StoreError::Unavailable(why.clone()))))
+                    });
+                    return GroupEnd::Failed { lost };
+                }
                 return fail_group(group, (Arc::new(e), lost));
             }
         },
         Err(e) => {
             tracing::debug!(error = %e, size, "store: fast group failed, redoing op by op");
+            if lost_store_error(&e) {
+                return GroupEnd::Retry(group);
+            }
             if let Err(re) = exec(conn, "ROLLBACK").await {
                 tracing::error!(error = %re, size, "store: rollback failed");
-                return fail_group(group, (Arc::new(re), true));
+                return GroupEnd::Retry(group);
             }
         }
     }
     if let Err(end) = begin_locked(conn, &group).await {
+        if end.1 {
+            return GroupEnd::Retry(group);
+        }
         return fail_group(group, end);
     }
     commit_op_by_op(conn, group, commits).await

@@ -15,6 +15,11 @@ use adgate_store::{
 };
 use serde_json::json;
 
+mod search;
+pub use search::{
+    search_batches, search_filters, search_pages_while_writing, search_pagination_under_inserts,
+};
+
 pub const T0: i64 = 1_700_000_000_000;
 
 pub fn job(id: &str, provider: &str) -> NewJob {
