@@ -130,6 +130,30 @@ impl Tokens {
         }
     }
 
+    /// Whether `token` is one of the configured tokens (constant time).
+    pub fn matches(&self, token: &[u8]) -> bool {
+        self.any(|t| t.ct_eq(token))
+    }
+
+    /// Whether `test` holds for some configured token. Every token is tested, so timing does
+    /// not reveal which one (or how many) matched; `test` must itself be constant time.
+    pub(crate) fn any(&self, test: impl Fn(&[u8]) -> Choice) -> bool {
+        self.caller_where(test).is_some()
+    }
+
+    /// The caller of the first configured token `test` holds for (every token is tested, as
+    /// in [`Tokens::any`]).
+    pub(crate) fn caller_where(&self, test: impl Fn(&[u8]) -> Choice) -> Option<Caller> {
+        let mut matched: Option<&NamedToken> = None;
+        for t in self.0.iter() {
+            let eq = test(t.token.expose().as_bytes());
+            if matched.is_none() && bool::from(eq) {
+                matched = Some(t);
+            }
+        }
+        matched.map(|t| Caller(t.caller.clone()))
+    }
+
     /// The tonic interceptor.
     pub fn interceptor(self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
         move |req: Request<()>| {

@@ -4,6 +4,7 @@
 //!   engine, which verifies the signature before anything changes.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /healthz`: `200 ok`, or `503 draining` once shutdown began.
+//! - `/ui…`: the web console ([`crate::console`]), behind the caller tokens when auth is on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::auth::Tokens;
 use crate::errors::{WebhookReject, webhook_status};
 
 /// A webhook answer slower than this is logged.
@@ -31,14 +33,21 @@ pub struct HttpState {
     pub engine: Engine,
     pub registry: Arc<Registry>,
     pub draining: Arc<AtomicBool>,
+    pub tokens: Tokens,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let console = crate::console::router(crate::console::ConsoleState {
+        engine: state.engine.clone(),
+        tokens: state.tokens.clone(),
+        registry: state.registry.clone(),
+    });
     Router::new()
         .route("/webhooks/{provider}", post(webhook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
+        .merge(console)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -12,6 +12,7 @@
 //! - [`auth`]: bearer-token caller authentication (per service; health/reflection stay open).
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
 //! - [`http`]: webhooks, `/metrics`, `/healthz`.
+//! - [`console`]: the web console at `/ui` (batches, job cards with images, providers).
 //! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (the standard `OTEL_*` variables).
 //! - [`rpc_trace`]: the tower layer giving each gRPC call its span and latency.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod errors;
 pub mod filter;
@@ -248,6 +250,7 @@ pub async fn serve(
         engine: app.engine.clone(),
         registry: Arc::new(registry),
         draining: draining.clone(),
+        tokens: app.tokens.clone(),
     });
     let http_server =
         axum::serve(http, router).with_graceful_shutdown(token.clone().cancelled_owned());

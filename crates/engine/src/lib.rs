@@ -27,6 +27,7 @@
 //! - `replica`: several replicas on one shared store — lease renewal, orphan takeover, and
 //!   the cross-replica change feed.
 //! - [`metrics`]: Prometheus families the engine records into.
+//! - `usage`: each provider's live budget reading ([`BudgetUsage`]), for the web console.
 //! - [`error`]: the engine's error enum.
 //! - [`trace`]: spans of provider calls and webhooks, job lifecycle events, links to Submits.
 //!
@@ -55,6 +56,7 @@ mod schedule;
 mod sweeper;
 pub mod trace;
 pub mod tracker;
+mod usage;
 mod webhooks;
 
 /// The records and the store the engine works on, re-exported so the server needs no store
@@ -72,6 +74,7 @@ pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
 pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
 pub use trace::SpanLink;
+pub use usage::BudgetUsage;
 
 /// Stable error codes callers switch on (defined once, in the trait crate).
 pub use adgate_generator::codes;
