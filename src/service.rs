@@ -405,7 +405,20 @@ impl Gateway {
         if !watch.unknown_ids().is_empty() {
             return Err(ApiError::JobsNotFound(watch.unknown_ids().to_vec()));
         }
-        Ok(self.spawn_watch(watch, ids.len(), permit))
+        // Queue positions and start estimates for the snapshot's QUEUED jobs (read through
+        // the record cache; advice, so a failed read leaves them unset).
+        let estimates = match self.engine.get_jobs(&ids).await {
+            Ok((records, _))
+                if records
+                    .iter()
+                    .any(|r| r.state == adgate_generator::JobState::Queued) =>
+            {
+                let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
+                self.estimates(&refs).await
+            }
+            _ => HashMap::new(),
+        };
+        Ok(self.spawn_watch(watch, ids.len(), permit, estimates))
     }
 
     /// Serve one stream: snapshot, changes, heartbeats; end OK when every job is terminal,
@@ -422,6 +435,7 @@ impl Gateway {
         watch: adgate_engine::Watch,
         snapshot_len: usize,
         permit: OwnedSemaphorePermit,
+        estimates: HashMap<String, QueueEstimate>,
     ) -> WatchStream {
         self.metrics.watch_streams.inc();
         Box::pin(ProgressStream {
@@ -431,6 +445,7 @@ impl Gateway {
             idle: Box::pin(tokio::time::sleep(self.cfg.heartbeat)),
             heartbeat: self.cfg.heartbeat,
             remaining_snapshot: snapshot_len,
+            estimates,
             ended: false,
             streams: self.metrics.watch_streams.clone(),
             events: self.metrics.watch_events.clone(),
@@ -453,6 +468,8 @@ struct ProgressStream {
     streams: prometheus_client::metrics::gauge::Gauge,
     events: prometheus_client::metrics::counter::Counter,
     _permit: OwnedSemaphorePermit,
+    /// Estimates for the snapshot's QUEUED jobs, taken when the stream opened.
+    estimates: HashMap<String, QueueEstimate>,
 }
 
 impl Stream for ProgressStream {
@@ -473,10 +490,16 @@ impl Stream for ProgressStream {
             Poll::Ready(Some(rec)) => {
                 let snapshot = this.remaining_snapshot > 0;
                 this.remaining_snapshot = this.remaining_snapshot.saturating_sub(1);
+                let mut job = convert::job_billed(&rec, this.engine.cost(&rec));
+                if snapshot
+                    && rec.state == adgate_generator::JobState::Queued
+                    && let Some(e) = this.estimates.get(&rec.id)
+                {
+                    job.queue_position = e.position;
+                    job.estimated_start_time = Some(convert::timestamp(e.start_ms));
+                }
                 pb::WatchProgressResponse {
-                    event: Some(pb::watch_progress_response::Event::Job(
-                        convert::job_billed(&rec, this.engine.cost(&rec)),
-                    )),
+                    event: Some(pb::watch_progress_response::Event::Job(job)),
                     snapshot,
                 }
             }

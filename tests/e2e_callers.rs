@@ -256,6 +256,34 @@ async fn interactive_goes_before_the_callers_bulk_jobs() {
         .await
         .unwrap()
         .into_inner();
+    // A WatchProgress snapshot tells each queued job its place and start estimate.
+    let mut stream = c
+        .watch_progress(pb::WatchProgressRequest {
+            batch_id: bulk.batch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut queued_positions = Vec::new();
+    for _ in 0..60 {
+        let msg = stream.message().await.unwrap().unwrap();
+        assert!(msg.snapshot);
+        if let Some(pb::watch_progress_response::Event::Job(j)) = msg.event
+            && j.state() == pb::JobState::Queued
+        {
+            assert!(j.estimated_start_time.is_some(), "{j:?}");
+            queued_positions.push(j.queue_position);
+        }
+    }
+    drop(stream);
+    assert!(queued_positions.len() > 40, "{queued_positions:?}");
+    queued_positions.sort_unstable();
+    queued_positions.dedup();
+    assert!(
+        queued_positions.len() > 40,
+        "distinct places: {queued_positions:?}"
+    );
     // Steady state: the budget is paced (the first half window goes at once).
     wait_for_count(&sal, 15, Duration::from_secs(10)).await;
     let urgent = c
