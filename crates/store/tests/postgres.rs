@@ -972,6 +972,30 @@ async fn budget_wait_is_until_the_oldest_request_leaves() {
             .expect("lower"),
         BudgetGrant::Wait(99)
     );
+    // A waiter that stops waiting (its request abandoned, its replica gone) holds the line
+    // until a second past when it was due back, then is forgotten — not for windows on end.
+    store.block_budget("q", T0 + 500).await.expect("block");
+    assert_eq!(
+        store
+            .take_budget("q", 100, 10_000, T0, "x1")
+            .await
+            .expect("blocked"),
+        BudgetGrant::Wait(500)
+    );
+    assert_eq!(
+        store
+            .take_budget("q", 100, 10_000, T0 + 600, "x2")
+            .await
+            .expect("behind x1"),
+        BudgetGrant::Wait(50)
+    );
+    assert_eq!(
+        store
+            .take_budget("q", 100, 10_000, T0 + 1_501, "x2")
+            .await
+            .expect("x1 gone"),
+        BudgetGrant::Granted
+    );
     store.close().await;
 }
 

@@ -23,13 +23,15 @@ CREATE INDEX jobs_queue ON jobs (provider, state, attempt_id, caller, priority, 
 -- (`p_waiter`, one id per request, kept across its retries), and a free slot goes to the
 -- oldest live waiter. Without it the free slot went to whichever replica's retry came first,
 -- so a caller's job on one replica could lose the race to another replica's backlog slot
--- after slot, whatever order each replica's dispatcher keeps. A waiter that stopped retrying
--- (its replica died) is forgotten after two windows.
+-- after slot, whatever order each replica's dispatcher keeps. A waiter is told when to come
+-- back (`due_at`); one that has not come back a second after that stopped waiting (its
+-- request was abandoned, or its replica died) and is forgotten, so it never holds the line.
 CREATE TABLE budget_waiters (
     provider  TEXT   NOT NULL,
     waiter    TEXT   NOT NULL,
     first_at  BIGINT NOT NULL,
     seen_at   BIGINT NOT NULL,
+    due_at    BIGINT NOT NULL,
     PRIMARY KEY (provider, waiter)
 );
 
@@ -60,7 +62,7 @@ BEGIN
         RETURN GREATEST(p_window, 1);
     END IF;
     v_spacing := GREATEST(p_window / p_limit, 1);
-    DELETE FROM budget_waiters WHERE provider = p_provider AND seen_at < p_now - 2 * p_window;
+    DELETE FROM budget_waiters WHERE provider = p_provider AND due_at < p_now - 1000;
     SELECT first_at INTO v_mine FROM budget_waiters
         WHERE provider = p_provider AND waiter = p_waiter;
     v_wait := 0;
@@ -95,9 +97,10 @@ BEGIN
         DELETE FROM budget_waiters WHERE provider = p_provider AND waiter = p_waiter;
         RETURN 0;
     END IF;
-    INSERT INTO budget_waiters (provider, waiter, first_at, seen_at)
-        VALUES (p_provider, p_waiter, p_now, p_now)
-        ON CONFLICT (provider, waiter) DO UPDATE SET seen_at = EXCLUDED.seen_at;
+    INSERT INTO budget_waiters (provider, waiter, first_at, seen_at, due_at)
+        VALUES (p_provider, p_waiter, p_now, p_now, p_now + v_wait)
+        ON CONFLICT (provider, waiter)
+        DO UPDATE SET seen_at = EXCLUDED.seen_at, due_at = EXCLUDED.due_at;
     RETURN v_wait;
 END
 $$;
