@@ -207,7 +207,6 @@ impl Engine {
                 generator: setup.generator,
                 prices: setup.prices,
                 wake_dispatcher: Notify::new(),
-                new_work: std::sync::atomic::AtomicU64::new(0),
                 arrivals: Mutex::new(HashMap::new()),
                 backlog_sends: Mutex::new(Default::default()),
                 stopped_batches: Mutex::new(HashSet::new()),

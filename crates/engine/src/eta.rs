@@ -12,11 +12,11 @@
 //! the fleet is busy with this queue.
 //!
 //! The order is computed from a snapshot of the queue (ids, callers, priorities, ages; at most
-//! [`MAX_QUEUE_SNAPSHOT`] jobs) taken at most once per [`SNAPSHOT_TTL`] per provider and again
-//! whenever a Submit added work there, so reading many jobs' estimates costs one store read.
+//! [`MAX_QUEUE_SNAPSHOT`] jobs) taken at most once per [`SNAPSHOT_TTL`] per provider, however
+//! many Submits and reads come meanwhile (jobs newer than the snapshot are placed after it), so
+//! estimates cost a Submit no queue scan of its own.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +51,6 @@ struct Plan {
     /// The requests the queue needs in all.
     requests: usize,
     taken: Instant,
-    work_seen: u64,
 }
 
 /// The engine's cache of per-provider plans.
@@ -78,16 +77,32 @@ impl Engine {
             };
             let plan = self.plan(rt).await?;
             let now = self.shared.now_ms();
-            let slots = slot_offsets(rt, plan.requests.max(1));
-            for r in records
+            let queued: Vec<&&JobRecord> = records
                 .iter()
                 .filter(|r| r.provider == provider && r.state == adgate_generator::JobState::Queued)
-            {
-                // A job newer than the snapshot (or beyond its range) is at its end.
-                let (position, requests_ahead) = plan.at.get(&r.id).copied().unwrap_or((
-                    i64::try_from(plan.at.len()).unwrap_or(i64::MAX),
-                    plan.requests,
-                ));
+                .collect();
+            let newer = queued
+                .iter()
+                .filter(|r| !plan.at.contains_key(&r.id))
+                .count();
+            let per_request = rt.limits.max_items_per_submit.max(1);
+            let slots = slot_offsets(rt, plan.requests + newer.div_ceil(per_request) + 1);
+            let mut appended = 0usize;
+            for r in queued {
+                // A job newer than the snapshot goes after it, in the order asked (what a
+                // Submit's own jobs are); for a caller not in the snapshot that is the
+                // pessimistic side of its fair place.
+                let (position, requests_ahead) = match plan.at.get(&r.id) {
+                    Some(at) => *at,
+                    None => {
+                        let at = (
+                            i64::try_from(plan.at.len() + appended).unwrap_or(i64::MAX),
+                            plan.requests + appended / per_request,
+                        );
+                        appended += 1;
+                        at
+                    }
+                };
                 let offset = slot_at(&slots, rt, requests_ahead);
                 out.insert(
                     r.id.clone(),
@@ -173,9 +188,7 @@ impl Engine {
 
     /// The provider's queue plan, from the cache when fresh.
     async fn plan(&self, rt: &ProviderRuntime) -> Result<Arc<Plan>, EngineError> {
-        let work = rt.new_work.load(Ordering::Relaxed);
         if let Some(p) = self.cached_plan(&rt.name)
-            && p.work_seen == work
             && p.taken.elapsed() < SNAPSHOT_TTL
         {
             return Ok(p);
@@ -185,9 +198,7 @@ impl Engine {
             .store
             .queued_entries(&rt.name, MAX_QUEUE_SNAPSHOT)
             .await?;
-        let mut plan = plan_of(&queued, rt, &self.shared.callers);
-        plan.work_seen = work;
-        let plan = Arc::new(plan);
+        let plan = Arc::new(plan_of(&queued, rt, &self.shared.callers));
         self.shared
             .queue_plans
             .0
@@ -235,7 +246,6 @@ fn plan_of(
         at,
         requests: order.len(),
         taken: Instant::now(),
-        work_seen: 0,
     }
 }
 

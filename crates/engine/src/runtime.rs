@@ -33,10 +33,8 @@ pub(crate) struct ProviderRuntime {
     pub generator: Arc<dyn Generator>,
     pub limits: Limits,
     pub prices: crate::pricing::PriceOverrides,
-    /// Bumped by every Submit with jobs here: the dispatcher re-reads the queue at its next
-    /// chunk, so a caller's new job joins the fair-share order at once.
-    pub new_work: std::sync::atomic::AtomicU64,
-    /// Who added work since the dispatcher last looked (caller, most urgent priority).
+    /// Who added work since the dispatcher last read the queue (caller, most urgent
+    /// priority): when it goes before what a pass still holds, the pass re-reads the queue.
     pub arrivals: Mutex<HashMap<String, i64>>,
     /// When the dispatcher's recent submit requests went while more were queued behind them:
     /// the throughput it really achieves (the budget minus what polls take, and its own
@@ -176,8 +174,6 @@ impl ProviderRuntime {
 
     /// A Submit stored jobs of `caller` at `priority` here.
     pub fn note_arrival(&self, caller: &str, priority: i64) {
-        self.new_work
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         let p = arrivals.entry(caller.to_owned()).or_insert(priority);
         *p = (*p).min(priority);
