@@ -279,6 +279,7 @@ pub fn job(r: &JobRecord) -> pb::Job {
                 mime_type: o.mime_type.clone(),
                 provider_fields: (!o.provider_fields.is_empty())
                     .then(|| json_to_struct(&o.provider_fields)),
+                ..Default::default()
             })
             .collect(),
         error: r.error.as_ref().map(|e| pb::JobError {

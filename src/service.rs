@@ -618,6 +618,17 @@ impl GatewayService for Gateway {
         self.observe("ListBatches", r)
     }
 
+    async fn redeliver_events(
+        &self,
+        _request: Request<pb::RedeliverEventsRequest>,
+    ) -> Result<Response<pb::RedeliverEventsResponse>, Status> {
+        // Unfinished: outbound webhooks are being built; until they land there is nothing to
+        // redeliver.
+        Err(Status::unimplemented(
+            "RedeliverEvents: outbound webhooks are not built yet",
+        ))
+    }
+
     type WatchProgressStream = WatchStream;
 
     async fn watch_progress(

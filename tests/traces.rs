@@ -176,8 +176,8 @@ async fn a_submit_continues_the_callers_trace_and_its_provider_calls_link_back()
         env.push((k.to_owned(), v));
     }
     let spec = GatewaySpec::new(http_port, &format!("time_scale = {SCALE}\n"), env);
-    let _gw = spec.spawn();
-    let mut client = connect(&spec.grpc_url(), Duration::from_secs(30)).await;
+    let mut gw = spec.spawn();
+    let mut client = spec.connect(&mut gw, Duration::from_secs(30)).await;
 
     // StaticAdsLab is polled (and streamed); Pictify reports by webhook.
     let mut req = tonic::Request::new(pb::SubmitRequest {
@@ -455,7 +455,7 @@ async fn nothing_is_exported_without_an_endpoint() {
     env.push(("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()));
     let spec = GatewaySpec::new(http_port, &format!("time_scale = {SCALE}\n"), env);
     let mut gw = spec.spawn();
-    let mut client = connect(&spec.grpc_url(), Duration::from_secs(30)).await;
+    let mut client = spec.connect(&mut gw, Duration::from_secs(30)).await;
     let mut req = tonic::Request::new(pb::SubmitRequest {
         jobs: vec![sal_job(1)],
         ..Default::default()

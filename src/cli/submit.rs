@@ -68,7 +68,7 @@ pub async fn run(args: SubmitArgs) -> Result<u8, Failure> {
                 request_id: request_id(format, &context, i, chunk),
                 jobs: chunk.iter().map(|r| r.spec.clone()).collect(),
                 priority: priority as i32,
-                validate_only: false,
+                ..Default::default()
             };
             (chunk, req)
         })

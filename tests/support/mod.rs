@@ -191,6 +191,35 @@ impl GatewaySpec {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Connect to `gw` once it answers (bounded). Fails at once when the process has exited,
+    /// and in either case shows the end of its log, so a gateway that could not start says why.
+    pub async fn connect(
+        &self,
+        gw: &mut Gateway,
+        within: Duration,
+    ) -> GatewayServiceClient<Channel> {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = GatewayServiceClient::connect(self.grpc_url()).await
+                && c.list_providers(pb::ListProvidersRequest {}).await.is_ok()
+            {
+                return c.max_decoding_message_size(64 << 20);
+            }
+            let exited = gw.child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() >= within {
+                let log = self.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "gateway at {} did not come up within {within:?} (exit: {exited:?}); log tail:\n{}",
+                    self.grpc_url(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Run the binary with a clean environment (only PATH, HOME and `env`).
