@@ -5,6 +5,9 @@
 //! Everything is checked at start-up; the first problem becomes one line on stderr and a
 //! non-zero exit. Secrets are held in [`Secret`], which never prints its value.
 
+mod notify;
+pub use notify::SANDBOX_NOTIFY_SECRET;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -246,6 +249,11 @@ struct FileProvider {
 #[serde(deny_unknown_fields)]
 struct FileCaller {
     weight: Option<u32>,
+    /// Signs deliveries to URLs this caller names in its Submits.
+    notify_secret: Option<Secret>,
+    /// Endpoints that receive this caller's events without being named in Submits.
+    #[serde(default)]
+    webhooks: Vec<notify::FileWebhook>,
     /// Most the caller may spend per UTC day, by provider, in that provider's price unit.
     #[serde(default)]
     daily_spend_limits: BTreeMap<String, f64>,
@@ -272,6 +280,8 @@ struct FileConfig {
     providers: BTreeMap<String, FileProvider>,
     #[serde(default)]
     callers: BTreeMap<String, FileCaller>,
+    #[serde(default)]
+    notify: notify::FileNotify,
 }
 
 /// One provider's resolved settings. The provider is enabled when `api_key` is set.
@@ -320,6 +330,8 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Weights and daily spend limits of named callers (`[callers.<name>]`).
     pub callers: adgate_engine::CallerPolicies,
+    /// Outbound webhooks (`[notify]`, the callers' secrets and endpoints).
+    pub notify: adgate_engine::notify::NotifyConfig,
     pub sandbox: bool,
 }
 
@@ -345,6 +357,7 @@ impl Default for Settings {
                 .map(|n| (n.to_owned(), ProviderSettings::default()))
                 .collect(),
             callers: adgate_engine::CallerPolicies::default(),
+            notify: adgate_engine::notify::NotifyConfig::default(),
             sandbox: false,
         }
     }
@@ -543,6 +556,7 @@ impl Settings {
                     .collect::<Result<_, _>>()?,
             };
         }
+        s.notify = notify::resolve(sandbox, file.notify, env)?;
         for (caller, c) in file.callers {
             if !crate::auth::is_caller_name(&caller) {
                 return Err(ConfigError::invalid(
@@ -576,6 +590,7 @@ impl Settings {
                 )?;
                 policy.daily_limits.insert(provider, m);
             }
+            notify::add_caller(&mut s.notify, &caller, c.notify_secret.as_ref(), c.webhooks)?;
             s.callers.0.insert(caller, policy);
         }
         Ok(s)

@@ -13,6 +13,7 @@
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
 //! - [`http`]: webhooks, `/metrics`, `/healthz`.
 //! - [`console`]: the web console at `/ui` (batches, job cards with images, providers).
+//! - [`notify`]: outbound webhook payloads (jobs and batches in the proto JSON mapping).
 //! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (the standard `OTEL_*` variables).
 //! - [`rpc_trace`]: the tower layer giving each gRPC call its span and latency.
@@ -31,6 +32,7 @@ pub mod filter;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod page_token;
 pub mod providers;
 pub mod rpc_trace;
@@ -138,6 +140,10 @@ impl App {
             kept_event_ttl: settings.kept_event_ttl,
             callers: settings.callers.clone(),
             span_link: Some(telemetry::link),
+            notify: adgate_engine::notify::NotifyConfig {
+                payloads: Some(std::sync::Arc::new(notify::ApiPayloads)),
+                ..settings.notify.clone()
+            },
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())

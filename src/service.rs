@@ -203,6 +203,21 @@ impl Gateway {
                 )]));
             }
         };
+        let notify = match req.notify {
+            Some(n) if !(n.url.is_empty() && n.events.is_empty()) => {
+                match self.engine.check_notify(&caller.0, &n.url, &n.events) {
+                    Ok(target) => Some(target),
+                    Err(v) => {
+                        return Err(ApiError::InvalidRequest(
+                            v.into_iter()
+                                .map(|(field, why)| Violation::new(field, why))
+                                .collect(),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(SubmitCommand {
             request_id: (!req.request_id.is_empty()).then_some(req.request_id),
             jobs,
@@ -210,6 +225,34 @@ impl Gateway {
             priority,
             traceparent,
             validate_only: req.validate_only,
+            notify,
+        })
+    }
+
+    /// Replays a batch's webhook events. A named caller may replay only its own batches.
+    async fn redeliver_inner(
+        &self,
+        req: Request<pb::RedeliverEventsRequest>,
+    ) -> Result<pb::RedeliverEventsResponse, ApiError> {
+        let caller = Caller::of(&req);
+        let batch_id = req.into_inner().batch_id;
+        if batch_id.is_empty() {
+            return Err(ApiError::InvalidRequest(vec![Violation::new(
+                "batch_id",
+                "is required",
+            )]));
+        }
+        let jobs = self.engine.batch_jobs(&batch_id).await?;
+        // As for ListBatches: anonymous (no auth) sees everything, a named caller its own.
+        let owned = jobs.as_ref().is_some_and(|j| {
+            caller.0 == adgate_engine::ANONYMOUS || j.first().is_none_or(|j| j.caller == caller.0)
+        });
+        if !owned {
+            return Err(adgate_engine::EngineError::NotFound(batch_id).into());
+        }
+        let deliveries = self.engine.redeliver(&batch_id).await?;
+        Ok(pb::RedeliverEventsResponse {
+            deliveries: i64::try_from(deliveries).unwrap_or(i64::MAX),
         })
     }
 
@@ -620,13 +663,10 @@ impl GatewayService for Gateway {
 
     async fn redeliver_events(
         &self,
-        _request: Request<pb::RedeliverEventsRequest>,
+        request: Request<pb::RedeliverEventsRequest>,
     ) -> Result<Response<pb::RedeliverEventsResponse>, Status> {
-        // Unfinished: outbound webhooks are being built; until they land there is nothing to
-        // redeliver.
-        Err(Status::unimplemented(
-            "RedeliverEvents: outbound webhooks are not built yet",
-        ))
+        let r = self.redeliver_inner(request).await;
+        self.observe("RedeliverEvents", r)
     }
 
     type WatchProgressStream = WatchStream;

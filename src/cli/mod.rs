@@ -7,7 +7,7 @@ mod download;
 mod input;
 mod jobs;
 mod output;
-mod pbjson;
+pub(crate) mod pbjson;
 mod progress;
 mod rpc_error;
 mod status;

@@ -73,6 +73,7 @@ fn submission(n: u64, t0: i64, deadline: i64) -> NewSubmission {
         content_hash: String::new(),
         jobs,
         now_ms: t0 + i64::try_from(n).unwrap_or(0) * 10,
+        notify: None,
     }
 }
 

@@ -133,6 +133,7 @@ pub async fn seed_100k() -> Res<(World, Seeded)> {
                 content_hash: String::new(),
                 jobs: chunk,
                 now_ms: now_ms(),
+                notify: None,
             })
             .await?;
     }

@@ -55,6 +55,8 @@ pub struct EngineConfig {
     /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
     /// `None`: no links.
     pub span_link: Option<crate::SpanLink>,
+    /// Outbound webhooks (endpoints, secrets, retries).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             inbox_interval: Duration::from_secs(1),
             callers: CallerPolicies::default(),
             span_link: None,
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -96,6 +99,9 @@ pub struct SubmitCommand {
     pub traceparent: Option<String>,
     /// AIP-163: validate and estimate only; store and send nothing.
     pub validate_only: bool,
+    /// An endpoint named in the Submit and its event filter, as [`Engine::check_notify`]
+    /// accepted them.
+    pub notify: Option<(String, i64)>,
 }
 
 impl SubmitCommand {
@@ -108,6 +114,7 @@ impl SubmitCommand {
             priority: adgate_store::DEFAULT_PRIORITY,
             traceparent: None,
             validate_only: false,
+            notify: None,
         }
     }
 }
@@ -244,8 +251,16 @@ impl Engine {
                 spend_locks: SpendLocks::default(),
                 queue_plans: Default::default(),
                 span_link: config.span_link,
+                notify: Arc::new(config.notify),
+                notify_wake: Arc::new(Notify::new()),
             }),
         };
+        // Before anything can finish: the transaction that finishes a job addresses these.
+        engine
+            .shared
+            .store
+            .set_notify_endpoints(engine.shared.notify.store_endpoints())
+            .await?;
         if shared_store {
             // Replicas: claim nothing a live replica holds; orphans are taken over by lease.
             let s = &engine.shared;
@@ -299,6 +314,11 @@ impl Engine {
                 config.inbox_interval,
             ));
         }
+        engine.shared.spawn(crate::notify::run(
+            engine.shared.clone(),
+            engine.shared.notify.clone(),
+            engine.shared.notify_wake.clone(),
+        ));
         engine.shared.spawn(sweep_deadlines(
             engine.shared.clone(),
             config.sweep_interval,
@@ -418,6 +438,60 @@ impl Engine {
 
     /// Store the jobs durably (state QUEUED) and wake the dispatchers. Returns once the jobs
     /// are committed; provider calls happen in the background.
+    /// Checks an endpoint named in a Submit by `caller`: the URL against the delivery policy
+    /// (SSRF), the event names, and that a secret can sign for it. Violations are
+    /// (field, description) under `notify`.
+    pub fn check_notify(
+        &self,
+        caller: &str,
+        url: &str,
+        events: &[String],
+    ) -> Result<(String, i64), Vec<(String, String)>> {
+        let mut violations = Vec::new();
+        let cfg = &self.shared.notify;
+        if let Err(why) = crate::notify::target::check_url(url, cfg.policy) {
+            violations.push(("notify.url".to_owned(), why));
+        } else if cfg.url_secret(caller).is_none() {
+            violations.push((
+                "notify.url".to_owned(),
+                "this gateway has no signing secret for outbound webhooks (notify.secret)"
+                    .to_owned(),
+            ));
+        }
+        let mask = match crate::notify::event_mask(events) {
+            Ok(m) => m,
+            Err(unknown) => {
+                let i = events.iter().position(|e| *e == unknown).unwrap_or(0);
+                violations.push((
+                    format!("notify.events[{i}]"),
+                    format!(
+                        "unknown event {unknown:?}; expected one of job.completed, job.failed, \
+                         job.cancelled, batch.completed"
+                    ),
+                ));
+                0
+            }
+        };
+        if violations.is_empty() {
+            Ok((url.to_owned(), mask))
+        } else {
+            Err(violations)
+        }
+    }
+
+    /// Queues every delivery of a batch's events again (same event ids) and switches their
+    /// endpoints back on. How many deliveries were queued.
+    pub async fn redeliver(&self, batch_id: &str) -> Result<u64, EngineError> {
+        let queued = self
+            .shared
+            .store
+            .redeliver_batch(batch_id, self.shared.now_ms())
+            .await?
+            .ok_or_else(|| EngineError::NotFound(batch_id.to_owned()))?;
+        self.shared.notify_wake.notify_one();
+        Ok(queued)
+    }
+
     pub async fn submit(&self, cmd: SubmitCommand) -> Result<SubmitReply, EngineError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
@@ -502,6 +576,10 @@ impl Engine {
                 request_id: cmd.request_id,
                 jobs,
                 now_ms: now,
+                notify: (cmd.notify.is_some() || self.shared.notify.has_endpoints(&cmd.caller))
+                    .then(|| adgate_store::BatchNotify {
+                        url: cmd.notify.clone(),
+                    }),
             })
             .await?;
         match outcome {
@@ -798,6 +876,13 @@ fn content_hash(cmd: &SubmitCommand) -> String {
                 .map_or(u128::MAX, |d| d.as_millis())
                 .to_le_bytes(),
         );
+    }
+    // Only when set, so requests stored before notify existed hash as they did.
+    if let Some((url, events)) = &cmd.notify {
+        h.update(b"notify");
+        h.update((url.len() as u64).to_le_bytes());
+        h.update(url.as_bytes());
+        h.update(events.to_le_bytes());
     }
     hex::encode(h.finalize())
 }

@@ -30,6 +30,8 @@
 //! - `usage`: each provider's live budget reading ([`BudgetUsage`]), for the web console.
 //! - [`error`]: the engine's error enum.
 //! - [`trace`]: spans of provider calls and webhooks, job lifecycle events, links to Submits.
+//! - [`notify`]: outbound webhooks (Standard Webhooks) — the deliverer of the store's outbox,
+//!   signing, retries, endpoint health and the SSRF guard.
 //!
 //! Adapters never retry, sleep or persist; everything here is provider-neutral and driven by
 //! each adapter's [`adgate_generator::Limits`].
@@ -47,6 +49,7 @@ pub mod eta;
 mod events;
 mod fair;
 pub mod metrics;
+pub mod notify;
 pub mod pricing;
 mod push;
 mod references;

@@ -61,6 +61,17 @@ pub struct EngineMetrics {
     pub spend_micros: Family<SpendLabels, Counter>,
     /// Jobs stored by Submit, by provider and caller.
     pub submitted: Family<CallerLabels, Counter>,
+    /// Outbound webhook deliveries by event type and outcome.
+    pub notify_deliveries: Family<NotifyLabels, Counter>,
+    /// Outbound webhook endpoints disabled after a run of failures.
+    pub notify_disabled: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    pub event: String,
+    /// `delivered`, `failed` (will be retried), `given_up`, `parked` (endpoint disabled).
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +121,8 @@ impl Default for EngineMetrics {
             push_subscriptions: Family::default(),
             spend_micros: Family::default(),
             submitted: Family::default(),
+            notify_deliveries: Family::default(),
+            notify_disabled: Counter::default(),
         }
     }
 }
@@ -175,6 +188,16 @@ impl EngineMetrics {
             "adgate_spend_micros",
             "Settled cost of completed jobs in millionths of the unit (USD or a provider's credits), by provider and caller",
             self.spend_micros.clone(),
+        );
+        registry.register(
+            "adgate_notify_deliveries",
+            "Outbound webhook delivery attempts by event type and outcome (delivered, failed, given_up, parked)",
+            self.notify_deliveries.clone(),
+        );
+        registry.register(
+            "adgate_notify_endpoints_disabled",
+            "Outbound webhook endpoints disabled after a run of failed deliveries",
+            self.notify_disabled.clone(),
         );
         registry.register(
             "adgate_active_watchers",

@@ -262,6 +262,9 @@ pub(crate) struct Shared {
     pub(crate) queue_plans: crate::eta::QueuePlans,
     /// See [`crate::EngineConfig::span_link`].
     pub span_link: Option<crate::SpanLink>,
+    pub notify: Arc<crate::notify::NotifyConfig>,
+    /// Wakes the outbound-webhook deliverer: a job finished, its events may be due.
+    pub notify_wake: Arc<Notify>,
 }
 
 impl Shared {
@@ -304,6 +307,9 @@ impl Shared {
                         unit: cost.unit.clone(),
                     })
                     .inc_by(u64::try_from(cost.micros).unwrap_or(0));
+            }
+            if rec.state.is_terminal() {
+                self.notify_wake.notify_one();
             }
             if rec.state.is_terminal()
                 && let Some(rt) = self.providers.get(&rec.provider)

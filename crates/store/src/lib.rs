@@ -13,6 +13,7 @@
 
 mod codec;
 pub mod model;
+pub mod notify;
 pub mod postgres;
 mod rows;
 pub mod search;
@@ -24,6 +25,7 @@ pub use model::{
     ANONYMOUS, Attempt, DEFAULT_PRIORITY, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob,
     NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
 };
+pub use notify::{BatchNotify, NotifyEndpoint, NotifyOutcome, NotifySettle, OutboxEntry};
 pub use postgres::PgStore;
 pub use search::{BatchFilter, BatchSummary, JobFilter, Page, PageKey};
 pub use sqlite::SqliteStore;
@@ -275,6 +277,36 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&PageKey>,
         limit: usize,
     ) -> Result<Page<BatchSummary>>;
+
+    // ---- Outbound webhooks (the outbox: see [`notify`]).
+
+    /// Replace the configured endpoints (from the config, at start-up) that finishing jobs
+    /// address. Replicas sharing a store must share their config.
+    async fn set_notify_endpoints(&self, endpoints: Vec<NotifyEndpoint>) -> Result<()>;
+
+    /// Up to `limit` deliveries due at `now_ms`, oldest first, each leased until
+    /// `now_ms + lease_ms` (a deliverer that dies leaves them due again then).
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>>;
+
+    /// Record what became of claimed deliveries.
+    async fn settle_notifications(&self, settles: Vec<NotifySettle>, now_ms: i64) -> Result<()>;
+
+    /// Switch an endpoint off: its due deliveries are parked, and so are later ones as the
+    /// deliverer meets them. Returns how many were parked.
+    async fn disable_endpoint(&self, endpoint: &str, reason: &str, now_ms: i64) -> Result<u64>;
+
+    /// Endpoints switched off, with why.
+    async fn disabled_endpoints(&self) -> Result<Vec<(String, String)>>;
+
+    /// Every delivery of a batch's events due again now (same event ids); the endpoints they
+    /// go to are switched on again with their parked deliveries. `None` for an unknown batch,
+    /// else how many deliveries were queued.
+    async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>>;
 
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;

@@ -168,6 +168,9 @@ pub struct NewSubmission {
     pub content_hash: String,
     pub jobs: Vec<NewJob>,
     pub now_ms: i64,
+    /// Where the batch's events go; `None`: nowhere (no endpoint named, none configured for
+    /// the caller), and finishing its jobs writes no outbox rows.
+    pub notify: Option<crate::notify::BatchNotify>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,6 +88,7 @@
 //! one transaction under an advisory lock (replicas starting together migrate one after the
 //! other), recorded in `schema_migrations`.
 
+mod notify;
 mod patch;
 mod rows;
 mod search;
@@ -133,6 +134,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (5, include_str!("../migrations/postgres/0005_callers.sql")),
     (6, include_str!("../migrations/postgres/0006_search.sql")),
+    (7, include_str!("../migrations/postgres/0007_notify.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -806,6 +808,42 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
+        notify::set_endpoints(&self.reads, &endpoints).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::OutboxEntry>> {
+        notify::claim(&self.reads, now_ms, lease_ms, limit).await
+    }
+
+    async fn settle_notifications(
+        &self,
+        settles: Vec<crate::NotifySettle>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if settles.is_empty() {
+            return Ok(());
+        }
+        notify::settle(&self.reads, &settles, now_ms).await
+    }
+
+    async fn disable_endpoint(&self, endpoint: &str, reason: &str, now_ms: i64) -> Result<u64> {
+        notify::disable(&self.reads, endpoint, reason, now_ms).await
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<(String, String)>> {
+        notify::disabled(&self.reads).await
+    }
+
+    async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
+        notify::redeliver(&self.reads, batch_id, now_ms).await
     }
 
     fn commit_count(&self) -> u64 {

@@ -29,6 +29,8 @@
 //! one transaction, recorded in `schema_migrations`; running them again is a no-op.
 
 mod checkpoint;
+mod notify;
+use notify::NotifyWrite;
 mod reads;
 mod rows;
 mod search;
@@ -64,6 +66,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_provider_result.sql")),
     (4, include_str!("../migrations/0004_callers.sql")),
     (5, include_str!("../migrations/0005_search.sql")),
+    (6, include_str!("../migrations/0006_notify.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -675,6 +678,80 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
         search::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
+    }
+
+    async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
+        self.write(|reply| Command::Notify(NotifyWrite::SetEndpoints { endpoints, reply }))
+            .await
+    }
+
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::OutboxEntry>> {
+        self.write(|reply| {
+            Command::Notify(NotifyWrite::Claim {
+                now_ms,
+                lease_ms,
+                limit,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn settle_notifications(
+        &self,
+        settles: Vec<crate::NotifySettle>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if settles.is_empty() {
+            return Ok(());
+        }
+        self.write(|reply| {
+            Command::Notify(NotifyWrite::Settle {
+                settles,
+                now_ms,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn disable_endpoint(&self, endpoint: &str, reason: &str, now_ms: i64) -> Result<u64> {
+        let (endpoint, reason) = (endpoint.to_owned(), reason.to_owned());
+        self.write(|reply| {
+            Command::Notify(NotifyWrite::Disable {
+                endpoint,
+                reason,
+                now_ms,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT endpoint, reason FROM notify_disabled ORDER BY endpoint")
+                .fetch_all(&mut *self.reads.get().await?)
+                .await
+                .map_err(db)?;
+        Ok(rows)
+    }
+
+    async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
+        let batch_id = batch_id.to_owned();
+        self.write(|reply| {
+            Command::Notify(NotifyWrite::Redeliver {
+                batch_id,
+                now_ms,
+                reply,
+            })
+        })
+        .await
     }
 
     fn commit_count(&self) -> u64 {

@@ -143,6 +143,7 @@ conformance!(
     search_pagination_under_inserts,
     search_pages_while_writing,
     search_batches,
+    notify_outbox,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,7 +229,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,)]);
     conn.close().await.expect("close");
 }
 
@@ -1238,6 +1239,7 @@ async fn same_request_id_on_two_replicas_creates_jobs_once() {
         content_hash: hash.to_owned(),
         jobs: queued_jobs(&format!("job_{replica}_{n}"), 3, "pictify"),
         now_ms: T0,
+        notify: None,
     };
     // All at once on both stores, so the writers' groups interleave the same ids (in
     // opposite orders on A and B: the deadlock case too).

@@ -58,6 +58,7 @@ conformance!(
     search_filters,
     search_pagination_under_inserts,
     search_pages_while_writing,
+    notify_outbox,
     search_batches,
 );
 
@@ -144,7 +145,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -263,6 +264,7 @@ async fn bulk_submit_throughput() {
             .map(|i| job(&format!("job_{call}_{i}"), "pictify"))
             .collect(),
         now_ms: T0,
+        notify: None,
     };
 
     // Sequential: one caller, one commit per call.

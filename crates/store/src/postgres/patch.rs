@@ -42,6 +42,8 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
 
 /// A job as the patches leave it, and how many of them changed it.
 struct Folded {
+    /// The state before these patches (a job that becomes terminal has an event).
+    before: adgate_generator::JobState,
     next: JobRecord,
     bumps: i64,
     /// Where the job first changed among this apply's changes: the order of the answer.
@@ -70,6 +72,7 @@ pub(super) async fn apply(
         jobs.insert(
             record.id.clone(),
             Folded {
+                before: record.state,
                 next: record,
                 bumps: 0,
                 first_change: None,
@@ -156,6 +159,11 @@ pub(super) async fn apply(
     }
     stored.sort_by_key(|(at, _)| *at);
     let changed: Vec<JobRecord> = stored.into_iter().map(|(_, r)| r).collect();
+    let finished: Vec<crate::notify::Finished> = changed
+        .iter()
+        .filter_map(|r| crate::notify::Finished::of(jobs.get(&r.id)?.before, r))
+        .collect();
+    super::notify::record_finished(conn, &finished, now_ms).await?;
     changes.extend(changed.iter().map(|r| (r.id.clone(), r.revision)));
     Ok(changed)
 }

@@ -209,6 +209,11 @@ async fn insert_batches_and_jobs(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    let notifying: Vec<(&str, &crate::notify::BatchNotify)> = submissions
+        .iter()
+        .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
+        .collect();
+    super::notify::mark_batches(conn, &notifying).await?;
 
     let n: usize = submissions.iter().map(|s| s.jobs.len()).sum();
     if n == 0 {

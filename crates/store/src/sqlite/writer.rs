@@ -72,15 +72,17 @@ pub(super) enum Command {
         now_ms: i64,
         reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
     },
+    /// A write of the outbound-webhook deliverer.
+    Notify(super::notify::NotifyWrite),
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
 
 /// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
 /// in the group gets the same error, so it is reference-counted.
-type GroupFailure = Arc<sqlx::Error>;
+pub(super) type GroupFailure = Arc<sqlx::Error>;
 
-fn group_error(e: &GroupFailure) -> StoreError {
+pub(super) fn group_error(e: &GroupFailure) -> StoreError {
     StoreError::Database(Box::new(Arc::clone(e)))
 }
 
@@ -93,13 +95,14 @@ impl Command {
             Command::CreateAttempt { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Notify(write) => write.fail(group_error(e)),
             Command::Shutdown => {}
         }
     }
 }
 
 /// A computed answer waiting for the group's COMMIT.
-trait Pending: Send {
+pub(super) trait Pending: Send {
     /// Sends the answer, or `failure` instead when the group did not commit.
     fn finish(self: Box<Self>, failure: Option<&GroupFailure>);
 }
@@ -120,7 +123,7 @@ impl<T: Send> Pending for Reply<T> {
     }
 }
 
-fn pending<T: Send + 'static>(
+pub(super) fn pending<T: Send + 'static>(
     tx: oneshot::Sender<Result<T>>,
     result: Result<T>,
 ) -> (Box<dyn Pending>, bool) {
@@ -410,6 +413,16 @@ async fn run_command(
                 Err(e) => Err((answer, e)),
             }
         }
+        Command::Notify(write) => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((Box::new(super::notify::Unrun(write)), e));
+            }
+            let (answer, ok) = write.run(conn).await;
+            match in_savepoint_end(conn, ok).await {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
         Command::Submit { .. } | Command::Shutdown => Ok(Box::new(Nothing)),
     }
 }
@@ -532,6 +545,7 @@ struct PreparedSubmit {
     content_hash: String,
     now_ms: i64,
     jobs: Vec<EncodedJob>,
+    notify: Option<crate::notify::BatchNotify>,
 }
 
 impl PreparedSubmit {
@@ -559,6 +573,7 @@ impl PreparedSubmit {
             content_hash: s.content_hash,
             now_ms: s.now_ms,
             jobs,
+            notify: s.notify,
         })
     }
 
@@ -628,6 +643,11 @@ async fn insert_submissions(
     claim: bool,
 ) -> std::result::Result<(), sqlx::Error> {
     insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch).await?;
+    let notifying: Vec<(&str, &crate::notify::BatchNotify)> = fresh
+        .iter()
+        .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
+        .collect();
+    super::notify::mark_batches(conn, &notifying).await?;
     if claim {
         let claimed: Vec<&PreparedSubmit> = fresh
             .iter()
@@ -876,6 +896,7 @@ async fn apply(
     let mut changed: Vec<JobRecord> = Vec::new();
     // Position in `changed` of each job already changed by an earlier patch of this call.
     let mut position: HashMap<String, usize> = HashMap::new();
+    let mut finished: Vec<crate::notify::Finished> = Vec::new();
     for patch in patches {
         let Some(row) = sqlx::query(&SELECT_JOB)
             .bind(&patch.job_id)
@@ -922,6 +943,7 @@ async fn apply(
             .map_err(db)?;
         // Read back from the row just written, inside the same transaction.
         let record = job_from_row(&row)?;
+        finished.extend(crate::notify::Finished::of(current.state, &record));
         match position.get(&record.id) {
             Some(&i) => changed[i] = record,
             None => {
@@ -930,6 +952,7 @@ async fn apply(
             }
         }
     }
+    super::notify::record_finished(conn, &finished, now_ms).await?;
     Ok(changed)
 }
 

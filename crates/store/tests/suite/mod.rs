@@ -15,7 +15,9 @@ use adgate_store::{
 };
 use serde_json::json;
 
+mod notify;
 mod search;
+pub use notify::notify_outbox;
 pub use search::{
     search_batches, search_filters, search_pages_while_writing, search_pagination_under_inserts,
 };
@@ -46,6 +48,7 @@ pub fn submission(batch_id: &str, jobs: Vec<NewJob>, now_ms: i64) -> NewSubmissi
         content_hash: format!("hash-{batch_id}"),
         jobs,
         now_ms,
+        notify: None,
     }
 }
 

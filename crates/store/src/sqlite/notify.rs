@@ -1,0 +1,354 @@
+//! The outbox on SQLite: the rows a finishing write adds (inside the writer's transaction),
+//! and the deliverer's writes, which go through the writer like every other write.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+use tokio::sync::oneshot;
+
+use super::rows::db;
+use crate::Result;
+use crate::notify::{
+    DUE, Finished, NewEvent, NotifyEndpoint, NotifySettle, NotifyingBatch, OutboxEntry, PARKED,
+    events_of, finished_per_batch,
+};
+
+/// A write of the deliverer, each with its own typed answer.
+pub(in crate::sqlite) enum NotifyWrite {
+    SetEndpoints {
+        endpoints: Vec<NotifyEndpoint>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Claim {
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<OutboxEntry>>>,
+    },
+    Settle {
+        settles: Vec<NotifySettle>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Disable {
+        endpoint: String,
+        reason: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Redeliver {
+        batch_id: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Option<u64>>>,
+    },
+}
+
+impl NotifyWrite {
+    /// Runs it; the answer waits for the group's COMMIT like every other.
+    pub(in crate::sqlite) async fn run(
+        self,
+        conn: &mut SqliteConnection,
+    ) -> (Box<dyn super::writer::Pending>, bool) {
+        use super::writer::pending;
+        match self {
+            Self::SetEndpoints { endpoints, reply } => {
+                pending(reply, set_endpoints(conn, &endpoints).await)
+            }
+            Self::Claim {
+                now_ms,
+                lease_ms,
+                limit,
+                reply,
+            } => pending(reply, claim(conn, now_ms, lease_ms, limit).await),
+            Self::Settle {
+                settles,
+                now_ms,
+                reply,
+            } => pending(reply, settle(conn, &settles, now_ms).await),
+            Self::Disable {
+                endpoint,
+                reason,
+                now_ms,
+                reply,
+            } => pending(reply, disable(conn, &endpoint, &reason, now_ms).await),
+            Self::Redeliver {
+                batch_id,
+                now_ms,
+                reply,
+            } => pending(reply, redeliver(conn, &batch_id, now_ms).await),
+        }
+    }
+
+    /// Answers a write whose group failed before it ran.
+    pub(in crate::sqlite) fn fail(self, e: crate::StoreError) {
+        match self {
+            Self::SetEndpoints { reply, .. } | Self::Settle { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
+            Self::Claim { reply, .. } => drop(reply.send(Err(e))),
+            Self::Disable { reply, .. } => drop(reply.send(Err(e))),
+            Self::Redeliver { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// A write that never ran (its savepoint could not begin): answered with the group's failure.
+pub(in crate::sqlite) struct Unrun(pub NotifyWrite);
+
+impl super::writer::Pending for Unrun {
+    fn finish(self: Box<Self>, failure: Option<&super::writer::GroupFailure>) {
+        self.0.fail(match failure {
+            Some(e) => super::writer::group_error(e),
+            None => crate::StoreError::Closed,
+        });
+    }
+}
+
+/// Marks new batches whose events go somewhere, inside the Submit's transaction.
+pub(super) async fn mark_batches(
+    conn: &mut SqliteConnection,
+    batches: &[(&str, &crate::notify::BatchNotify)],
+) -> std::result::Result<(), sqlx::Error> {
+    for (id, notify) in batches {
+        let (url, events) = match &notify.url {
+            Some((u, e)) => (Some(u.as_str()), *e),
+            None => (None, 0),
+        };
+        sqlx::query(
+            "UPDATE batches SET notify = 1, notify_url = ?, notify_url_events = ?, \
+             open_jobs = job_count WHERE id = ?",
+        )
+        .bind(url)
+        .bind(events)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The outbox rows of jobs that finished in this write (inside its savepoint).
+pub(super) async fn record_finished(
+    conn: &mut SqliteConnection,
+    finished: &[Finished],
+    now_ms: i64,
+) -> Result<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let mut batches = Vec::new();
+    for (batch_id, n) in finished_per_batch(finished) {
+        let row = sqlx::query(
+            "UPDATE batches SET open_jobs = open_jobs - ? WHERE id = ? AND notify = 1 \
+             RETURNING caller, notify_url, notify_url_events, open_jobs",
+        )
+        .bind(n)
+        .bind(&batch_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+        if let Some(row) = row {
+            batches.push(NotifyingBatch {
+                id: batch_id,
+                caller: row.try_get(0).map_err(db)?,
+                url: row.try_get(1).map_err(db)?,
+                url_events: row.try_get(2).map_err(db)?,
+                open_jobs: row.try_get(3).map_err(db)?,
+            });
+        }
+    }
+    for event in events_of(finished, &batches) {
+        insert_event(conn, &event, now_ms).await?;
+    }
+    Ok(())
+}
+
+async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent, now_ms: i64) -> Result<()> {
+    if let Some(url) = &e.url {
+        sqlx::query(
+            "INSERT INTO notify_outbox (event_id, endpoint, url, kind, job_id, batch_id, \
+             created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (event_id, endpoint) DO NOTHING",
+        )
+        .bind(&e.event_id)
+        .bind(crate::notify::url_endpoint(url))
+        .bind(url)
+        .bind(e.kind)
+        .bind(&e.job_id)
+        .bind(&e.batch_id)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(
+        "INSERT INTO notify_outbox (event_id, endpoint, url, kind, job_id, batch_id, \
+         created_at, next_at) \
+         SELECT ?, e.id, e.url, ?, ?, ?, ?, ? FROM notify_endpoints e \
+         WHERE e.caller = ? AND (e.events & ?) <> 0 \
+         ON CONFLICT (event_id, endpoint) DO NOTHING",
+    )
+    .bind(&e.event_id)
+    .bind(e.kind)
+    .bind(&e.job_id)
+    .bind(&e.batch_id)
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(&e.caller)
+    .bind(e.kind)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn set_endpoints(conn: &mut SqliteConnection, endpoints: &[NotifyEndpoint]) -> Result<()> {
+    sqlx::query("DELETE FROM notify_endpoints")
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    for e in endpoints {
+        sqlx::query("INSERT INTO notify_endpoints (id, caller, url, events) VALUES (?, ?, ?, ?)")
+            .bind(&e.id)
+            .bind(&e.caller)
+            .bind(&e.url)
+            .bind(e.events)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+const OUTBOX_COLUMNS: &str =
+    "seq, event_id, endpoint, url, kind, job_id, batch_id, created_at, attempts";
+
+pub(in crate::sqlite) fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        seq: row.try_get(0).map_err(db)?,
+        event_id: row.try_get(1).map_err(db)?,
+        endpoint: row.try_get(2).map_err(db)?,
+        url: row.try_get(3).map_err(db)?,
+        kind: row.try_get(4).map_err(db)?,
+        job_id: row.try_get(5).map_err(db)?,
+        batch_id: row.try_get(6).map_err(db)?,
+        created_at_ms: row.try_get(7).map_err(db)?,
+        attempts: row.try_get(8).map_err(db)?,
+    })
+}
+
+async fn claim(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE notify_outbox SET next_at = ? WHERE seq IN \
+         (SELECT seq FROM notify_outbox WHERE state = {DUE} AND next_at <= ? \
+          ORDER BY next_at, seq LIMIT ?) RETURNING {OUTBOX_COLUMNS}"
+    ))
+    .bind(now_ms.saturating_add(lease_ms))
+    .bind(now_ms)
+    .bind(crate::rows::sql_limit(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut out: Vec<OutboxEntry> = rows.iter().map(entry_from_row).collect::<Result<_>>()?;
+    // RETURNING gives no order; the deliverer sends oldest first.
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
+async fn settle(conn: &mut SqliteConnection, settles: &[NotifySettle], now_ms: i64) -> Result<()> {
+    for s in settles {
+        let (state, next_at, error, failed) = s.outcome.columns(now_ms);
+        sqlx::query(
+            "UPDATE notify_outbox SET state = ?, next_at = ?, \
+             last_error = COALESCE(?, last_error), attempts = attempts + ? WHERE seq = ?",
+        )
+        .bind(state)
+        .bind(next_at)
+        .bind(error)
+        .bind(failed)
+        .bind(s.seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+async fn disable(
+    conn: &mut SqliteConnection,
+    endpoint: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<u64> {
+    sqlx::query(
+        "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES (?, ?, ?) \
+         ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
+         reason = excluded.reason",
+    )
+    .bind(endpoint)
+    .bind(now_ms)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let parked = sqlx::query(&format!(
+        "UPDATE notify_outbox SET state = {PARKED} WHERE endpoint = ? AND state = {DUE}"
+    ))
+    .bind(endpoint)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(parked.rows_affected())
+}
+
+async fn redeliver(
+    conn: &mut SqliteConnection,
+    batch_id: &str,
+    now_ms: i64,
+) -> Result<Option<u64>> {
+    let known = sqlx::query("SELECT 1 FROM batches WHERE id = ?")
+        .bind(batch_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    // Their endpoints first: switched on, with what was parked for them.
+    let endpoints: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = ?")
+            .bind(batch_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+    for endpoint in &endpoints {
+        sqlx::query("DELETE FROM notify_disabled WHERE endpoint = ?")
+            .bind(endpoint)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        sqlx::query(&format!(
+            "UPDATE notify_outbox SET state = {DUE}, next_at = ? \
+             WHERE endpoint = ? AND state = {PARKED}"
+        ))
+        .bind(now_ms)
+        .bind(endpoint)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    let queued = sqlx::query(&format!(
+        "UPDATE notify_outbox SET state = {DUE}, next_at = ?, attempts = 0 WHERE batch_id = ?"
+    ))
+    .bind(now_ms)
+    .bind(batch_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(Some(queued.rows_affected()))
+}
