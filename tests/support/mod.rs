@@ -201,8 +201,11 @@ impl GatewaySpec {
     ) -> GatewayServiceClient<Channel> {
         let start = Instant::now();
         loop {
+            // Unauthenticated is an answer too: the gateway is up, the call lacked a token.
             if let Ok(mut c) = GatewayServiceClient::connect(self.grpc_url()).await
-                && c.list_providers(pb::ListProvidersRequest {}).await.is_ok()
+                && c.list_providers(pb::ListProvidersRequest {})
+                    .await
+                    .is_ok_or_unauthenticated()
             {
                 return c.max_decoding_message_size(64 << 20);
             }
@@ -488,4 +491,17 @@ pub fn metric_sum(text: &str, prefix: &str, must: &[&str]) -> f64 {
 
 pub fn db_path(dir: &Path) -> PathBuf {
     dir.join("adgate.db")
+}
+
+trait AnsweredExt {
+    fn is_ok_or_unauthenticated(&self) -> bool;
+}
+
+impl<T> AnsweredExt for Result<T, tonic::Status> {
+    fn is_ok_or_unauthenticated(&self) -> bool {
+        match self {
+            Ok(_) => true,
+            Err(s) => s.code() == tonic::Code::Unauthenticated,
+        }
+    }
 }

@@ -253,6 +253,7 @@ impl Engine {
                 span_link: config.span_link,
                 notify: Arc::new(config.notify),
                 notify_wake: Arc::new(Notify::new()),
+                notify_reload: AtomicBool::new(false),
             }),
         };
         // Before anything can finish: the transaction that finishes a job addresses these.
@@ -488,6 +489,9 @@ impl Engine {
             .redeliver_batch(batch_id, self.shared.now_ms())
             .await?
             .ok_or_else(|| EngineError::NotFound(batch_id.to_owned()))?;
+        self.shared
+            .notify_reload
+            .store(true, std::sync::atomic::Ordering::Release);
         self.shared.notify_wake.notify_one();
         Ok(queued)
     }

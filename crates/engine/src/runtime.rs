@@ -265,6 +265,8 @@ pub(crate) struct Shared {
     pub notify: Arc<crate::notify::NotifyConfig>,
     /// Wakes the outbound-webhook deliverer: a job finished, its events may be due.
     pub notify_wake: Arc<Notify>,
+    /// Set by a redelivery: the deliverer re-reads which endpoints are disabled.
+    pub notify_reload: AtomicBool,
 }
 
 impl Shared {

@@ -25,6 +25,9 @@ use crate::runtime::Shared;
 const CLAIM: usize = 256;
 /// How often due rows are looked for without a wake-up (retries, other replicas' rows).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often the disabled endpoints are read again without a redelivery here (another
+/// replica's `RedeliverEvents`).
+const HEALTH_REREAD: Duration = Duration::from_secs(10);
 /// Largest response body read (and ignored) from a receiver.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -55,7 +58,19 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: Arc<NotifyConfig>, wake: Arc<N
     // Long enough for one send and its settle; a dead deliverer's rows come back after it.
     let lease_ms =
         i64::try_from((cfg.timeout * 2 + Duration::from_secs(1)).as_millis()).unwrap_or(i64::MAX);
+    let mut health_read = tokio::time::Instant::now();
     loop {
+        // A redelivery switched endpoints on (here or on another replica): read them again.
+        if shared
+            .notify_reload
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            || health_read.elapsed() >= HEALTH_REREAD
+        {
+            if let Ok(list) = shared.store.disabled_endpoints().await {
+                state.disabled = list.into_iter().map(|(e, _)| e).collect();
+            }
+            health_read = tokio::time::Instant::now();
+        }
         let claimed = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             c = shared.store.claim_notifications(shared.now_ms(), lease_ms, CLAIM) => c,
