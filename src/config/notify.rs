@@ -155,3 +155,75 @@ pub(super) fn add_caller(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Settings;
+
+    const SECRET: &str = "whsec_dGVzdC1vdXRib3VuZC13ZWJob29rLXNlY3JldC0wMDE=";
+
+    fn load(sandbox: bool, toml: &str) -> Result<Settings, String> {
+        Settings::from_toml(sandbox, toml, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn endpoints_and_secrets_are_read() {
+        let s = load(
+            false,
+            &format!(
+                "[notify]\nsecret = \"{SECRET}\"\ndisable_after = 3\n\
+                 [callers.growth]\nnotify_secret = \"{SECRET}\"\n\
+                 [[callers.growth.webhooks]]\nname = \"crm\"\n\
+                 url = \"https://crm.example.com/h\"\nsecret = \"{SECRET}\"\n\
+                 events = [\"batch.completed\", \"job.failed\"]\n"
+            ),
+        )
+        .unwrap();
+        let n = &s.notify;
+        assert!(n.default_secret.is_some() && n.caller_secrets.contains_key("growth"));
+        assert_eq!(n.disable_after, 3);
+        assert!(!n.policy.allow_http && !n.policy.allow_private);
+        assert_eq!(n.endpoints.len(), 1);
+        assert_eq!(n.endpoints[0].id, "cfg:growth:crm");
+        assert_eq!(
+            n.endpoints[0].events,
+            adgate_store::notify::BATCH_COMPLETED | adgate_store::notify::JOB_FAILED
+        );
+        // The secrets never show in a dump of the settings.
+        assert!(!format!("{s:?}").contains(SECRET.trim_start_matches("whsec_")));
+    }
+
+    #[test]
+    fn the_sandbox_allows_local_receivers_and_signs_with_the_documented_secret() {
+        let s = load(true, "").unwrap();
+        assert!(s.notify.policy.allow_http && s.notify.policy.allow_private);
+        assert_eq!(
+            s.notify.default_secret,
+            adgate_engine::notify::SigningSecret::parse(super::SANDBOX_NOTIFY_SECRET).ok()
+        );
+        assert!(load(false, "").unwrap().notify.default_secret.is_none());
+    }
+
+    #[test]
+    fn mistakes_are_named_without_echoing_secrets() {
+        for (toml, names) in [
+            (
+                "[notify]\nsecret = \"hunter2-not-whsec\"\n",
+                "notify.secret",
+            ),
+            ("[notify]\ndisable_after = 0\n", "notify.disable_after"),
+            (
+                "[callers.g]\n[[callers.g.webhooks]]\nname = \"a\"\nurl = \"https://10.0.0.1/\"\nsecret = \"whsec_dGVzdC1vdXRib3VuZC13ZWJob29rLXNlY3JldC0wMDE=\"\n",
+                "callers.g.webhooks.a.url",
+            ),
+            (
+                "[callers.g]\n[[callers.g.webhooks]]\nname = \"a\"\nurl = \"https://x.example/\"\nsecret = \"whsec_dGVzdC1vdXRib3VuZC13ZWJob29rLXNlY3JldC0wMDE=\"\nevents = [\"job.started\"]\n",
+                "callers.g.webhooks.a.events",
+            ),
+        ] {
+            let e = load(false, toml).unwrap_err();
+            assert!(e.contains(names), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}

@@ -1398,3 +1398,68 @@ async fn bulk_submit_and_group_commit_throughput() {
     assert!(commits < 160, "{commits} commits for 160 calls");
     store.close().await;
 }
+
+/// Outbound webhooks across replicas: every due delivery goes to exactly one claimer, and a
+/// claim not settled in time (its replica died) is due again for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_claims_never_hand_a_delivery_to_two_replicas() {
+    const JOBS: usize = 200;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    let mut s = submission("bn", queued_jobs("jn", JOBS, "pictify"), T0);
+    s.notify = Some(adgate_store::BatchNotify {
+        url: Some((
+            "https://hooks.example/x".into(),
+            adgate_store::notify::ALL_EVENTS,
+        )),
+    });
+    let ids = submit_ok(a.as_ref(), s).await;
+    let patches: Vec<JobPatch> = ids
+        .iter()
+        .map(|id| {
+            let mut p = JobPatch::new(id.clone());
+            p.state = Some(JobState::Completed);
+            p
+        })
+        .collect();
+    a.apply(patches, T0 + 1).await.unwrap();
+    let claimers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_notifications(T0 + 2, 60_000, 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|e| e.seq));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(
+        all.len(),
+        JOBS + 1,
+        "job events and batch.completed, once each"
+    );
+    assert_eq!(distinct.len(), all.len(), "a delivery was claimed twice");
+    // Leases lapse: a dead replica's claims come back, once.
+    let again = b
+        .claim_notifications(T0 + 60_002, 60_000, 1000)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), JOBS + 1);
+    assert!(
+        a.claim_notifications(T0 + 60_003, 60_000, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
