@@ -319,3 +319,209 @@ mod tests {
         assert_eq!(event_kind("job.updated"), None);
     }
 }
+
+/// The columns [`entry_from_row`] expects, in this order.
+pub(crate) const OUTBOX_COLUMNS: &str =
+    "seq, event_id, endpoint, url, kind, job_id, batch_id, created_at, attempts";
+
+/// Decodes one outbox row selected with [`OUTBOX_COLUMNS`] (SQLite's or PostgreSQL's).
+pub(crate) fn entry_from_row<'r, R>(row: &'r R) -> crate::Result<OutboxEntry>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let get = crate::rows::db;
+    Ok(OutboxEntry {
+        seq: row.try_get(0).map_err(get)?,
+        event_id: row.try_get(1).map_err(get)?,
+        endpoint: row.try_get(2).map_err(get)?,
+        url: row.try_get(3).map_err(get)?,
+        kind: row.try_get(4).map_err(get)?,
+        job_id: row.try_get(5).map_err(get)?,
+        batch_id: row.try_get(6).map_err(get)?,
+        created_at_ms: row.try_get(7).map_err(get)?,
+        attempts: row.try_get(8).map_err(get)?,
+    })
+}
+
+/// SQL written with `?` placeholders, for SQLite.
+pub(crate) fn sqlite_params(sql: &str) -> String {
+    sql.to_owned()
+}
+
+/// SQL written with `?` placeholders, numbered for PostgreSQL (`$1`, `$2`, …). The
+/// statements given here have no `?` inside literals.
+pub(crate) fn postgres_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The outbox writes that are the same statements on both backends, expanded once per
+/// backend for its connection type (`$params` numbers the placeholders). The other writes
+/// differ in shape (PostgreSQL's array statements, `SKIP LOCKED`) and live with each backend.
+macro_rules! same_on_both_backends {
+    ($conn:ty, $params:path) => {
+        use $crate::notify::{BatchNotify, NotifyEndpoint};
+
+        /// Marks new batches whose events go somewhere, inside the Submit's transaction.
+        pub(super) async fn mark_batches(
+            conn: &mut $conn,
+            batches: &[(&str, &BatchNotify)],
+        ) -> std::result::Result<(), sqlx::Error> {
+            let sql = $params(
+                "UPDATE batches SET notify = 1, notify_url = ?, notify_url_events = ?, \
+                 open_jobs = job_count WHERE id = ?",
+            );
+            for (id, notify) in batches {
+                let (url, events) = match &notify.url {
+                    Some((u, e)) => (Some(u.as_str()), *e),
+                    None => (None, 0i64),
+                };
+                sqlx::query(&sql)
+                    .bind(url)
+                    .bind(events)
+                    .bind(*id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Replaces the configured endpoints.
+        pub(super) async fn set_endpoints(
+            conn: &mut $conn,
+            endpoints: &[NotifyEndpoint],
+        ) -> $crate::Result<()> {
+            use $crate::rows::db;
+            sqlx::query("DELETE FROM notify_endpoints")
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            let sql = $params(
+                "INSERT INTO notify_endpoints (id, caller, url, events) VALUES (?, ?, ?, ?)",
+            );
+            for e in endpoints {
+                sqlx::query(&sql)
+                    .bind(&e.id)
+                    .bind(&e.caller)
+                    .bind(&e.url)
+                    .bind(e.events)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            Ok(())
+        }
+
+        /// Disables an endpoint and parks its due deliveries; how many were parked.
+        pub(super) async fn disable(
+            conn: &mut $conn,
+            endpoint: &str,
+            reason: &str,
+            now_ms: i64,
+        ) -> $crate::Result<u64> {
+            use $crate::rows::db;
+            sqlx::query(&$params(
+                "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES (?, ?, ?) \
+                 ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
+                 reason = excluded.reason",
+            ))
+            .bind(endpoint)
+            .bind(now_ms)
+            .bind(reason)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            let parked = sqlx::query(&$params(&format!(
+                "UPDATE notify_outbox SET state = {} WHERE endpoint = ? AND state = {}",
+                $crate::notify::PARKED,
+                $crate::notify::DUE
+            )))
+            .bind(endpoint)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            Ok(parked.rows_affected())
+        }
+
+        /// Every delivery of a batch due again (same ids, attempts reset), its endpoints
+        /// switched on with their parked deliveries. `None` for an unknown batch.
+        pub(super) async fn redeliver(
+            conn: &mut $conn,
+            batch_id: &str,
+            now_ms: i64,
+        ) -> $crate::Result<Option<u64>> {
+            use $crate::notify::{DUE, PARKED};
+            use $crate::rows::db;
+            let known = sqlx::query(&$params("SELECT 1 FROM batches WHERE id = ?"))
+                .bind(batch_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+            if known.is_none() {
+                return Ok(None);
+            }
+            let endpoints: Vec<String> = sqlx::query_scalar(&$params(
+                "SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = ?",
+            ))
+            .bind(batch_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+            let enable = $params("DELETE FROM notify_disabled WHERE endpoint = ?");
+            let unpark = $params(&format!(
+                "UPDATE notify_outbox SET state = {DUE}, next_at = ? \
+                 WHERE endpoint = ? AND state = {PARKED}"
+            ));
+            for endpoint in &endpoints {
+                sqlx::query(&enable)
+                    .bind(endpoint)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(&unpark)
+                    .bind(now_ms)
+                    .bind(endpoint)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            let queued = sqlx::query(&$params(&format!(
+                "UPDATE notify_outbox SET state = {DUE}, next_at = ?, attempts = 0 \
+                 WHERE batch_id = ?"
+            )))
+            .bind(now_ms)
+            .bind(batch_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            Ok(Some(queued.rows_affected()))
+        }
+    };
+}
+pub(crate) use same_on_both_backends;
+
+#[cfg(test)]
+mod params_tests {
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            super::postgres_params("UPDATE t SET a = ?, b = ? WHERE id = ?"),
+            "UPDATE t SET a = $1, b = $2 WHERE id = $3"
+        );
+        assert_eq!(super::sqlite_params("a = ?"), "a = ?");
+    }
+}

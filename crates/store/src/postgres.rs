@@ -811,7 +811,7 @@ impl Store for PgStore {
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
-        notify::set_endpoints(&self.reads, &endpoints).await
+        notify::set_endpoints_in_tx(&self.reads, &endpoints).await
     }
 
     async fn claim_notifications(
@@ -835,7 +835,7 @@ impl Store for PgStore {
     }
 
     async fn disable_endpoint(&self, endpoint: &str, reason: &str, now_ms: i64) -> Result<u64> {
-        notify::disable(&self.reads, endpoint, reason, now_ms).await
+        notify::disable_in_tx(&self.reads, endpoint, reason, now_ms).await
     }
 
     async fn disabled_endpoints(&self) -> Result<Vec<(String, String)>> {
@@ -843,7 +843,7 @@ impl Store for PgStore {
     }
 
     async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
-        notify::redeliver(&self.reads, batch_id, now_ms).await
+        notify::redeliver_in_tx(&self.reads, batch_id, now_ms).await
     }
 
     fn commit_count(&self) -> u64 {

@@ -1423,14 +1423,17 @@ async fn notify_claims_never_hand_a_delivery_to_two_replicas() {
             p
         })
         .collect();
-    a.apply(patches, T0 + 1).await.unwrap();
+    a.apply(patches, T0 + 1).await.expect("present");
     let claimers: Vec<_> = (0..8)
         .map(|i| {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = store.claim_notifications(T0 + 2, 60_000, 7).await.unwrap();
+                    let got = store
+                        .claim_notifications(T0 + 2, 60_000, 7)
+                        .await
+                        .expect("present");
                     if got.is_empty() {
                         return mine;
                     }
@@ -1441,7 +1444,7 @@ async fn notify_claims_never_hand_a_delivery_to_two_replicas() {
         .collect();
     let mut all = Vec::new();
     for c in claimers {
-        all.extend(c.await.unwrap());
+        all.extend(c.await.expect("present"));
     }
     let distinct: HashSet<i64> = all.iter().copied().collect();
     assert_eq!(
@@ -1454,12 +1457,12 @@ async fn notify_claims_never_hand_a_delivery_to_two_replicas() {
     let again = b
         .claim_notifications(T0 + 60_002, 60_000, 1000)
         .await
-        .unwrap();
+        .expect("present");
     assert_eq!(again.len(), JOBS + 1);
     assert!(
         a.claim_notifications(T0 + 60_003, 60_000, 1000)
             .await
-            .unwrap()
+            .expect("present")
             .is_empty()
     );
 }

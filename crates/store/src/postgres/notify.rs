@@ -9,34 +9,12 @@ use sqlx::{Connection, Row};
 use super::rows::db;
 use crate::Result;
 use crate::notify::{
-    DUE, Finished, NotifyEndpoint, NotifySettle, NotifyingBatch, OutboxEntry, PARKED, events_of,
-    finished_per_batch, url_endpoint,
+    DUE, Finished, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry, entry_from_row,
+    events_of, finished_per_batch, url_endpoint,
 };
-use crate::rows::sql_limit;
 
-/// Marks new batches whose events go somewhere, inside the Submit's transaction.
-pub(super) async fn mark_batches(
-    conn: &mut PgConnection,
-    batches: &[(&str, &crate::notify::BatchNotify)],
-) -> Result<()> {
-    for (id, notify) in batches {
-        let (url, events) = match &notify.url {
-            Some((u, e)) => (Some(u.as_str()), *e),
-            None => (None, 0),
-        };
-        sqlx::query(
-            "UPDATE batches SET notify = 1, notify_url = $1, notify_url_events = $2, \
-             open_jobs = job_count WHERE id = $3",
-        )
-        .bind(url)
-        .bind(events)
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    Ok(())
-}
+crate::notify::same_on_both_backends!(PgConnection, crate::notify::postgres_params);
+use crate::rows::sql_limit;
 
 /// The outbox rows of jobs that finished in this write: one UPDATE of the batches' counters
 /// and two INSERTs, whatever the number of jobs.
@@ -136,30 +114,24 @@ struct EventColumns<'a> {
     urls: Vec<Option<&'a str>>,
 }
 
-pub(super) async fn set_endpoints(pool: &PgPool, endpoints: &[NotifyEndpoint]) -> Result<()> {
+pub(super) async fn set_endpoints_in_tx(
+    pool: &PgPool,
+    endpoints: &[crate::NotifyEndpoint],
+) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    sqlx::query("DELETE FROM notify_endpoints")
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    for e in endpoints {
-        sqlx::query(
-            "INSERT INTO notify_endpoints (id, caller, url, events) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&e.id)
-        .bind(&e.caller)
-        .bind(&e.url)
-        .bind(e.events)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    }
+    set_endpoints(&mut tx, endpoints).await?;
     tx.commit().await.map_err(db)
 }
 
-const OUTBOX_COLUMNS: &str =
-    "o.seq, o.event_id, o.endpoint, o.url, o.kind, o.job_id, o.batch_id, o.created_at, o.attempts";
+/// [`OUTBOX_COLUMNS`] qualified with `o.` (the claim joins the outbox with its own ids).
+static O_OUTBOX_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    OUTBOX_COLUMNS
+        .split(", ")
+        .map(|c| format!("o.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
 
 pub(super) async fn claim(
     pool: &PgPool,
@@ -171,7 +143,8 @@ pub(super) async fn claim(
         "UPDATE notify_outbox AS o SET next_at = $1 FROM \
          (SELECT seq FROM notify_outbox WHERE state = {DUE} AND next_at <= $2 \
           ORDER BY next_at, seq LIMIT $3 FOR UPDATE SKIP LOCKED) AS d \
-         WHERE o.seq = d.seq RETURNING {OUTBOX_COLUMNS}"
+         WHERE o.seq = d.seq RETURNING {o_columns}",
+        o_columns = *O_OUTBOX_COLUMNS
     ))
     .bind(now_ms.saturating_add(lease_ms))
     .bind(now_ms)
@@ -179,20 +152,7 @@ pub(super) async fn claim(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        out.push(OutboxEntry {
-            seq: row.try_get(0).map_err(db)?,
-            event_id: row.try_get(1).map_err(db)?,
-            endpoint: row.try_get(2).map_err(db)?,
-            url: row.try_get(3).map_err(db)?,
-            kind: row.try_get(4).map_err(db)?,
-            job_id: row.try_get(5).map_err(db)?,
-            batch_id: row.try_get(6).map_err(db)?,
-            created_at_ms: row.try_get(7).map_err(db)?,
-            attempts: row.try_get(8).map_err(db)?,
-        });
-    }
+    let mut out: Vec<OutboxEntry> = rows.iter().map(entry_from_row).collect::<Result<_>>()?;
     out.sort_by_key(|e| e.seq);
     Ok(out)
 }
@@ -228,7 +188,7 @@ pub(super) async fn settle(pool: &PgPool, settles: &[NotifySettle], now_ms: i64)
     Ok(())
 }
 
-pub(super) async fn disable(
+pub(super) async fn disable_in_tx(
     pool: &PgPool,
     endpoint: &str,
     reason: &str,
@@ -236,26 +196,9 @@ pub(super) async fn disable(
 ) -> Result<u64> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    sqlx::query(
-        "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES ($1, $2, $3) \
-         ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
-         reason = excluded.reason",
-    )
-    .bind(endpoint)
-    .bind(now_ms)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    let parked = sqlx::query(&format!(
-        "UPDATE notify_outbox SET state = {PARKED} WHERE endpoint = $1 AND state = {DUE}"
-    ))
-    .bind(endpoint)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
+    let parked = disable(&mut tx, endpoint, reason, now_ms).await?;
     tx.commit().await.map_err(db)?;
-    Ok(parked.rows_affected())
+    Ok(parked)
 }
 
 pub(super) async fn disabled(pool: &PgPool) -> Result<Vec<(String, String)>> {
@@ -265,45 +208,14 @@ pub(super) async fn disabled(pool: &PgPool) -> Result<Vec<(String, String)>> {
         .map_err(db)
 }
 
-pub(super) async fn redeliver(pool: &PgPool, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
+pub(super) async fn redeliver_in_tx(
+    pool: &PgPool,
+    batch_id: &str,
+    now_ms: i64,
+) -> Result<Option<u64>> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    let known = sqlx::query("SELECT 1 FROM batches WHERE id = $1")
-        .bind(batch_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-    if known.is_none() {
-        return Ok(None);
-    }
-    let endpoints: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = $1")
-            .bind(batch_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-    sqlx::query("DELETE FROM notify_disabled WHERE endpoint = ANY($1)")
-        .bind(&endpoints)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    sqlx::query(&format!(
-        "UPDATE notify_outbox SET state = {DUE}, next_at = $1 \
-         WHERE endpoint = ANY($2) AND state = {PARKED}"
-    ))
-    .bind(now_ms)
-    .bind(&endpoints)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    let queued = sqlx::query(&format!(
-        "UPDATE notify_outbox SET state = {DUE}, next_at = $1, attempts = 0 WHERE batch_id = $2"
-    ))
-    .bind(now_ms)
-    .bind(batch_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
+    let queued = redeliver(&mut tx, batch_id, now_ms).await?;
     tx.commit().await.map_err(db)?;
-    Ok(Some(queued.rows_affected()))
+    Ok(queued)
 }

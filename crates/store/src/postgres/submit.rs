@@ -213,7 +213,9 @@ async fn insert_batches_and_jobs(
         .iter()
         .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
         .collect();
-    super::notify::mark_batches(conn, &notifying).await?;
+    super::notify::mark_batches(conn, &notifying)
+        .await
+        .map_err(db)?;
 
     let n: usize = submissions.iter().map(|s| s.jobs.len()).sum();
     if n == 0 {

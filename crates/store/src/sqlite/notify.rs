@@ -8,14 +8,16 @@ use tokio::sync::oneshot;
 use super::rows::db;
 use crate::Result;
 use crate::notify::{
-    DUE, Finished, NewEvent, NotifyEndpoint, NotifySettle, NotifyingBatch, OutboxEntry, PARKED,
-    events_of, finished_per_batch,
+    DUE, Finished, NewEvent, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry,
+    entry_from_row, events_of, finished_per_batch,
 };
+
+crate::notify::same_on_both_backends!(SqliteConnection, crate::notify::sqlite_params);
 
 /// A write of the deliverer, each with its own typed answer.
 pub(in crate::sqlite) enum NotifyWrite {
     SetEndpoints {
-        endpoints: Vec<NotifyEndpoint>,
+        endpoints: Vec<crate::NotifyEndpoint>,
         reply: oneshot::Sender<Result<()>>,
     },
     Claim {
@@ -103,29 +105,6 @@ impl super::writer::Pending for Unrun {
     }
 }
 
-/// Marks new batches whose events go somewhere, inside the Submit's transaction.
-pub(super) async fn mark_batches(
-    conn: &mut SqliteConnection,
-    batches: &[(&str, &crate::notify::BatchNotify)],
-) -> std::result::Result<(), sqlx::Error> {
-    for (id, notify) in batches {
-        let (url, events) = match &notify.url {
-            Some((u, e)) => (Some(u.as_str()), *e),
-            None => (None, 0),
-        };
-        sqlx::query(
-            "UPDATE batches SET notify = 1, notify_url = ?, notify_url_events = ?, \
-             open_jobs = job_count WHERE id = ?",
-        )
-        .bind(url)
-        .bind(events)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
 /// The outbox rows of jobs that finished in this write (inside its savepoint).
 pub(super) async fn record_finished(
     conn: &mut SqliteConnection,
@@ -202,41 +181,6 @@ async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent, now_ms: i64) ->
     Ok(())
 }
 
-async fn set_endpoints(conn: &mut SqliteConnection, endpoints: &[NotifyEndpoint]) -> Result<()> {
-    sqlx::query("DELETE FROM notify_endpoints")
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    for e in endpoints {
-        sqlx::query("INSERT INTO notify_endpoints (id, caller, url, events) VALUES (?, ?, ?, ?)")
-            .bind(&e.id)
-            .bind(&e.caller)
-            .bind(&e.url)
-            .bind(e.events)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
-    Ok(())
-}
-
-const OUTBOX_COLUMNS: &str =
-    "seq, event_id, endpoint, url, kind, job_id, batch_id, created_at, attempts";
-
-pub(in crate::sqlite) fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry> {
-    Ok(OutboxEntry {
-        seq: row.try_get(0).map_err(db)?,
-        event_id: row.try_get(1).map_err(db)?,
-        endpoint: row.try_get(2).map_err(db)?,
-        url: row.try_get(3).map_err(db)?,
-        kind: row.try_get(4).map_err(db)?,
-        job_id: row.try_get(5).map_err(db)?,
-        batch_id: row.try_get(6).map_err(db)?,
-        created_at_ms: row.try_get(7).map_err(db)?,
-        attempts: row.try_get(8).map_err(db)?,
-    })
-}
-
 async fn claim(
     conn: &mut SqliteConnection,
     now_ms: i64,
@@ -277,78 +221,4 @@ async fn settle(conn: &mut SqliteConnection, settles: &[NotifySettle], now_ms: i
         .map_err(db)?;
     }
     Ok(())
-}
-
-async fn disable(
-    conn: &mut SqliteConnection,
-    endpoint: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<u64> {
-    sqlx::query(
-        "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES (?, ?, ?) \
-         ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
-         reason = excluded.reason",
-    )
-    .bind(endpoint)
-    .bind(now_ms)
-    .bind(reason)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    let parked = sqlx::query(&format!(
-        "UPDATE notify_outbox SET state = {PARKED} WHERE endpoint = ? AND state = {DUE}"
-    ))
-    .bind(endpoint)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(parked.rows_affected())
-}
-
-async fn redeliver(
-    conn: &mut SqliteConnection,
-    batch_id: &str,
-    now_ms: i64,
-) -> Result<Option<u64>> {
-    let known = sqlx::query("SELECT 1 FROM batches WHERE id = ?")
-        .bind(batch_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-    if known.is_none() {
-        return Ok(None);
-    }
-    // Their endpoints first: switched on, with what was parked for them.
-    let endpoints: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = ?")
-            .bind(batch_id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-    for endpoint in &endpoints {
-        sqlx::query("DELETE FROM notify_disabled WHERE endpoint = ?")
-            .bind(endpoint)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        sqlx::query(&format!(
-            "UPDATE notify_outbox SET state = {DUE}, next_at = ? \
-             WHERE endpoint = ? AND state = {PARKED}"
-        ))
-        .bind(now_ms)
-        .bind(endpoint)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    let queued = sqlx::query(&format!(
-        "UPDATE notify_outbox SET state = {DUE}, next_at = ?, attempts = 0 WHERE batch_id = ?"
-    ))
-    .bind(now_ms)
-    .bind(batch_id)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(Some(queued.rows_affected()))
 }

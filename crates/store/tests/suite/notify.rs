@@ -122,7 +122,10 @@ pub async fn notify_outbox(store: &dyn Store) {
             ("evt_j3", "url:https://hook.example/x"),
         ])
     );
-    let batch_event = second.iter().find(|r| r.event_id == "evt_b1").unwrap();
+    let batch_event = second
+        .iter()
+        .find(|r| r.event_id == "evt_b1")
+        .expect("present");
     assert_eq!(
         (batch_event.kind, batch_event.job_id.as_deref()),
         (BATCH_COMPLETED, None)
@@ -137,8 +140,14 @@ pub async fn notify_outbox(store: &dyn Store) {
             outcome: NotifyOutcome::Delivered,
         })
         .collect();
-    let crm_j1 = first.iter().find(|r| r.endpoint == "cfg:team:crm").unwrap();
-    let url_j1 = first.iter().find(|r| r.endpoint != "cfg:team:crm").unwrap();
+    let crm_j1 = first
+        .iter()
+        .find(|r| r.endpoint == "cfg:team:crm")
+        .expect("present");
+    let url_j1 = first
+        .iter()
+        .find(|r| r.endpoint != "cfg:team:crm")
+        .expect("present");
     settles.push(NotifySettle {
         seq: crm_j1.seq,
         outcome: NotifyOutcome::Retry {
@@ -152,7 +161,10 @@ pub async fn notify_outbox(store: &dyn Store) {
             error: "HTTP 500".into(),
         },
     });
-    store.settle_notifications(settles, T0 + 21).await.unwrap();
+    store
+        .settle_notifications(settles, T0 + 21)
+        .await
+        .expect("present");
     assert!(claim_sorted(store, T0 + 4_999).await.is_empty());
     let retried = claim_sorted(store, T0 + 5_000).await;
     assert_eq!(keys(&retried), pairs(&[("evt_j1", "cfg:team:crm")]));
@@ -171,30 +183,42 @@ pub async fn notify_outbox(store: &dyn Store) {
             T0 + 5_001,
         )
         .await
-        .unwrap();
+        .expect("present");
     assert_eq!(
         store
             .disable_endpoint("cfg:team:crm", "failing", T0 + 5_002)
             .await
-            .unwrap(),
+            .expect("present"),
         1
     );
     assert_eq!(
-        store.disabled_endpoints().await.unwrap(),
+        store.disabled_endpoints().await.expect("present"),
         vec![("cfg:team:crm".to_owned(), "failing".to_owned())]
     );
     assert!(claim_sorted(store, T0 + 60_000).await.is_empty());
 
     // Redelivery: every row of the batch due again, same ids, attempts reset, endpoint on.
     assert_eq!(
-        store.redeliver_batch("nope", T0 + 70_000).await.unwrap(),
+        store
+            .redeliver_batch("nope", T0 + 70_000)
+            .await
+            .expect("present"),
         None
     );
     assert_eq!(
-        store.redeliver_batch("b1", T0 + 70_000).await.unwrap(),
+        store
+            .redeliver_batch("b1", T0 + 70_000)
+            .await
+            .expect("present"),
         Some(6)
     );
-    assert!(store.disabled_endpoints().await.unwrap().is_empty());
+    assert!(
+        store
+            .disabled_endpoints()
+            .await
+            .expect("present")
+            .is_empty()
+    );
     let again = claim_sorted(store, T0 + 70_000).await;
     assert_eq!(
         keys(&again),
