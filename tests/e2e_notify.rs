@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use adgate::pb;
 use serde_json::Value;
+use support::BIN;
 use support::*;
 
 const SCALE: f64 = 0.05;
@@ -518,4 +519,63 @@ async fn inward_targets_and_unknown_events_are_refused_and_store_nothing() {
         .unwrap()
         .into_inner();
     assert!(listed.jobs.is_empty(), "a refused Submit stored jobs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_names_an_endpoint_for_every_batch_it_creates() {
+    let rx = Receiver::start(0);
+    let http_port = free_port();
+    let sims = Sims::start(SCALE, http_port, "notifycli", |_, _| {}).await;
+    let spec = GatewaySpec::new(http_port, &config(""), sims.env());
+    let mut gw = spec.spawn();
+    let mut client = spec.connect(&mut gw, Duration::from_secs(30)).await;
+    let file = spec.dir.path().join("ads.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"clientRef": "cli-{i}", "pictify": {{"templateUid": "tmpl_cli", "variables": {{"n": "{i}"}}}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (target, url, path) = (spec.grpc_url(), rx.url(), file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["submit", path.to_str().unwrap(), "--chunk", "2", "--json"])
+            .args(["--notify-url", &url, "--target", &target])
+            .env_remove("ADGATE_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Three chunks, three batches: each job's event and each batch's completion arrive.
+    let batches = client
+        .list_batches(pb::ListBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    assert_eq!(batches.len(), 3);
+    let mut want = HashSet::new();
+    for b in &batches {
+        let jobs = client
+            .batch_status(pb::BatchStatusRequest {
+                batch_id: b.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+        want.extend(expected_ids(&b.id, &ids));
+    }
+    assert_eq!(want.len(), 5 + 3);
+    wait_delivered(&rx, &want, Duration::from_secs(120)).await;
 }

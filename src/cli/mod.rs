@@ -90,6 +90,10 @@ pub struct SubmitArgs {
     /// Order among your own queued jobs (the gateway's default is normal).
     #[arg(long, value_enum)]
     pub priority: Option<Priority>,
+    /// Have each created batch's events (job.completed, job.failed, job.cancelled,
+    /// batch.completed) posted to this URL as signed Standard Webhooks.
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
     /// Follow the created batches until every job is terminal (as `adgate watch`).
     #[arg(long)]
     pub watch: bool,

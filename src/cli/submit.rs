@@ -59,6 +59,14 @@ pub async fn run(args: SubmitArgs) -> Result<u8, Failure> {
     if let Some(p) = args.priority {
         context.push_str(&format!("\npriority={p:?}"));
     }
+    // Part of each request's id: the same file sent with another endpoint is another request.
+    if let Some(url) = &args.notify_url {
+        context.push_str(&format!("\nnotify={url}"));
+    }
+    let notify = args.notify_url.as_ref().map(|url| pb::Notify {
+        url: url.clone(),
+        events: Vec::new(),
+    });
     let requests: Vec<(&[Row], pb::SubmitRequest)> = input
         .rows
         .chunks(args.chunk as usize)
@@ -68,6 +76,7 @@ pub async fn run(args: SubmitArgs) -> Result<u8, Failure> {
                 request_id: request_id(format, &context, i, chunk),
                 jobs: chunk.iter().map(|r| r.spec.clone()).collect(),
                 priority: priority as i32,
+                notify: notify.clone(),
                 ..Default::default()
             };
             (chunk, req)
