@@ -298,7 +298,7 @@ async fn every_event_of_a_mixed_batch_arrives_signed_with_its_job() {
         Duration::from_secs(120),
         || {
             let n = rx.records().len();
-            async move { n >= before + JOBS + 1 }
+            async move { n > before + JOBS }
         },
     )
     .await;
