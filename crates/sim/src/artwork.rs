@@ -184,7 +184,7 @@ enum Encoded {
     /// The whole `IHDR` chunk and every `IDAT` chunk, as written by the encoder.
     Png { ihdr: Vec<u8>, idat: Vec<u8> },
     /// Everything up to the end of the JFIF `APP0` segment, then the rest of the file.
-    Jpeg { head: Vec<u8> , scan: Vec<u8> },
+    Jpeg { head: Vec<u8>, scan: Vec<u8> },
     /// The `VP8L` chunk (header, payload, padding).
     Webp { vp8l: Vec<u8> },
 }

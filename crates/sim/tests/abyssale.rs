@@ -750,7 +750,10 @@ async fn output_files_are_real_images_of_the_file_type_and_format_size() {
                 assert_eq!(support::decode(&bytes), (served, size.0, size.1), "{url}");
                 served_bytes.push(bytes);
             }
-            assert_eq!(served_bytes[0], served_bytes[1], "url and cdn_url are one file");
+            assert_eq!(
+                served_bytes[0], served_bytes[1],
+                "url and cdn_url are one file"
+            );
             assert!(hashes.insert(support::sha256_hex(&served_bytes[0])), "{b}");
         }
     }

@@ -182,7 +182,6 @@ fn assert_signed(h: &HeaderMap, body: &[u8], key: &str) {
     assert_ne!(sig, hmac_hex("some other key", body));
 }
 
-
 // ---- auth and validation -------------------------------------------------------------------
 
 #[tokio::test]
@@ -302,7 +301,11 @@ async fn create_is_202_pending_then_polls_to_completed_with_real_pngs_and_metada
         // Files are on the CDN: no key needed.
         let r = c.get(url).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        let want = if format == "jpg" { "image/jpeg" } else { "image/png" };
+        let want = if format == "jpg" {
+            "image/jpeg"
+        } else {
+            "image/png"
+        };
         assert_eq!(r.headers()["content-type"], want);
         assert_eq!(support::decode(&r.bytes().await.unwrap()), (want, 300, 200));
     }
@@ -773,7 +776,10 @@ async fn each_format_is_served_as_real_bytes_of_its_own() {
             assert_eq!(r.headers()["content-type"], want, "{url}");
             let bytes = r.bytes().await.unwrap();
             assert_eq!(support::decode(&bytes), (want, 300, 200), "{url}");
-            assert!(hashes.insert(support::sha256_hex(&bytes)), "{url} repeats a file");
+            assert!(
+                hashes.insert(support::sha256_hex(&bytes)),
+                "{url} repeats a file"
+            );
             let again = c.get(url).send().await.unwrap().bytes().await.unwrap();
             assert_eq!(again, bytes, "{url}: same bytes every time");
             if format == "jpg" {

@@ -1084,7 +1084,10 @@ async fn outputs_are_real_files_in_the_requested_format_and_quality() {
     let (sim, rx) = sim_with_webhooks(fast()).await;
     // One template per batch, so each render.completed names the batch it belongs to.
     let batches = [
-        ("tmpl_jpeg_low", json!({"format": "jpeg", "quality": 0.1, "layouts": ["square", "story"]})),
+        (
+            "tmpl_jpeg_low",
+            json!({"format": "jpeg", "quality": 0.1, "layouts": ["square", "story"]}),
+        ),
         ("tmpl_jpeg_high", json!({"format": "jpeg", "quality": 1.0})),
         ("tmpl_webp", json!({"format": "webp", "quality": 0.5})),
         ("tmpl_png", json!({})),
@@ -1112,8 +1115,18 @@ async fn outputs_are_real_files_in_the_requested_format_and_quality() {
         assert_eq!(sniffed, format!("image/{extension}"), "{url}");
         assert_eq!(u64::from(w), d["width"].as_u64().unwrap());
         assert_eq!(u64::from(h), d["height"].as_u64().unwrap());
-        assert!(hashes.insert(support::sha256_hex(&bytes)), "{url} repeats a file");
-        let again = client().get(url).send().await.unwrap().bytes().await.unwrap();
+        assert!(
+            hashes.insert(support::sha256_hex(&bytes)),
+            "{url} repeats a file"
+        );
+        let again = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(again, bytes, "{url}: same bytes every time");
         let other_extension = url.replace(&format!(".{extension}"), ".gif");
         let r = client().get(&other_extension).send().await.unwrap();
@@ -1121,8 +1134,15 @@ async fn outputs_are_real_files_in_the_requested_format_and_quality() {
         let template = d["templateId"].as_str().unwrap().to_owned();
         by_template.entry(template).or_default().push(bytes);
     }
-    assert_eq!(by_template["tmpl_jpeg_low"].len(), 4, "one image per item and layout");
-    let (low, high) = (&by_template["tmpl_jpeg_low"][0], &by_template["tmpl_jpeg_high"][0]);
+    assert_eq!(
+        by_template["tmpl_jpeg_low"].len(),
+        4,
+        "one image per item and layout"
+    );
+    let (low, high) = (
+        &by_template["tmpl_jpeg_low"][0],
+        &by_template["tmpl_jpeg_high"][0],
+    );
     assert!(
         low.len() * 2 < high.len(),
         "quality 0.1 ({} B) is well below quality 1.0 ({} B)",

@@ -322,7 +322,14 @@ async fn lifecycle_completes_with_a_fetchable_4k_png() {
         "{} bytes",
         png.len()
     );
-    let again = client().get(url).send().await.unwrap().bytes().await.unwrap();
+    let again = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(again, png, "the same file every time");
     sim.shutdown();
 }
@@ -347,17 +354,28 @@ async fn every_output_file_has_its_own_bytes() {
         if let Some(figma) = d["figma_render_url"].as_str() {
             urls.push(figma.to_owned());
         }
-        let side = if id == &editable { EDITABLE_SIDE } else { FLAT_SIDE };
+        let side = if id == &editable {
+            EDITABLE_SIDE
+        } else {
+            FLAT_SIDE
+        };
         assert_eq!(d["width"], side);
         for url in urls {
             let r = client().get(&url).send().await.unwrap();
             assert_eq!(r.headers()["content-type"], "image/png");
             let bytes = r.bytes().await.unwrap();
             assert_eq!(support::decode(&bytes), ("image/png", side, side), "{url}");
-            assert!(hashes.insert(support::sha256_hex(&bytes)), "{url} repeats a file");
+            assert!(
+                hashes.insert(support::sha256_hex(&bytes)),
+                "{url} repeats a file"
+            );
         }
     }
-    assert_eq!(hashes.len(), 4, "two flat ads, an editable render and its Figma render");
+    assert_eq!(
+        hashes.len(),
+        4,
+        "two flat ads, an editable render and its Figma render"
+    );
     sim.shutdown();
 }
 

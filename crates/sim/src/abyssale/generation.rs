@@ -185,7 +185,10 @@ async fn run_generation(
             let filename = format!("{banner_id}.{}", req.file_type);
             lock(&app.files).insert(
                 filename.clone(),
-                (id.clone(), artwork(&req.file_type, width, height, req.compression_level)),
+                (
+                    id.clone(),
+                    artwork(&req.file_type, width, height, req.compression_level),
+                ),
             );
             app.ledger.charge(&format!("{id}/{format}"), None);
             Ok(json!({

@@ -9,7 +9,7 @@ use adgate_generator::time::rfc3339;
 use serde_json::{Value, json};
 
 use super::versions::initial_tree;
-use super::{Ad, Inner, output_side, PRICE_TEMPLATE, SHORT_JOB_DIVISOR, Sim, Status};
+use super::{Ad, Inner, PRICE_TEMPLATE, SHORT_JOB_DIVISOR, Sim, Status, output_side};
 use crate::common::lock;
 
 impl Sim {

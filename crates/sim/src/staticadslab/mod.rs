@@ -395,13 +395,15 @@ impl Sim {
 
 /// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
 async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
-    let side = parse_file(&file)
-        .and_then(|(id, number, figma)| sim.rendered_side(id, number, figma));
+    let side =
+        parse_file(&file).and_then(|(id, number, figma)| sim.rendered_side(id, number, figma));
     match side {
         // The file name labels the bytes: each version and each Figma render differs.
         Some(side) => {
             let label = file.trim_end_matches(".png").to_owned();
-            Artwork::new(ImageFormat::Png, side, side).respond(label).await
+            Artwork::new(ImageFormat::Png, side, side)
+                .respond(label)
+                .await
         }
         None => sim.error(StatusCode::NOT_FOUND, "NOT_FOUND", "File not found"),
     }

@@ -36,7 +36,10 @@ pub fn decode(bytes: &[u8]) -> (&'static str, u32, u32) {
         decoder.read_image(&mut pixels).expect("WebP bitstream");
         ("image/webp", w, h)
     } else {
-        panic!("not a PNG, JPEG or WebP: {:02x?}", &bytes[..bytes.len().min(16)]);
+        panic!(
+            "not a PNG, JPEG or WebP: {:02x?}",
+            &bytes[..bytes.len().min(16)]
+        );
     }
 }
 
