@@ -757,6 +757,30 @@ async fn output_files_are_real_images_of_the_file_type_and_format_size() {
             assert!(hashes.insert(support::sha256_hex(&served_bytes[0])), "{b}");
         }
     }
+    // `file_compression_level` (100 = best quality) is the JPEG quality.
+    let mut sizes = Vec::new();
+    for level in [1, 100] {
+        let mut body = formats(&["half-page"]);
+        body["image_file_type"] = json!("jpeg");
+        body["file_compression_level"] = json!(level);
+        let id = generate_id(&sim, &c, body).await;
+        let done = wait_final(&sim, &c, &id).await;
+        let url = done["banners"][0]["file"]["url"].as_str().unwrap();
+        sizes.push(
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len(),
+        );
+    }
+    assert!(
+        sizes[0] * 2 < sizes[1],
+        "level 1 is far smaller than 100: {sizes:?}"
+    );
     sim.shutdown();
 }
 

@@ -127,6 +127,8 @@ mod tests {
         assert!(validate(&json!({"variableSets": [{}], "concurrency": 11})).is_err());
         assert!(validate(&json!({"variableSets": [{}], "layout": "Bad_Layout"})).is_err());
         assert!(validate(&json!({"variableSets": [1]})).is_err());
+        let defaults = validate(&json!({"variableSets": [{}]}));
+        assert!(defaults.is_ok_and(|r| r.format == "png" && r.quality == 0.9));
         let ok = validate(&json!({"variableSets": [{"a": 1}], "format": "webp", "quality": 0.1}));
         assert!(ok.is_ok_and(|r| r.format == "webp" && r.concurrency == 5 && r.sets.len() == 1));
     }
