@@ -91,15 +91,6 @@ impl Artwork {
         self
     }
 
-    pub fn format(self) -> ImageFormat {
-        self.format
-    }
-
-    /// The size of the served image (after [`MAX_SIDE`] / [`MAX_PIXELS`]).
-    pub fn size(self) -> (u32, u32) {
-        (self.width, self.height)
-    }
-
     /// The file for `label`: shared pixels (encoded on first use) plus the label's metadata.
     pub fn render(self, label: &str) -> Result<Vec<u8>, ArtworkError> {
         let encoded = cached(self)?;
