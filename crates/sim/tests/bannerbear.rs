@@ -757,12 +757,12 @@ async fn each_format_is_served_as_real_bytes_of_its_own() {
     let mut jpg_sizes = Vec::new();
     for quality in [5, 100] {
         let mut b = body("formats");
-        b["formats"] = json!(["jpg", "png", "webp", "avif"]);
+        b["formats"] = json!(["jpg", "png", "webp", "avif", "pdf"]);
         b["quality"] = json!(quality);
         let uid = create_uid(&sim, &c, &b).await;
         let done = wait_done(&sim, &c, &uid).await;
         let files = done["files"].as_object().unwrap();
-        assert_eq!(files.len(), 4, "{files:?}");
+        assert_eq!(files.len(), 5, "{files:?}");
         for (format, url) in files {
             let url = url.as_str().unwrap();
             let r = c.get(url).send().await.unwrap();
@@ -771,6 +771,7 @@ async fn each_format_is_served_as_real_bytes_of_its_own() {
             let want = match format.as_str() {
                 "jpg" => "image/jpeg",
                 "webp" => "image/webp",
+                "pdf" => "application/pdf",
                 _ => "image/png",
             };
             assert_eq!(r.headers()["content-type"], want, "{url}");
@@ -782,14 +783,18 @@ async fn each_format_is_served_as_real_bytes_of_its_own() {
             );
             let again = c.get(url).send().await.unwrap().bytes().await.unwrap();
             assert_eq!(again, bytes, "{url}: same bytes every time");
-            if format == "jpg" {
+            if format == "jpg" || format == "pdf" {
                 jpg_sizes.push(bytes.len());
             }
         }
     }
-    assert!(
-        jpg_sizes[0] * 2 < jpg_sizes[1],
-        "quality 5 is far smaller than quality 100: {jpg_sizes:?}"
-    );
+    // [jpg, pdf] at quality 5, then at 100 (the PDF embeds a JPEG of that quality).
+    assert_eq!(jpg_sizes.len(), 4);
+    for low in 0..2 {
+        assert!(
+            jpg_sizes[low] * 2 < jpg_sizes[low + 2],
+            "quality 5 is far smaller than quality 100: {jpg_sizes:?}"
+        );
+    }
     sim.shutdown();
 }

@@ -25,9 +25,9 @@
 //!   `POST /v5/webhooks {resource: "image", event: "all_events", status: "active"}`; its
 //!   `secret` is that resource's `signing_key`. More resources can be created over the API.
 //! - Outputs are served by the simulator at `/direct/{uid}/{file}.{ext}`: real JPEG (at
-//!   `quality`), PNG and lossless WebP bytes, distinct per file (see [`crate::artwork`]); for
-//!   `avif` and `pdf` the bytes are PNG (no encoder here) and the Content-Type says so — only
-//!   the extension follows the format. Sizes beyond [`crate::artwork::MAX_PIXELS`] (5000 px ×
+//!   `quality`), PNG, lossless WebP and one-page PDF (the picture as a JPEG at 96 dpi) bytes,
+//!   distinct per file (see [`crate::artwork`]); for `avif` the bytes are PNG (no encoder
+//!   here) and the Content-Type says so — only the extension follows the format. Sizes beyond [`crate::artwork::MAX_PIXELS`] (5000 px ×
 //!   `scale` 4 is allowed) are served shrunk to it, aspect kept; the v5 Image object reports
 //!   no size.
 //! - Not modelled: the sync host (§19.2: never use it), batches, templates, assets, instant
@@ -324,10 +324,10 @@ async fn serve_file(
 ) -> Response {
     let found = lock(&app.inner).images.get(&uid).and_then(|i| {
         let (format, _) = i.files.iter().find(|(_, f)| *f == file)?;
-        // `avif` and `pdf` are served as PNG bytes under a PNG Content-Type: there is no small
-        // pure-Rust AVIF encoder, and no PDF writer here. The header tells the truth.
-        let bitmap = ImageFormat::from_name(format).unwrap_or(ImageFormat::Png);
-        let artwork = Artwork::new(bitmap, i.width, i.height);
+        // `avif` is served as PNG bytes under a PNG Content-Type: there is no small pure-Rust
+        // AVIF encoder (the one there is brings a whole AV1 encoder). The header tells the truth.
+        let kind = ImageFormat::from_name(format).unwrap_or(ImageFormat::Png);
+        let artwork = Artwork::new(kind, i.width, i.height);
         Some(match i.quality {
             Some(q) => artwork.with_quality(q),
             None => artwork,
