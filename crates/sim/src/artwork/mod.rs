@@ -3,8 +3,9 @@
 //! different bytes (different SHA-256) for two labels.
 //!
 //! Encoding a 4K image takes 0.2–0.4 s (PNG) to 2 s (JPEG) in a debug build, and tests
-//! download hundreds of outputs, so the pixels of each (format, size, JPEG quality) are encoded once per process and kept in
-//! a small cache; a request only splices its label into the shared encoding:
+//! download hundreds of outputs, so the pixels of each (format, size, JPEG quality) are
+//! encoded once per process and kept in a small cache; a request only splices its label into
+//! the shared encoding:
 //! - PNG: indexed colour. The pixel indices are shared; the palette (`PLTE`) and a `tEXt`
 //!   chunk come from the label, so each output also *looks* different at no encoding cost.
 //! - JPEG: the shared baseline scan, with the label in a `COM` segment after the JFIF header.
