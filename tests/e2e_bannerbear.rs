@@ -96,8 +96,17 @@ async fn a_mixed_batch_of_all_four_providers_completes() {
             assert_eq!(j.outputs.len(), 2, "png and webp: {formats:?}");
             for o in &j.outputs {
                 assert_eq!((o.width, o.height), (1200, 628), "{o:?}");
-                let png = reqwest::get(&o.url).await.unwrap().bytes().await.unwrap();
-                assert_eq!(&png[..4], b"\x89PNG");
+                let bytes = reqwest::get(&o.url).await.unwrap().bytes().await.unwrap();
+                // The bytes are what the output says they are (WebP is RIFF…WEBP).
+                let magic: &[u8] = match o.mime_type.as_str() {
+                    "image/png" => b"\x89PNG\r\n\x1a\n",
+                    "image/webp" => b"RIFF",
+                    other => panic!("unexpected media type {other}: {o:?}"),
+                };
+                assert!(bytes.starts_with(magic), "{o:?}");
+                if o.mime_type == "image/webp" {
+                    assert_eq!(&bytes[8..12], b"WEBP", "{o:?}");
+                }
             }
         }
         let creates = bb.ledger().requests("POST /v5/images");

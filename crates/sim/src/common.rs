@@ -1,5 +1,6 @@
 //! Pieces every simulator shares: configuration, the scaled clock, fault injection, the ledger
-//! tests read, a rolling-window rate limiter, webhook delivery and PNG rendering.
+//! tests read, a rolling-window rate limiter and webhook delivery. Output files are
+//! [`crate::artwork`]'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -486,80 +487,6 @@ pub fn uuid_v4(rng: &Mutex<fastrand::Rng>) -> String {
     )
 }
 
-pub mod png {
-    //! Minimal valid PNGs: a solid colour with a darker band whose position encodes a label,
-    //! written with stored (uncompressed) deflate blocks so no compression crate is needed.
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                let mask = (!(crc & 1)).wrapping_add(1);
-                crc = (crc >> 1) ^ (0xedb8_8320 & mask);
-            }
-        }
-        !crc
-    }
-
-    fn adler32(bytes: &[u8]) -> u32 {
-        let (mut a, mut b) = (1u32, 0u32);
-        for &x in bytes {
-            a = (a + u32::from(x)) % 65_521;
-            b = (b + a) % 65_521;
-        }
-        (b << 16) | a
-    }
-
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut c = kind.to_vec();
-        c.extend_from_slice(data);
-        out.extend_from_slice(&c);
-        out.extend_from_slice(&crc32(&c).to_be_bytes());
-    }
-
-    /// An RGB PNG of `width`×`height` whose colour is derived from `label`.
-    pub fn render(width: u32, height: u32, label: &str) -> Vec<u8> {
-        let width = width.clamp(1, 4096);
-        let height = height.clamp(1, 4096);
-        let h = label.bytes().fold(2_166_136_261u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(16_777_619)
-        });
-        let base = [(h >> 16) as u8, (h >> 8) as u8, h as u8];
-        let band = (h as usize % height as usize).min(height as usize - 1);
-        let mut raw = Vec::with_capacity((width as usize * 3 + 1) * height as usize);
-        for y in 0..height as usize {
-            raw.push(0); // filter: none
-            let dark = y.abs_diff(band) < (height as usize / 8).max(1);
-            for _ in 0..width {
-                for c in base {
-                    raw.push(if dark { c / 3 } else { c });
-                }
-            }
-        }
-        let mut z = vec![0x78, 0x01];
-        let mut blocks = raw.chunks(65_535).peekable();
-        while let Some(block) = blocks.next() {
-            z.push(u8::from(blocks.peek().is_none()));
-            let len = block.len() as u16;
-            z.extend_from_slice(&len.to_le_bytes());
-            z.extend_from_slice(&(!len).to_le_bytes());
-            z.extend_from_slice(block);
-        }
-        z.extend_from_slice(&adler32(&raw).to_be_bytes());
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &z);
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,14 +502,6 @@ mod tests {
         let d = w.check();
         assert!(!d.allowed);
         assert!(d.reset_after > Duration::ZERO);
-    }
-
-    #[test]
-    fn png_has_signature_and_dimensions() {
-        let p = png::render(64, 32, "dt_x");
-        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(u32::from_be_bytes([p[16], p[17], p[18], p[19]]), 64);
-        assert_eq!(u32::from_be_bytes([p[20], p[21], p[22], p[23]]), 32);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! reading and says so next to the code.
 //!
 //! - [`common`]: configuration, scaled clock, fault injection, the ledger tests read, the
-//!   rolling-window limiter and PNG rendering.
+//!   rolling-window limiter.
+//! - [`artwork`]: the output files — real PNG, JPEG and WebP bytes, encoded once per size and
+//!   made unique per output through metadata.
 //! - [`staticadslab`]: `{data, meta}` envelopes, one ad per POST, `?ids=` batch poll, SSE,
 //!   idempotency replay, wallet billed on completion, `RateLimit-*` headers.
 //! - [`pictify`]: `batch-render` of 1–100 variable sets, results without URLs, signed
@@ -16,6 +18,7 @@
 //! - `props` (feature `props`): property-test support shared by the adapters' tests.
 
 pub mod abyssale;
+pub mod artwork;
 pub mod bannerbear;
 pub mod common;
 pub mod conformance;

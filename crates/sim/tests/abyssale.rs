@@ -14,6 +14,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+mod support;
+
 const KEY: &str = "sim_key";
 const DESIGN: &str = "840420c2-7bd9-45c4-a7cb-c741b16edfcf";
 const VERSION: &str = "v2026-08-21";
@@ -708,25 +710,77 @@ async fn the_eleventh_request_in_a_second_is_a_bare_429() {
 }
 
 #[tokio::test]
-async fn output_files_are_real_pngs_of_the_format_size() {
+async fn output_files_are_real_images_of_the_file_type_and_format_size() {
     let (sim, c) = start(cfg(0.002)).await;
-    let id = generate_id(&sim, &c, formats(&["half-page", "iab-medium"])).await;
-    let done = wait_final(&sim, &c, &id).await;
-    for b in done["banners"].as_array().unwrap() {
-        for key in ["url", "cdn_url"] {
-            let url = b["file"][key].as_str().unwrap();
-            assert!(url.starts_with(&sim.base_url));
-            let r = c.get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            assert_eq!(r.headers()["content-type"], "image/png");
-            let png = r.bytes().await.unwrap();
-            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-            let w = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
-            let h = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
-            assert_eq!(u64::from(w), b["format"]["width"].as_u64().unwrap());
-            assert_eq!(u64::from(h), b["format"]["height"].as_u64().unwrap());
+    // (image_file_type, the banner's file.type, the bytes served). `auto` resolves to png;
+    // avif is named but served as PNG under a PNG Content-Type (no AVIF encoder).
+    let cases = [
+        (None, "png", "image/png"),
+        (Some("jpeg"), "jpeg", "image/jpeg"),
+        (Some("webp"), "webp", "image/webp"),
+        (Some("auto"), "png", "image/png"),
+        (Some("avif"), "avif", "image/png"),
+    ];
+    let mut hashes = std::collections::HashSet::new();
+    for (asked, file_type, served) in cases {
+        let mut body = formats(&["half-page", "iab-medium"]);
+        if let Some(t) = asked {
+            body["image_file_type"] = json!(t);
+            body["file_compression_level"] = json!(40);
+        }
+        let id = generate_id(&sim, &c, body).await;
+        let done = wait_final(&sim, &c, &id).await;
+        let banners = done["banners"].as_array().unwrap();
+        assert_eq!(banners.len(), 2, "{done}");
+        for b in banners {
+            assert_eq!(b["file"]["type"], file_type, "{asked:?}");
+            let size = (
+                b["format"]["width"].as_u64().unwrap() as u32,
+                b["format"]["height"].as_u64().unwrap() as u32,
+            );
+            let mut served_bytes = Vec::new();
+            for key in ["url", "cdn_url"] {
+                let url = b["file"][key].as_str().unwrap();
+                assert!(url.starts_with(&sim.base_url));
+                assert!(url.ends_with(&format!(".{file_type}")), "{url}");
+                let r = c.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.headers()["content-type"], served, "{url}");
+                let bytes = r.bytes().await.unwrap();
+                assert_eq!(support::decode(&bytes), (served, size.0, size.1), "{url}");
+                served_bytes.push(bytes);
+            }
+            assert_eq!(
+                served_bytes[0], served_bytes[1],
+                "url and cdn_url are one file"
+            );
+            assert!(hashes.insert(support::sha256_hex(&served_bytes[0])), "{b}");
         }
     }
+    // `file_compression_level` (100 = best quality) is the JPEG quality.
+    let mut sizes = Vec::new();
+    for level in [1, 100] {
+        let mut body = formats(&["half-page"]);
+        body["image_file_type"] = json!("jpeg");
+        body["file_compression_level"] = json!(level);
+        let id = generate_id(&sim, &c, body).await;
+        let done = wait_final(&sim, &c, &id).await;
+        let url = done["banners"][0]["file"]["url"].as_str().unwrap();
+        sizes.push(
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len(),
+        );
+    }
+    assert!(
+        sizes[0] * 2 < sizes[1],
+        "level 1 is far smaller than 100: {sizes:?}"
+    );
     sim.shutdown();
 }
 

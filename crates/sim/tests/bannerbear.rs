@@ -14,6 +14,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+mod support;
+
 const KEY: &str = "bb_ak_v5_simtestkey";
 const TEMPLATE: &str = "A89wavQyY3Bebk3djP";
 
@@ -180,14 +182,6 @@ fn assert_signed(h: &HeaderMap, body: &[u8], key: &str) {
     assert_ne!(sig, hmac_hex("some other key", body));
 }
 
-fn png_size(png: &[u8]) -> (u32, u32) {
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    (
-        u32::from_be_bytes([png[16], png[17], png[18], png[19]]),
-        u32::from_be_bytes([png[20], png[21], png[22], png[23]]),
-    )
-}
-
 // ---- auth and validation -------------------------------------------------------------------
 
 #[tokio::test]
@@ -307,8 +301,13 @@ async fn create_is_202_pending_then_polls_to_completed_with_real_pngs_and_metada
         // Files are on the CDN: no key needed.
         let r = c.get(url).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["content-type"], "image/png");
-        assert_eq!(png_size(&r.bytes().await.unwrap()), (300, 200));
+        let want = if format == "jpg" {
+            "image/jpeg"
+        } else {
+            "image/png"
+        };
+        assert_eq!(r.headers()["content-type"], want);
+        assert_eq!(support::decode(&r.bytes().await.unwrap()), (want, 300, 200));
     }
     assert_eq!(sim.ledger.charges_by_job().get(&uid), Some(&1));
     assert!(sim.ledger.requests(bannerbear::EP_GET_IMAGE) >= 1);
@@ -330,7 +329,7 @@ async fn default_format_is_jpg_and_scale_multiplies_the_size() {
     let files = done["files"].as_object().unwrap();
     assert_eq!(files.keys().collect::<Vec<_>>(), ["jpg"]);
     assert!(done["metadata"].is_null());
-    let png = c
+    let jpg = c
         .get(files["jpg"].as_str().unwrap())
         .send()
         .await
@@ -338,7 +337,7 @@ async fn default_format_is_jpg_and_scale_multiplies_the_size() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(png_size(&png), (300, 200));
+    assert_eq!(support::decode(&jpg), ("image/jpeg", 300, 200));
     sim.shutdown();
 }
 
@@ -748,5 +747,54 @@ async fn suppress_webhooks_sends_nothing_while_polling_shows_completion() {
     assert!(records[0].suppressed && records[0].status.is_none());
     assert_eq!(records[0].delivery_id, uid);
     assert!(rx.deliveries().is_empty(), "nothing was sent");
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn each_format_is_served_as_real_bytes_of_its_own() {
+    let (sim, c) = start(cfg(0.005)).await;
+    let mut hashes = std::collections::HashSet::new();
+    let mut jpg_sizes = Vec::new();
+    for quality in [5, 100] {
+        let mut b = body("formats");
+        b["formats"] = json!(["jpg", "png", "webp", "avif", "pdf"]);
+        b["quality"] = json!(quality);
+        let uid = create_uid(&sim, &c, &b).await;
+        let done = wait_done(&sim, &c, &uid).await;
+        let files = done["files"].as_object().unwrap();
+        assert_eq!(files.len(), 5, "{files:?}");
+        for (format, url) in files {
+            let url = url.as_str().unwrap();
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            // avif has no encoder here: PNG bytes, and the header says so.
+            let want = match format.as_str() {
+                "jpg" => "image/jpeg",
+                "webp" => "image/webp",
+                "pdf" => "application/pdf",
+                _ => "image/png",
+            };
+            assert_eq!(r.headers()["content-type"], want, "{url}");
+            let bytes = r.bytes().await.unwrap();
+            assert_eq!(support::decode(&bytes), (want, 300, 200), "{url}");
+            assert!(
+                hashes.insert(support::sha256_hex(&bytes)),
+                "{url} repeats a file"
+            );
+            let again = c.get(url).send().await.unwrap().bytes().await.unwrap();
+            assert_eq!(again, bytes, "{url}: same bytes every time");
+            if format == "jpg" || format == "pdf" {
+                jpg_sizes.push(bytes.len());
+            }
+        }
+    }
+    // [jpg, pdf] at quality 5, then at 100 (the PDF embeds a JPEG of that quality).
+    assert_eq!(jpg_sizes.len(), 4);
+    for low in 0..2 {
+        assert!(
+            jpg_sizes[low] * 2 < jpg_sizes[low + 2],
+            "quality 5 is far smaller than quality 100: {jpg_sizes:?}"
+        );
+    }
     sim.shutdown();
 }

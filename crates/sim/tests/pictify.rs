@@ -17,6 +17,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+mod support;
+
 const KEY: &str = "sim_key";
 const SECRET: &str = "whsec_test_secret";
 
@@ -1074,5 +1076,78 @@ async fn the_free_plan_refuses_the_1001st_request_of_a_day() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "quota_exceeded");
     assert_eq!(sim.ledger.refusals("daily_requests"), 1);
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn outputs_are_real_files_in_the_requested_format_and_quality() {
+    let (sim, rx) = sim_with_webhooks(fast()).await;
+    // One template per batch, so each render.completed names the batch it belongs to.
+    let batches = [
+        (
+            "tmpl_jpeg_low",
+            json!({"format": "jpeg", "quality": 0.1, "layouts": ["square", "story"]}),
+        ),
+        ("tmpl_jpeg_high", json!({"format": "jpeg", "quality": 1.0})),
+        ("tmpl_webp", json!({"format": "webp", "quality": 0.5})),
+        ("tmpl_png", json!({})),
+    ];
+    for (uid, options) in &batches {
+        let mut body = options.clone();
+        body["variableSets"] = json!(sets(2));
+        let (status, _, v) = render(&sim, uid, body, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    }
+    // 2 items × 2 layouts + 2 + 2 + 2.
+    wait_until("10 renders", || rx.count("render.completed") >= 10).await;
+    let mut by_template: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
+    let mut hashes = std::collections::HashSet::new();
+    for ev in rx.all().iter().filter(|r| r.event() == "render.completed") {
+        let d = &ev.json()["data"];
+        let url = d["url"].as_str().unwrap();
+        let r = client().get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{url}");
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let bytes = r.bytes().await.unwrap().to_vec();
+        let (sniffed, w, h) = support::decode(&bytes);
+        assert_eq!(content_type, sniffed, "{url}: header and bytes agree");
+        let extension = url.rsplit('.').next().unwrap();
+        assert_eq!(sniffed, format!("image/{extension}"), "{url}");
+        assert_eq!(u64::from(w), d["width"].as_u64().unwrap());
+        assert_eq!(u64::from(h), d["height"].as_u64().unwrap());
+        assert!(
+            hashes.insert(support::sha256_hex(&bytes)),
+            "{url} repeats a file"
+        );
+        let again = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(again, bytes, "{url}: same bytes every time");
+        let other_extension = url.replace(&format!(".{extension}"), ".gif");
+        let r = client().get(&other_extension).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{other_extension}");
+        let template = d["templateId"].as_str().unwrap().to_owned();
+        by_template.entry(template).or_default().push(bytes);
+    }
+    assert_eq!(
+        by_template["tmpl_jpeg_low"].len(),
+        4,
+        "one image per item and layout"
+    );
+    let (low, high) = (
+        &by_template["tmpl_jpeg_low"][0],
+        &by_template["tmpl_jpeg_high"][0],
+    );
+    assert!(
+        low.len() * 2 < high.len(),
+        "quality 0.1 ({} B) is well below quality 1.0 ({} B)",
+        low.len(),
+        high.len()
+    );
     sim.shutdown();
 }

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use adgate_sim::staticadslab::{OUTPUT_SIDE, spawn};
+use adgate_sim::staticadslab::{EDITABLE_SIDE, FLAT_SIDE, spawn};
 use adgate_sim::{Faults, SimConfig, SimHandle};
 use serde_json::{Value, json};
+
+mod support;
 
 const KEY: &str = "sal_live_test";
 
@@ -292,7 +294,7 @@ async fn batch_poll_pages_by_limit_unless_unpaged() {
 }
 
 #[tokio::test]
-async fn lifecycle_completes_with_a_fetchable_png() {
+async fn lifecycle_completes_with_a_fetchable_4k_png() {
     let sim = spawn(cfg()).await.unwrap();
     let id = create(&sim, 1).await;
     let (_, _, v) = get_json(&sim, &format!("/v1/image-ads/{id}")).await;
@@ -302,8 +304,8 @@ async fn lifecycle_completes_with_a_fetchable_png() {
     assert!(p["step"].is_string() && p["message"].is_string());
     let d = wait_terminal(&sim, &id).await;
     assert_eq!(d["status"], "completed");
-    assert_eq!(d["width"], OUTPUT_SIDE);
-    assert_eq!(d["height"], OUTPUT_SIDE);
+    assert_eq!(d["width"], FLAT_SIDE);
+    assert_eq!(d["height"], FLAT_SIDE);
     assert!(d["duration_ms"].as_u64().unwrap() > 0);
     assert!(d["completed_at"].is_string());
     assert!(d["progress"].is_null());
@@ -313,10 +315,67 @@ async fn lifecycle_completes_with_a_fetchable_png() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
     let png = r.bytes().await.unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let w = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
-    let h = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
-    assert_eq!((w, h), (OUTPUT_SIDE, OUTPUT_SIDE));
+    assert_eq!(support::decode(&png), ("image/png", FLAT_SIDE, FLAT_SIDE));
+    // "A single 4K PNG" [SEED-2], compressed: 3840² RGB stored raw would be 44 MB.
+    assert!(
+        (256 << 10..4 << 20).contains(&png.len()),
+        "{} bytes",
+        png.len()
+    );
+    let again = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(again, png, "the same file every time");
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn every_output_file_has_its_own_bytes() {
+    let sim = spawn(cfg()).await.unwrap();
+    let (flat_a, flat_b) = (create(&sim, 1).await, create(&sim, 2).await);
+    let mut b = body(3);
+    b["editable"] = json!(true);
+    let r = post(&sim, &b, None).await;
+    assert_eq!(r.status(), 202);
+    let editable = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut hashes = std::collections::HashSet::new();
+    for id in [&flat_a, &flat_b, &editable] {
+        let d = wait_terminal(&sim, id).await;
+        assert_eq!(d["status"], "completed");
+        let mut urls = vec![d["image_url"].as_str().unwrap().to_owned()];
+        if let Some(figma) = d["figma_render_url"].as_str() {
+            urls.push(figma.to_owned());
+        }
+        let side = if id == &editable {
+            EDITABLE_SIDE
+        } else {
+            FLAT_SIDE
+        };
+        assert_eq!(d["width"], side);
+        for url in urls {
+            let r = client().get(&url).send().await.unwrap();
+            assert_eq!(r.headers()["content-type"], "image/png");
+            let bytes = r.bytes().await.unwrap();
+            assert_eq!(support::decode(&bytes), ("image/png", side, side), "{url}");
+            assert!(
+                hashes.insert(support::sha256_hex(&bytes)),
+                "{url} repeats a file"
+            );
+        }
+    }
+    assert_eq!(
+        hashes.len(),
+        4,
+        "two flat ads, an editable render and its Figma render"
+    );
     sim.shutdown();
 }
 

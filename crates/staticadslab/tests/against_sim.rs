@@ -193,7 +193,9 @@ async fn poll_reaches_completed_with_a_png_output() {
     };
     assert_eq!(done.state, RemoteState::Completed);
     let out = &done.outputs[0];
-    assert_eq!((out.width, out.height), (1080, 1080));
+    // A flat ad: "a single 4K PNG" [SEED-2], as the simulator serves it.
+    let side = adgate_sim::staticadslab::FLAT_SIDE;
+    assert_eq!((out.width, out.height), (side, side));
     assert_eq!(out.mime_type, "image/png");
     let png = reqwest::get(&out.url).await.unwrap().bytes().await.unwrap();
     assert_eq!(&png[..4], b"\x89PNG");

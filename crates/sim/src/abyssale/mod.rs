@@ -30,7 +30,7 @@ use adgate_generator::time::unix_now;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +38,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::artwork::Artwork;
 use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle, lock};
 
 mod gateway;
@@ -207,8 +208,8 @@ struct App {
     base_url: String,
     http: reqwest::Client,
     requests: Mutex<HashMap<String, GenRequest>>,
-    /// file name (`<banner id>.<ext>`) → (generation request id, width, height).
-    files: Mutex<HashMap<String, (String, u32, u32)>>,
+    /// file name (`<banner id>.<ext>`) → (generation request id, how it is drawn).
+    files: Mutex<HashMap<String, (String, Artwork)>>,
     secrets: Mutex<Secrets>,
     /// Credits promised to banners not yet failed (charged + in flight).
     credits_reserved: Mutex<u64>,
@@ -298,7 +299,7 @@ impl App {
 // Files (CDN stand-in)
 
 async fn serve_file(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    let Some((request_id, width, height)) = lock(&app.files).get(&name).cloned() else {
+    let Some((request_id, artwork)) = lock(&app.files).get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let gone = lock(&app.requests)
@@ -307,8 +308,6 @@ async fn serve_file(State(app): State<Arc<App>>, Path(name): Path<String>) -> Re
     if gone {
         return StatusCode::NOT_FOUND.into_response();
     }
-    // The simulator renders PNG whatever `file.type` says (a limitation, not a claim about
-    // Abyssale); the Content-Type header tells the truth about the bytes.
-    let png = common::png::render(width, height, &name);
-    ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+    // The file name (a fresh banner id) labels the bytes.
+    artwork.respond(name).await
 }

@@ -29,11 +29,15 @@ pub(super) struct GenerateRequest {
     pub(super) formats: Vec<(&'static str, u32, u32)>,
     pub(super) callback_url: Option<String>,
     pub(super) file_type: String,
+    /// `file_compression_level` 1–100 (100 = best quality) [AB-TS]; JPEG quality.
+    pub(super) compression_level: Option<u8>,
 }
 
 /// Static designs render to these types; gif/mp4/html5/webm need an animated design and pdf a
 /// print design → `invalid_filetype` [AB-TS] ("must match design type"). `auto` picks the
-/// design's default (png here, GUESS).
+/// design's default (png here, GUESS): the documents do not say what `auto` resolves to, only
+/// that a Banner's `file.type` is a concrete type (jpeg|png|webp|avif|…, providers.md §3.3), so
+/// the request is resolved here and the banner names `png` and serves PNG bytes.
 const STATIC_FILE_TYPES: [&str; 5] = ["png", "jpeg", "webp", "avif", "auto"];
 
 /// Errors are boxed responses (a `Response` is large).
@@ -127,9 +131,10 @@ pub(super) fn parse_generate(body: &Map<String, Value>) -> Result<GenerateReques
             ));
         }
     };
+    let mut compression_level = None;
     if let Some(level) = body.get("file_compression_level") {
         match level.as_i64() {
-            Some(l) if (1..=100).contains(&l) => {}
+            Some(l) if (1..=100).contains(&l) => compression_level = Some(l as u8),
             Some(l) => {
                 let msg = format!("file_compression_level must be between 1 and 100, got {l}.");
                 return Err(Box::new(error_with(
@@ -232,6 +237,7 @@ pub(super) fn parse_generate(body: &Map<String, Value>) -> Result<GenerateReques
         formats,
         callback_url,
         file_type,
+        compression_level,
     })
 }
 

@@ -132,6 +132,7 @@ fn create_inner(app: &Arc<App>, headers: &HeaderMap, body: &[u8]) -> (Response, 
             completed_at: None,
             width: req.width,
             height: req.height,
+            quality: req.quality,
             files: Vec::new(),
         };
         inner.images.insert(uid.clone(), image);

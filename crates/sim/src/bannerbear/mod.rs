@@ -24,9 +24,12 @@
 //! - Sandbox note: `SimConfig::webhook` stands in for a webhook resource created earlier with
 //!   `POST /v5/webhooks {resource: "image", event: "all_events", status: "active"}`; its
 //!   `secret` is that resource's `signing_key`. More resources can be created over the API.
-//! - Outputs are PNGs served by the simulator at `/direct/{uid}/{file}.{ext}`; for `jpg`,
-//!   `webp`, `avif` and `pdf` the bytes are still PNG (no encoder here) and the Content-Type
-//!   says so — only the extension follows the format.
+//! - Outputs are served by the simulator at `/direct/{uid}/{file}.{ext}`: real JPEG (at
+//!   `quality`), PNG, lossless WebP and one-page PDF (the picture as a JPEG at 96 dpi) bytes,
+//!   distinct per file (see [`crate::artwork`]); for `avif` the bytes are PNG (no encoder
+//!   here) and the Content-Type says so — only the extension follows the format. Sizes beyond [`crate::artwork::MAX_PIXELS`] (5000 px ×
+//!   `scale` 4 is allowed) are served shrunk to it, aspect kept; the v5 Image object reports
+//!   no size.
 //! - Not modelled: the sync host (§19.2: never use it), batches, templates, assets, instant
 //!   URLs, animations, tools, v2.
 
@@ -37,13 +40,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::artwork::{Artwork, ImageFormat};
 use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle, lock};
 
 mod account;
@@ -230,6 +234,7 @@ struct Image {
     /// Output size in pixels (template size × `scale`).
     width: u32,
     height: u32,
+    quality: Option<u8>,
     /// format → file name under `/direct/{uid}/`, filled on completion.
     files: Vec<(String, String)>,
 }
@@ -318,15 +323,19 @@ async fn serve_file(
     Path((uid, file)): Path<(String, String)>,
 ) -> Response {
     let found = lock(&app.inner).images.get(&uid).and_then(|i| {
-        i.files
-            .iter()
-            .any(|(_, f)| *f == file)
-            .then_some((i.width, i.height))
+        let (format, _) = i.files.iter().find(|(_, f)| *f == file)?;
+        // `avif` is served as PNG bytes under a PNG Content-Type: there is no small pure-Rust
+        // AVIF encoder (the one there is brings a whole AV1 encoder). The header tells the truth.
+        let kind = ImageFormat::from_name(format).unwrap_or(ImageFormat::Png);
+        let artwork = Artwork::new(kind, i.width, i.height);
+        Some(match i.quality {
+            Some(q) => artwork.with_quality(q),
+            None => artwork,
+        })
     });
-    let Some((width, height)) = found else {
+    let Some(artwork) = found else {
         return StatusCode::NOT_FOUND.into_response();
     };
     // Retention is undocumented (§14, §17.3): files stay for the simulator's lifetime.
-    let png = common::png::render(width, height, &format!("{uid}/{file}"));
-    ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+    artwork.respond(format!("{uid}/{file}")).await
 }

@@ -221,6 +221,8 @@ pub(super) struct ImageRequest {
     /// Output size in pixels (template size or override, × scale).
     pub(super) width: u32,
     pub(super) height: u32,
+    /// JPG/WebP quality 1–100 [V5-SPEC]; `None` = the provider's (undocumented) default.
+    pub(super) quality: Option<u8>,
 }
 
 fn int_in(
@@ -291,7 +293,7 @@ pub(super) fn parse_image(body: &Map<String, Value>) -> Result<ImageRequest, Box
     };
     let scale = int_in(body, "scale", 1, 4)?.unwrap_or(1) as u32;
     int_in(body, "dpi", 72, 600)?;
-    int_in(body, "quality", 1, 100)?;
+    let quality = int_in(body, "quality", 1, 100)?.map(|q| q as u8);
     // GUESS: versions are numbered from 1.
     int_in(body, "version", 1, i64::MAX)?;
     if body.get("proxy").is_some_and(|p| !p.is_boolean()) {
@@ -309,6 +311,7 @@ pub(super) fn parse_image(body: &Map<String, Value>) -> Result<ImageRequest, Box
         metadata,
         width: width.saturating_mul(scale),
         height: height.saturating_mul(scale),
+        quality,
     })
 }
 

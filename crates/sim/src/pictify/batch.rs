@@ -14,8 +14,9 @@ use super::gateway::Reply;
 use super::validate::validate;
 use super::{
     App, Batch, BatchStatus, EP_BATCH_RENDER, EP_CANCEL, EP_RESULTS, FAILURE_CODES,
-    IDEMPOTENCY_TTL, IdempotencyEntry, Item, ItemState, RESULTS_TTL,
+    IDEMPOTENCY_TTL, IdempotencyEntry, Item, ItemState, OUTPUT_HEIGHT, OUTPUT_WIDTH, RESULTS_TTL,
 };
+use crate::artwork::{Artwork, ImageFormat};
 use crate::common::{SimConfig, dropped_connection, lock};
 
 // ---------------------------------------------------------------------------------------------
@@ -305,6 +306,7 @@ fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Re
         id.clone(),
         Batch {
             template_uid: uid.to_owned(),
+            artwork: artwork_for(&req.format, req.quality),
             format: req.format,
             concurrency: req.concurrency,
             images_per_item: req.layouts.len().max(1),
@@ -342,4 +344,12 @@ fn try_create_batch(app: &App, uid: &str, headers: &HeaderMap, raw: &[u8]) -> Re
     app.ledger.created_id(&id);
     let _ = app.queue.send(id);
     Ok(Reply::new(StatusCode::ACCEPTED, response))
+}
+
+/// What the batch's images are drawn as: the requested format at the documented output size.
+/// `quality` (0.1–1.0) becomes the JPEG quality; PNG is lossless and the WebP encoder only
+/// lossless, so it changes nothing there. The validator admits png, jpeg and webp only.
+fn artwork_for(format: &str, quality: f64) -> Artwork {
+    let format = ImageFormat::from_name(format).unwrap_or(ImageFormat::Png);
+    Artwork::new(format, OUTPUT_WIDTH, OUTPUT_HEIGHT).with_quality((quality * 100.0).round() as u8)
 }

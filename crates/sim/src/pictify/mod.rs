@@ -30,8 +30,9 @@
 //! - Item failures are decided when the batch is created (`failure_ratio`, seeded rng).
 //! - Wallet: one credit per rendered item, reserved up front: a batch whose items cannot all be
 //!   covered is refused with 402 (stricter than charging until empty).
-//! - Outputs are PNGs served by the simulator at `/renders/{imageId}.{ext}`; for `jpeg`/`webp`
-//!   the bytes are still PNG (no encoder here) — only the extension follows the format.
+//! - Outputs are served by the simulator at `/renders/{imageId}.{format}` in the requested
+//!   format (PNG, baseline JPEG at `quality`, lossless WebP), [`OUTPUT_WIDTH`]×[`OUTPUT_HEIGHT`],
+//!   distinct bytes per image (see [`crate::artwork`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,13 +41,14 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::artwork::Artwork;
 use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle};
 
 mod batch;
@@ -306,6 +308,8 @@ struct Item {
 struct Batch {
     template_uid: String,
     format: String,
+    /// Format, size and quality of every image the batch renders.
+    artwork: Artwork,
     concurrency: usize,
     /// Images per item (one per layout, at least one).
     images_per_item: usize,
@@ -331,9 +335,9 @@ struct IdempotencyEntry {
 
 #[derive(Debug)]
 struct Image {
-    width: u32,
-    height: u32,
-    label: String,
+    artwork: Artwork,
+    /// The extension of its URL, the batch's `format`.
+    extension: String,
 }
 
 #[derive(Debug, Default)]
@@ -400,18 +404,18 @@ impl App {
 }
 
 /// Rendered files, as a CDN would serve them: no auth, no rate limit, not in the ledger.
+/// The file is `{imageId}.{format}`; another extension is not found, as on a CDN.
 async fn render_file(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
-    let id = file.split('.').next().unwrap_or_default();
-    let image = app
+    let (id, extension) = file.split_once('.').unwrap_or((&file, ""));
+    let artwork = app
         .lock()
         .images
         .get(id)
-        .map(|i| (i.width, i.height, i.label.clone()));
-    match image {
-        Some((w, h, label)) => {
-            let png = common::png::render(w, h, &label);
-            ([(header::CONTENT_TYPE, "image/png")], png).into_response()
-        }
+        .filter(|i| i.extension == extension)
+        .map(|i| i.artwork);
+    match artwork {
+        // The image id labels the bytes: each image of an item (one per layout) differs.
+        Some(artwork) => artwork.respond(id.to_owned()).await,
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

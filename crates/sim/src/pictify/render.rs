@@ -126,9 +126,8 @@ fn finish_item(app: &App, id: &str, index: usize) -> Vec<Delivery> {
                 inner.images.insert(
                     image_id.clone(),
                     Image {
-                        width: OUTPUT_WIDTH,
-                        height: OUTPUT_HEIGHT,
-                        label: format!("{id}:{index}"),
+                        artwork: b.artwork,
+                        extension: b.format.clone(),
                     },
                 );
                 // [SEED-3] payload plus width/height from [PX-LIVE:concepts/webhooks]; the

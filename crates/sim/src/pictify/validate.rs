@@ -7,6 +7,8 @@ use super::MAX_VARIABLE_SETS;
 pub(super) struct RenderRequest {
     pub(super) sets: Vec<Map<String, Value>>,
     pub(super) format: String,
+    /// 0.1–1.0, default 0.9 (providers.md §2.3).
+    pub(super) quality: f64,
     pub(super) concurrency: usize,
     /// Layout names; every item renders one image per layout ("one image per item per
     /// layout", providers.md §2.3). Empty = one image.
@@ -53,11 +55,16 @@ pub(super) fn validate(body: &Value) -> Result<RenderRequest, Vec<Value>> {
             String::new()
         }
     };
-    if let Some(q) = obj.get("quality")
-        && !q.as_f64().is_some_and(|q| (0.1..=1.0).contains(&q))
-    {
-        err("quality", "must be a number between 0.1 and 1.0");
-    }
+    let quality = match obj.get("quality") {
+        None => 0.9,
+        Some(q) => match q.as_f64().filter(|q| (0.1..=1.0).contains(q)) {
+            Some(q) => q,
+            None => {
+                err("quality", "must be a number between 0.1 and 1.0");
+                0.9
+            }
+        },
+    };
     let concurrency = match obj.get("concurrency") {
         None => 5,
         Some(v) => match v.as_u64() {
@@ -97,6 +104,7 @@ pub(super) fn validate(body: &Value) -> Result<RenderRequest, Vec<Value>> {
         Ok(RenderRequest {
             sets,
             format,
+            quality,
             concurrency,
             layouts,
         })
@@ -119,6 +127,8 @@ mod tests {
         assert!(validate(&json!({"variableSets": [{}], "concurrency": 11})).is_err());
         assert!(validate(&json!({"variableSets": [{}], "layout": "Bad_Layout"})).is_err());
         assert!(validate(&json!({"variableSets": [1]})).is_err());
+        let defaults = validate(&json!({"variableSets": [{}]}));
+        assert!(defaults.is_ok_and(|r| r.format == "png" && r.quality == 0.9));
         let ok = validate(&json!({"variableSets": [{"a": 1}], "format": "webp", "quality": 0.1}));
         assert!(ok.is_ok_and(|r| r.format == "webp" && r.concurrency == 5 && r.sets.len() == 1));
     }

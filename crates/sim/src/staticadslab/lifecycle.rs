@@ -9,7 +9,7 @@ use adgate_generator::time::rfc3339;
 use serde_json::{Value, json};
 
 use super::versions::initial_tree;
-use super::{Ad, Inner, OUTPUT_SIDE, PRICE_TEMPLATE, SHORT_JOB_DIVISOR, Sim, Status};
+use super::{Ad, Inner, PRICE_TEMPLATE, SHORT_JOB_DIVISOR, Sim, Status, output_side};
 use crate::common::lock;
 
 impl Sim {
@@ -144,8 +144,9 @@ impl Sim {
                 let number = ad.versions.len().max(1);
                 v["status"] = json!("completed");
                 v["image_url"] = json!(self.file_url(&ad.id, number, false));
-                v["width"] = json!(OUTPUT_SIDE);
-                v["height"] = json!(OUTPUT_SIDE);
+                let side = output_side(ad.editable);
+                v["width"] = json!(side);
+                v["height"] = json!(side);
                 v["duration_ms"] = json!(ad.duration.as_millis() as u64);
                 v["completed_at"] = json!(rfc3339(finished_wall));
                 if let Some(current) = ad.versions.last() {

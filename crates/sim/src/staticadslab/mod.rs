@@ -14,7 +14,8 @@
 //! - `POST /v1/design-templates` → 202, `GET /v1/design-templates/{id}`,
 //!   `GET /v1/design-templates?ids=a,b` (or a plain list): async templates billed $0.25 on
 //!   completion [SEED-1], [SAL:guides/errors-and-billing] (`templates.rs`);
-//! - `GET /files/{id}[-v{n}][-figma].png`: rendered outputs (stand in for the provider's CDN).
+//! - `GET /files/{id}[-v{n}][-figma].png`: rendered outputs (stand in for the provider's CDN):
+//!   compressed PNGs, [`FLAT_SIDE`] square for a flat ad, [`EDITABLE_SIDE`] for an editable one.
 //!
 //! Ads, re-renders and templates run on a scaled clock: each draws a duration from
 //! `SimConfig::job_duration` (re-renders and templates a fifth of it), fails with probability
@@ -32,10 +33,11 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::routing::get;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
+use crate::artwork::{Artwork, ImageFormat};
 use crate::common::{self, Faults, Ledger, RollingWindow, SimConfig, SimHandle, lock};
 
 mod create;
@@ -84,9 +86,18 @@ const PRICE_TEMPLATE: u64 = 25;
 /// say templates have a "faster pipeline" (poll every 2 s, not 4 s) [SEED-1] and give no
 /// duration for a re-render.
 const SHORT_JOB_DIVISOR: u32 = 5;
-/// The docs promise "a single 4K PNG" [SEED-2]; we serve 1080×1080 to keep the uncompressed PNGs
-/// small, and report exactly these dimensions in `width`/`height`.
-pub const OUTPUT_SIDE: u32 = 1080;
+/// A flat ad is "a single 4K PNG" [SEED-2]. 4K as screens mean it, 3840 px on the long side;
+/// square because the ads are Meta feed creatives (1:1), the shape the simulator always served.
+/// Reported in the ad's `width`/`height` and served at exactly that size.
+pub const FLAT_SIDE: u32 = 3840;
+/// An editable ad is "a PNG" [SEED-2], no size given: GUESS 1080×1080 (Meta's 1:1 feed size),
+/// the size of the frame in its JSON tree, whose renders it is.
+pub const EDITABLE_SIDE: u32 = 1080;
+
+/// The side of an ad's square output.
+pub fn output_side(editable: bool) -> u32 {
+    if editable { EDITABLE_SIDE } else { FLAT_SIDE }
+}
 const TOP_UP_URL: &str = "https://www.staticadslab.com/dashboard/billing";
 
 /// Pipeline steps, as [SEED-2] names them: the flat SKU runs the Perfect Ad pipeline only; the
@@ -365,35 +376,36 @@ fn parse_file(file: &str) -> Option<(&str, usize, bool)> {
 }
 
 impl Sim {
-    /// Whether the file of version `number` of ad `id` exists: its render completed. An older
-    /// version's files stay served while a newer one renders or after it failed.
-    fn render_done(&self, id: &str, number: usize, figma: bool) -> bool {
+    /// The side of the file of version `number` of ad `id` if it exists: its render completed.
+    /// An older version's files stay served while a newer one renders or after it failed.
+    fn rendered_side(&self, id: &str, number: usize, figma: bool) -> Option<u32> {
         let mut inner = lock(&self.inner);
         self.finalize_due(&mut inner, Instant::now());
-        match inner.ads.get(id) {
-            Some(ad) if ad.editable => ad
-                .versions
+        let ad = inner.ads.get(id)?;
+        let done = if ad.editable {
+            ad.versions
                 .get(number.wrapping_sub(1))
-                .is_some_and(|v| v.status == Status::Completed),
-            Some(ad) => number == 1 && !figma && ad.status == Status::Completed,
-            None => false,
-        }
+                .is_some_and(|v| v.status == Status::Completed)
+        } else {
+            number == 1 && !figma && ad.status == Status::Completed
+        };
+        done.then_some(output_side(ad.editable))
     }
 }
 
 /// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
 async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
-    match parse_file(&file) {
-        Some((id, number, figma)) if sim.render_done(id, number, figma) => {
-            // The label makes each version's (and each Figma render's) pixels differ.
-            let label = file.trim_end_matches(".png");
-            let png = common::png::render(OUTPUT_SIDE, OUTPUT_SIDE, label);
-            let mut resp = Response::new(Body::from(png));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
-            resp
+    let side =
+        parse_file(&file).and_then(|(id, number, figma)| sim.rendered_side(id, number, figma));
+    match side {
+        // The file name labels the bytes: each version and each Figma render differs.
+        Some(side) => {
+            let label = file.trim_end_matches(".png").to_owned();
+            Artwork::new(ImageFormat::Png, side, side)
+                .respond(label)
+                .await
         }
-        _ => sim.error(StatusCode::NOT_FOUND, "NOT_FOUND", "File not found"),
+        None => sim.error(StatusCode::NOT_FOUND, "NOT_FOUND", "File not found"),
     }
 }
 

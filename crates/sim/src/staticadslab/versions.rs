@@ -20,7 +20,7 @@ use super::request::{
     Refusal, Scope, cache_answer, detached, fingerprint, idempotency_gate, idempotency_key,
     read_json, release_key,
 };
-use super::{Ad, Inner, OUTPUT_SIDE, SHORT_JOB_DIVISOR, Sim, Status};
+use super::{Ad, EDITABLE_SIDE, Inner, SHORT_JOB_DIVISOR, Sim, Status};
 use crate::common::lock;
 
 /// GUESS: the docs name the PATCH but not its body. `current_json_tree` is the resource field
@@ -89,7 +89,7 @@ pub(super) fn initial_tree(ad: &Ad) -> Value {
     }
     json!({
         "id": "node-root", "type": "FRAME", "name": "Ad",
-        "width": OUTPUT_SIDE, "height": OUTPUT_SIDE, "children": children,
+        "width": EDITABLE_SIDE, "height": EDITABLE_SIDE, "children": children,
     })
 }
 
