@@ -123,6 +123,8 @@ pub enum NotifyOutcome {
     },
     /// Its endpoint is disabled: kept until a redelivery re-enables it.
     Park,
+    /// Not attempted (its payload is not ready yet); due again at `next_at_ms`.
+    Later { next_at_ms: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,7 @@ impl NotifyOutcome {
             Self::Retry { next_at_ms, error } => (DUE, *next_at_ms, Some(error), 1),
             Self::GiveUp { error } => (GIVEN_UP, now_ms, Some(error), 1),
             Self::Park => (PARKED, now_ms, None, 0),
+            Self::Later { next_at_ms } => (DUE, *next_at_ms, None, 0),
         }
     }
 }
