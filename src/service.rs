@@ -50,6 +50,19 @@ pub struct Gateway {
     metrics: GrpcMetrics,
 }
 
+/// A QUEUED job's place: its estimate, or, for a job whose submit attempt is already
+/// recorded (being sent right now, so outside the queue the estimates were read from), first
+/// in line and starting now.
+fn place(job: &mut pb::Job, r: &adgate_engine::JobRecord, estimate: Option<&QueueEstimate>) {
+    if let Some(e) = estimate {
+        job.queue_position = e.position;
+        job.estimated_start_time = Some(convert::timestamp(e.start_ms));
+    } else if r.state == adgate_generator::JobState::Queued && r.attempt_id.is_some() {
+        job.queue_position = 0;
+        job.estimated_start_time = Some(prost_types::Timestamp::from(SystemTime::now()));
+    }
+}
+
 impl Gateway {
     /// A job as the API shows it, with what its provider billed for it.
     fn job(&self, r: &adgate_engine::JobRecord) -> pb::Job {
@@ -63,10 +76,7 @@ impl Gateway {
         estimates: &HashMap<String, QueueEstimate>,
     ) -> pb::Job {
         let mut job = self.job(r);
-        if let Some(e) = estimates.get(&r.id) {
-            job.queue_position = e.position;
-            job.estimated_start_time = Some(convert::timestamp(e.start_ms));
-        }
+        place(&mut job, r, estimates.get(&r.id));
         job
     }
 
@@ -534,12 +544,8 @@ impl Stream for ProgressStream {
                 let snapshot = this.remaining_snapshot > 0;
                 this.remaining_snapshot = this.remaining_snapshot.saturating_sub(1);
                 let mut job = convert::job_billed(&rec, this.engine.cost(&rec));
-                if snapshot
-                    && rec.state == adgate_generator::JobState::Queued
-                    && let Some(e) = this.estimates.get(&rec.id)
-                {
-                    job.queue_position = e.position;
-                    job.estimated_start_time = Some(convert::timestamp(e.start_ms));
+                if snapshot && rec.state == adgate_generator::JobState::Queued {
+                    place(&mut job, &rec, this.estimates.get(&rec.id));
                 }
                 pb::WatchProgressResponse {
                     event: Some(pb::watch_progress_response::Event::Job(job)),

@@ -124,7 +124,9 @@ pub enum NotifyOutcome {
     /// Its endpoint is disabled: kept until a redelivery re-enables it.
     Park,
     /// Not attempted (its payload is not ready yet); due again at `next_at_ms`.
-    Later { next_at_ms: i64 },
+    Later {
+        next_at_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
