@@ -29,6 +29,7 @@
 //! one transaction, recorded in `schema_migrations`; running them again is a no-op.
 
 mod checkpoint;
+mod custody;
 mod reads;
 mod rows;
 mod search;
@@ -64,6 +65,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_provider_result.sql")),
     (4, include_str!("../migrations/0004_callers.sql")),
     (5, include_str!("../migrations/0005_search.sql")),
+    (7, include_str!("../migrations/0007_custody.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -675,6 +677,44 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
         search::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
+    }
+
+    async fn claim_custody(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::CustodyTask>> {
+        let op = custody::CustodyOp::Claim {
+            replica: replica.to_owned(),
+            now_ms,
+            lease_ms,
+            limit: sql_limit(limit),
+        };
+        match self.write(|reply| Command::Custody { op, reply }).await? {
+            custody::CustodyAnswer::Claimed(tasks) => Ok(tasks),
+            other => Err(StoreError::Corrupt(format!("custody claim answered {other:?}"))),
+        }
+    }
+
+    async fn release_custody(&self, _replica: &str, now_ms: i64) -> Result<()> {
+        let op = custody::CustodyOp::Release { now_ms };
+        self.write(|reply| Command::Custody { op, reply })
+            .await
+            .map(drop)
+    }
+
+    async fn finish_custody(
+        &self,
+        write: crate::CustodyWrite,
+        now_ms: i64,
+    ) -> Result<Option<JobRecord>> {
+        let op = custody::CustodyOp::Finish { write, now_ms };
+        match self.write(|reply| Command::Custody { op, reply }).await? {
+            custody::CustodyAnswer::Finished(job) => Ok(job),
+            other => Err(StoreError::Corrupt(format!("custody result answered {other:?}"))),
+        }
     }
 
     fn commit_count(&self) -> u64 {

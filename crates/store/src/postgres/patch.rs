@@ -42,6 +42,8 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
 
 /// A job as the patches leave it, and how many of them changed it.
 struct Folded {
+    /// Whether the job was COMPLETED before these patches (custody is queued on completion).
+    was_completed: bool,
     next: JobRecord,
     bumps: i64,
     /// Where the job first changed among this apply's changes: the order of the answer.
@@ -70,6 +72,7 @@ pub(super) async fn apply(
         jobs.insert(
             record.id.clone(),
             Folded {
+                was_completed: record.state == adgate_generator::JobState::Completed,
                 next: record,
                 bumps: 0,
                 first_change: None,
@@ -154,6 +157,21 @@ pub(super) async fn apply(
             .unwrap_or(usize::MAX);
         stored.push((at, record));
     }
+    // Queued in this transaction: a completion on record always has its copy on record.
+    let mut custody: Vec<&str> = Vec::new();
+    for (_, record) in &stored {
+        if let Some(job) = jobs.get(&record.id)
+            && !job.was_completed
+            && record.state == adgate_generator::JobState::Completed
+            && record
+                .outputs
+                .iter()
+                .any(|o| o.custody.state == adgate_generator::CustodyState::Pending)
+        {
+            custody.push(record.id.as_str());
+        }
+    }
+    super::custody::queue(conn, &custody, now_ms).await?;
     stored.sort_by_key(|(at, _)| *at);
     let changed: Vec<JobRecord> = stored.into_iter().map(|(_, r)| r).collect();
     changes.extend(changed.iter().map(|r| (r.id.clone(), r.revision)));

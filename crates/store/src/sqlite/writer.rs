@@ -72,6 +72,11 @@ pub(super) enum Command {
         now_ms: i64,
         reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
     },
+    /// Output custody's queue (claims, releases, results).
+    Custody {
+        op: super::custody::CustodyOp,
+        reply: oneshot::Sender<Result<super::custody::CustodyAnswer>>,
+    },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
@@ -93,6 +98,7 @@ impl Command {
             Command::CreateAttempt { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Custody { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Shutdown => {}
         }
     }
@@ -403,6 +409,18 @@ async fn run_command(
                 return Err((pending(reply, Err(StoreError::Closed)).0, e));
             }
             let result = apply(conn, patches, now_ms).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Custody { op, reply } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = super::custody::run(conn, op).await;
             let end = in_savepoint_end(conn, result.is_ok()).await;
             let answer = pending(reply, result).0;
             match end {
@@ -922,6 +940,9 @@ async fn apply(
             .map_err(db)?;
         // Read back from the row just written, inside the same transaction.
         let record = job_from_row(&row)?;
+        if record.custody_queued_by(&current) {
+            super::custody::queue(conn, &record.id, now_ms).await?;
+        }
         match position.get(&record.id) {
             Some(&i) => changed[i] = record,
             None => {

@@ -84,6 +84,7 @@ fn output(n: u32) -> Output {
         format: "facebook-feed".to_owned(),
         mime_type: "image/png".to_owned(),
         provider_fields: serde_json::Map::new(),
+        custody: Default::default(),
     }
 }
 
