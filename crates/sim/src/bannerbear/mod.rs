@@ -317,6 +317,9 @@ async fn serve_file(
     State(app): State<Arc<App>>,
     Path((uid, file)): Path<(String, String)>,
 ) -> Response {
+    if let Some(fault) = common::output_fault(&app.faults) {
+        return fault;
+    }
     let found = lock(&app.inner).images.get(&uid).and_then(|i| {
         i.files
             .iter()

@@ -401,6 +401,9 @@ impl App {
 
 /// Rendered files, as a CDN would serve them: no auth, no rate limit, not in the ledger.
 async fn render_file(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
+    if let Some(fault) = common::output_fault(&app.faults) {
+        return fault;
+    }
     let id = file.split('.').next().unwrap_or_default();
     let image = app
         .lock()

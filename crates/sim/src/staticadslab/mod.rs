@@ -383,6 +383,9 @@ impl Sim {
 
 /// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
 async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
+    if let Some(fault) = common::output_fault(&sim.faults) {
+        return fault;
+    }
     match parse_file(&file) {
         Some((id, number, figma)) if sim.render_done(id, number, figma) => {
             // The label makes each version's (and each Figma render's) pixels differ.
