@@ -55,6 +55,8 @@ pub struct EngineConfig {
     /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
     /// `None`: no links.
     pub span_link: Option<crate::SpanLink>,
+    /// Output custody (copies of completed outputs); `None`: off.
+    pub custody: Option<crate::CustodyConfig>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             inbox_interval: Duration::from_secs(1),
             callers: CallerPolicies::default(),
             span_link: None,
+            custody: None,
         }
     }
 }
@@ -224,6 +227,13 @@ impl Engine {
             providers.insert(name, Arc::new(rt));
         }
         let shared_store = store.is_shared();
+        let custody = match config.custody {
+            Some(c) => Some(Arc::new(
+                crate::custody::CustodyRuntime::new(c)
+                    .map_err(|e| EngineError::Internal(format!("custody HTTP client: {e}")))?,
+            )),
+            None => None,
+        };
         let engine = Self {
             shared: Arc::new(Shared {
                 store,
@@ -244,6 +254,7 @@ impl Engine {
                 spend_locks: SpendLocks::default(),
                 queue_plans: Default::default(),
                 span_link: config.span_link,
+                custody,
             }),
         };
         if shared_store {
@@ -298,6 +309,11 @@ impl Engine {
                 rt.clone(),
                 config.inbox_interval,
             ));
+        }
+        if let Some(custody) = &engine.shared.custody {
+            engine
+                .shared
+                .spawn(crate::custody::run(engine.shared.clone(), custody.clone()));
         }
         engine.shared.spawn(sweep_deadlines(
             engine.shared.clone(),
@@ -358,6 +374,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.shared.metrics
+    }
+
+    /// Where output custody keeps its copies; `None` while custody is off.
+    pub fn output_store(&self) -> Option<&crate::OutputStore> {
+        self.shared.custody.as_ref().map(|c| &c.config.store)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

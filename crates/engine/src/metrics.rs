@@ -61,6 +61,16 @@ pub struct EngineMetrics {
     pub spend_micros: Family<SpendLabels, Counter>,
     /// Jobs stored by Submit, by provider and caller.
     pub submitted: Family<CallerLabels, Counter>,
+    /// Output custody: outputs copied, bytes copied, outputs given up on (by code).
+    pub custody_stored: Family<ProviderLabels, Counter>,
+    pub custody_bytes: Family<ProviderLabels, Counter>,
+    pub custody_failed: Family<CodeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub provider: String,
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,12 +120,30 @@ impl Default for EngineMetrics {
             push_subscriptions: Family::default(),
             spend_micros: Family::default(),
             submitted: Family::default(),
+            custody_stored: Family::default(),
+            custody_bytes: Family::default(),
+            custody_failed: Family::default(),
         }
     }
 }
 
 impl EngineMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "adgate_custody_outputs_stored",
+            "Outputs copied into the gateway's output store",
+            self.custody_stored.clone(),
+        );
+        registry.register(
+            "adgate_custody_stored_bytes",
+            "Bytes copied into the gateway's output store",
+            self.custody_bytes.clone(),
+        );
+        registry.register(
+            "adgate_custody_outputs_failed",
+            "Outputs no copy could be made of, by custody error code",
+            self.custody_failed.clone(),
+        );
         registry.register(
             "adgate_provider_requests",
             "Provider HTTP requests by endpoint and outcome",

@@ -262,6 +262,8 @@ pub(crate) struct Shared {
     pub(crate) queue_plans: crate::eta::QueuePlans,
     /// See [`crate::EngineConfig::span_link`].
     pub span_link: Option<crate::SpanLink>,
+    /// Output custody, when on.
+    pub(crate) custody: Option<Arc<crate::custody::CustodyRuntime>>,
 }
 
 impl Shared {
@@ -283,9 +285,23 @@ impl Shared {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        let changed = self.store.apply(patches, self.now_ms()).await?;
+        let changed = self
+            .store
+            .apply(self.keep_outputs(patches), self.now_ms())
+            .await?;
         self.publish(&changed);
         Ok(changed)
+    }
+
+    /// With custody on, patches that complete a job queue its outputs' copies (in the same
+    /// transaction: see `JobPatch::keep_outputs`).
+    pub(crate) fn keep_outputs(&self, mut patches: Vec<JobPatch>) -> Vec<JobPatch> {
+        if self.custody.is_some() {
+            for patch in &mut patches {
+                patch.keep_outputs = true;
+            }
+        }
+        patches
     }
 
     /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
@@ -317,6 +333,15 @@ impl Shared {
                 {
                     rt.wake_dispatcher.notify_one();
                 }
+            }
+            if let Some(custody) = &self.custody
+                && rec.state == adgate_generator::JobState::Completed
+                && rec
+                    .outputs
+                    .iter()
+                    .any(|o| o.custody.state == adgate_generator::CustodyState::Pending)
+            {
+                custody.wake.notify_one();
             }
             let rec = Arc::new(rec.clone());
             self.cache.changed(&rec);
