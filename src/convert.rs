@@ -218,6 +218,48 @@ pub fn state(s: JobState) -> pb::JobState {
     }
 }
 
+/// Where the HTTP listener serves stored outputs: `{OUTPUTS_PATH}/{job id}/{output index}`.
+pub const OUTPUTS_PATH: &str = "/outputs";
+
+pub fn custody_state(s: adgate_generator::CustodyState) -> pb::CustodyState {
+    use adgate_generator::CustodyState as C;
+    match s {
+        C::Off => pb::CustodyState::Unspecified,
+        C::Pending => pb::CustodyState::Pending,
+        C::Stored => pb::CustodyState::Stored,
+        C::Failed => pb::CustodyState::Failed,
+    }
+}
+
+fn job_error(e: &adgate_generator::JobError) -> pb::JobError {
+    pb::JobError {
+        code: e.code.clone(),
+        message: e.message.clone(),
+        retryable: e.retryable,
+        provider_code: e.provider_code.clone(),
+        failed_formats: e
+            .failed_formats
+            .iter()
+            .map(|f| pb::FormatFailure {
+                format: f.format.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Make stored outputs' URLs absolute: `base` is the HTTP listener's public base URL.
+pub fn with_outputs_base(mut job: pb::Job, base: &str) -> pb::Job {
+    if !base.is_empty() {
+        for o in &mut job.outputs {
+            if o.stored_url.starts_with('/') {
+                o.stored_url = format!("{}{}", base.trim_end_matches('/'), o.stored_url);
+            }
+        }
+    }
+    job
+}
+
 /// A job with what its provider billed for it (see `Engine::cost`).
 pub fn job_billed(r: &JobRecord, cost: Option<adgate_engine::StoredCost>) -> pb::Job {
     pb::Job {
@@ -279,23 +321,19 @@ pub fn job(r: &JobRecord) -> pb::Job {
                 mime_type: o.mime_type.clone(),
                 provider_fields: (!o.provider_fields.is_empty())
                     .then(|| json_to_struct(&o.provider_fields)),
-                ..Default::default()
+                custody: custody_state(o.custody.state).into(),
+                stored_url: if o.custody.key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{OUTPUTS_PATH}/{}", o.custody.key)
+                },
+                sha256: o.custody.sha256.clone(),
+                size_bytes: i64::try_from(o.custody.size_bytes).unwrap_or(i64::MAX),
+                stored_mime_type: o.custody.mime_type.clone(),
+                custody_error: o.custody.error.as_ref().map(job_error),
             })
             .collect(),
-        error: r.error.as_ref().map(|e| pb::JobError {
-            code: e.code.clone(),
-            message: e.message.clone(),
-            retryable: e.retryable,
-            provider_code: e.provider_code.clone(),
-            failed_formats: e
-                .failed_formats
-                .iter()
-                .map(|f| pb::FormatFailure {
-                    format: f.format.clone(),
-                    reason: f.reason.clone(),
-                })
-                .collect(),
-        }),
+        error: r.error.as_ref().map(job_error),
         client_ref: r.client_ref.clone(),
         labels: r
             .labels

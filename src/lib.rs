@@ -24,12 +24,14 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod config_custody;
 pub mod console;
 pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod health;
 pub mod http;
+pub mod http_outputs;
 pub mod metrics;
 pub mod page_token;
 pub mod providers;
@@ -101,6 +103,8 @@ pub enum StartError {
     Grpc(String),
     #[error("HTTP server failed: {0}")]
     Http(String),
+    #[error("output custody: {0}")]
+    Custody(String),
 }
 
 /// A started gateway: store open, engine running, not yet listening.
@@ -138,6 +142,15 @@ impl App {
             kept_event_ttl: settings.kept_event_ttl,
             callers: settings.callers.clone(),
             span_link: Some(telemetry::link),
+            custody: match &settings.custody.store {
+                Some(spec) => {
+                    let store = adgate_engine::OutputStore::open(spec)
+                        .map_err(|e| StartError::Custody(e.to_string()))?;
+                    tracing::info!(store = ?store, "output custody on");
+                    Some(settings.custody.engine_config(store))
+                }
+                None => None,
+            },
             ..EngineConfig::default()
         };
         let engine = Engine::start(store.clone(), config, shutdown.clone())
@@ -153,6 +166,10 @@ impl App {
             service: ServiceConfig {
                 max_watch_streams: settings.max_watch_streams,
                 heartbeat: settings.heartbeat,
+                outputs_base: settings
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", settings.http_addr)),
             },
             tokens: Tokens::new(
                 settings
@@ -363,6 +380,7 @@ pub async fn run(mut settings: Settings) -> Result<(), StartError> {
             source,
         })?;
     let _sandbox = if settings.sandbox {
+        settings.custody.sandbox_default(&settings.database_url);
         let addr = http.local_addr().map_err(StartError::Sandbox)?;
         Some(
             sandbox::start(&mut settings, addr, sandbox::SANDBOX_TIME_SCALE)
