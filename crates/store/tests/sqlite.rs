@@ -59,6 +59,7 @@ conformance!(
     search_pagination_under_inserts,
     search_pages_while_writing,
     search_batches,
+    custody_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,7 +15,9 @@ use adgate_store::{
 };
 use serde_json::json;
 
+mod custody;
 mod search;
+pub use custody::custody_queue;
 pub use search::{
     search_batches, search_filters, search_pages_while_writing, search_pagination_under_inserts,
 };
