@@ -566,3 +566,111 @@ async fn s3_store_keeps_checked_copies_in_a_real_s3_server() {
     );
     sims.shutdown();
 }
+
+/// Custody throughput: `jobs` mixed jobs complete while their CDN answers 503, so every copy
+/// is queued; then the CDN comes back and the time until every output is stored gives
+/// outputs/s and MB/s. Includes up to one retry delay (0.2 s) and one poll (1 s) of start-up.
+async fn custody_throughput(store: &str, jobs: usize) {
+    let scratch = tempfile::tempdir().unwrap();
+    let moto = if store == "s3" {
+        Some(start_moto(&scratch.path().join("moto.log")).await)
+    } else {
+        None
+    };
+    let http_port = free_port();
+    let sims = Sims::start(SCALE, http_port, "custbench", |_, _| {}).await;
+    for (_, sim) in sims.all() {
+        sim.update_faults(|f| f.output_status = Some(503));
+    }
+    let mut env = sims.env();
+    match &moto {
+        Some(moto) => {
+            let made = reqwest::Client::new()
+                .put(format!("{}/bench", moto.url))
+                .send()
+                .await
+                .unwrap();
+            assert!(made.status().is_success());
+            for (k, v) in [
+                ("ADGATE_CUSTODY_S3_BUCKET", "bench"),
+                ("ADGATE_CUSTODY_S3_ENDPOINT", moto.url.as_str()),
+                ("AWS_ACCESS_KEY_ID", "testing-key-id"),
+                ("AWS_SECRET_ACCESS_KEY", "testing-secret-9f2c"),
+            ] {
+                env.push((k.into(), v.into()));
+            }
+        }
+        None => env.push((
+            "ADGATE_CUSTODY_DIR".into(),
+            scratch.path().join("outputs").display().to_string(),
+        )),
+    }
+    let toml = format!("time_scale = {SCALE}\n{FAST_RETRIES}");
+    let spec = GatewaySpec::new(http_port, &toml, env);
+    let _gw = spec.spawn();
+    let mut c = connect_as(&spec, None).await;
+    let mut ids = Vec::new();
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+        let specs = chunk.iter().map(|&i| mixed_job(i)).collect();
+        ids.extend(submit(&mut c, specs, None).await);
+    }
+    let pending = |o: &pb::Output| o.custody() == pb::CustodyState::Pending;
+    wait_outputs(&mut c, &ids, None, Duration::from_secs(600), "completion", pending, &spec)
+        .await;
+    let started = Instant::now();
+    for (_, sim) in sims.all() {
+        sim.update_faults(|f| f.output_status = None);
+    }
+    let js = wait_outputs(&mut c, &ids, None, Duration::from_secs(600), "copies", stored, &spec)
+        .await;
+    let took = started.elapsed().as_secs_f64();
+    let outputs: usize = js.iter().map(|j| j.outputs.len()).sum();
+    let bytes: i64 = js.iter().flat_map(|j| &j.outputs).map(|o| o.size_bytes).sum();
+    println!(
+        "custody throughput ({store}): {jobs} jobs, {outputs} outputs, {:.1} MB in {took:.2} s \
+         = {:.1} outputs/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        outputs as f64 / took,
+        bytes as f64 / 1e6 / took
+    );
+    // The ceiling: the simulators render every file on request; fetching the same URLs eight
+    // at a time (custody's default concurrency) and discarding them takes this long.
+    let urls: Vec<String> = js.iter().flat_map(|j| &j.outputs).map(|o| o.url.clone()).collect();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut fetched = 0usize;
+    for group in urls.chunks(8) {
+        let gets = group.iter().map(|u| {
+            let http = http.clone();
+            async move { http.get(u).send().await.unwrap().bytes().await.unwrap().len() }
+        });
+        fetched += futures_util::future::join_all(gets).await.iter().sum::<usize>();
+    }
+    let raw = started.elapsed().as_secs_f64();
+    println!(
+        "simulators alone: {:.1} MB in {raw:.2} s = {:.1} MB/s",
+        fetched as f64 / 1e6,
+        fetched as f64 / 1e6 / raw
+    );
+    sims.shutdown();
+}
+
+fn bench_jobs() -> usize {
+    std::env::var("ADGATE_CUSTODY_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
+/// `cargo test --release --test custody -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn custody_throughput_directory() {
+    custody_throughput("directory", bench_jobs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn custody_throughput_s3() {
+    custody_throughput("s3", bench_jobs()).await;
+}
