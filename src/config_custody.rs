@@ -110,12 +110,10 @@ fn secs(name: &str, v: f64, at_least: Duration) -> Result<Duration, ConfigError>
     Duration::try_from_secs_f64(v)
         .ok()
         .filter(|d| *d >= at_least && *d <= Duration::from_secs(86_400 * 365))
-        .ok_or_else(|| {
-            ConfigError::Invalid {
-                name: name.to_owned(),
-                value: v.to_string(),
-                reason: format!("must be a number of seconds, at least {at_least:?}"),
-            }
+        .ok_or_else(|| ConfigError::Invalid {
+            name: name.to_owned(),
+            value: v.to_string(),
+            reason: format!("must be a number of seconds, at least {at_least:?}"),
         })
 }
 
@@ -205,7 +203,11 @@ pub(crate) fn resolve(
         None => f.download_timeout_secs,
     };
     if let Some(t) = timeout {
-        s.download_timeout = secs("custody.download_timeout_secs", t, Duration::from_millis(100))?;
+        s.download_timeout = secs(
+            "custody.download_timeout_secs",
+            t,
+            Duration::from_millis(100),
+        )?;
     }
     if let Some(c) = f.concurrency {
         if c == 0 {
@@ -313,14 +315,29 @@ mod tests {
                 &[("ADGATE_CUSTODY_STORE", "ftp")][..],
                 "invalid ADGATE_CUSTODY_STORE \"ftp\"",
             ),
-            (&[("ADGATE_CUSTODY_STORE", "s3")][..], "needs ADGATE_CUSTODY_S3_BUCKET"),
-            (&[("ADGATE_CUSTODY_STORE", "directory")][..], "needs ADGATE_CUSTODY_DIR"),
             (
-                &[("ADGATE_CUSTODY_S3_BUCKET", "b"), ("ADGATE_CUSTODY_S3_ENDPOINT", "minio:9000")][..],
+                &[("ADGATE_CUSTODY_STORE", "s3")][..],
+                "needs ADGATE_CUSTODY_S3_BUCKET",
+            ),
+            (
+                &[("ADGATE_CUSTODY_STORE", "directory")][..],
+                "needs ADGATE_CUSTODY_DIR",
+            ),
+            (
+                &[
+                    ("ADGATE_CUSTODY_S3_BUCKET", "b"),
+                    ("ADGATE_CUSTODY_S3_ENDPOINT", "minio:9000"),
+                ][..],
                 "invalid ADGATE_CUSTODY_S3_ENDPOINT",
             ),
-            (&[("ADGATE_CUSTODY_MAX_BYTES", "lots")][..], "invalid ADGATE_CUSTODY_MAX_BYTES"),
-            (&[("ADGATE_CUSTODY_MAX_BYTES", "0")][..], "invalid custody.max_bytes"),
+            (
+                &[("ADGATE_CUSTODY_MAX_BYTES", "lots")][..],
+                "invalid ADGATE_CUSTODY_MAX_BYTES",
+            ),
+            (
+                &[("ADGATE_CUSTODY_MAX_BYTES", "0")][..],
+                "invalid custody.max_bytes",
+            ),
         ] {
             let pairs: &'static [(&'static str, &'static str)] = pairs;
             let err = resolve(None, &env_of(pairs)).unwrap_err().to_string();

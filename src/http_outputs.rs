@@ -38,7 +38,10 @@ pub async fn get_output(
     ) {
         Ok(caller) => caller,
         Err(_) => {
-            let mut r = plain(StatusCode::UNAUTHORIZED, "a valid bearer token is required\n");
+            let mut r = plain(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required\n",
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
@@ -60,14 +63,15 @@ pub async fn get_output(
             return plain(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
         }
     };
-    let visible = job.filter(|j| {
-        caller.0 == adgate_engine::ANONYMOUS || j.caller == caller.0
-    });
+    let visible = job.filter(|j| caller.0 == adgate_engine::ANONYMOUS || j.caller == caller.0);
     let Some(output) = visible.as_ref().and_then(|j| j.outputs.get(index)) else {
         return plain(StatusCode::NOT_FOUND, "no such output\n");
     };
     if output.custody.state != CustodyState::Stored {
-        return plain(StatusCode::NOT_FOUND, "this output has no stored copy (yet)\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "this output has no stored copy (yet)\n",
+        );
     }
     let object = match store.get(&output.custody.key).await {
         Ok(object) => object,

@@ -303,7 +303,11 @@ async fn directory_store_keeps_checked_copies_and_serves_them_to_their_caller_on
         .await
         .unwrap();
     let outputs_n: usize = js.iter().map(|j| j.outputs.len()).sum();
-    let bytes: i64 = js.iter().flat_map(|j| &j.outputs).map(|o| o.size_bytes).sum();
+    let bytes: i64 = js
+        .iter()
+        .flat_map(|j| &j.outputs)
+        .map(|o| o.size_bytes)
+        .sum();
     assert_eq!(
         metric_sum(&metrics, "adgate_custody_outputs_stored_total", &[]),
         outputs_n as f64
@@ -441,7 +445,14 @@ async fn start_moto(log: &Path) -> Moto {
     let port = free_port();
     let out = std::fs::File::create(log).unwrap();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
@@ -493,7 +504,9 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
             let (key, body) = l.split_once(' ').unwrap();
             (
                 key.to_owned(),
-                base64::engine::general_purpose::STANDARD.decode(body).unwrap(),
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap(),
             )
         })
         .collect()
@@ -615,17 +628,37 @@ async fn custody_throughput(store: &str, jobs: usize) {
         ids.extend(submit(&mut c, specs, None).await);
     }
     let pending = |o: &pb::Output| o.custody() == pb::CustodyState::Pending;
-    wait_outputs(&mut c, &ids, None, Duration::from_secs(600), "completion", pending, &spec)
-        .await;
+    wait_outputs(
+        &mut c,
+        &ids,
+        None,
+        Duration::from_secs(600),
+        "completion",
+        pending,
+        &spec,
+    )
+    .await;
     let started = Instant::now();
     for (_, sim) in sims.all() {
         sim.update_faults(|f| f.output_status = None);
     }
-    let js = wait_outputs(&mut c, &ids, None, Duration::from_secs(600), "copies", stored, &spec)
-        .await;
+    let js = wait_outputs(
+        &mut c,
+        &ids,
+        None,
+        Duration::from_secs(600),
+        "copies",
+        stored,
+        &spec,
+    )
+    .await;
     let took = started.elapsed().as_secs_f64();
     let outputs: usize = js.iter().map(|j| j.outputs.len()).sum();
-    let bytes: i64 = js.iter().flat_map(|j| &j.outputs).map(|o| o.size_bytes).sum();
+    let bytes: i64 = js
+        .iter()
+        .flat_map(|j| &j.outputs)
+        .map(|o| o.size_bytes)
+        .sum();
     println!(
         "custody throughput ({store}): {jobs} jobs, {outputs} outputs, {:.1} MB in {took:.2} s \
          = {:.1} outputs/s, {:.1} MB/s",
@@ -635,16 +668,32 @@ async fn custody_throughput(store: &str, jobs: usize) {
     );
     // The ceiling: the simulators render every file on request; fetching the same URLs eight
     // at a time (custody's default concurrency) and discarding them takes this long.
-    let urls: Vec<String> = js.iter().flat_map(|j| &j.outputs).map(|o| o.url.clone()).collect();
+    let urls: Vec<String> = js
+        .iter()
+        .flat_map(|j| &j.outputs)
+        .map(|o| o.url.clone())
+        .collect();
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut fetched = 0usize;
     for group in urls.chunks(8) {
         let gets = group.iter().map(|u| {
             let http = http.clone();
-            async move { http.get(u).send().await.unwrap().bytes().await.unwrap().len() }
+            async move {
+                http.get(u)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .len()
+            }
         });
-        fetched += futures_util::future::join_all(gets).await.iter().sum::<usize>();
+        fetched += futures_util::future::join_all(gets)
+            .await
+            .iter()
+            .sum::<usize>();
     }
     let raw = started.elapsed().as_secs_f64();
     println!(

@@ -74,7 +74,10 @@ impl CustodyConfig {
     /// and drawn from its upper half so that outputs failed together spread out.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(20);
-        let full = self.retry_initial.saturating_mul(factor).min(self.retry_max);
+        let full = self
+            .retry_initial
+            .saturating_mul(factor)
+            .min(self.retry_max);
         full / 2 + full.mul_f64(fastrand::f64() / 2.0)
     }
 }
@@ -162,7 +165,11 @@ pub(crate) async fn run(shared: Arc<Shared>, custody: Arc<CustodyRuntime>) {
 
 /// One task: copy the job's PENDING outputs and record what became of each.
 async fn copy_job(shared: &Shared, custody: &CustodyRuntime, task: CustodyTask) {
-    let job = match shared.store.get_jobs(std::slice::from_ref(&task.job_id)).await {
+    let job = match shared
+        .store
+        .get_jobs(std::slice::from_ref(&task.job_id))
+        .await
+    {
         Ok(mut jobs) => jobs.pop(),
         Err(e) => {
             tracing::warn!(job_id = %task.job_id, error = %e, "custody: reading the job failed");

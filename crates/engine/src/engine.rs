@@ -228,10 +228,9 @@ impl Engine {
         }
         let shared_store = store.is_shared();
         let custody = match config.custody {
-            Some(c) => Some(Arc::new(
-                crate::custody::CustodyRuntime::new(c)
-                    .map_err(|e| EngineError::Internal(format!("custody HTTP client: {e}")))?,
-            )),
+            Some(c) => Some(Arc::new(crate::custody::CustodyRuntime::new(c).map_err(
+                |e| EngineError::Internal(format!("custody HTTP client: {e}")),
+            )?)),
             None => None,
         };
         let engine = Self {

@@ -73,13 +73,13 @@ pub use adgate_store::{
 };
 pub use bus::Watch;
 pub use custody::CustodyConfig;
-pub use output_store::{OutputStore, OutputStoreError, OutputStoreSpec, S3Settings, StoredObject};
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,
     WebhookOutcome,
 };
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
+pub use output_store::{OutputStore, OutputStoreError, OutputStoreSpec, S3Settings, StoredObject};
 pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
 pub use trace::SpanLink;
 pub use usage::BudgetUsage;

@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn near_misses_are_not_taken_for_images() {
         // A RIFF that is not WebP (a WAV file), a truncated PNG signature, HTML, nothing.
-        assert_eq!(media_type(b"RIFF\x24\0\0\0WAVEfmt "), "application/octet-stream");
+        assert_eq!(
+            media_type(b"RIFF\x24\0\0\0WAVEfmt "),
+            "application/octet-stream"
+        );
         assert_eq!(media_type(b"\x89PNG\r\n"), "application/octet-stream");
         assert_eq!(media_type(b"<!doctype html>"), "application/octet-stream");
         assert_eq!(media_type(b""), "application/octet-stream");

@@ -21,8 +21,9 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 pub use model::{
-    ANONYMOUS, Attempt, CustodyTask, CustodyWrite, DEFAULT_PRIORITY, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob,
-    NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
+    ANONYMOUS, Attempt, CustodyTask, CustodyWrite, DEFAULT_PRIORITY, EventWrite, JobPatch,
+    JobRecord, KeptEvent, NewJob, NewSubmission, QueuedEntry, StateCount, StoredCost,
+    SubmitOutcome,
 };
 pub use postgres::PgStore;
 pub use search::{BatchFilter, BatchSummary, JobFilter, Page, PageKey};

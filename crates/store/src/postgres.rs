@@ -892,7 +892,7 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
         match self.write(Op::FinishCustody { write, now_ms }).await? {
-            Answer::Custody(job) => Ok(job),
+            Answer::Custody(job) => Ok(job.map(|j| *j)),
             other => Err(mismatched(&other)),
         }
     }

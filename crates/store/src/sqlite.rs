@@ -694,7 +694,9 @@ impl Store for SqliteStore {
         };
         match self.write(|reply| Command::Custody { op, reply }).await? {
             custody::CustodyAnswer::Claimed(tasks) => Ok(tasks),
-            other => Err(StoreError::Corrupt(format!("custody claim answered {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "custody claim answered {other:?}"
+            ))),
         }
     }
 
@@ -712,8 +714,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<JobRecord>> {
         let op = custody::CustodyOp::Finish { write, now_ms };
         match self.write(|reply| Command::Custody { op, reply }).await? {
-            custody::CustodyAnswer::Finished(job) => Ok(job),
-            other => Err(StoreError::Corrupt(format!("custody result answered {other:?}"))),
+            custody::CustodyAnswer::Finished(job) => Ok(job.map(|j| *j)),
+            other => Err(StoreError::Corrupt(format!(
+                "custody result answered {other:?}"
+            ))),
         }
     }
 

@@ -447,7 +447,11 @@ async fn claim_custody_never_hands_a_copy_to_two_replicas() {
             }
         }
     }
-    assert_eq!(owner.len(), JOBS, "every copy claimed once: {per_claimer:?}");
+    assert_eq!(
+        owner.len(),
+        JOBS,
+        "every copy claimed once: {per_claimer:?}"
+    );
     assert!(
         per_claimer.iter().filter(|&&n| n > 0).count() > 1,
         "the claimers ran concurrently: {per_claimer:?}"

@@ -73,7 +73,10 @@ pub(super) enum Op {
         now_ms: i64,
     },
     /// One custody attempt's results (see `Store::finish_custody`).
-    FinishCustody { write: CustodyWrite, now_ms: i64 },
+    FinishCustody {
+        write: CustodyWrite,
+        now_ms: i64,
+    },
 }
 
 /// The answer to an [`Op`], of the matching variant.
@@ -85,7 +88,7 @@ pub(super) enum Answer {
     /// `None` for a duplicate delivery.
     Delivery(Option<Vec<JobRecord>>),
     /// The job after a custody result, `None` when nothing changed.
-    Custody(Option<JobRecord>),
+    Custody(Option<Box<JobRecord>>),
 }
 
 pub(super) enum Command {
@@ -618,7 +621,7 @@ async fn run_op(
         Op::FinishCustody { write, now_ms } => {
             super::custody::finish(conn, write, *now_ms, changes)
                 .await
-                .map(Answer::Custody)
+                .map(|job| Answer::Custody(job.map(Box::new)))
         }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) enum CustodyOp {
 pub(crate) enum CustodyAnswer {
     Claimed(Vec<CustodyTask>),
     Released,
-    Finished(Option<JobRecord>),
+    Finished(Option<Box<JobRecord>>),
 }
 
 /// Queue the copy of a job that this transaction completes (see `JobRecord::custody_queued_by`).
@@ -73,7 +73,7 @@ pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> Result<Cu
         }
         CustodyOp::Finish { write, now_ms } => finish(conn, write, now_ms)
             .await
-            .map(CustodyAnswer::Finished),
+            .map(|job| CustodyAnswer::Finished(job.map(Box::new))),
     }
 }
 
