@@ -688,6 +688,52 @@ mod tests {
         }
     }
 
+    /// Custody fields reach the API: the state, the checksum, size and sniffed type, the
+    /// failure's code; `stored_url` is a path until the server's base URL is put in front.
+    #[test]
+    fn custody_fields_reach_the_output() {
+        use adgate_generator::{Custody, CustodyState, JobError};
+        let mut r = record("abyssale", None);
+        r.outputs.push(r.outputs[0].clone());
+        r.outputs[0].custody = Custody {
+            state: CustodyState::Stored,
+            key: "job_1/0".into(),
+            sha256: "ab".repeat(32),
+            size_bytes: 4096,
+            mime_type: "image/webp".into(),
+            error: None,
+        };
+        r.outputs[1].custody = Custody {
+            state: CustodyState::Failed,
+            error: Some(JobError::new("OUTPUT_EXPIRED", "410", false)),
+            ..Custody::default()
+        };
+        let j = job(&r);
+        let (stored, failed) = (&j.outputs[0], &j.outputs[1]);
+        assert_eq!(stored.custody(), pb::CustodyState::Stored);
+        assert_eq!(stored.stored_url, "/outputs/job_1/0");
+        assert_eq!(stored.sha256, "ab".repeat(32));
+        assert_eq!(stored.size_bytes, 4096);
+        assert_eq!(stored.stored_mime_type, "image/webp");
+        assert_eq!(stored.url, "https://cdn/x.png", "the provider's URL stays");
+        assert_eq!(failed.custody(), pb::CustodyState::Failed);
+        assert_eq!(
+            failed.custody_error.as_ref().unwrap().code,
+            "OUTPUT_EXPIRED"
+        );
+        assert!(failed.stored_url.is_empty());
+        let j = with_outputs_base(j, "https://gw.example/");
+        assert_eq!(
+            j.outputs[0].stored_url,
+            "https://gw.example/outputs/job_1/0"
+        );
+        assert!(j.outputs[1].stored_url.is_empty());
+        // Custody off: nothing set.
+        let plain = job(&record("abyssale", None));
+        assert_eq!(plain.outputs[0].custody(), pb::CustodyState::Unspecified);
+        assert!(plain.outputs[0].stored_url.is_empty() && plain.outputs[0].sha256.is_empty());
+    }
+
     /// `json_to_struct` is the inverse of `struct_to_json` on JSON objects.
     #[test]
     fn json_struct_round_trip() {
