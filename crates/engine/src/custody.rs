@@ -118,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, custody: Arc<CustodyRuntime>) {
     }
     let slots = Arc::new(Semaphore::new(custody.config.concurrency.max(1)));
     let lease_ms = i64::try_from(custody.config.claim_lease().as_millis()).unwrap_or(i64::MAX);
-    loop {
+    while !shared.shutdown.is_cancelled() {
         let free = slots.available_permits();
         let claimed = if free == 0 {
             Vec::new()
@@ -156,10 +156,21 @@ pub(crate) async fn run(shared: Arc<Shared>, custody: Arc<CustodyRuntime>) {
             continue;
         }
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown.cancelled() => break,
             () = custody.wake.notified() => {}
             () = tokio::time::sleep(custody.config.poll_interval) => {}
         }
+    }
+    // Copies cut off by the shutdown are due again at once (for a replica restarted under
+    // the same identity, or on SQLite, the next start would do it; on PostgreSQL another
+    // replica may take them now instead of when the claims run out). A copy that finished
+    // meanwhile may be made twice: same key, same bytes, and only PENDING outputs take it.
+    if let Err(e) = shared
+        .store
+        .release_custody(&shared.replica_id, shared.now_ms())
+        .await
+    {
+        tracing::warn!(error = %e, "custody: releasing claims at shutdown failed");
     }
 }
 

@@ -686,6 +686,16 @@ impl Store for SqliteStore {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<crate::CustodyTask>> {
+        // The worker asks every second: an idle queue is answered by a reader, without a
+        // transaction on the writer.
+        let due = sqlx::query("SELECT 1 FROM custody_queue WHERE next_at <= ? LIMIT 1")
+            .bind(now_ms)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        if due.is_none() || limit == 0 {
+            return Ok(Vec::new());
+        }
         let op = custody::CustodyOp::Claim {
             replica: replica.to_owned(),
             now_ms,
