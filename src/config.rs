@@ -43,6 +43,14 @@ ENVIRONMENT (overrides the TOML file):
   ADGATE_LOG_FORMAT                text | json [default: text on a terminal, else json]
   ADGATE_REPLICA_ID                stable replica identity on PostgreSQL (1-64 of A-Z a-z 0-9 . _ -),
                                    one per live process [default: a fresh random id per start]
+  ADGATE_CUSTODY_STORE             output custody: off | directory | s3 [default: off; sandbox:
+                                   directory adgate-outputs beside the database]
+  ADGATE_CUSTODY_DIR               custody directory (implies directory)
+  ADGATE_CUSTODY_S3_BUCKET         custody bucket (implies s3); credentials: AWS_ACCESS_KEY_ID,
+                                   AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+  ADGATE_CUSTODY_S3_PREFIX, ADGATE_CUSTODY_S3_ENDPOINT (moto, MinIO), ADGATE_CUSTODY_S3_REGION
+  ADGATE_CUSTODY_MAX_BYTES         largest output copied [default: 67108864]
+  ADGATE_CUSTODY_DOWNLOAD_TIMEOUT_SECS  one copy's time limit [default: 60]
 ";
 
 const ENV_HELP_TAIL: &str = "  RUST_LOG                         log filter [default: info]
@@ -57,6 +65,9 @@ TOML FILE (every key optional):
   lease_secs = 10             replicas on PostgreSQL: a dead replica's jobs move after this
   replica_id = \"gw-0\"         stable replica identity (same as ADGATE_REPLICA_ID)
   kept_event_ttl_secs = 86400 how long a provider event that matches no job yet is kept
+  [custody]                   store, directory, s3_bucket, s3_prefix, s3_endpoint, s3_region,
+  max_bytes, download_timeout_secs, concurrency = 8, retry_initial_secs = 2,
+  retry_max_secs = 300, retry_horizon_secs = 21600, expired_after = 3
   [providers.<name>]          name: {providers}
   api_key, base_url, webhook_secret, request_timeout_secs,
   webhook_secrets = { \"render.completed\" = \"whsec_…\" }  per-event secrets (Pictify),
@@ -282,6 +293,7 @@ struct FileConfig {
     callers: BTreeMap<String, FileCaller>,
     #[serde(default)]
     notify: notify::FileNotify,
+    custody: Option<crate::config_custody::FileCustody>,
 }
 
 /// One provider's resolved settings. The provider is enabled when `api_key` is set.
@@ -332,6 +344,8 @@ pub struct Settings {
     pub callers: adgate_engine::CallerPolicies,
     /// Outbound webhooks (`[notify]`, the callers' secrets and endpoints).
     pub notify: adgate_engine::notify::NotifyConfig,
+    /// Output custody (`[custody]`, `ADGATE_CUSTODY_*`); off unless configured or sandboxed.
+    pub custody: crate::config_custody::CustodySettings,
     pub sandbox: bool,
 }
 
@@ -358,6 +372,7 @@ impl Default for Settings {
                 .collect(),
             callers: adgate_engine::CallerPolicies::default(),
             notify: adgate_engine::notify::NotifyConfig::default(),
+            custody: Default::default(),
             sandbox: false,
         }
     }
@@ -505,6 +520,7 @@ impl Settings {
                 ));
             }
         }
+        s.custody = crate::config_custody::resolve(file.custody, env)?;
         let mut file_providers = file.providers;
         for (name, p) in s.providers.iter_mut() {
             let f = file_providers.remove(name).unwrap_or_default();

@@ -218,6 +218,48 @@ pub fn state(s: JobState) -> pb::JobState {
     }
 }
 
+/// Where the HTTP listener serves stored outputs: `{OUTPUTS_PATH}/{job id}/{output index}`.
+pub const OUTPUTS_PATH: &str = "/outputs";
+
+pub fn custody_state(s: adgate_generator::CustodyState) -> pb::CustodyState {
+    use adgate_generator::CustodyState as C;
+    match s {
+        C::Off => pb::CustodyState::Unspecified,
+        C::Pending => pb::CustodyState::Pending,
+        C::Stored => pb::CustodyState::Stored,
+        C::Failed => pb::CustodyState::Failed,
+    }
+}
+
+fn job_error(e: &adgate_generator::JobError) -> pb::JobError {
+    pb::JobError {
+        code: e.code.clone(),
+        message: e.message.clone(),
+        retryable: e.retryable,
+        provider_code: e.provider_code.clone(),
+        failed_formats: e
+            .failed_formats
+            .iter()
+            .map(|f| pb::FormatFailure {
+                format: f.format.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Make stored outputs' URLs absolute: `base` is the HTTP listener's public base URL.
+pub fn with_outputs_base(mut job: pb::Job, base: &str) -> pb::Job {
+    if !base.is_empty() {
+        for o in &mut job.outputs {
+            if o.stored_url.starts_with('/') {
+                o.stored_url = format!("{}{}", base.trim_end_matches('/'), o.stored_url);
+            }
+        }
+    }
+    job
+}
+
 /// A job with what its provider billed for it (see `Engine::cost`).
 pub fn job_billed(r: &JobRecord, cost: Option<adgate_engine::StoredCost>) -> pb::Job {
     pb::Job {
@@ -279,23 +321,19 @@ pub fn job(r: &JobRecord) -> pb::Job {
                 mime_type: o.mime_type.clone(),
                 provider_fields: (!o.provider_fields.is_empty())
                     .then(|| json_to_struct(&o.provider_fields)),
-                ..Default::default()
+                custody: custody_state(o.custody.state).into(),
+                stored_url: if o.custody.key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{OUTPUTS_PATH}/{}", o.custody.key)
+                },
+                sha256: o.custody.sha256.clone(),
+                size_bytes: i64::try_from(o.custody.size_bytes).unwrap_or(i64::MAX),
+                stored_mime_type: o.custody.mime_type.clone(),
+                custody_error: o.custody.error.as_ref().map(job_error),
             })
             .collect(),
-        error: r.error.as_ref().map(|e| pb::JobError {
-            code: e.code.clone(),
-            message: e.message.clone(),
-            retryable: e.retryable,
-            provider_code: e.provider_code.clone(),
-            failed_formats: e
-                .failed_formats
-                .iter()
-                .map(|f| pb::FormatFailure {
-                    format: f.format.clone(),
-                    reason: f.reason.clone(),
-                })
-                .collect(),
-        }),
+        error: r.error.as_ref().map(job_error),
         client_ref: r.client_ref.clone(),
         labels: r
             .labels
@@ -648,6 +686,52 @@ mod tests {
             cost: None,
             traceparent: None,
         }
+    }
+
+    /// Custody fields reach the API: the state, the checksum, size and sniffed type, the
+    /// failure's code; `stored_url` is a path until the server's base URL is put in front.
+    #[test]
+    fn custody_fields_reach_the_output() {
+        use adgate_generator::{Custody, CustodyState, JobError};
+        let mut r = record("abyssale", None);
+        r.outputs.push(r.outputs[0].clone());
+        r.outputs[0].custody = Custody {
+            state: CustodyState::Stored,
+            key: "job_1/0".into(),
+            sha256: "ab".repeat(32),
+            size_bytes: 4096,
+            mime_type: "image/webp".into(),
+            error: None,
+        };
+        r.outputs[1].custody = Custody {
+            state: CustodyState::Failed,
+            error: Some(JobError::new("OUTPUT_EXPIRED", "410", false)),
+            ..Custody::default()
+        };
+        let j = job(&r);
+        let (stored, failed) = (&j.outputs[0], &j.outputs[1]);
+        assert_eq!(stored.custody(), pb::CustodyState::Stored);
+        assert_eq!(stored.stored_url, "/outputs/job_1/0");
+        assert_eq!(stored.sha256, "ab".repeat(32));
+        assert_eq!(stored.size_bytes, 4096);
+        assert_eq!(stored.stored_mime_type, "image/webp");
+        assert_eq!(stored.url, "https://cdn/x.png", "the provider's URL stays");
+        assert_eq!(failed.custody(), pb::CustodyState::Failed);
+        assert_eq!(
+            failed.custody_error.as_ref().unwrap().code,
+            "OUTPUT_EXPIRED"
+        );
+        assert!(failed.stored_url.is_empty());
+        let j = with_outputs_base(j, "https://gw.example/");
+        assert_eq!(
+            j.outputs[0].stored_url,
+            "https://gw.example/outputs/job_1/0"
+        );
+        assert!(j.outputs[1].stored_url.is_empty());
+        // Custody off: nothing set.
+        let plain = job(&record("abyssale", None));
+        assert_eq!(plain.outputs[0].custody(), pb::CustodyState::Unspecified);
+        assert!(plain.outputs[0].stored_url.is_empty() && plain.outputs[0].sha256.is_empty());
     }
 
     /// `json_to_struct` is the inverse of `struct_to_json` on JSON objects.

@@ -5,6 +5,8 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /healthz`: `200 ok`, or `503 draining` once shutdown began.
 //! - `/ui…`: the web console ([`crate::console`]), behind the caller tokens when auth is on.
+//! - `GET /outputs/{job id}/{index}`: stored outputs ([`crate::http_outputs`]), behind the
+//!   caller tokens when auth is on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,12 +44,22 @@ pub fn router(state: HttpState) -> Router {
         tokens: state.tokens.clone(),
         registry: state.registry.clone(),
     });
+    let outputs = Router::new()
+        .route(
+            "/outputs/{job_id}/{index}",
+            get(crate::http_outputs::get_output),
+        )
+        .with_state(crate::http_outputs::OutputsState {
+            engine: state.engine.clone(),
+            tokens: state.tokens.clone(),
+        });
     Router::new()
         .route("/webhooks/{provider}", post(webhook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
         .merge(console)
+        .merge(outputs)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -25,12 +25,14 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod config_custody;
 pub mod console;
 pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod health;
 pub mod http;
+pub mod http_outputs;
 pub mod metrics;
 pub mod notify;
 pub mod page_token;
@@ -103,6 +105,8 @@ pub enum StartError {
     Grpc(String),
     #[error("HTTP server failed: {0}")]
     Http(String),
+    #[error("output custody: {0}")]
+    Custody(String),
 }
 
 /// A started gateway: store open, engine running, not yet listening.
@@ -132,6 +136,11 @@ impl App {
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
         let shutdown = CancellationToken::new();
+        // Where stored outputs are served: their URLs in answers and webhook payloads.
+        let outputs_base = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", settings.http_addr));
         let config = EngineConfig {
             providers,
             max_jobs_per_submit: settings.max_jobs_per_submit,
@@ -141,8 +150,19 @@ impl App {
             callers: settings.callers.clone(),
             span_link: Some(telemetry::link),
             notify: adgate_engine::notify::NotifyConfig {
-                payloads: Some(std::sync::Arc::new(notify::ApiPayloads)),
+                payloads: Some(std::sync::Arc::new(notify::ApiPayloads::new(
+                    outputs_base.clone(),
+                ))),
                 ..settings.notify.clone()
+            },
+            custody: match &settings.custody.store {
+                Some(spec) => {
+                    let store = adgate_engine::OutputStore::open(spec)
+                        .map_err(|e| StartError::Custody(e.to_string()))?;
+                    tracing::info!(store = ?store, "output custody on");
+                    Some(settings.custody.engine_config(store))
+                }
+                None => None,
             },
             ..EngineConfig::default()
         };
@@ -159,6 +179,7 @@ impl App {
             service: ServiceConfig {
                 max_watch_streams: settings.max_watch_streams,
                 heartbeat: settings.heartbeat,
+                outputs_base,
             },
             tokens: Tokens::new(
                 settings
@@ -369,6 +390,7 @@ pub async fn run(mut settings: Settings) -> Result<(), StartError> {
             source,
         })?;
     let _sandbox = if settings.sandbox {
+        settings.custody.sandbox_default(&settings.database_url);
         let addr = http.local_addr().map_err(StartError::Sandbox)?;
         Some(
             sandbox::start(&mut settings, addr, sandbox::SANDBOX_TIME_SCALE)

@@ -9,12 +9,22 @@ use crate::cli::pbjson::to_json;
 use crate::{convert, pb};
 
 /// The server's [`Payloads`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiPayloads;
+#[derive(Debug, Clone, Default)]
+pub struct ApiPayloads {
+    /// The HTTP listener's public base URL, which makes stored outputs' URLs absolute.
+    outputs_base: String,
+}
+
+impl ApiPayloads {
+    pub fn new(outputs_base: String) -> Self {
+        Self { outputs_base }
+    }
+}
 
 impl Payloads for ApiPayloads {
     fn job(&self, job: &JobRecord) -> Value {
-        to_json(&convert::job(job), "adgate.v1.Job")
+        let job = convert::with_outputs_base(convert::job(job), &self.outputs_base);
+        to_json(&job, "adgate.v1.Job")
     }
 
     fn batch(&self, batch_id: &str, jobs: &[JobRecord]) -> Value {

@@ -38,6 +38,9 @@ const MAX_ID_LEN: usize = 128;
 pub struct ServiceConfig {
     pub max_watch_streams: usize,
     pub heartbeat: Duration,
+    /// The HTTP listener's base URL, which stored outputs' `stored_url` starts with (empty:
+    /// the URLs stay paths).
+    pub outputs_base: String,
 }
 
 /// The gRPC service. Cheap to clone.
@@ -66,7 +69,10 @@ fn place(job: &mut pb::Job, r: &adgate_engine::JobRecord, estimate: Option<&Queu
 impl Gateway {
     /// A job as the API shows it, with what its provider billed for it.
     fn job(&self, r: &adgate_engine::JobRecord) -> pb::Job {
-        convert::job_billed(r, self.engine.cost(r))
+        convert::with_outputs_base(
+            convert::job_billed(r, self.engine.cost(r)),
+            &self.cfg.outputs_base,
+        )
     }
 
     /// [`Gateway::job`] with the queue position and start estimate of a QUEUED job.
@@ -494,6 +500,7 @@ impl Gateway {
         Box::pin(ProgressStream {
             watch,
             engine: self.engine.clone(),
+            outputs_base: self.cfg.outputs_base.clone(),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             idle: Box::pin(tokio::time::sleep(self.cfg.heartbeat)),
             heartbeat: self.cfg.heartbeat,
@@ -511,6 +518,7 @@ impl Gateway {
 struct ProgressStream {
     watch: adgate_engine::Watch,
     engine: Engine,
+    outputs_base: String,
     // Boxed because both futures are `!Unpin`; two small allocations per stream instead of a
     // task, its future and a channel block.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -543,7 +551,10 @@ impl Stream for ProgressStream {
             Poll::Ready(Some(rec)) => {
                 let snapshot = this.remaining_snapshot > 0;
                 this.remaining_snapshot = this.remaining_snapshot.saturating_sub(1);
-                let mut job = convert::job_billed(&rec, this.engine.cost(&rec));
+                let mut job = convert::with_outputs_base(
+                    convert::job_billed(&rec, this.engine.cost(&rec)),
+                    &this.outputs_base,
+                );
                 if snapshot && rec.state == adgate_generator::JobState::Queued {
                     place(&mut job, &rec, this.estimates.get(&rec.id));
                 }

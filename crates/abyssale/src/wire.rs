@@ -176,6 +176,7 @@ fn output(b: &Banner) -> Option<Output> {
         format: b.format.id.clone(),
         mime_type: mime(b.file.kind.as_deref().unwrap_or_default()).to_owned(),
         provider_fields: banner_fields(b, cdn.is_some()),
+        custody: Default::default(),
     })
 }
 
@@ -349,6 +350,7 @@ mod tests {
                 format: "half-page".into(),
                 mime_type: "image/jpeg".into(),
                 provider_fields: fields.as_object().unwrap().clone(),
+                custody: Default::default(),
             }]
         );
         assert_eq!(u.provider_result, None, "the seed stamps no version");

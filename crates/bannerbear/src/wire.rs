@@ -250,6 +250,7 @@ pub fn outputs(image: &Image) -> Vec<Output> {
             mime_type: mime(&format).to_owned(),
             format,
             provider_fields: Map::new(),
+            custody: Default::default(),
         })
         .collect()
 }

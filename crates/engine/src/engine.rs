@@ -57,6 +57,8 @@ pub struct EngineConfig {
     pub span_link: Option<crate::SpanLink>,
     /// Outbound webhooks (endpoints, secrets, retries).
     pub notify: crate::notify::NotifyConfig,
+    /// Output custody (copies of completed outputs); `None`: off.
+    pub custody: Option<crate::CustodyConfig>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             callers: CallerPolicies::default(),
             span_link: None,
             notify: crate::notify::NotifyConfig::default(),
+            custody: None,
         }
     }
 }
@@ -231,6 +234,12 @@ impl Engine {
             providers.insert(name, Arc::new(rt));
         }
         let shared_store = store.is_shared();
+        let custody = match config.custody {
+            Some(c) => Some(Arc::new(crate::custody::CustodyRuntime::new(c).map_err(
+                |e| EngineError::Internal(format!("custody HTTP client: {e}")),
+            )?)),
+            None => None,
+        };
         let engine = Self {
             shared: Arc::new(Shared {
                 store,
@@ -254,6 +263,7 @@ impl Engine {
                 notify: Arc::new(config.notify),
                 notify_wake: Arc::new(Notify::new()),
                 notify_reload: AtomicBool::new(false),
+                custody,
             }),
         };
         // Before anything can finish: the transaction that finishes a job addresses these.
@@ -320,6 +330,11 @@ impl Engine {
             engine.shared.notify.clone(),
             engine.shared.notify_wake.clone(),
         ));
+        if let Some(custody) = &engine.shared.custody {
+            engine
+                .shared
+                .spawn(crate::custody::run(engine.shared.clone(), custody.clone()));
+        }
         engine.shared.spawn(sweep_deadlines(
             engine.shared.clone(),
             config.sweep_interval,
@@ -379,6 +394,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.shared.metrics
+    }
+
+    /// Where output custody keeps its copies; `None` while custody is off.
+    pub fn output_store(&self) -> Option<&crate::OutputStore> {
+        self.shared.custody.as_ref().map(|c| &c.config.store)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

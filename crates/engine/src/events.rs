@@ -182,14 +182,17 @@ async fn commit_updates(
         if patches.is_empty() {
             Vec::new()
         } else {
-            let changed = shared.store.apply(patches, shared.now_ms()).await?;
+            let changed = shared
+                .store
+                .apply(shared.keep_outputs(patches), shared.now_ms())
+                .await?;
             shared.publish(&changed);
             changed
         }
     } else {
         let write = EventWrite {
             delivery_id: delivery_id.map(str::to_owned),
-            patches,
+            patches: shared.keep_outputs(patches),
             keep,
             consumed: Vec::new(),
         };
@@ -549,7 +552,7 @@ pub(crate) async fn drain(
         .collect();
     let write = EventWrite {
         delivery_id: None,
-        patches,
+        patches: shared.keep_outputs(patches),
         keep: Vec::new(),
         consumed,
     };

@@ -29,6 +29,8 @@
 //! - [`metrics`]: Prometheus families the engine records into.
 //! - `usage`: each provider's live budget reading ([`BudgetUsage`]), for the web console.
 //! - [`error`]: the engine's error enum.
+//! - `custody` (with `custody_copy`, [`sniff`] and [`output_store`]): copies of completed
+//!   outputs in a local directory or S3-compatible storage, queued durably and retried.
 //! - [`trace`]: spans of provider calls and webhooks, job lifecycle events, links to Submits.
 //! - [`notify`]: outbound webhooks (Standard Webhooks) — the deliverer of the store's outbox,
 //!   signing, retries, endpoint health and the SSRF guard.
@@ -42,6 +44,8 @@ pub mod bus;
 mod cache;
 mod cancel;
 pub mod clock;
+mod custody;
+mod custody_copy;
 pub mod dispatcher;
 pub mod engine;
 pub mod error;
@@ -50,12 +54,14 @@ mod events;
 mod fair;
 pub mod metrics;
 pub mod notify;
+pub mod output_store;
 pub mod pricing;
 mod push;
 mod references;
 mod replica;
 mod runtime;
 mod schedule;
+pub mod sniff;
 mod sweeper;
 pub mod trace;
 pub mod tracker;
@@ -69,12 +75,14 @@ pub use adgate_store::{
     Store, StoredCost,
 };
 pub use bus::Watch;
+pub use custody::CustodyConfig;
 pub use engine::{
     Engine, EngineConfig, JobRequest, ProviderSetup, ProviderStatus, SubmitCommand, SubmitReply,
     WebhookOutcome,
 };
 pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
+pub use output_store::{OutputStore, OutputStoreError, OutputStoreSpec, S3Settings, StoredObject};
 pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
 pub use trace::SpanLink;
 pub use usage::BudgetUsage;

@@ -65,6 +65,10 @@ pub struct EngineMetrics {
     pub notify_deliveries: Family<NotifyLabels, Counter>,
     /// Outbound webhook endpoints disabled after a run of failures.
     pub notify_disabled: Counter,
+    /// Output custody: outputs copied, bytes copied, outputs given up on (by code).
+    pub custody_stored: Family<ProviderLabels, Counter>,
+    pub custody_bytes: Family<ProviderLabels, Counter>,
+    pub custody_failed: Family<CodeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +76,12 @@ pub struct NotifyLabels {
     pub event: String,
     /// `delivered`, `failed` (will be retried), `given_up`, `parked` (endpoint disabled).
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub provider: String,
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,12 +133,30 @@ impl Default for EngineMetrics {
             submitted: Family::default(),
             notify_deliveries: Family::default(),
             notify_disabled: Counter::default(),
+            custody_stored: Family::default(),
+            custody_bytes: Family::default(),
+            custody_failed: Family::default(),
         }
     }
 }
 
 impl EngineMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "adgate_custody_outputs_stored",
+            "Outputs copied into the gateway's output store",
+            self.custody_stored.clone(),
+        );
+        registry.register(
+            "adgate_custody_stored_bytes",
+            "Bytes copied into the gateway's output store",
+            self.custody_bytes.clone(),
+        );
+        registry.register(
+            "adgate_custody_outputs_failed",
+            "Outputs no copy could be made of, by custody error code",
+            self.custody_failed.clone(),
+        );
         registry.register(
             "adgate_provider_requests",
             "Provider HTTP requests by endpoint and outcome",

@@ -267,6 +267,8 @@ pub(crate) struct Shared {
     pub notify_wake: Arc<Notify>,
     /// Set by a redelivery: the deliverer re-reads which endpoints are disabled.
     pub notify_reload: AtomicBool,
+    /// Output custody, when on.
+    pub(crate) custody: Option<Arc<crate::custody::CustodyRuntime>>,
 }
 
 impl Shared {
@@ -288,9 +290,23 @@ impl Shared {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        let changed = self.store.apply(patches, self.now_ms()).await?;
+        let changed = self
+            .store
+            .apply(self.keep_outputs(patches), self.now_ms())
+            .await?;
         self.publish(&changed);
         Ok(changed)
+    }
+
+    /// With custody on, patches that complete a job queue its outputs' copies (in the same
+    /// transaction: see `JobPatch::keep_outputs`).
+    pub(crate) fn keep_outputs(&self, mut patches: Vec<JobPatch>) -> Vec<JobPatch> {
+        if self.custody.is_some() {
+            for patch in &mut patches {
+                patch.keep_outputs = true;
+            }
+        }
+        patches
     }
 
     /// Publish committed changes (to watchers and the read cache) and drop terminal jobs from
@@ -325,6 +341,15 @@ impl Shared {
                 {
                     rt.wake_dispatcher.notify_one();
                 }
+            }
+            if let Some(custody) = &self.custody
+                && rec.state == adgate_generator::JobState::Completed
+                && rec
+                    .outputs
+                    .iter()
+                    .any(|o| o.custody.state == adgate_generator::CustodyState::Pending)
+            {
+                custody.wake.notify_one();
             }
             let rec = Arc::new(rec.clone());
             self.cache.changed(&rec);

@@ -26,3 +26,13 @@ pub const CANCELLED_BY_CALLER: &str = "CANCELLED_BY_CALLER";
 /// A job this one waited for (a design template its ad names) failed or was cancelled; this
 /// one was never sent.
 pub const DEPENDENCY_FAILED: &str = "DEPENDENCY_FAILED";
+
+// Output custody (on an output's `custody_error`; the job itself stays COMPLETED).
+
+/// The provider's URL was gone (404/410 on every try) before a copy succeeded.
+pub const OUTPUT_EXPIRED: &str = "OUTPUT_EXPIRED";
+/// The output is larger than the gateway's per-output limit.
+pub const OUTPUT_TOO_LARGE: &str = "OUTPUT_TOO_LARGE";
+/// No copy could be made within the retry horizon (network errors, 5xx, timeouts, or the
+/// output store refusing the write).
+pub const OUTPUT_UNREACHABLE: &str = "OUTPUT_UNREACHABLE";

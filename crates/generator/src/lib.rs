@@ -39,5 +39,6 @@ pub use generator::{
     WebhookEvent,
 };
 pub use model::{
-    JobError, JobState, JobView, Output, Price, Progress, ProviderUpdate, RemoteState, UpdateTarget,
+    Custody, CustodyState, JobError, JobState, JobView, Output, Price, Progress, ProviderUpdate,
+    RemoteState, UpdateTarget,
 };

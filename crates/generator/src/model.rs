@@ -107,6 +107,50 @@ pub struct Output {
     /// `default` keeps rows written before this field decoding; an empty map is not written.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub provider_fields: serde_json::Map<String, serde_json::Value>,
+    /// The gateway's own copy of this output (output custody); all empty while custody is off.
+    /// `default` keeps rows written before custody existed decoding; empty is not written.
+    #[serde(default, skip_serializing_if = "Custody::is_off")]
+    pub custody: Custody,
+}
+
+/// Where a completed output's copy stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustodyState {
+    /// Custody is off, or the job has not completed.
+    #[default]
+    Off,
+    /// A copy will be made (or retried).
+    Pending,
+    Stored,
+    Failed,
+}
+
+/// The custody fields of one output (proto `Output` fields 7–12).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Custody {
+    pub state: CustodyState,
+    /// The store's key of the copy (`<job id>/<output index>`), from which the server builds
+    /// the URL it serves the copy at; empty until stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Lower-case hex SHA-256 of the stored bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Read from the bytes themselves, never from the URL or the provider's Content-Type.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mime_type: String,
+    /// Why no copy could be made (`OUTPUT_EXPIRED`, `OUTPUT_TOO_LARGE`, `OUTPUT_UNREACHABLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl Custody {
+    pub fn is_off(&self) -> bool {
+        self.state == CustodyState::Off
+    }
 }
 
 /// Why a job failed (or, for partial success, why one of its formats did).
@@ -320,6 +364,18 @@ mod tests {
         o.provider_fields
             .insert("imageId".into(), serde_json::json!("img_1"));
         let back: Output = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        o.custody = Custody {
+            state: CustodyState::Stored,
+            key: "job_1/0".into(),
+            sha256: "ab".into(),
+            size_bytes: 3,
+            mime_type: "image/png".into(),
+            error: None,
+        };
+        let text = serde_json::to_string(&o).unwrap();
+        assert!(text.contains(r#""state":"stored""#), "{text}");
+        let back: Output = serde_json::from_str(&text).unwrap();
         assert_eq!(back, o);
 
         let u = ProviderUpdate::completed(UpdateTarget::ProviderRef("r".into()), vec![o]);

@@ -170,6 +170,7 @@ fn outputs_of(item: &ResultItem) -> Vec<Output> {
             mime_type: mime_type(&format),
             format,
             provider_fields: serde_json::Map::new(),
+            custody: Default::default(),
         });
     }
     for l in &item.results {
@@ -182,6 +183,7 @@ fn outputs_of(item: &ResultItem) -> Vec<Output> {
                 mime_type: mime_type(&format),
                 format,
                 provider_fields: serde_json::Map::new(),
+                custody: Default::default(),
             });
         }
     }

@@ -93,6 +93,7 @@ pub fn parse(
                 mime_type: mime_type(&format),
                 format,
                 provider_fields,
+                custody: Default::default(),
             };
             event.updates.push(ProviderUpdate::completed(
                 UpdateTarget::Correlated {

@@ -127,6 +127,23 @@ pub struct Faults {
     /// `current_version_id`, a field the documents do not list; the versions endpoints are then
     /// the only way to tell versions apart, as against a provider without the guessed field.
     pub sal_no_version_field: bool,
+    /// Rendered files (the CDN stand-ins) answer this status with no body instead of the
+    /// image: 404 or 410 for an output URL that expired at the provider, 503 for a CDN that
+    /// is down. `None` (the default) serves the files.
+    pub output_status: Option<u16>,
+}
+
+/// The answer a rendered-file request gets instead of its bytes under
+/// [`Faults::output_status`], if that fault is on.
+pub(crate) fn output_fault(faults: &Mutex<Faults>) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let status = faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .output_status?;
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    Some(status.into_response())
 }
 
 impl Faults {

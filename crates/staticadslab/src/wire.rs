@@ -191,6 +191,7 @@ impl Version {
                         format: String::new(),
                         mime_type: "image/png".to_owned(),
                         provider_fields: serde_json::Map::new(),
+                        custody: Default::default(),
                     }],
                 ),
                 None => ProviderUpdate::processing(target, None),
@@ -290,6 +291,7 @@ impl ImageAd {
                         format: String::new(),
                         mime_type: "image/png".to_owned(),
                         provider_fields: serde_json::Map::new(),
+                        custody: Default::default(),
                     }],
                 ),
                 // The model's Completed never lacks outputs: wait for the URL.

@@ -22,8 +22,9 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 pub use model::{
-    ANONYMOUS, Attempt, DEFAULT_PRIORITY, EventWrite, JobPatch, JobRecord, KeptEvent, NewJob,
-    NewSubmission, QueuedEntry, StateCount, StoredCost, SubmitOutcome,
+    ANONYMOUS, Attempt, CustodyTask, CustodyWrite, DEFAULT_PRIORITY, EventWrite, JobPatch,
+    JobRecord, KeptEvent, NewJob, NewSubmission, QueuedEntry, StateCount, StoredCost,
+    SubmitOutcome,
 };
 pub use notify::{BatchNotify, NotifyEndpoint, NotifyOutcome, NotifySettle, OutboxEntry};
 pub use postgres::PgStore;
@@ -307,6 +308,29 @@ pub trait Store: Send + Sync + 'static {
     /// go to are switched on again with their parked deliveries. `None` for an unknown batch,
     /// else how many deliveries were queued.
     async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>>;
+    // ---- Output custody: copies of completed jobs' outputs (queued by `apply` and
+    // `apply_event` when a patch with `keep_outputs` completes a job).
+
+    /// Claim up to `limit` custody tasks that are due (`next_at <= now_ms`), oldest due first,
+    /// for `replica` until `now_ms + lease_ms`: no other claim returns them before then (on
+    /// PostgreSQL, `FOR UPDATE SKIP LOCKED`, so replicas claiming at once split the work).
+    async fn claim_custody(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CustodyTask>>;
+
+    /// At start-up: custody tasks claimed by `replica`'s previous run (on SQLite, by anyone:
+    /// one process owns the file) are due again now rather than when that claim runs out.
+    async fn release_custody(&self, replica: &str, now_ms: i64) -> Result<()>;
+
+    /// Record one custody attempt: the settled outputs' custody fields, and the task retried
+    /// at `retry_at_ms` or removed. The narrow change a COMPLETED job accepts (its state and
+    /// every other field stay): the job's revision goes up by one and `updated_at` to `now_ms`
+    /// when an output changed. Returns the job after the change, `None` when nothing changed.
+    async fn finish_custody(&self, write: CustodyWrite, now_ms: i64) -> Result<Option<JobRecord>>;
 
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;

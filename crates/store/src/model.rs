@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use adgate_generator::{JobError, JobState, Output, Progress};
+use adgate_generator::{Custody, CustodyState, JobError, JobState, Output, Progress};
 use serde_json::Value;
 
 /// One job as stored.
@@ -124,9 +124,62 @@ impl JobRecord {
                 .cost
                 .as_ref()
                 .map(|c| c.settled(next.state, next.outputs.len()));
+            if next.state == JobState::Completed && patch.keep_outputs {
+                for output in &mut next.outputs {
+                    if output.custody.is_off() {
+                        output.custody.state = CustodyState::Pending;
+                    }
+                }
+            }
         }
         Some(next)
     }
+
+    /// Whether this change (from `before` to `self`) completed the job with outputs waiting
+    /// for custody: the store then queues the copy in the same transaction.
+    pub fn custody_queued_by(&self, before: &JobRecord) -> bool {
+        before.state != JobState::Completed
+            && self.state == JobState::Completed
+            && self
+                .outputs
+                .iter()
+                .any(|o| o.custody.state == CustodyState::Pending)
+    }
+
+    /// The job with a custody result applied: outputs still PENDING take their result; an
+    /// output already settled (a late duplicate result) and an unknown index are left alone.
+    /// `None` when nothing changes. This is the only change a terminal job accepts.
+    pub fn with_custody(&self, results: &[(usize, Custody)]) -> Option<JobRecord> {
+        let mut next = self.clone();
+        for (index, custody) in results {
+            if let Some(output) = next.outputs.get_mut(*index)
+                && output.custody.state == CustodyState::Pending
+            {
+                output.custody = custody.clone();
+            }
+        }
+        (next != *self).then_some(next)
+    }
+}
+
+/// A completed job whose outputs wait for the gateway's copy (see [`crate::Store::claim_custody`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodyTask {
+    pub job_id: String,
+    /// Copy attempts already made and failed (0 for a fresh task).
+    pub attempts: u32,
+    /// When the job completed and its copy was queued.
+    pub queued_at_ms: i64,
+}
+
+/// The outcome of one custody attempt on a job (see [`crate::Store::finish_custody`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustodyWrite {
+    pub job_id: String,
+    /// Settled outputs by index: STORED or FAILED. Outputs left out stay PENDING.
+    pub results: Vec<(usize, Custody)>,
+    /// Try the outputs still PENDING again at this time; `None` ends the task.
+    pub retry_at_ms: Option<i64>,
 }
 
 /// A queued job as the fair-share order sees it (queue positions and start estimates).
@@ -206,6 +259,9 @@ pub struct JobPatch {
     pub unattempted_only: bool,
     /// Replaces the job's provider result when set.
     pub provider_result: Option<Value>,
+    /// Output custody is on: when this patch completes the job, its outputs become custody
+    /// PENDING and the store queues their copy in the same transaction.
+    pub keep_outputs: bool,
 }
 
 impl JobPatch {

@@ -88,6 +88,7 @@
 //! one transaction under an advisory lock (replicas starting together migrate one after the
 //! other), recorded in `schema_migrations`.
 
+mod custody;
 mod notify;
 mod patch;
 mod rows;
@@ -135,6 +136,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/postgres/0005_callers.sql")),
     (6, include_str!("../migrations/postgres/0006_search.sql")),
     (7, include_str!("../migrations/postgres/0007_notify.sql")),
+    (8, include_str!("../migrations/postgres/0008_custody.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -906,6 +908,31 @@ impl Store for PgStore {
         // All of them: they stay this replica's, so a second page would return the first.
         self.claim(&CLAIM_OWN, provider, replica, now_ms, lease_ms, usize::MAX)
             .await
+    }
+
+    async fn claim_custody(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::CustodyTask>> {
+        custody::claim(&self.reads, replica, now_ms, lease_ms, limit).await
+    }
+
+    async fn release_custody(&self, replica: &str, now_ms: i64) -> Result<()> {
+        custody::release(&self.reads, replica, now_ms).await
+    }
+
+    async fn finish_custody(
+        &self,
+        write: crate::CustodyWrite,
+        now_ms: i64,
+    ) -> Result<Option<JobRecord>> {
+        match self.write(Op::FinishCustody { write, now_ms }).await? {
+            Answer::Custody(job) => Ok(job.map(|j| *j)),
+            other => Err(mismatched(&other)),
+        }
     }
 
     async fn release_lease(&self, replica: &str, now_ms: i64) -> Result<()> {

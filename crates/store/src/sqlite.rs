@@ -31,6 +31,7 @@
 mod checkpoint;
 mod notify;
 use notify::NotifyWrite;
+mod custody;
 mod reads;
 mod rows;
 mod search;
@@ -67,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_callers.sql")),
     (5, include_str!("../migrations/0005_search.sql")),
     (6, include_str!("../migrations/0006_notify.sql")),
+    (7, include_str!("../migrations/0007_custody.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -752,6 +754,58 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn claim_custody(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::CustodyTask>> {
+        // The worker asks every second: an idle queue is answered by a reader, without a
+        // transaction on the writer.
+        let due = sqlx::query("SELECT 1 FROM custody_queue WHERE next_at <= ? LIMIT 1")
+            .bind(now_ms)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await
+            .map_err(db)?;
+        if due.is_none() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let op = custody::CustodyOp::Claim {
+            replica: replica.to_owned(),
+            now_ms,
+            lease_ms,
+            limit: sql_limit(limit),
+        };
+        match self.write(|reply| Command::Custody { op, reply }).await? {
+            custody::CustodyAnswer::Claimed(tasks) => Ok(tasks),
+            other => Err(StoreError::Corrupt(format!(
+                "custody claim answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn release_custody(&self, _replica: &str, now_ms: i64) -> Result<()> {
+        let op = custody::CustodyOp::Release { now_ms };
+        self.write(|reply| Command::Custody { op, reply })
+            .await
+            .map(drop)
+    }
+
+    async fn finish_custody(
+        &self,
+        write: crate::CustodyWrite,
+        now_ms: i64,
+    ) -> Result<Option<JobRecord>> {
+        let op = custody::CustodyOp::Finish { write, now_ms };
+        match self.write(|reply| Command::Custody { op, reply }).await? {
+            custody::CustodyAnswer::Finished(job) => Ok(job.map(|j| *j)),
+            other => Err(StoreError::Corrupt(format!(
+                "custody result answered {other:?}"
+            ))),
+        }
     }
 
     fn commit_count(&self) -> u64 {

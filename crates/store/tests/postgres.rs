@@ -144,6 +144,7 @@ conformance!(
     search_pages_while_writing,
     search_batches,
     notify_outbox,
+    custody_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -388,6 +389,80 @@ async fn claim_queued_never_hands_a_job_to_two_replicas() {
         per_claimer.iter().filter(|&&n| n > 0).count() > 1,
         "the claimers ran concurrently: {per_claimer:?}"
     );
+    a.close().await;
+    b.close().await;
+}
+
+/// Custody copies on two replicas: eight claimers on two stores, concurrently, each task
+/// handed to exactly one of them (`FOR UPDATE SKIP LOCKED` plus the claim's `next_at`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_custody_never_hands_a_copy_to_two_replicas() {
+    const JOBS: usize = 200;
+    let db = TestDb::create().await;
+    let a: Arc<dyn Store> = Arc::new(db.open().await);
+    let b: Arc<dyn Store> = Arc::new(db.open().await);
+    let jobs = queued_jobs("job", JOBS, "pictify");
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    submit_ok(&*a, submission("batch_1", jobs, T0)).await;
+    let patches = ids
+        .iter()
+        .map(|id| adgate_store::JobPatch {
+            state: Some(adgate_generator::JobState::Completed),
+            outputs: Some(vec![adgate_generator::Output {
+                url: format!("https://cdn.example/{id}.png"),
+                ..Default::default()
+            }]),
+            keep_outputs: true,
+            ..adgate_store::JobPatch::new(id.clone())
+        })
+        .collect();
+    assert_eq!(a.apply(patches, T0).await.expect("complete").len(), JOBS);
+
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move {
+                let replica = format!("replica-{n}");
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store
+                        .claim_custody(&replica, T0 + 1_000, 60_000, 5)
+                        .await
+                        .expect("claim");
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(claimed.into_iter().map(|t| t.job_id));
+                }
+            })
+        })
+        .collect();
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut per_claimer = Vec::new();
+    for (n, task) in tasks.into_iter().enumerate() {
+        let mine = task.await.expect("task");
+        per_claimer.push(mine.len());
+        for id in mine {
+            if let Some(other) = owner.insert(id.clone(), n) {
+                panic!("{id} claimed by claimer {other} and claimer {n}");
+            }
+        }
+    }
+    assert_eq!(
+        owner.len(),
+        JOBS,
+        "every copy claimed once: {per_claimer:?}"
+    );
+    assert!(
+        per_claimer.iter().filter(|&&n| n > 0).count() > 1,
+        "the claimers ran concurrently: {per_claimer:?}"
+    );
+    // A replica that died mid-copy: its claims are due again once they run out.
+    let later = a
+        .claim_custody("replica-x", T0 + 61_000, 60_000, 1_000)
+        .await
+        .expect("claim");
+    assert_eq!(later.len(), JOBS);
     a.close().await;
     b.close().await;
 }

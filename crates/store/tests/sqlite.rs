@@ -60,6 +60,7 @@ conformance!(
     search_pages_while_writing,
     notify_outbox,
     search_batches,
+    custody_queue,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

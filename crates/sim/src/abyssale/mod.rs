@@ -299,6 +299,9 @@ impl App {
 // Files (CDN stand-in)
 
 async fn serve_file(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    if let Some(fault) = common::output_fault(&app.faults) {
+        return fault;
+    }
     let Some((request_id, artwork)) = lock(&app.files).get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };

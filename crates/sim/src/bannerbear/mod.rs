@@ -322,6 +322,9 @@ async fn serve_file(
     State(app): State<Arc<App>>,
     Path((uid, file)): Path<(String, String)>,
 ) -> Response {
+    if let Some(fault) = common::output_fault(&app.faults) {
+        return fault;
+    }
     let found = lock(&app.inner).images.get(&uid).and_then(|i| {
         let (format, _) = i.files.iter().find(|(_, f)| *f == file)?;
         // `avif` is served as PNG bytes under a PNG Content-Type: there is no small pure-Rust

@@ -406,6 +406,9 @@ impl App {
 /// Rendered files, as a CDN would serve them: no auth, no rate limit, not in the ledger.
 /// The file is `{imageId}.{format}`; another extension is not found, as on a CDN.
 async fn render_file(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
+    if let Some(fault) = common::output_fault(&app.faults) {
+        return fault;
+    }
     let (id, extension) = file.split_once('.').unwrap_or((&file, ""));
     let artwork = app
         .lock()

@@ -395,6 +395,9 @@ impl Sim {
 
 /// The rendered PNG. Stands in for the provider's CDN: no API key, no rate limit (GUESS).
 async fn get_file(State(sim): State<Arc<Sim>>, Path(file): Path<String>) -> Response<Body> {
+    if let Some(fault) = common::output_fault(&sim.faults) {
+        return fault;
+    }
     let side =
         parse_file(&file).and_then(|(id, number, figma)| sim.rendered_side(id, number, figma));
     match side {

@@ -44,6 +44,8 @@ static UPDATE_JOBS: LazyLock<String> = LazyLock::new(|| {
 struct Folded {
     /// The state before these patches (a job that becomes terminal has an event).
     before: adgate_generator::JobState,
+    /// Whether the job was COMPLETED before these patches (custody is queued on completion).
+    was_completed: bool,
     next: JobRecord,
     bumps: i64,
     /// Where the job first changed among this apply's changes: the order of the answer.
@@ -73,6 +75,7 @@ pub(super) async fn apply(
             record.id.clone(),
             Folded {
                 before: record.state,
+                was_completed: record.state == adgate_generator::JobState::Completed,
                 next: record,
                 bumps: 0,
                 first_change: None,
@@ -157,6 +160,21 @@ pub(super) async fn apply(
             .unwrap_or(usize::MAX);
         stored.push((at, record));
     }
+    // Queued in this transaction: a completion on record always has its copy on record.
+    let mut custody: Vec<&str> = Vec::new();
+    for (_, record) in &stored {
+        if let Some(job) = jobs.get(&record.id)
+            && !job.was_completed
+            && record.state == adgate_generator::JobState::Completed
+            && record
+                .outputs
+                .iter()
+                .any(|o| o.custody.state == adgate_generator::CustodyState::Pending)
+        {
+            custody.push(record.id.as_str());
+        }
+    }
+    super::custody::queue(conn, &custody, now_ms).await?;
     stored.sort_by_key(|(at, _)| *at);
     let changed: Vec<JobRecord> = stored.into_iter().map(|(_, r)| r).collect();
     let finished: Vec<crate::notify::Finished> = changed

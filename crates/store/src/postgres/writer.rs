@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::patch::apply;
 use super::rows::{db, sqlstate, to_json};
 use super::submit::{submit, submit_coalesced};
-use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::model::{CustodyWrite, EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction (as on SQLite).
@@ -72,6 +72,11 @@ pub(super) enum Op {
         write: EventWrite,
         now_ms: i64,
     },
+    /// One custody attempt's results (see `Store::finish_custody`).
+    FinishCustody {
+        write: CustodyWrite,
+        now_ms: i64,
+    },
 }
 
 /// The answer to an [`Op`], of the matching variant.
@@ -82,6 +87,8 @@ pub(super) enum Answer {
     Apply(Vec<JobRecord>),
     /// `None` for a duplicate delivery.
     Delivery(Option<Vec<JobRecord>>),
+    /// The job after a custody result, `None` when nothing changed.
+    Custody(Option<Box<JobRecord>>),
 }
 
 pub(super) enum Command {
@@ -491,6 +498,7 @@ async fn prelock(conn: &mut PgConnection, group: &[Item]) -> std::result::Result
             Op::RecordDelivery { write, .. } => {
                 job_ids.extend(write.patches.iter().map(|p| p.job_id.as_str()))
             }
+            Op::FinishCustody { write, .. } => job_ids.push(write.job_id.as_str()),
         }
     }
     if !job_ids.is_empty() {
@@ -609,6 +617,11 @@ async fn run_op(
                 apply(conn, &write.patches, *now_ms, changes).await?
             };
             Ok(Answer::Delivery(Some(changed)))
+        }
+        Op::FinishCustody { write, now_ms } => {
+            super::custody::finish(conn, write, *now_ms, changes)
+                .await
+                .map(|job| Answer::Custody(job.map(Box::new)))
         }
     }
 }

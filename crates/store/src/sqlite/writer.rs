@@ -74,6 +74,11 @@ pub(super) enum Command {
     },
     /// A write of the outbound-webhook deliverer.
     Notify(super::notify::NotifyWrite),
+    /// Output custody's queue (claims, releases, results).
+    Custody {
+        op: super::custody::CustodyOp,
+        reply: oneshot::Sender<Result<super::custody::CustodyAnswer>>,
+    },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
@@ -96,6 +101,7 @@ impl Command {
             Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Notify(write) => write.fail(group_error(e)),
+            Command::Custody { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Shutdown => {}
         }
     }
@@ -419,6 +425,18 @@ async fn run_command(
             }
             let (answer, ok) = write.run(conn).await;
             match in_savepoint_end(conn, ok).await {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Custody { op, reply } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = super::custody::run(conn, op).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
                 Ok(()) => Ok(answer),
                 Err(e) => Err((answer, e)),
             }
@@ -944,6 +962,9 @@ async fn apply(
         // Read back from the row just written, inside the same transaction.
         let record = job_from_row(&row)?;
         finished.extend(crate::notify::Finished::of(current.state, &record));
+        if record.custody_queued_by(&current) {
+            super::custody::queue(conn, &record.id, now_ms).await?;
+        }
         match position.get(&record.id) {
             Some(&i) => changed[i] = record,
             None => {

@@ -15,8 +15,10 @@ use adgate_store::{
 };
 use serde_json::json;
 
+mod custody;
 mod notify;
 mod search;
+pub use custody::custody_queue;
 pub use notify::notify_outbox;
 pub use search::{
     search_batches, search_filters, search_pages_while_writing, search_pagination_under_inserts,
@@ -87,6 +89,7 @@ fn output(n: u32) -> Output {
         format: "facebook-feed".to_owned(),
         mime_type: "image/png".to_owned(),
         provider_fields: serde_json::Map::new(),
+        custody: Default::default(),
     }
 }
 
