@@ -89,6 +89,9 @@
 //! other), recorded in `schema_migrations`.
 
 mod patch;
+/// Retention's statements are public for the plan checks in `tests/postgres.rs`.
+#[doc(hidden)]
+pub mod retention;
 mod rows;
 mod search;
 mod submit;
@@ -133,6 +136,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (5, include_str!("../migrations/postgres/0005_callers.sql")),
     (6, include_str!("../migrations/postgres/0006_search.sql")),
+    (9, include_str!("../migrations/postgres/0009_retention.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -806,6 +810,14 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn purge(
+        &self,
+        cutoffs: crate::PurgeCutoffs,
+        limit: usize,
+    ) -> Result<crate::Purged> {
+        retention::purge(&self.reads, cutoffs, limit).await
     }
 
     fn commit_count(&self) -> u64 {

@@ -59,6 +59,10 @@ conformance!(
     search_pagination_under_inserts,
     search_pages_while_writing,
     search_batches,
+    retention_deletes_old_terminal_jobs,
+    retention_steps_are_bounded,
+    request_ids_expire,
+    delivery_ids_expire,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,6 +74,14 @@ async fn persistence_across_reopen() {
         async move { Arc::new(SqliteStore::open(&url).await.expect("open")) as Arc<dyn Store> }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_beside_submits() {
+    let (_dir, store) = fresh().await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    suite::retention_beside_submits(Arc::clone(&store)).await;
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
