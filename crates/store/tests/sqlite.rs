@@ -389,3 +389,147 @@ async fn jobs_stored_before_provider_result_still_read() {
     );
     store.close().await;
 }
+
+/// The database file's size on disk.
+fn file_len(dir: &TempDir) -> u64 {
+    std::fs::metadata(dir.path().join("adgate.db"))
+        .expect("database file")
+        .len()
+}
+
+/// Waits (bounded) until `check` holds, polling; returns whether it did.
+async fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Retention frees pages and the incremental vacuum gives them back: after deleting nearly
+/// every job and reclaiming, the file on disk shrinks to a fraction of its size (once the
+/// background checkpoint has copied the vacuumed pages in and truncated it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_shrinks_after_retention_and_vacuum() {
+    let (dir, store) = fresh().await;
+    let mut kept = Vec::new();
+    for b in 0..40 {
+        let ids: Vec<String> = (0..250).map(|j| format!("job_{b}_{j}")).collect();
+        let mut s = submission(
+            &format!("batch_{b}"),
+            ids.iter().map(|id| job(id, "pictify")).collect(),
+            T0,
+        );
+        // Bigger specs, so the file is several MB and the shrink is well above page noise.
+        for j in &mut s.jobs {
+            j.spec["text"]["body"] = serde_json::json!("x".repeat(400));
+        }
+        submit_ok(&store, s).await;
+        if b == 0 {
+            // One batch stays live (queued): retention must spare it.
+            kept = ids;
+            continue;
+        }
+        let patches = ids
+            .iter()
+            .map(|id| JobPatch {
+                state: Some(JobState::Completed),
+                ..JobPatch::new(id.clone())
+            })
+            .collect();
+        store.apply(patches, T0 + 1_000).await.expect("finish");
+    }
+    // The checkpointer moves the WAL into the file within a second or so.
+    let mut full = 0;
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            full = file_len(&dir);
+            full > 4_000_000
+        })
+        .await,
+        "the database file grew to several MB ({full} bytes)"
+    );
+
+    let cutoffs = adgate_store::PurgeCutoffs {
+        jobs_completed_before_ms: T0 + 2_000,
+        request_ids_before_ms: T0 + 2_000,
+        deliveries_before_ms: T0 + 2_000,
+    };
+    let mut deleted = 0;
+    loop {
+        let step = store.purge(cutoffs, 500).await.expect("purge");
+        deleted += step.jobs;
+        if !step.maybe_more(500) {
+            break;
+        }
+    }
+    assert_eq!(deleted, 39 * 250);
+    let mut steps = 0;
+    while store.reclaim_space(256).await.expect("reclaim") > 0 {
+        steps += 1;
+        assert!(steps < 10_000, "the free list never empties");
+    }
+    assert!(steps > 1, "reclaiming took several small steps ({steps})");
+    let mut now = full;
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            now = file_len(&dir);
+            now * 4 < full
+        })
+        .await,
+        "file did not shrink: {full} bytes before, {now} after"
+    );
+    assert_eq!(store.get_jobs(&kept).await.expect("kept").len(), 250);
+    store.close().await;
+}
+
+/// A database created before incremental auto-vacuum existed (auto_vacuum NONE) is switched
+/// at its first open by one VACUUM, keeping its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn existing_database_is_switched_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = url(&dir);
+    let mode = |url: String| async move {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pragma");
+        conn.close().await.expect("close");
+        mode
+    };
+    {
+        // What an older build left: a WAL database with auto_vacuum NONE and some data.
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .expect("options")
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("create");
+        sqlx::raw_sql("CREATE TABLE legacy (x TEXT); INSERT INTO legacy VALUES ('kept');")
+            .execute(&mut conn)
+            .await
+            .expect("legacy data");
+        conn.close().await.expect("close");
+    }
+    assert_eq!(mode(url.clone()).await, 0, "NONE before");
+    let store = SqliteStore::open(&url).await.expect("open");
+    submit_ok(&store, submission("batch_1", vec![job("job_1", "pictify")], T0)).await;
+    store.close().await;
+    assert_eq!(mode(url.clone()).await, 2, "INCREMENTAL after the first open");
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    let legacy: String = sqlx::query_scalar("SELECT x FROM legacy")
+        .fetch_one(&mut conn)
+        .await
+        .expect("legacy row");
+    assert_eq!(legacy, "kept");
+    conn.close().await.expect("close");
+    // A new file has it from the start.
+    let fresh_dir = tempfile::tempdir().expect("tempdir");
+    let fresh_url = format!("sqlite://{}", fresh_dir.path().join("adgate.db").display());
+    SqliteStore::open(&fresh_url).await.expect("open new").close().await;
+    assert_eq!(mode(fresh_url).await, 2);
+}
