@@ -61,6 +61,13 @@ pub struct EngineMetrics {
     pub spend_micros: Family<SpendLabels, Counter>,
     /// Jobs stored by Submit, by provider and caller.
     pub submitted: Family<CallerLabels, Counter>,
+    /// Rows deleted by retention, by table.
+    pub retention_deleted: Family<TableLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +117,7 @@ impl Default for EngineMetrics {
             push_subscriptions: Family::default(),
             spend_micros: Family::default(),
             submitted: Family::default(),
+            retention_deleted: Family::default(),
         }
     }
 }
@@ -177,6 +185,11 @@ impl EngineMetrics {
             self.spend_micros.clone(),
         );
         registry.register(
+            "adgate_store_retention_deleted",
+            "Rows deleted by retention (old terminal jobs, their attempts and batches, expired request and delivery ids), by table",
+            self.retention_deleted.clone(),
+        );
+        registry.register(
             "adgate_active_watchers",
             "Open WatchProgress streams",
             self.watchers.clone(),
@@ -242,6 +255,23 @@ impl EngineMetrics {
                 provider: provider.to_owned(),
             })
             .inc_by(secs);
+    }
+
+    pub fn retention_deleted(&self, table: &str, rows: u64) {
+        self.retention_deleted
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .inc_by(rows);
+    }
+
+    /// Rows retention has deleted from `table` (tests and benchmarks).
+    pub fn retention_deleted_rows(&self, table: &str) -> u64 {
+        self.retention_deleted
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .get()
     }
 
     /// Count of requests recorded for a provider and outcome (tests and benchmarks).
