@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adgate_store::{PurgeCutoffs, Purged};
+use adgate_store::{PurgeCutoffs, Purged, Store};
 
 use crate::runtime::Shared;
 
@@ -100,59 +100,83 @@ pub(crate) async fn run(shared: Arc<Shared>, config: Retention) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        pass(&shared, &config).await;
+        engine_pass(&shared, &config).await;
     }
 }
 
-/// One pass: delete in steps until nothing old is left, then give free pages back.
-async fn pass(shared: &Shared, config: &Retention) {
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Rows deleted, by table.
+    pub purged: Purged,
+    /// Delete steps and incremental-vacuum steps taken.
+    pub steps: u64,
+    pub reclaim_steps: u64,
+    pub elapsed: Duration,
+    /// The store error that ended the pass early, if one did (the next pass starts over).
+    pub error: Option<adgate_store::StoreError>,
+}
+
+/// One pass over `store`: delete in steps of [`STEP`] until nothing older than `cutoffs` is
+/// left, then, if anything was deleted, give free pages back in steps of [`RECLAIM_PAGES`].
+/// `stopping` is asked between steps (shutdown); `on_step` sees each step's counts.
+pub async fn pass(
+    store: &dyn Store,
+    cutoffs: PurgeCutoffs,
+    stopping: &(dyn Fn() -> bool + Sync),
+    on_step: &mut (dyn FnMut(&Purged) + Send),
+) -> PassReport {
     let started = Instant::now();
-    let cutoffs = config.cutoffs(shared.now_ms());
-    let mut total = Purged::default();
-    let mut steps = 0_u64;
-    loop {
-        if shared.shutdown.is_cancelled() {
-            break;
-        }
-        match shared.store.purge(cutoffs, STEP).await {
+    let mut report = PassReport::default();
+    while !stopping() {
+        match store.purge(cutoffs, STEP).await {
             Ok(step) => {
-                count(shared, &step);
-                total.add(&step);
-                steps += 1;
+                on_step(&step);
+                report.purged.add(&step);
+                report.steps += 1;
                 if !step.maybe_more(STEP) {
                     break;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "retention: a delete step failed; next pass retries");
+                report.error = Some(e);
                 break;
             }
         }
         // Lets whatever this task's wake-up held back run before the next step.
         tokio::task::yield_now().await;
     }
-    let mut reclaim_steps = 0_u64;
-    if total.total() > 0 {
-        loop {
-            if shared.shutdown.is_cancelled() {
-                break;
-            }
-            match shared.store.reclaim_space(RECLAIM_PAGES).await {
+    if report.purged.total() > 0 && report.error.is_none() {
+        while !stopping() {
+            match store.reclaim_space(RECLAIM_PAGES).await {
                 Ok(free) => {
-                    reclaim_steps += 1;
+                    report.reclaim_steps += 1;
                     if free == 0 {
                         break;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "retention: reclaiming space failed");
+                    report.error = Some(e);
                     break;
                 }
             }
             tokio::task::yield_now().await;
         }
     }
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// The engine's pass: [`pass`], counted in the metrics and logged.
+async fn engine_pass(shared: &Shared, config: &Retention) {
+    let cutoffs = config.cutoffs(shared.now_ms());
+    let stopping = || shared.shutdown.is_cancelled();
+    let report = pass(&*shared.store, cutoffs, &stopping, &mut |step| count(shared, step)).await;
+    let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
+    if let Some(e) = &report.error {
+        tracing::warn!(error = %e, "retention: a step failed; the next pass starts over");
+    }
+    let total = report.purged;
     if total.total() > 0 {
         tracing::info!(
             jobs = total.jobs,
@@ -160,13 +184,17 @@ async fn pass(shared: &Shared, config: &Retention) {
             batches = total.batches,
             request_ids = total.request_ids,
             delivery_ids = total.deliveries,
-            steps,
-            reclaim_steps,
+            steps = report.steps,
+            reclaim_steps = report.reclaim_steps,
             elapsed_ms,
             "retention pass deleted old rows"
         );
     } else {
-        tracing::debug!(steps, elapsed_ms, "retention pass: nothing old enough to delete");
+        tracing::debug!(
+            steps = report.steps,
+            elapsed_ms,
+            "retention pass: nothing old enough to delete"
+        );
     }
 }
 
