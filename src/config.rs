@@ -1065,7 +1065,10 @@ mod tests {
             ("job_retention_secs = 0", "job_retention_secs"),
             ("job_retention_secs = -1", "job_retention_secs"),
             ("request_id_ttl_secs = 60", "request_id_ttl_secs"),
-            ("job_retention_secs = 7200\nrequest_id_ttl_secs = 86400", "request_id_ttl_secs"),
+            (
+                "job_retention_secs = 7200\nrequest_id_ttl_secs = 86400",
+                "request_id_ttl_secs",
+            ),
             ("retention_interval_secs = 0", "retention_interval_secs"),
         ] {
             let err = Settings::from_toml(false, toml, &env_of(&[]))

@@ -60,7 +60,12 @@ fn jobs_per_day() -> u64 {
 fn new_job(k: u64, at: i64) -> NewJob {
     NewJob {
         id: format!("job_{k:020x}"),
-        provider: if k % 2 == 0 { "pictify" } else { "staticadslab" }.to_owned(),
+        provider: if k.is_multiple_of(2) {
+            "pictify"
+        } else {
+            "staticadslab"
+        }
+        .to_owned(),
         spec: serde_json::json!({
             "design_template_id": "dt_8f3a2c",
             "brand_id": "brand_42",
@@ -95,17 +100,19 @@ fn completion(k: u64) -> JobPatch {
 
 /// One tick's jobs, `first..first + count`: submitted at `at`, completed a minute later.
 async fn run_tick(store: &Arc<SqliteStore>, first: u64, count: u64, at: i64) -> Res<()> {
-    let submits = (first..first + count).step_by(PER_SUBMIT as usize).map(|start| {
-        let end = (start + PER_SUBMIT).min(first + count);
-        NewSubmission {
-            batch_id: format!("bat_{start:016x}"),
-            caller: adgate_store::ANONYMOUS.to_owned(),
-            request_id: Some(format!("req_{start:016x}")),
-            content_hash: format!("{start:064x}"),
-            jobs: (start..end).map(|k| new_job(k, at)).collect(),
-            now_ms: at,
-        }
-    });
+    let submits = (first..first + count)
+        .step_by(PER_SUBMIT as usize)
+        .map(|start| {
+            let end = (start + PER_SUBMIT).min(first + count);
+            NewSubmission {
+                batch_id: format!("bat_{start:016x}"),
+                caller: adgate_store::ANONYMOUS.to_owned(),
+                request_id: Some(format!("req_{start:016x}")),
+                content_hash: format!("{start:064x}"),
+                jobs: (start..end).map(|k| new_job(k, at)).collect(),
+                now_ms: at,
+            }
+        });
     let results: Vec<_> = futures_util::stream::iter(submits.map(|s| {
         let store = Arc::clone(store);
         async move { store.submit(s).await }
@@ -118,21 +125,31 @@ async fn run_tick(store: &Arc<SqliteStore>, first: u64, count: u64, at: i64) -> 
     }
     let done = at + 60_000;
     // Pictify (even k) completes by webhook, one delivery each; StaticAdsLab by poll.
-    let webhooks: Vec<_> = futures_util::stream::iter((first..first + count).filter(|k| k % 2 == 0).map(|k| {
-        let store = Arc::clone(store);
-        async move {
-            store
-                .apply_delivery("pictify", &format!("del_{k:016x}"), vec![completion(k)], done)
-                .await
-        }
-    }))
-    .buffer_unordered(64)
-    .collect()
-    .await;
+    let webhooks: Vec<_> =
+        futures_util::stream::iter((first..first + count).filter(|k| k.is_multiple_of(2)).map(
+            |k| {
+                let store = Arc::clone(store);
+                async move {
+                    store
+                        .apply_delivery(
+                            "pictify",
+                            &format!("del_{k:016x}"),
+                            vec![completion(k)],
+                            done,
+                        )
+                        .await
+                }
+            },
+        ))
+        .buffer_unordered(64)
+        .collect()
+        .await;
     for r in webhooks {
         r?;
     }
-    let polled: Vec<u64> = (first..first + count).filter(|k| k % 2 == 1).collect();
+    let polled: Vec<u64> = (first..first + count)
+        .filter(|k| !k.is_multiple_of(2))
+        .collect();
     let polls: Vec<_> = futures_util::stream::iter(polled.chunks(PER_SUBMIT as usize).map(|ks| {
         let store = Arc::clone(store);
         let patches: Vec<JobPatch> = ks.iter().map(|k| completion(*k)).collect();
@@ -156,9 +173,15 @@ struct Sizes {
 
 async fn sizes(dir: &std::path::Path, url: &str) -> Res<Sizes> {
     let mut conn = sqlx::SqliteConnection::connect(url).await?;
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut conn).await?;
-    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut conn).await?;
-    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs").fetch_one(&mut conn).await?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut conn)
+        .await?;
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await?;
+    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(&mut conn)
+        .await?;
     conn.close().await?;
     let len = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     Ok(Sizes {
@@ -270,7 +293,11 @@ pub async fn retention(ctx: &mut Ctx) -> Res<()> {
     ctx.report.row(
         "retention",
         "store size day 7 / day 2",
-        format!("{growth:.3} ({:.1} MB → {:.1} MB)", mb(second.logical), mb(last.logical)),
+        format!(
+            "{growth:.3} ({:.1} MB → {:.1} MB)",
+            mb(second.logical),
+            mb(last.logical)
+        ),
         "≤ 1.05 (flat)",
         Verdict::from(growth <= FLAT),
     );

@@ -81,7 +81,8 @@ impl Default for Retention {
 impl Retention {
     /// The cutoffs of a pass at `now_ms`.
     pub fn cutoffs(&self, now_ms: i64) -> PurgeCutoffs {
-        let ago = |d: Duration| now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ago =
+            |d: Duration| now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         PurgeCutoffs {
             jobs_completed_before_ms: ago(self.jobs),
             // A request id outliving its jobs would replay a batch that no longer exists.
@@ -171,7 +172,10 @@ pub async fn pass(
 async fn engine_pass(shared: &Shared, config: &Retention) {
     let cutoffs = config.cutoffs(shared.now_ms());
     let stopping = || shared.shutdown.is_cancelled();
-    let report = pass(&*shared.store, cutoffs, &stopping, &mut |step| count(shared, step)).await;
+    let report = pass(&*shared.store, cutoffs, &stopping, &mut |step| {
+        count(shared, step)
+    })
+    .await;
     let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
     if let Some(e) = &report.error {
         tracing::warn!(error = %e, "retention: a step failed; the next pass starts over");

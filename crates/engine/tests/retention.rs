@@ -83,8 +83,18 @@ async fn retention_pass_deletes_old_rows_and_stops_with_the_engine() {
         .await
         .unwrap();
     complete(&*store, &["young"], now).await;
-    assert!(store.record_delivery("pictify", "del-old", old).await.unwrap());
-    assert!(store.record_delivery("pictify", "del-new", now).await.unwrap());
+    assert!(
+        store
+            .record_delivery("pictify", "del-old", old)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_delivery("pictify", "del-new", now)
+            .await
+            .unwrap()
+    );
 
     let shutdown = CancellationToken::new();
     let hour = Duration::from_secs(3600);
@@ -153,8 +163,18 @@ async fn retention_pass_deletes_old_rows_and_stops_with_the_engine() {
             .unwrap(),
         SubmitOutcome::Created { .. }
     ));
-    assert!(!store.record_delivery("pictify", "del-new", now).await.unwrap());
-    assert!(store.record_delivery("pictify", "del-old", now).await.unwrap());
+    assert!(
+        !store
+            .record_delivery("pictify", "del-new", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_delivery("pictify", "del-old", now)
+            .await
+            .unwrap()
+    );
 
     shutdown.cancel();
     assert!(

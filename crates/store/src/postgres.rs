@@ -812,11 +812,7 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn purge(
-        &self,
-        cutoffs: crate::PurgeCutoffs,
-        limit: usize,
-    ) -> Result<crate::Purged> {
+    async fn purge(&self, cutoffs: crate::PurgeCutoffs, limit: usize) -> Result<crate::Purged> {
         retention::purge(&self.reads, cutoffs, limit).await
     }
 

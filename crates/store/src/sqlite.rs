@@ -690,11 +690,7 @@ impl Store for SqliteStore {
         search::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
-    async fn purge(
-        &self,
-        cutoffs: crate::PurgeCutoffs,
-        limit: usize,
-    ) -> Result<crate::Purged> {
+    async fn purge(&self, cutoffs: crate::PurgeCutoffs, limit: usize) -> Result<crate::Purged> {
         self.write(|reply| Command::Purge {
             cutoffs,
             limit,

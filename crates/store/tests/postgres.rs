@@ -1448,7 +1448,11 @@ async fn retention_plans() {
         } else {
             query.bind(vec!["b1".to_owned(), "b2".to_owned()])
         };
-        let plan = query.fetch_all(&mut conn).await.expect("explain").join("\n");
+        let plan = query
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain")
+            .join("\n");
         println!("{sql}\n{plan}\n");
         assert!(plan.contains(index), "{sql}\nshould use {index}:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{sql}\nscans a table:\n{plan}");

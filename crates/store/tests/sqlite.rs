@@ -493,7 +493,9 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = url(&dir);
     let mode = |url: String| async move {
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
         let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
             .fetch_one(&mut conn)
             .await
@@ -508,7 +510,9 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
             .expect("options")
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-        let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("create");
+        let mut conn = sqlx::ConnectOptions::connect(&options)
+            .await
+            .expect("create");
         sqlx::raw_sql("CREATE TABLE legacy (x TEXT); INSERT INTO legacy VALUES ('kept');")
             .execute(&mut conn)
             .await
@@ -517,10 +521,20 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
     }
     assert_eq!(mode(url.clone()).await, 0, "NONE before");
     let store = SqliteStore::open(&url).await.expect("open");
-    submit_ok(&store, submission("batch_1", vec![job("job_1", "pictify")], T0)).await;
+    submit_ok(
+        &store,
+        submission("batch_1", vec![job("job_1", "pictify")], T0),
+    )
+    .await;
     store.close().await;
-    assert_eq!(mode(url.clone()).await, 2, "INCREMENTAL after the first open");
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    assert_eq!(
+        mode(url.clone()).await,
+        2,
+        "INCREMENTAL after the first open"
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
     let legacy: String = sqlx::query_scalar("SELECT x FROM legacy")
         .fetch_one(&mut conn)
         .await
@@ -530,6 +544,10 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
     // A new file has it from the start.
     let fresh_dir = tempfile::tempdir().expect("tempdir");
     let fresh_url = format!("sqlite://{}", fresh_dir.path().join("adgate.db").display());
-    SqliteStore::open(&fresh_url).await.expect("open new").close().await;
+    SqliteStore::open(&fresh_url)
+        .await
+        .expect("open new")
+        .close()
+        .await;
     assert_eq!(mode(fresh_url).await, 2);
 }

@@ -54,13 +54,22 @@ pub async fn retention_deletes_old_terminal_jobs(store: &dyn Store) {
         store,
         submission(
             "batch_a",
-            vec![job("a1", "pictify"), job("a2", "pictify"), job("a3", "pictify")],
+            vec![
+                job("a1", "pictify"),
+                job("a2", "pictify"),
+                job("a3", "pictify"),
+            ],
             T0,
         ),
     )
     .await;
     let attempt_a = store
-        .create_attempt("pictify", "key-a", &["a1".into(), "a2".into(), "a3".into()], T0)
+        .create_attempt(
+            "pictify",
+            "key-a",
+            &["a1".into(), "a2".into(), "a3".into()],
+            T0,
+        )
         .await
         .expect("attempt a");
     finish(store, &["a1"], JobState::Completed, T0 + 1_000).await;
@@ -72,7 +81,11 @@ pub async fn retention_deletes_old_terminal_jobs(store: &dyn Store) {
         store,
         submission(
             "batch_b",
-            vec![job("b1", "pictify"), job("b2", "pictify"), job("b3", "pictify")],
+            vec![
+                job("b1", "pictify"),
+                job("b2", "pictify"),
+                job("b3", "pictify"),
+            ],
             T0,
         ),
     )
@@ -137,7 +150,11 @@ pub async fn retention_deletes_old_terminal_jobs(store: &dyn Store) {
         .purge(jobs_before(i64::MAX), 500)
         .await
         .expect("all terminal");
-    assert_eq!((everything.jobs, everything.batches), (1, 1), "only c1 and its batch");
+    assert_eq!(
+        (everything.jobs, everything.batches),
+        (1, 1),
+        "only c1 and its batch"
+    );
     assert_eq!(present(store, &["b2", "b3", "c1"]).await, ["b2", "b3"]);
     let _ = attempt_a;
 }
@@ -161,7 +178,10 @@ pub async fn retention_steps_are_bounded(store: &dyn Store) {
     }
     let step = |n| async move { store.purge(jobs_before(T0 + 2_000), n).await.expect("step") };
     let first = step(2).await;
-    assert_eq!((first.jobs, first.batches, first.maybe_more(2)), (2, 0, true));
+    assert_eq!(
+        (first.jobs, first.batches, first.maybe_more(2)),
+        (2, 0, true)
+    );
     let all: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(present(store, &all).await, ["s0", "s1", "s2"]);
     let second = step(2).await;
@@ -186,7 +206,14 @@ pub async fn request_ids_expire(store: &dyn Store) {
         deliveries_before_ms: i64::MIN,
     };
     // Claimed at T0: not older than a cutoff at T0, so it stays.
-    assert_eq!(store.purge(window(T0), 500).await.expect("purge").request_ids, 0);
+    assert_eq!(
+        store
+            .purge(window(T0), 500)
+            .await
+            .expect("purge")
+            .request_ids,
+        0
+    );
     let replay = with_request(
         submission("batch_r2", vec![job("r2", "pictify")], T0 + 10),
         "req-1",
@@ -200,7 +227,11 @@ pub async fn request_ids_expire(store: &dyn Store) {
         }
     );
     assert_eq!(
-        store.purge(window(T0 + 1), 500).await.expect("purge").request_ids,
+        store
+            .purge(window(T0 + 1), 500)
+            .await
+            .expect("purge")
+            .request_ids,
         1
     );
     // After expiry: new content under the same id is a new request, not ALREADY_EXISTS.
@@ -226,21 +257,57 @@ pub async fn request_ids_expire(store: &dyn Store) {
 /// Delivery ids are forgotten after their cutoff: the provider's next delivery with that id
 /// counts as new.
 pub async fn delivery_ids_expire(store: &dyn Store) {
-    assert!(store.record_delivery("pictify", "del-1", T0).await.expect("new"));
-    assert!(store.record_delivery("abyssale", "del-2", T0 + 100).await.expect("new"));
+    assert!(
+        store
+            .record_delivery("pictify", "del-1", T0)
+            .await
+            .expect("new")
+    );
+    assert!(
+        store
+            .record_delivery("abyssale", "del-2", T0 + 100)
+            .await
+            .expect("new")
+    );
     let window = |before| PurgeCutoffs {
         jobs_completed_before_ms: i64::MIN,
         request_ids_before_ms: i64::MIN,
         deliveries_before_ms: before,
     };
-    assert_eq!(store.purge(window(T0), 500).await.expect("purge").deliveries, 0);
-    assert!(!store.record_delivery("pictify", "del-1", T0 + 1).await.expect("dup"));
     assert_eq!(
-        store.purge(window(T0 + 50), 500).await.expect("purge").deliveries,
+        store
+            .purge(window(T0), 500)
+            .await
+            .expect("purge")
+            .deliveries,
+        0
+    );
+    assert!(
+        !store
+            .record_delivery("pictify", "del-1", T0 + 1)
+            .await
+            .expect("dup")
+    );
+    assert_eq!(
+        store
+            .purge(window(T0 + 50), 500)
+            .await
+            .expect("purge")
+            .deliveries,
         1
     );
-    assert!(store.record_delivery("pictify", "del-1", T0 + 200).await.expect("new again"));
-    assert!(!store.record_delivery("abyssale", "del-2", T0 + 200).await.expect("still dup"));
+    assert!(
+        store
+            .record_delivery("pictify", "del-1", T0 + 200)
+            .await
+            .expect("new again")
+    );
+    assert!(
+        !store
+            .record_delivery("abyssale", "del-2", T0 + 200)
+            .await
+            .expect("still dup")
+    );
 }
 
 /// Retention deleting a backlog in small steps while 32 callers keep submitting: every
@@ -280,15 +347,22 @@ pub async fn retention_beside_submits(store: Arc<dyn Store>) {
     let acknowledged = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let callers: Vec<_> = (0..CALLERS)
         .map(|c| {
-            let (store, done, acknowledged) =
-                (Arc::clone(&store), Arc::clone(&done), Arc::clone(&acknowledged));
+            let (store, done, acknowledged) = (
+                Arc::clone(&store),
+                Arc::clone(&done),
+                Arc::clone(&acknowledged),
+            );
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 let mut n = 0;
                 // At least a few each, then until the pass is over.
                 while n < 5 || !done.load(Ordering::Acquire) {
                     let id = format!("new_{c}_{n}");
-                    let s = submission(&format!("new_batch_{c}_{n}"), vec![job(&id, "pictify")], T0 + 100_000);
+                    let s = submission(
+                        &format!("new_batch_{c}_{n}"),
+                        vec![job(&id, "pictify")],
+                        T0 + 100_000,
+                    );
                     submit_ok(&*store, s).await;
                     acknowledged.lock().expect("acks").push(Instant::now());
                     mine.push(id);
@@ -336,7 +410,11 @@ pub async fn retention_beside_submits(store: Arc<dyn Store>) {
     assert_eq!(total.batches, u64::try_from(OLD_BATCHES).expect("small"));
     assert!(steps > OLD_BATCHES * PER_BATCH / STEP, "{steps} steps");
     let stored = store.get_jobs(&new_ids).await.expect("read new");
-    assert_eq!(stored.len(), new_ids.len(), "every acknowledged Submit is stored");
+    assert_eq!(
+        stored.len(),
+        new_ids.len(),
+        "every acknowledged Submit is stored"
+    );
     assert!(store.get_jobs(&old_ids).await.expect("read old").is_empty());
     // The longest stretch of the pass without an acknowledged Submit.
     let mut marks: Vec<Instant> = acknowledged
