@@ -214,6 +214,7 @@ pub async fn retention(ctx: &mut Ctx) -> Res<()> {
     let mut next = 0u64;
     let mut daily: Vec<Sizes> = Vec::new();
     let mut longest_pass = Duration::ZERO;
+    let mut longest_step = Duration::ZERO;
     let mut pass_total = Duration::ZERO;
     let mut deleted = 0u64;
     for day in 0..DAYS {
@@ -233,6 +234,7 @@ pub async fn retention(ctx: &mut Ctx) -> Res<()> {
             }
             deleted += report.purged.jobs;
             longest_pass = longest_pass.max(report.elapsed);
+            longest_step = longest_step.max(report.longest_step);
             pass_total += report.elapsed;
         }
         let s = sizes(dir.path(), &url).await?;
@@ -305,9 +307,10 @@ pub async fn retention(ctx: &mut Ctx) -> Res<()> {
         "retention",
         "retention passes",
         format!(
-            "{} passes deleted {deleted} jobs; longest pass {:.0} ms, all passes {:.1} s of {:.0} s",
+            "{} passes deleted {deleted} jobs; longest pass {:.0} ms, longest step {:.1} ms, all passes {:.1} s of {:.0} s",
             DAYS * TICKS_PER_DAY,
             longest_pass.as_secs_f64() * 1000.0,
+            longest_step.as_secs_f64() * 1000.0,
             pass_total.as_secs_f64(),
             elapsed.as_secs_f64()
         ),

@@ -114,6 +114,9 @@ pub struct PassReport {
     pub steps: u64,
     pub reclaim_steps: u64,
     pub elapsed: Duration,
+    /// The longest single step (delete or vacuum): on SQLite, the most a Submit that shares
+    /// the step's write group waits for it.
+    pub longest_step: Duration,
     /// The store error that ended the pass early, if one did (the next pass starts over).
     pub error: Option<adgate_store::StoreError>,
 }
@@ -130,7 +133,10 @@ pub async fn pass(
     let started = Instant::now();
     let mut report = PassReport::default();
     while !stopping() {
-        match store.purge(cutoffs, STEP).await {
+        let step_started = Instant::now();
+        let step = store.purge(cutoffs, STEP).await;
+        report.longest_step = report.longest_step.max(step_started.elapsed());
+        match step {
             Ok(step) => {
                 on_step(&step);
                 report.purged.add(&step);
@@ -149,7 +155,10 @@ pub async fn pass(
     }
     if report.purged.total() > 0 && report.error.is_none() {
         while !stopping() {
-            match store.reclaim_space(RECLAIM_PAGES).await {
+            let step_started = Instant::now();
+            let step = store.reclaim_space(RECLAIM_PAGES).await;
+            report.longest_step = report.longest_step.max(step_started.elapsed());
+            match step {
                 Ok(free) => {
                     report.reclaim_steps += 1;
                     if free == 0 {

@@ -156,7 +156,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (8,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -353,6 +353,9 @@ async fn jobs_stored_before_provider_result_still_read() {
             "DROP INDEX jobs_provider_created",
             "DROP INDEX batches_created",
             "DROP INDEX batches_caller_created",
+            "DROP INDEX jobs_retention",
+            "DROP INDEX request_ids_created",
+            "DROP INDEX webhook_deliveries_received",
             "ALTER TABLE jobs DROP COLUMN caller",
             "ALTER TABLE jobs DROP COLUMN priority",
             "ALTER TABLE jobs DROP COLUMN cost_unit",
