@@ -125,13 +125,24 @@ fn json_array<T: serde::Serialize>(items: &BTreeSet<T>) -> Result<String> {
 }
 
 /// Frees up to `pages` pages from the end of the file, inside the writer's transaction, and
-/// returns how many free pages remain.
+/// returns how many free pages remain — or 0 when this step freed none: a database without
+/// incremental auto-vacuum (in memory, or a file whose one-time VACUUM could not run) keeps
+/// its free pages for reuse, and the caller must not loop on them.
 pub(super) async fn reclaim(conn: &mut SqliteConnection, pages: u32) -> Result<u64> {
+    let before = freelist(conn).await?;
+    if before == 0 {
+        return Ok(0);
+    }
     // A PRAGMA takes no bound parameters; `pages` is a number, so formatting it is safe.
     sqlx::query(&format!("PRAGMA incremental_vacuum({pages})"))
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    let after = freelist(conn).await?;
+    Ok(if after < before { after } else { 0 })
+}
+
+async fn freelist(conn: &mut SqliteConnection) -> Result<u64> {
     let free: i64 = sqlx::query("PRAGMA freelist_count")
         .fetch_one(&mut *conn)
         .await
