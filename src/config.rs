@@ -68,6 +68,10 @@ TOML FILE (every key optional):
   [custody]                   store, directory, s3_bucket, s3_prefix, s3_endpoint, s3_region,
   max_bytes, download_timeout_secs, concurrency = 8, retry_initial_secs = 2,
   retry_max_secs = 300, retry_horizon_secs = 21600, expired_after = 3
+  job_retention_secs = 2592000  terminal jobs are deleted this long after they ended (30 days)
+  request_id_ttl_secs = 86400   a Submit's request_id replays this long, then is a new request
+  delivery_id_ttl_secs = 259200 provider webhook delivery ids are remembered this long (72 h)
+  retention_interval_secs = 600 time between retention passes
   [providers.<name>]          name: {providers}
   api_key, base_url, webhook_secret, request_timeout_secs,
   webhook_secrets = { \"render.completed\" = \"whsec_…\" }  per-event secrets (Pictify),
@@ -287,6 +291,10 @@ struct FileConfig {
     lease_secs: Option<f64>,
     replica_id: Option<String>,
     kept_event_ttl_secs: Option<f64>,
+    job_retention_secs: Option<f64>,
+    request_id_ttl_secs: Option<f64>,
+    delivery_id_ttl_secs: Option<f64>,
+    retention_interval_secs: Option<f64>,
     #[serde(default)]
     providers: BTreeMap<String, FileProvider>,
     #[serde(default)]
@@ -338,6 +346,8 @@ pub struct Settings {
     pub replica_id: Option<String>,
     /// How long a provider event that matched no job is kept for its job to appear.
     pub kept_event_ttl: Duration,
+    /// How long terminal jobs, request ids and webhook delivery ids are kept.
+    pub retention: adgate_engine::Retention,
     /// By provider name; every registered provider has an entry.
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Weights and daily spend limits of named callers (`[callers.<name>]`).
@@ -367,6 +377,7 @@ impl Default for Settings {
             lease: DEFAULT_LEASE,
             replica_id: None,
             kept_event_ttl: DEFAULT_KEPT_EVENT_TTL,
+            retention: adgate_engine::Retention::default(),
             providers: providers::names()
                 .map(|n| (n.to_owned(), ProviderSettings::default()))
                 .collect(),
@@ -502,6 +513,12 @@ impl Settings {
         if let Some(t) = file.kept_event_ttl_secs {
             s.kept_event_ttl = secs("kept_event_ttl_secs", t)?;
         }
+        s.retention = retention(
+            file.job_retention_secs,
+            file.request_id_ttl_secs,
+            file.delivery_id_ttl_secs,
+            file.retention_interval_secs,
+        )?;
         // Empty means unset, as for ADGATE_LOG_FORMAT: a random id per start.
         if let Some(v) = pick("ADGATE_REPLICA_ID", file.replica_id).filter(|v| !v.is_empty()) {
             s.replica_id = Some(parse_replica_id(&v)?);
@@ -718,6 +735,47 @@ fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
                 "must be a non-negative number of seconds",
             )
         })
+}
+
+/// The retention periods, each checked on its own and against the others.
+fn retention(
+    jobs: Option<f64>,
+    request_ids: Option<f64>,
+    deliveries: Option<f64>,
+    interval: Option<f64>,
+) -> Result<adgate_engine::Retention, ConfigError> {
+    let mut r = adgate_engine::Retention::default();
+    let set = |name: &str, v: Option<f64>, into: &mut Duration| -> Result<(), ConfigError> {
+        if let Some(v) = v {
+            *into = secs(name, v)?;
+            if into.is_zero() {
+                return Err(ConfigError::invalid(name, "0", "must be more than 0"));
+            }
+        }
+        Ok(())
+    };
+    set("job_retention_secs", jobs, &mut r.jobs)?;
+    set("request_id_ttl_secs", request_ids, &mut r.request_ids)?;
+    set("delivery_id_ttl_secs", deliveries, &mut r.deliveries)?;
+    set("retention_interval_secs", interval, &mut r.interval)?;
+    let shown = |d: Duration| d.as_secs_f64().to_string();
+    // AIP-155: a request id must be honoured for at least an hour.
+    if r.request_ids < Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "request_id_ttl_secs",
+            &shown(r.request_ids),
+            "must be at least 3600 (AIP-155: an hour)",
+        ));
+    }
+    // A replay must find the jobs it answers with.
+    if r.request_ids > r.jobs {
+        return Err(ConfigError::invalid(
+            "request_id_ttl_secs",
+            &shown(r.request_ids),
+            format!("must not exceed job_retention_secs ({})", shown(r.jobs)),
+        ));
+    }
+    Ok(r)
 }
 
 fn positive(name: &str, v: usize) -> Result<usize, ConfigError> {
@@ -1011,6 +1069,45 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn retention_periods_have_defaults_and_are_checked() {
+        let s = Settings::from_toml(false, "", &env_of(&[])).unwrap();
+        assert_eq!(s.retention, adgate_engine::Retention::default());
+        assert_eq!(s.retention.jobs, Duration::from_secs(30 * 86_400));
+        let s = Settings::from_toml(
+            false,
+            "job_retention_secs = 604800\nrequest_id_ttl_secs = 7200\n\
+             delivery_id_ttl_secs = 3600\nretention_interval_secs = 60",
+            &env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.retention,
+            adgate_engine::Retention {
+                jobs: Duration::from_secs(604_800),
+                request_ids: Duration::from_secs(7200),
+                deliveries: Duration::from_secs(3600),
+                interval: Duration::from_secs(60),
+            }
+        );
+        for (toml, name) in [
+            ("job_retention_secs = 0", "job_retention_secs"),
+            ("job_retention_secs = -1", "job_retention_secs"),
+            ("request_id_ttl_secs = 60", "request_id_ttl_secs"),
+            (
+                "job_retention_secs = 7200\nrequest_id_ttl_secs = 86400",
+                "request_id_ttl_secs",
+            ),
+            ("retention_interval_secs = 0", "retention_interval_secs"),
+        ] {
+            let err = Settings::from_toml(false, toml, &env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("invalid {name}")), "{toml}: {err}");
+            assert!(!err.contains('\n'), "{err:?} is more than one line");
+        }
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl App {
             lease: settings.lease,
             replica_id: settings.replica_id.clone(),
             kept_event_ttl: settings.kept_event_ttl,
+            retention: settings.retention,
             callers: settings.callers.clone(),
             span_link: Some(telemetry::link),
             notify: adgate_engine::notify::NotifyConfig {

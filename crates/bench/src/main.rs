@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p adgate-bench -- all
-//! cargo run --release -p adgate-bench -- <echo|submit1|submit100|read|watch|inflight|restart|providers|postgres|takeover|search>
+//! cargo run --release -p adgate-bench -- <echo|submit1|submit100|read|watch|inflight|restart|providers|postgres|takeover|search|retention>
 //! ```
 //!
 //! Every server under test (the gateway, and a bare tonic `grpc.health.v1.Health/Check` echo
@@ -16,6 +16,7 @@ mod load;
 mod proc;
 mod replicas;
 mod report;
+mod retention;
 mod scenarios;
 mod search;
 mod seed;
@@ -40,6 +41,7 @@ const SCENARIOS: &[&str] = &[
     "postgres",
     "takeover",
     "search",
+    "retention",
 ];
 
 fn usage() -> String {
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
                 "postgres" => replicas::postgres(&mut ctx).await,
                 "takeover" => replicas::takeover(&mut ctx).await,
                 "search" => search::search(&mut ctx).await,
+                "retention" => retention::retention(&mut ctx).await,
                 _ => scenarios::providers(&mut ctx).await,
             };
             if let Err(e) = r {

@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub kept_event_ttl: Duration,
     /// How often each provider's inbox of kept events is looked at without being woken.
     pub inbox_interval: Duration,
+    /// How long the store keeps terminal jobs, request ids and delivery ids.
+    pub retention: crate::Retention,
     /// Weights and spend limits of named callers.
     pub callers: CallerPolicies,
     /// Links the engine's spans to the Submit that created a job (see [`crate::trace`]);
@@ -71,6 +73,7 @@ impl Default for EngineConfig {
             replica_id: None,
             kept_event_ttl: Duration::from_secs(24 * 3600),
             inbox_interval: Duration::from_secs(1),
+            retention: crate::Retention::default(),
             callers: CallerPolicies::default(),
             span_link: None,
             notify: crate::notify::NotifyConfig::default(),
@@ -338,6 +341,10 @@ impl Engine {
         engine.shared.spawn(sweep_deadlines(
             engine.shared.clone(),
             config.sweep_interval,
+        ));
+        engine.shared.spawn(crate::retention::run(
+            engine.shared.clone(),
+            config.retention,
         ));
         Ok(engine)
     }

@@ -5,6 +5,8 @@
 //! - `runtime`: the shared state (per provider and engine-wide) and the operations every
 //!   module uses: budget, commit and publish, tracked tasks.
 //! - `sweeper`: fails jobs at their deadline.
+//! - [`retention`]: deletes old terminal jobs, expired request ids and delivery ids, in small
+//!   steps, and gives SQLite's freed pages back.
 //! - `fair`: weighted fair queuing of each provider's request budget among callers.
 //! - [`eta`]: queue positions and start / completion estimates, in the dispatcher's order.
 //! - [`dispatcher`]: per provider, turns QUEUED jobs into submit calls under the request budget
@@ -59,6 +61,7 @@ pub mod pricing;
 mod push;
 mod references;
 mod replica;
+pub mod retention;
 mod runtime;
 mod schedule;
 pub mod sniff;
@@ -84,6 +87,7 @@ pub use error::{EngineError, WebhookFailure};
 pub use metrics::EngineMetrics;
 pub use output_store::{OutputStore, OutputStoreError, OutputStoreSpec, S3Settings, StoredObject};
 pub use pricing::{CallerPolicies, CallerPolicy, PriceOverrides};
+pub use retention::Retention;
 pub use trace::SpanLink;
 pub use usage::BudgetUsage;
 

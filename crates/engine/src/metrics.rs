@@ -69,6 +69,8 @@ pub struct EngineMetrics {
     pub custody_stored: Family<ProviderLabels, Counter>,
     pub custody_bytes: Family<ProviderLabels, Counter>,
     pub custody_failed: Family<CodeLabels, Counter>,
+    /// Rows deleted by retention, by table.
+    pub retention_deleted: Family<TableLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +84,11 @@ pub struct NotifyLabels {
 pub struct CodeLabels {
     pub provider: String,
     pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +143,7 @@ impl Default for EngineMetrics {
             custody_stored: Family::default(),
             custody_bytes: Family::default(),
             custody_failed: Family::default(),
+            retention_deleted: Family::default(),
         }
     }
 }
@@ -228,6 +236,11 @@ impl EngineMetrics {
             self.notify_disabled.clone(),
         );
         registry.register(
+            "adgate_store_retention_deleted",
+            "Rows deleted by retention (old terminal jobs, their attempts and batches, expired request and delivery ids), by table",
+            self.retention_deleted.clone(),
+        );
+        registry.register(
             "adgate_active_watchers",
             "Open WatchProgress streams",
             self.watchers.clone(),
@@ -293,6 +306,23 @@ impl EngineMetrics {
                 provider: provider.to_owned(),
             })
             .inc_by(secs);
+    }
+
+    pub fn retention_deleted(&self, table: &str, rows: u64) {
+        self.retention_deleted
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .inc_by(rows);
+    }
+
+    /// Rows retention has deleted from `table` (tests and benchmarks).
+    pub fn retention_deleted_rows(&self, table: &str) -> u64 {
+        self.retention_deleted
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .get()
     }
 
     /// Count of requests recorded for a provider and outcome (tests and benchmarks).

@@ -6,6 +6,8 @@
 //!   are group-committed by a single writer task: one transaction and one fsync serve every
 //!   call that arrived while the previous commit was running.
 //! - [`model`]: the records the store returns.
+//! - [`retention`]: what [`Store::purge`] deletes (old terminal jobs, expired request and
+//!   delivery ids) and reports.
 //!
 //! The trait is written so that a PostgreSQL backend (several replicas, SPEC §8) can implement
 //! it without the engine changing: request-id dedupe is decided by a unique constraint inside
@@ -15,6 +17,7 @@ mod codec;
 pub mod model;
 pub mod notify;
 pub mod postgres;
+pub mod retention;
 mod rows;
 pub mod search;
 pub mod sqlite;
@@ -28,6 +31,7 @@ pub use model::{
 };
 pub use notify::{BatchNotify, NotifyEndpoint, NotifyOutcome, NotifySettle, OutboxEntry};
 pub use postgres::PgStore;
+pub use retention::{PurgeCutoffs, Purged};
 pub use search::{BatchFilter, BatchSummary, JobFilter, Page, PageKey};
 pub use sqlite::SqliteStore;
 
@@ -331,6 +335,20 @@ pub trait Store: Send + Sync + 'static {
     /// every other field stay): the job's revision goes up by one and `updated_at` to `now_ms`
     /// when an output changed. Returns the job after the change, `None` when nothing changed.
     async fn finish_custody(&self, write: CustodyWrite, now_ms: i64) -> Result<Option<JobRecord>>;
+    /// One retention step (see [`retention`]): deletes at most `limit` terminal jobs that
+    /// became terminal before `cutoffs.jobs_completed_before_ms` (oldest first) with their
+    /// attempts and batches once those have no job left, at most `limit` request ids and at
+    /// most `limit` delivery ids older than their cutoffs, in one short transaction. The
+    /// caller repeats while [`Purged::maybe_more`] says so, letting other writes in between.
+    async fn purge(&self, cutoffs: PurgeCutoffs, limit: usize) -> Result<Purged>;
+
+    /// Gives up to `pages` free database pages back to the file system and returns how many
+    /// free pages remain (the caller repeats while that is not 0). SQLite's incremental
+    /// vacuum; backends whose server reclaims space itself (PostgreSQL's autovacuum) keep
+    /// the default, which does nothing.
+    async fn reclaim_space(&self, _pages: u32) -> Result<u64> {
+        Ok(0)
+    }
 
     /// Number of write transactions committed so far (group-commit observability).
     fn commit_count(&self) -> u64;

@@ -91,6 +91,9 @@
 mod custody;
 mod notify;
 mod patch;
+/// Retention's statements are public for the plan checks in `tests/postgres.rs`.
+#[doc(hidden)]
+pub mod retention;
 mod rows;
 mod search;
 mod submit;
@@ -137,6 +140,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/postgres/0006_search.sql")),
     (7, include_str!("../migrations/postgres/0007_notify.sql")),
     (8, include_str!("../migrations/postgres/0008_custody.sql")),
+    (9, include_str!("../migrations/postgres/0009_retention.sql")),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -846,6 +850,10 @@ impl Store for PgStore {
 
     async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
         notify::redeliver_in_tx(&self.reads, batch_id, now_ms).await
+    }
+
+    async fn purge(&self, cutoffs: crate::PurgeCutoffs, limit: usize) -> Result<crate::Purged> {
+        retention::purge(&self.reads, cutoffs, limit).await
     }
 
     fn commit_count(&self) -> u64 {

@@ -33,6 +33,7 @@ mod notify;
 use notify::NotifyWrite;
 mod custody;
 mod reads;
+mod retention;
 mod rows;
 mod search;
 mod writer;
@@ -45,7 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adgate_generator::JobState;
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -69,6 +72,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_search.sql")),
     (6, include_str!("../migrations/0006_notify.sql")),
     (7, include_str!("../migrations/0007_custody.sql")),
+    (8, include_str!("../migrations/0008_retention.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
@@ -161,8 +165,17 @@ impl SqliteStore {
                 // auto-checkpoint (which would run inside a COMMIT) is only a backstop.
                 .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT);
         }
+        if !in_memory {
+            // Before the first table of a new file exists; a file created without it is
+            // switched at the first open below (`retention::enable_incremental_vacuum`).
+            write_options = write_options.auto_vacuum(SqliteAutoVacuum::Incremental);
+        }
         let mut conn = write_options.connect().await.map_err(db)?;
         if let Err(e) = migrate(&mut conn).await {
+            drop(conn.close().await);
+            return Err(e);
+        }
+        if !in_memory && let Err(e) = retention::enable_incremental_vacuum(&mut conn).await {
             drop(conn.close().await);
             return Err(e);
         }
@@ -704,6 +717,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge(&self, cutoffs: crate::PurgeCutoffs, limit: usize) -> Result<crate::Purged> {
+        self.write(|reply| Command::Purge {
+            cutoffs,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     async fn settle_notifications(
         &self,
         settles: Vec<crate::NotifySettle>,
@@ -806,6 +828,10 @@ impl Store for SqliteStore {
                 "custody result answered {other:?}"
             ))),
         }
+    }
+
+    async fn reclaim_space(&self, pages: u32) -> Result<u64> {
+        self.write(|reply| Command::Reclaim { pages, reply }).await
     }
 
     fn commit_count(&self) -> u64 {

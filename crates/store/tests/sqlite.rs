@@ -61,6 +61,10 @@ conformance!(
     notify_outbox,
     search_batches,
     custody_queue,
+    retention_deletes_old_terminal_jobs,
+    retention_steps_are_bounded,
+    request_ids_expire,
+    delivery_ids_expire,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,6 +76,14 @@ async fn persistence_across_reopen() {
         async move { Arc::new(SqliteStore::open(&url).await.expect("open")) as Arc<dyn Store> }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_beside_submits() {
+    let (_dir, store) = fresh().await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    suite::retention_beside_submits(Arc::clone(&store)).await;
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -146,7 +158,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (6,)]);
+    assert_eq!(versions, (1..=8).map(|v| (v,)).collect::<Vec<(i64,)>>());
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -344,6 +356,9 @@ async fn jobs_stored_before_provider_result_still_read() {
             "DROP INDEX jobs_provider_created",
             "DROP INDEX batches_created",
             "DROP INDEX batches_caller_created",
+            "DROP INDEX jobs_retention",
+            "DROP INDEX request_ids_created",
+            "DROP INDEX webhook_deliveries_received",
             "ALTER TABLE jobs DROP COLUMN caller",
             "ALTER TABLE jobs DROP COLUMN priority",
             "ALTER TABLE jobs DROP COLUMN cost_unit",
@@ -378,5 +393,208 @@ async fn jobs_stored_before_provider_result_still_read() {
         (job.caller.as_str(), job.priority, job.cost),
         ("anonymous", 2, None)
     );
+    store.close().await;
+}
+
+/// The database file's size on disk.
+fn file_len(dir: &TempDir) -> u64 {
+    std::fs::metadata(dir.path().join("adgate.db"))
+        .expect("database file")
+        .len()
+}
+
+/// Waits (bounded) until `check` holds, polling; returns whether it did.
+async fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Retention frees pages and the incremental vacuum gives them back: after deleting nearly
+/// every job and reclaiming, the file on disk shrinks to a fraction of its size (once the
+/// background checkpoint has copied the vacuumed pages in and truncated it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_shrinks_after_retention_and_vacuum() {
+    let (dir, store) = fresh().await;
+    let mut kept = Vec::new();
+    for b in 0..40 {
+        let ids: Vec<String> = (0..250).map(|j| format!("job_{b}_{j}")).collect();
+        let mut s = submission(
+            &format!("batch_{b}"),
+            ids.iter().map(|id| job(id, "pictify")).collect(),
+            T0,
+        );
+        // Bigger specs, so the file is several MB and the shrink is well above page noise.
+        for j in &mut s.jobs {
+            j.spec["text"]["body"] = serde_json::json!("x".repeat(400));
+        }
+        submit_ok(&store, s).await;
+        if b == 0 {
+            // One batch stays live (queued): retention must spare it.
+            kept = ids;
+            continue;
+        }
+        let patches = ids
+            .iter()
+            .map(|id| JobPatch {
+                state: Some(JobState::Completed),
+                ..JobPatch::new(id.clone())
+            })
+            .collect();
+        store.apply(patches, T0 + 1_000).await.expect("finish");
+    }
+    // The checkpointer moves the WAL into the file within a second or so.
+    let mut full = 0;
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            full = file_len(&dir);
+            full > 4_000_000
+        })
+        .await,
+        "the database file grew to several MB ({full} bytes)"
+    );
+
+    let cutoffs = adgate_store::PurgeCutoffs {
+        jobs_completed_before_ms: T0 + 2_000,
+        request_ids_before_ms: T0 + 2_000,
+        deliveries_before_ms: T0 + 2_000,
+    };
+    let mut deleted = 0;
+    loop {
+        let step = store.purge(cutoffs, 500).await.expect("purge");
+        deleted += step.jobs;
+        if !step.maybe_more(500) {
+            break;
+        }
+    }
+    assert_eq!(deleted, 39 * 250);
+    let mut steps = 0;
+    while store.reclaim_space(256).await.expect("reclaim") > 0 {
+        steps += 1;
+        assert!(steps < 10_000, "the free list never empties");
+    }
+    assert!(steps > 1, "reclaiming took several small steps ({steps})");
+    let mut now = full;
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            now = file_len(&dir);
+            now * 4 < full
+        })
+        .await,
+        "file did not shrink: {full} bytes before, {now} after"
+    );
+    assert_eq!(store.get_jobs(&kept).await.expect("kept").len(), 250);
+    store.close().await;
+}
+
+/// A database created before incremental auto-vacuum existed (auto_vacuum NONE) is switched
+/// at its first open by one VACUUM, keeping its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn existing_database_is_switched_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = url(&dir);
+    let mode = |url: String| async move {
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pragma");
+        conn.close().await.expect("close");
+        mode
+    };
+    {
+        // What an older build left: a WAL database with auto_vacuum NONE and some data.
+        let options = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .expect("options")
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut conn = sqlx::ConnectOptions::connect(&options)
+            .await
+            .expect("create");
+        sqlx::raw_sql("CREATE TABLE legacy (x TEXT); INSERT INTO legacy VALUES ('kept');")
+            .execute(&mut conn)
+            .await
+            .expect("legacy data");
+        conn.close().await.expect("close");
+    }
+    assert_eq!(mode(url.clone()).await, 0, "NONE before");
+    let store = SqliteStore::open(&url).await.expect("open");
+    submit_ok(
+        &store,
+        submission("batch_1", vec![job("job_1", "pictify")], T0),
+    )
+    .await;
+    store.close().await;
+    assert_eq!(
+        mode(url.clone()).await,
+        2,
+        "INCREMENTAL after the first open"
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    let legacy: String = sqlx::query_scalar("SELECT x FROM legacy")
+        .fetch_one(&mut conn)
+        .await
+        .expect("legacy row");
+    assert_eq!(legacy, "kept");
+    conn.close().await.expect("close");
+    // A new file has it from the start.
+    let fresh_dir = tempfile::tempdir().expect("tempdir");
+    let fresh_url = format!("sqlite://{}", fresh_dir.path().join("adgate.db").display());
+    SqliteStore::open(&fresh_url)
+        .await
+        .expect("open new")
+        .close()
+        .await;
+    assert_eq!(mode(fresh_url).await, 2);
+}
+
+/// An in-memory store has no incremental auto-vacuum: reclaiming reports nothing left to do at
+/// once (instead of free pages it can never give back, which would keep a caller looping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reclaim_ends_where_nothing_can_be_vacuumed() {
+    let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+    let ids: Vec<String> = (0..2_000).map(|i| format!("job_{i}")).collect();
+    submit_ok(
+        &store,
+        submission(
+            "batch_1",
+            ids.iter().map(|id| job(id, "pictify")).collect(),
+            T0,
+        ),
+    )
+    .await;
+    let patches = ids
+        .iter()
+        .map(|id| JobPatch {
+            state: Some(JobState::Failed),
+            ..JobPatch::new(id.clone())
+        })
+        .collect();
+    store.apply(patches, T0 + 1).await.expect("finish");
+    let cutoffs = adgate_store::PurgeCutoffs {
+        jobs_completed_before_ms: T0 + 2,
+        request_ids_before_ms: T0 + 2,
+        deliveries_before_ms: T0 + 2,
+    };
+    let mut deleted = 0;
+    loop {
+        let step = store.purge(cutoffs, 500).await.expect("purge");
+        deleted += step.jobs;
+        if !step.maybe_more(500) {
+            break;
+        }
+    }
+    assert_eq!(deleted, 2_000);
+    assert_eq!(store.reclaim_space(64).await.expect("reclaim"), 0);
     store.close().await;
 }

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
+use crate::retention::{PurgeCutoffs, Purged};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -79,6 +80,17 @@ pub(super) enum Command {
         op: super::custody::CustodyOp,
         reply: oneshot::Sender<Result<super::custody::CustodyAnswer>>,
     },
+    /// One retention step (see `Store::purge` and the `retention` module).
+    Purge {
+        cutoffs: PurgeCutoffs,
+        limit: usize,
+        reply: oneshot::Sender<Result<Purged>>,
+    },
+    /// One incremental-vacuum step (see `Store::reclaim_space`).
+    Reclaim {
+        pages: u32,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
@@ -102,6 +114,8 @@ impl Command {
             Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Notify(write) => write.fail(group_error(e)),
             Command::Custody { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Purge { reply, .. } => drop(reply.send(Err(group_error(e)))),
+            Command::Reclaim { reply, .. } => drop(reply.send(Err(group_error(e)))),
             Command::Shutdown => {}
         }
     }
@@ -434,6 +448,34 @@ async fn run_command(
                 return Err((pending(reply, Err(StoreError::Closed)).0, e));
             }
             let result = super::custody::run(conn, op).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Purge {
+            cutoffs,
+            limit,
+            reply,
+        } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = super::retention::purge(conn, cutoffs, limit).await;
+            let end = in_savepoint_end(conn, result.is_ok()).await;
+            let answer = pending(reply, result).0;
+            match end {
+                Ok(()) => Ok(answer),
+                Err(e) => Err((answer, e)),
+            }
+        }
+        Command::Reclaim { pages, reply } => {
+            if let Err(e) = in_savepoint_begin(conn).await {
+                return Err((pending(reply, Err(StoreError::Closed)).0, e));
+            }
+            let result = super::retention::reclaim(conn, pages).await;
             let end = in_savepoint_end(conn, result.is_ok()).await;
             let answer = pending(reply, result).0;
             match end {

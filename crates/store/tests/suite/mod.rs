@@ -17,6 +17,11 @@ use serde_json::json;
 
 mod custody;
 mod notify;
+mod retention;
+pub use retention::{
+    delivery_ids_expire, request_ids_expire, retention_beside_submits,
+    retention_deletes_old_terminal_jobs, retention_steps_are_bounded,
+};
 mod search;
 pub use custody::custody_queue;
 pub use notify::notify_outbox;
@@ -54,7 +59,7 @@ pub fn submission(batch_id: &str, jobs: Vec<NewJob>, now_ms: i64) -> NewSubmissi
     }
 }
 
-fn with_request(mut s: NewSubmission, request_id: &str, hash: &str) -> NewSubmission {
+pub(crate) fn with_request(mut s: NewSubmission, request_id: &str, hash: &str) -> NewSubmission {
     s.request_id = Some(request_id.to_owned());
     s.content_hash = hash.to_owned();
     s
@@ -75,7 +80,7 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-async fn one(store: &dyn Store, id: &str) -> JobRecord {
+pub(crate) async fn one(store: &dyn Store, id: &str) -> JobRecord {
     let mut jobs = store.get_jobs(&[id.to_owned()]).await.expect("get_jobs");
     assert_eq!(jobs.len(), 1, "job {id} should exist once");
     jobs.remove(0)

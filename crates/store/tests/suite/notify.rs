@@ -232,4 +232,20 @@ pub async fn notify_outbox(store: &dyn Store) {
         ])
     );
     assert!(again.iter().all(|r| r.attempts == 0));
+
+    // Retention: the events go with their batch once its last job is deleted.
+    let cutoffs = adgate_store::PurgeCutoffs {
+        jobs_completed_before_ms: i64::MAX,
+        request_ids_before_ms: i64::MAX,
+        deliveries_before_ms: i64::MAX,
+    };
+    while store.purge(cutoffs, 500).await.expect("purge").jobs > 0 {}
+    assert_eq!(
+        store
+            .redeliver_batch("b1", T0 + 80_000)
+            .await
+            .expect("redeliver"),
+        None
+    );
+    assert!(claim_sorted(store, i64::MAX / 2).await.is_empty());
 }

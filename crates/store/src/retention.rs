@@ -1,0 +1,52 @@
+//! What retention deletes and what one step of it reports (see [`crate::Store::purge`]).
+//!
+//! Both backends delete in steps of a bounded number of rows, each step one short transaction
+//! driven by an index range scan, so a pass over a large backlog never holds the SQLite writer
+//! or a PostgreSQL row lock for long: Submits interleave between steps. The engine chooses the
+//! ages (configuration) and drives the steps (`adgate_engine`'s retention task).
+
+/// Age limits of one retention step, as Unix milliseconds: rows older than these go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeCutoffs {
+    /// Terminal jobs (COMPLETED, FAILED, CANCELLED) that became terminal before this are
+    /// deleted, with the attempts and batches that no longer have any job. A job that is not
+    /// terminal is never deleted, however old.
+    pub jobs_completed_before_ms: i64,
+    /// Submit request ids claimed before this expire: a replay afterwards is a new request.
+    pub request_ids_before_ms: i64,
+    /// Inbound webhook delivery ids first received before this are forgotten.
+    pub deliveries_before_ms: i64,
+}
+
+/// Rows one step (or a whole pass) deleted, by table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub jobs: u64,
+    pub attempts: u64,
+    pub batches: u64,
+    pub request_ids: u64,
+    pub deliveries: u64,
+}
+
+impl Purged {
+    /// Every row deleted.
+    pub fn total(&self) -> u64 {
+        self.jobs + self.attempts + self.batches + self.request_ids + self.deliveries
+    }
+
+    /// True when a step with this `limit` may have left rows behind: one of the age-driven
+    /// deletions was cut off at the limit. (Attempts and batches follow their jobs.)
+    pub fn maybe_more(&self, limit: usize) -> bool {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        self.jobs >= limit || self.request_ids >= limit || self.deliveries >= limit
+    }
+
+    /// Adds another step's counts to these.
+    pub fn add(&mut self, other: &Purged) {
+        self.jobs += other.jobs;
+        self.attempts += other.attempts;
+        self.batches += other.batches;
+        self.request_ids += other.request_ids;
+        self.deliveries += other.deliveries;
+    }
+}
