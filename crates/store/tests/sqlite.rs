@@ -145,7 +145,8 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,)]);
+    // 6 is left to the outbound webhooks' migration, which lands separately.
+    assert_eq!(versions, vec![(1,), (2,), (3,), (4,), (5,), (7,)]);
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -334,6 +335,7 @@ async fn jobs_stored_before_provider_result_still_read() {
             .expect("connect");
         // Everything versions 3 and later added goes (indexes before the columns they cover).
         for sql in [
+            "DROP TABLE custody_queue",
             "DROP INDEX jobs_caller_spend",
             "DROP INDEX jobs_queue",
             "DROP INDEX jobs_created",
