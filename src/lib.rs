@@ -11,7 +11,8 @@
 //! - [`errors`]: the one table from every error to a gRPC (AIP-193) or webhook HTTP status.
 //! - [`auth`]: bearer-token caller authentication (per service; health/reflection stay open).
 //! - [`health`]: `grpc.health.v1` names for the gateway and each provider.
-//! - [`http`]: webhooks, `/metrics`, `/healthz`.
+//! - [`http`]: webhooks, `/metrics`, `/healthz`; [`http_outputs`]: stored outputs (custody).
+//! - [`config_custody`]: output custody's `[custody]` table and `ADGATE_CUSTODY_*` variables.
 //! - [`console`]: the web console at `/ui` (batches, job cards with images, providers).
 //! - [`notify`]: outbound webhook payloads (jobs and batches in the proto JSON mapping).
 //! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.

@@ -242,6 +242,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
+
     assert_eq!(versions, (1..=9).map(|v| (v,)).collect::<Vec<(i64,)>>());
     conn.close().await.expect("close");
 }

@@ -158,6 +158,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
+
     assert_eq!(versions, (1..=8).map(|v| (v,)).collect::<Vec<(i64,)>>());
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&mut conn)
@@ -348,6 +349,7 @@ async fn jobs_stored_before_provider_result_still_read() {
             .expect("connect");
         // Everything versions 3 and later added goes (indexes before the columns they cover).
         for sql in [
+            "DROP TABLE custody_queue",
             "DROP INDEX jobs_caller_spend",
             "DROP INDEX jobs_queue",
             "DROP INDEX jobs_created",
