@@ -579,3 +579,51 @@ async fn the_command_line_names_an_endpoint_for_every_batch_it_creates() {
     assert_eq!(want.len(), 5 + 3);
     wait_delivered(&rx, &want, Duration::from_secs(120)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_custody_on_job_completed_carries_the_stored_copy() {
+    let rx = Receiver::start(0);
+    let http_port = free_port();
+    let sims = Sims::start(SCALE, http_port, "notifycustody", |_, _| {}).await;
+    let copies = tempfile::tempdir().unwrap();
+    let mut env = sims.env();
+    env.push((
+        "ADGATE_CUSTODY_DIR".into(),
+        copies.path().display().to_string(),
+    ));
+    let spec = GatewaySpec::new(http_port, &config(""), env);
+    let mut gw = spec.spawn();
+    let mut client = spec.connect(&mut gw, Duration::from_secs(30)).await;
+    let reply = client
+        .submit(pb::SubmitRequest {
+            jobs: (0..4).map(pictify_job).collect(),
+            notify: notify(&rx.url()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    wait_delivered(
+        &rx,
+        &expected_ids(&reply.batch_id, &reply.job_ids),
+        Duration::from_secs(120),
+    )
+    .await;
+    // The event waited for the copy: its outputs are STORED, with their checksums.
+    for r in rx.records().iter().filter(|r| r["type"] == "job.completed") {
+        let custody = r["custody"].as_array().unwrap();
+        assert!(!custody.is_empty(), "{r}");
+        assert!(
+            custody.iter().all(|c| c == "CUSTODY_STATE_STORED"),
+            "sent before the copy settled: {r}"
+        );
+        assert!(
+            r["sha256"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h.as_str().is_some_and(|h| h.len() == 64)),
+            "{r}"
+        );
+    }
+}

@@ -3,7 +3,8 @@ Standard Webhooks implementation (the `standardwebhooks` package from PyPI).
 
 Usage: webhook_receiver.py SECRET OUT_FILE MODE_FILE [PORT]
 Prints the bound port on its first line. Every request becomes one JSON line in OUT_FILE:
-{"id", "type", "valid", "answered", "data_id", "data_state"}. MODE_FILE holds "ok" (answer 204
+{"id", "type", "valid", "answered", "data_id", "data_state", "custody", "sha256"} (custody
+state and checksum of each output). MODE_FILE holds "ok" (answer 204
 to valid deliveries) or "fail" (answer 503 to everything); it is read on every request.
 """
 
@@ -41,6 +42,8 @@ class Handler(BaseHTTPRequestHandler):
             data = payload.get("data") or {}
             record["data_id"] = data.get("id")
             record["data_state"] = data.get("state")
+            record["custody"] = [o.get("custody") for o in data.get("outputs", [])]
+            record["sha256"] = [o.get("sha256") for o in data.get("outputs", [])]
         except WebhookVerificationError as e:
             record["error"] = str(e)
         status = 503 if mode == "fail" else (204 if record["valid"] else 400)

@@ -28,6 +28,12 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How often the disabled endpoints are read again without a redelivery here (another
 /// replica's `RedeliverEvents`).
 const HEALTH_REREAD: Duration = Duration::from_secs(10);
+/// How long a `job.completed` waits for output custody to settle (stored or failed), so the
+/// event carries `stored_url` and the checksum. Custody retries an unreachable URL for hours;
+/// past this the event goes out with the copy still pending.
+const CUSTODY_HOLD_MS: i64 = 120_000;
+/// How soon a held event is looked at again.
+const CUSTODY_RECHECK_MS: i64 = 1_000;
 /// Largest response body read (and ignored) from a receiver.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -121,8 +127,18 @@ async fn pass(
     let bodies = Bodies::load(shared, cfg, &entries).await;
     let mut settles = Vec::with_capacity(entries.len());
     let mut to_send = Vec::new();
+    let now = shared.now_ms();
     for entry in entries {
-        if health.disabled.contains(&entry.endpoint) {
+        if bodies.custody_pending(&entry)
+            && now.saturating_sub(entry.created_at_ms) < CUSTODY_HOLD_MS
+        {
+            settles.push(NotifySettle {
+                seq: entry.seq,
+                outcome: NotifyOutcome::Later {
+                    next_at_ms: now.saturating_add(CUSTODY_RECHECK_MS),
+                },
+            });
+        } else if health.disabled.contains(&entry.endpoint) {
             count(shared, entry.kind, "parked");
             settles.push(NotifySettle {
                 seq: entry.seq,
@@ -262,6 +278,19 @@ impl Bodies {
             }
         }
         Self { jobs, batches }
+    }
+
+    /// Whether `entry` is a job's event whose outputs are still being copied.
+    fn custody_pending(&self, entry: &OutboxEntry) -> bool {
+        entry
+            .job_id
+            .as_ref()
+            .and_then(|id| self.jobs.get(id))
+            .is_some_and(|job| {
+                job.outputs
+                    .iter()
+                    .any(|o| o.custody.state == adgate_generator::CustodyState::Pending)
+            })
     }
 
     /// The caller that owns `entry`'s event, and the event's `data`.
