@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod pgdb;
 mod support;
 
 use std::path::Path;
@@ -722,4 +723,63 @@ async fn custody_throughput_directory() {
 #[ignore = "a measurement: run with --ignored --nocapture"]
 async fn custody_throughput_s3() {
     custody_throughput("s3", bench_jobs()).await;
+}
+
+/// Two replicas on one PostgreSQL database and one directory: every output is copied once
+/// (the replicas split the custody queue), with the simulators' checksums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_copy_each_output_once() {
+    let db = pgdb::PgDb::create().await;
+    let http_port = free_port();
+    let sims = Sims::start(SCALE, http_port, "custpg", |_, _| {}).await;
+    let outputs = tempfile::tempdir().unwrap();
+    let mut env = sims.env();
+    env.push((
+        "ADGATE_CUSTODY_DIR".into(),
+        outputs.path().display().to_string(),
+    ));
+    env.push(("ADGATE_DATABASE_URL".into(), db.url()));
+    let toml = format!("time_scale = {SCALE}\n");
+    let first = GatewaySpec::new(http_port, &toml, env.clone());
+    let second = GatewaySpec::new(free_port(), &toml, env);
+    let _a = first.spawn();
+    let _b = second.spawn();
+    let mut c = connect_as(&first, None).await;
+    let _c2 = connect_as(&second, None).await;
+    let ids = submit(&mut c, mixed(9), None).await;
+    let js = wait_outputs(
+        &mut c,
+        &ids,
+        None,
+        Duration::from_secs(120),
+        "copies made by two replicas",
+        stored,
+        &first,
+    )
+    .await;
+    let dir = outputs.path().to_owned();
+    check_copies(&js, async |job: &str, i: usize| {
+        std::fs::read(dir.join(job).join(i.to_string())).unwrap()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut copied = 0.0;
+    for spec in [&first, &second] {
+        let m = http
+            .get(format!("{}/metrics", spec.http_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        copied += metric_sum(&m, "adgate_custody_outputs_stored_total", &[]);
+    }
+    let outputs_n: usize = js.iter().map(|j| j.outputs.len()).sum();
+    assert_eq!(
+        copied, outputs_n as f64,
+        "an output was copied twice (or not at all)"
+    );
+    sims.shutdown();
+    db.drop_db().await;
 }

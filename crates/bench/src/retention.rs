@@ -93,6 +93,7 @@ fn completion(k: u64) -> JobPatch {
             format: String::new(),
             mime_type: "image/png".to_owned(),
             provider_fields: serde_json::Map::new(),
+            custody: Default::default(),
         }]),
         ..JobPatch::new(format!("job_{k:020x}"))
     }
@@ -111,6 +112,7 @@ async fn run_tick(store: &Arc<SqliteStore>, first: u64, count: u64, at: i64) -> 
                 content_hash: format!("{start:064x}"),
                 jobs: (start..end).map(|k| new_job(k, at)).collect(),
                 now_ms: at,
+                notify: None,
             }
         });
     let results: Vec<_> = futures_util::stream::iter(submits.map(|s| {

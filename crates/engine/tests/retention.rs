@@ -47,6 +47,7 @@ fn submission(batch: &str, ids: &[&str], at: i64, request_id: Option<&str>) -> N
             })
             .collect(),
         now_ms: at,
+        notify: None,
     }
 }
 
