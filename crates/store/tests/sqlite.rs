@@ -350,6 +350,13 @@ async fn jobs_stored_before_provider_result_still_read() {
         // Everything versions 3 and later added goes (indexes before the columns they cover).
         for sql in [
             "DROP TABLE custody_queue",
+            "DROP TABLE notify_outbox",
+            "DROP TABLE notify_endpoints",
+            "DROP TABLE notify_disabled",
+            "ALTER TABLE batches DROP COLUMN notify_url",
+            "ALTER TABLE batches DROP COLUMN notify_url_events",
+            "ALTER TABLE batches DROP COLUMN notify",
+            "ALTER TABLE batches DROP COLUMN open_jobs",
             "DROP INDEX jobs_caller_spend",
             "DROP INDEX jobs_queue",
             "DROP INDEX jobs_created",

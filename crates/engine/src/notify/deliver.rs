@@ -21,8 +21,8 @@ use super::{NotifyConfig, SigningSecret, retry_delay, target};
 use crate::metrics::NotifyLabels;
 use crate::runtime::Shared;
 
-/// Rows claimed per pass.
-const CLAIM: usize = 256;
+/// Rows claimed per pass, per delivery in flight: a pass is at most this many rounds of sends.
+const ROUNDS_PER_PASS: u32 = 4;
 /// How often due rows are looked for without a wake-up (retries, other replicas' rows).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How often the disabled endpoints are read again without a redelivery here (another
@@ -61,9 +61,14 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: Arc<NotifyConfig>, wake: Arc<N
             Err(_) => HashSet::new(),
         },
     };
-    // Long enough for one send and its settle; a dead deliverer's rows come back after it.
+    // A pass sends its rows in at most ROUNDS_PER_PASS rounds of `concurrency`, each bounded
+    // by the timeout: the lease outlasts the whole pass and its settle, so no other replica
+    // claims a row this one is still sending; a dead deliverer's rows come back after it.
+    let in_flight = cfg.concurrency.max(1);
+    let claim = in_flight.saturating_mul(ROUNDS_PER_PASS as usize);
     let lease_ms =
-        i64::try_from((cfg.timeout * 2 + Duration::from_secs(1)).as_millis()).unwrap_or(i64::MAX);
+        i64::try_from((cfg.timeout * (ROUNDS_PER_PASS + 1) + Duration::from_secs(1)).as_millis())
+            .unwrap_or(i64::MAX);
     let mut health_read = tokio::time::Instant::now();
     loop {
         // A redelivery switched endpoints on (here or on another replica): read them again.
@@ -79,7 +84,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: Arc<NotifyConfig>, wake: Arc<N
         }
         let claimed = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            c = shared.store.claim_notifications(shared.now_ms(), lease_ms, CLAIM) => c,
+            c = shared.store.claim_notifications(shared.now_ms(), lease_ms, claim) => c,
         };
         let entries = match claimed {
             Ok(e) => e,
