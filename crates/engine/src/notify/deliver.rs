@@ -32,7 +32,7 @@ const HEALTH_REREAD: Duration = Duration::from_secs(10);
 /// event carries `stored_url` and the checksum. Custody retries an unreachable URL for hours;
 /// past this the event goes out with the copy still pending.
 const CUSTODY_HOLD_MS: i64 = 120_000;
-/// How soon a held event is looked at again.
+/// How soon a held event (or one whose job could not be read) is looked at again.
 const CUSTODY_RECHECK_MS: i64 = 1_000;
 /// Largest response body read (and ignored) from a receiver.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -129,10 +129,26 @@ async fn pass(
     health: &mut Health,
     entries: Vec<OutboxEntry>,
 ) -> Vec<NotifySettle> {
-    let bodies = Bodies::load(shared, cfg, &entries).await;
+    let now = shared.now_ms();
+    let bodies = match Bodies::load(shared, cfg, &entries).await {
+        Ok(b) => b,
+        // A store that cannot be read says nothing about the events: none is given up, all
+        // come back shortly, uncounted.
+        Err(e) => {
+            tracing::warn!(error = %e, "outbound webhooks: cannot read the events' jobs; retrying");
+            return entries
+                .iter()
+                .map(|entry| NotifySettle {
+                    seq: entry.seq,
+                    outcome: NotifyOutcome::Later {
+                        next_at_ms: now.saturating_add(CUSTODY_RECHECK_MS),
+                    },
+                })
+                .collect();
+        }
+    };
     let mut settles = Vec::with_capacity(entries.len());
     let mut to_send = Vec::new();
-    let now = shared.now_ms();
     for entry in entries {
         if bodies.custody_pending(&entry)
             && now.saturating_sub(entry.created_at_ms) < CUSTODY_HOLD_MS
@@ -263,26 +279,35 @@ struct Bodies {
 }
 
 impl Bodies {
-    async fn load(shared: &Shared, cfg: &NotifyConfig, entries: &[OutboxEntry]) -> Self {
+    /// Fails when the store cannot be read: an event whose job is merely unreadable must not
+    /// be taken for one whose job is gone (which is given up).
+    async fn load(
+        shared: &Shared,
+        cfg: &NotifyConfig,
+        entries: &[OutboxEntry],
+    ) -> Result<Self, adgate_store::StoreError> {
         let mut ids: Vec<String> = entries.iter().filter_map(|e| e.job_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let jobs = match shared.store.get_jobs(&ids).await {
-            Ok(list) => list.into_iter().map(|j| (j.id.clone(), j)).collect(),
-            Err(_) => HashMap::new(),
-        };
+        let jobs = shared
+            .store
+            .get_jobs(&ids)
+            .await?
+            .into_iter()
+            .map(|j| (j.id.clone(), j))
+            .collect();
         let mut batches = HashMap::new();
         if cfg.payloads.is_some() {
             for e in entries.iter().filter(|e| e.kind == BATCH_COMPLETED) {
                 if batches.contains_key(&e.batch_id) {
                     continue;
                 }
-                if let Ok(Some(list)) = shared.store.batch_jobs(&e.batch_id).await {
+                if let Some(list) = shared.store.batch_jobs(&e.batch_id).await? {
                     batches.insert(e.batch_id.clone(), list);
                 }
             }
         }
-        Self { jobs, batches }
+        Ok(Self { jobs, batches })
     }
 
     /// Whether `entry` is a job's event whose outputs are still being copied.
