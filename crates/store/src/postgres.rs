@@ -763,15 +763,7 @@ impl Store for PgStore {
         .await
         .map_err(db)?;
         rows.iter()
-            .map(|r| {
-                Ok(QueuedEntry {
-                    id: r.try_get(0).map_err(db)?,
-                    caller: r.try_get(1).map_err(db)?,
-                    priority: r.try_get(2).map_err(db)?,
-                    created_at_ms: r.try_get(3).map_err(db)?,
-                    group_key: r.try_get(4).map_err(db)?,
-                })
-            })
+            .map(crate::rows::queued_entry_from_row)
             .collect()
     }
 

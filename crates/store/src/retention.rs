@@ -50,3 +50,28 @@ impl Purged {
         self.deliveries += other.deliveries;
     }
 }
+
+/// The batches and attempts named by the job rows a retention step deleted
+/// (`RETURNING batch_id, attempt_id`), either backend's rows.
+pub(crate) fn named_by_deleted<'r, R>(
+    rows: &'r [R],
+) -> crate::Result<(
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<i64>,
+)>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut batches = std::collections::BTreeSet::new();
+    let mut attempts = std::collections::BTreeSet::new();
+    for row in rows {
+        batches.insert(row.try_get::<String, _>(0).map_err(crate::rows::db)?);
+        if let Some(attempt) = row.try_get::<Option<i64>, _>(1).map_err(crate::rows::db)? {
+            attempts.insert(attempt);
+        }
+    }
+    Ok((batches, attempts))
+}

@@ -132,3 +132,22 @@ where
 pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
+
+/// Decodes one row of `SELECT id, caller, priority, created_at, group_key` (a queued job
+/// without its record), either backend's.
+pub(crate) fn queued_entry_from_row<'r, R>(row: &'r R) -> Result<crate::QueuedEntry>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(crate::QueuedEntry {
+        id: get(row, 0)?,
+        caller: get(row, 1)?,
+        priority: get(row, 2)?,
+        created_at_ms: get(row, 3)?,
+        group_key: get(row, 4)?,
+    })
+}

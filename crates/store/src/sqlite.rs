@@ -642,15 +642,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows.iter()
-            .map(|r| {
-                Ok(QueuedEntry {
-                    id: r.try_get(0).map_err(db)?,
-                    caller: r.try_get(1).map_err(db)?,
-                    priority: r.try_get(2).map_err(db)?,
-                    created_at_ms: r.try_get(3).map_err(db)?,
-                    group_key: r.try_get(4).map_err(db)?,
-                })
-            })
+            .map(crate::rows::queued_entry_from_row)
             .collect()
     }
 
@@ -706,6 +698,17 @@ impl Store for SqliteStore {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<crate::OutboxEntry>> {
+        // The deliverer asks twice a second: an idle outbox is answered by a reader, without
+        // a transaction on the writer that every Submit shares.
+        let due =
+            sqlx::query("SELECT 1 FROM notify_outbox WHERE state = 0 AND next_at <= ? LIMIT 1")
+                .bind(now_ms)
+                .fetch_optional(&mut *self.reads.get().await?)
+                .await
+                .map_err(db)?;
+        if due.is_none() || limit == 0 {
+            return Ok(Vec::new());
+        }
         self.write(|reply| {
             Command::Notify(NotifyWrite::Claim {
                 now_ms,

@@ -19,8 +19,6 @@
 //! `tests/postgres.rs` checks [`PLANNED`] with `EXPLAIN` on a table with enough rows for the
 //! planner to choose freely).
 
-use std::collections::BTreeSet;
-
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
@@ -95,14 +93,7 @@ pub(super) async fn purge(pool: &PgPool, cutoffs: PurgeCutoffs, limit: usize) ->
         ..Purged::default()
     };
     if !gone.is_empty() {
-        let mut batches = BTreeSet::new();
-        let mut attempts = BTreeSet::new();
-        for row in &gone {
-            batches.insert(row.try_get::<String, _>(0).map_err(db)?);
-            if let Some(attempt) = row.try_get::<Option<i64>, _>(1).map_err(db)? {
-                attempts.insert(attempt);
-            }
-        }
+        let (batches, attempts) = crate::retention::named_by_deleted(&gone)?;
         if !attempts.is_empty() {
             purged.attempts = sqlx::query(DELETE_ATTEMPTS)
                 .bind(attempts.into_iter().collect::<Vec<i64>>())
