@@ -6,6 +6,8 @@
 //!   are group-committed by a single writer task: one transaction and one fsync serve every
 //!   call that arrived while the previous commit was running.
 //! - [`model`]: the records the store returns.
+//! - `reads` and `rows`: the read statements, their functions and the row decoding, written
+//!   once and expanded for each backend's connection type.
 //! - [`retention`]: what [`Store::purge`] deletes (old terminal jobs, expired request and
 //!   delivery ids) and reports.
 //!
@@ -14,9 +16,12 @@
 //! the write, never by a read-then-write in the caller.
 
 mod codec;
+mod custody;
+mod migrate;
 pub mod model;
 pub mod notify;
 pub mod postgres;
+mod reads;
 pub mod retention;
 mod rows;
 pub mod search;

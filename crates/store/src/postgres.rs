@@ -89,13 +89,13 @@
 //! other), recorded in `schema_migrations`.
 
 mod custody;
+mod job_reads;
 mod notify;
 mod patch;
 /// Retention's statements are public for the plan checks in `tests/postgres.rs`.
 #[doc(hidden)]
 pub mod retention;
 mod rows;
-mod search;
 mod submit;
 mod writer;
 
@@ -104,7 +104,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use adgate_generator::JobState;
 use async_trait::async_trait;
@@ -119,6 +119,7 @@ use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
+use crate::reads::ACTIVE;
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -260,6 +261,11 @@ fn mismatched(answer: &Answer) -> StoreError {
     StoreError::Corrupt(format!("internal: writer answered {answer:?}"))
 }
 
+crate::migrate::same_migration_runner_on_both_backends!(
+    PgConnection,
+    crate::search::Dialect::Postgres
+);
+
 /// Applies the embedded migrations this database has not seen, in one transaction.
 async fn migrate(conn: &mut PgConnection) -> Result<()> {
     let mut tx = conn.begin().await.map_err(db)?;
@@ -276,110 +282,12 @@ async fn migrate(conn: &mut PgConnection) -> Result<()> {
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    let current: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?
-            .try_get(0)
-            .map_err(db)?;
-    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if current > latest {
-        tracing::warn!(current, latest, "database schema is newer than this build");
-    }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db)?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-            .bind(version)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        tracing::info!(version, "store: applied migration");
-    }
+    apply_pending(&mut tx, MIGRATIONS).await?;
     tx.commit().await.map_err(db)
 }
 
-/// Non-terminal, written exactly as the partial indexes are declared.
-const ACTIVE: &str = "state IN (1, 2)";
-
 static GET_JOBS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)"));
-
-static BATCH_JOBS: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 ORDER BY seq"));
-
-/// The head of every caller's queue (see the SQLite twin).
-static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (\
-             SELECT id FROM (\
-                 SELECT id, created_at, pos, ROW_NUMBER() OVER (\
-                     PARTITION BY caller ORDER BY priority, created_at, pos) AS rn \
-                 FROM jobs WHERE provider = $1 AND state = {queued} AND attempt_id IS NULL) r \
-             ORDER BY rn, created_at, pos LIMIT $2) \
-         ORDER BY created_at, pos",
-        queued = JobState::Queued.as_i64()
-    )
-});
-
-static ACTIVE_JOBS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND {ACTIVE} \
-         AND provider_ref IS NOT NULL ORDER BY created_at, pos"
-    )
-});
-
-// Only what a tracker resumes from (see `Store::active_refs`); same filter and order as
-// ACTIVE_JOBS.
-static ACTIVE_REFS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT id, provider_ref, poll_key FROM jobs WHERE provider = $1 AND {ACTIVE} \
-         AND provider_ref IS NOT NULL ORDER BY created_at, pos"
-    )
-});
-
-static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND provider_ref = $2 \
-         ORDER BY created_at, pos LIMIT 1"
-    )
-});
-
-static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND correlation_key = $2 \
-         AND {ACTIVE} AND attempt_id IS NOT NULL \
-         ORDER BY created_at, pos LIMIT $3"
-    )
-});
-
-static BY_POLL_KEY: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = $1 AND poll_key = $2 \
-         ORDER BY created_at, pos"
-    )
-});
-
-static EXPIRED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT id FROM jobs WHERE {ACTIVE} AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2"
-    )
-});
-
-static OPEN_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT a.id, a.idempotency_key, a.created_at, j.id FROM jobs j \
-         JOIN attempts a ON a.id = j.attempt_id \
-         WHERE j.provider = $1 AND j.state = {queued} AND j.attempt_id IS NOT NULL \
-         AND a.provider = j.provider \
-         ORDER BY a.id, j.attempt_seq, j.pos",
-        queued = JobState::Queued.as_i64()
-    )
-});
 
 /// Registers the claiming replica and extends its lease (`$2` replica, `$3` now, `$4` lease),
 /// then names the replicas whose lease has lapsed: the start of both claiming statements.
@@ -535,30 +443,16 @@ impl Store for PgStore {
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        let rows = sqlx::query(&BATCH_JOBS)
-            .bind(batch_id)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        if !rows.is_empty() {
-            return jobs_from_rows(&rows).map(Some);
-        }
-        let known = sqlx::query("SELECT 1 FROM batches WHERE id = $1")
-            .bind(batch_id)
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(db)?;
-        Ok(known.map(|_| Vec::new()))
+        job_reads::batch_jobs(&mut *self.reads.acquire().await.map_err(db)?, batch_id).await
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&QUEUED_UNASSIGNED)
-            .bind(provider)
-            .bind(sql_limit(limit))
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::queued_unassigned(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            limit,
+        )
+        .await
     }
 
     async fn create_attempt(
@@ -581,27 +475,7 @@ impl Store for PgStore {
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(&OPEN_ATTEMPTS)
-            .bind(provider)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        let mut attempts: Vec<Attempt> = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get(0).map_err(db)?;
-            let job_id: String = row.try_get(3).map_err(db)?;
-            match attempts.last_mut() {
-                Some(last) if last.id == id => last.job_ids.push(job_id),
-                _ => attempts.push(Attempt {
-                    id,
-                    provider: provider.to_owned(),
-                    idempotency_key: row.try_get(1).map_err(db)?,
-                    job_ids: vec![job_id],
-                    created_at_ms: row.try_get(2).map_err(db)?,
-                }),
-            }
-        }
-        Ok(attempts)
+        job_reads::open_attempts(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -615,39 +489,20 @@ impl Store for PgStore {
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&ACTIVE_JOBS)
-            .bind(provider)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::active_jobs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        let rows = sqlx::query(&ACTIVE_REFS)
-            .bind(provider)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(crate::ActiveRef {
-                job_id: row.try_get(0).map_err(db)?,
-                provider_ref: row.try_get(1).map_err(db)?,
-                poll_key: row.try_get(2).map_err(db)?,
-            });
-        }
-        Ok(out)
+        job_reads::active_refs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&FIND_BY_REF)
-            .bind(provider)
-            .bind(provider_ref)
-            .fetch_optional(&self.reads)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(rows::job_from_row).transpose()
+        job_reads::find_by_ref(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            provider_ref,
+        )
+        .await
     }
 
     async fn correlation_candidates(
@@ -656,36 +511,26 @@ impl Store for PgStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&CORRELATION_CANDIDATES)
-            .bind(provider)
-            .bind(correlation_key)
-            .bind(sql_limit(limit))
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::correlation_candidates(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            correlation_key,
+            limit,
+        )
+        .await
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&BY_POLL_KEY)
-            .bind(provider)
-            .bind(poll_key)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::jobs_by_poll_key(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            poll_key,
+        )
+        .await
     }
 
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        sqlx::query(&EXPIRED)
-            .bind(now_ms)
-            .bind(sql_limit(limit))
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|row| row.try_get(0).map_err(db))
-            .collect()
+        job_reads::expired(&mut *self.reads.acquire().await.map_err(db)?, now_ms, limit).await
     }
 
     async fn apply_event(
@@ -706,28 +551,12 @@ impl Store for PgStore {
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, provider, delivery_id, event, kept_at, expires_at FROM kept_events \
-             WHERE provider = $1 ORDER BY id LIMIT $2",
+        job_reads::kept_events(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            limit,
         )
-        .bind(provider)
-        .bind(sql_limit(limit))
-        .fetch_all(&self.reads)
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get(3).map_err(db)?;
-                crate::codec::kept_event(
-                    row.try_get(0).map_err(db)?,
-                    row.try_get(1).map_err(db)?,
-                    row.try_get(2).map_err(db)?,
-                    &event,
-                    row.try_get(4).map_err(db)?,
-                    row.try_get(5).map_err(db)?,
-                )
-            })
-            .collect()
     }
 
     async fn spend_since(
@@ -737,34 +566,23 @@ impl Store for PgStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM jobs \
-             WHERE caller = $1 AND provider = $2 AND created_at >= $3 AND cost_unit = $4",
+        job_reads::spend_since(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            caller,
+            provider,
+            unit,
+            since_ms,
         )
-        .bind(caller)
-        .bind(provider)
-        .bind(since_ms)
-        .bind(unit)
-        .fetch_one(&self.reads)
         .await
-        .map_err(db)?;
-        row.try_get(0).map_err(db)
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, caller, priority, created_at, group_key FROM jobs \
-             WHERE provider = $1 AND state = 1 AND attempt_id IS NULL \
-             ORDER BY created_at, pos LIMIT $2",
+        job_reads::queued_entries(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            provider,
+            limit,
         )
-        .bind(provider)
-        .bind(sql_limit(limit))
-        .fetch_all(&self.reads)
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(crate::rows::queued_entry_from_row)
-            .collect()
     }
 
     async fn list_jobs(
@@ -773,7 +591,13 @@ impl Store for PgStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        search::list_jobs(&self.reads, filter, after, limit).await
+        job_reads::list_jobs(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            filter,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn list_batches(
@@ -782,30 +606,17 @@ impl Store for PgStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        search::list_batches(&self.reads, filter, after, limit).await
+        job_reads::list_batches(
+            &mut *self.reads.acquire().await.map_err(db)?,
+            filter,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        let rows = sqlx::query(
-            "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state \
-             ORDER BY provider, state",
-        )
-        .fetch_all(&self.reads)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let raw: i64 = row.try_get(1).map_err(db)?;
-                let state = JobState::from_i64(raw)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {raw}")))?;
-                let count: i64 = row.try_get(2).map_err(db)?;
-                Ok(StateCount {
-                    provider: row.try_get(0).map_err(db)?,
-                    state,
-                    count: u64::try_from(count).unwrap_or(0),
-                })
-            })
-            .collect()
+        job_reads::count_by_state(&mut *self.reads.acquire().await.map_err(db)?).await
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {

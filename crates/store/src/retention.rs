@@ -75,3 +75,76 @@ where
     }
     Ok((batches, attempts))
 }
+
+/// One bounded retention step inside the caller's transaction, expanded per backend for its
+/// connection type. The backend module names the statements (`DELETE_JOBS` returning
+/// `batch_id, attempt_id`; `DELETE_ATTEMPTS`, `DELETE_BATCHES` and `DELETE_OUTBOX` taking
+/// one set of ids; `DELETE_REQUEST_IDS` and `DELETE_DELIVERIES` taking a cutoff and a limit)
+/// and `$set`, which turns a set of ids into that one parameter (a JSON array on SQLite, an
+/// array on PostgreSQL).
+macro_rules! same_purge_step_on_both_backends {
+    ($conn:ty, $set:path) => {
+        pub(super) async fn purge_step(
+            conn: &mut $conn,
+            cutoffs: $crate::retention::PurgeCutoffs,
+            limit: i64,
+        ) -> $crate::Result<$crate::retention::Purged> {
+            use $crate::rows::db;
+            let gone = sqlx::query(DELETE_JOBS)
+                .bind(cutoffs.jobs_completed_before_ms)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+            let mut purged = $crate::retention::Purged {
+                jobs: u64::try_from(gone.len()).unwrap_or(u64::MAX),
+                ..$crate::retention::Purged::default()
+            };
+            if !gone.is_empty() {
+                let (batches, attempts) = $crate::retention::named_by_deleted(&gone)?;
+                if !attempts.is_empty() {
+                    purged.attempts = sqlx::query(DELETE_ATTEMPTS)
+                        .bind($set(&attempts)?)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db)?
+                        .rows_affected();
+                }
+                purged.batches = sqlx::query(DELETE_BATCHES)
+                    .bind($set(&batches)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+                sqlx::query(DELETE_OUTBOX)
+                    .bind($set(&batches)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            for (sql, cutoff, count) in [
+                (
+                    DELETE_REQUEST_IDS,
+                    cutoffs.request_ids_before_ms,
+                    &mut purged.request_ids,
+                ),
+                (
+                    DELETE_DELIVERIES,
+                    cutoffs.deliveries_before_ms,
+                    &mut purged.deliveries,
+                ),
+            ] {
+                *count = sqlx::query(sql)
+                    .bind(cutoff)
+                    .bind(limit)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+            }
+            Ok(purged)
+        }
+    };
+}
+
+pub(crate) use same_purge_step_on_both_backends;

@@ -43,7 +43,8 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn get<'r, R, T>(row: &'r R, index: usize) -> Result<T>
+/// Column `index` of `row`, decoded as `T`.
+pub(crate) fn get<'r, R, T>(row: &'r R, index: usize) -> Result<T>
 where
     R: Row,
     usize: ColumnIndex<R>,

@@ -32,24 +32,23 @@ mod checkpoint;
 mod notify;
 use notify::NotifyWrite;
 mod custody;
+mod job_reads;
 mod reads;
 mod retention;
 mod rows;
-mod search;
 mod writer;
 
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use adgate_generator::JobState;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -231,6 +230,11 @@ impl SqliteStore {
     }
 }
 
+crate::migrate::same_migration_runner_on_both_backends!(
+    SqliteConnection,
+    crate::search::Dialect::Sqlite
+);
+
 /// Applies the embedded migrations that this database has not seen, in one transaction.
 async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     // IMMEDIATE: two processes opening a fresh file at once migrate one after the other.
@@ -259,31 +263,7 @@ async fn migrate_in_transaction(conn: &mut SqliteConnection) -> Result<()> {
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?
-        .try_get(0)
-        .map_err(db)?;
-    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if current > latest {
-        // Opened by an older binary than the one that last migrated it: the tables may hold
-        // columns this code does not know. Reading and writing the known ones still works.
-        tracing::warn!(current, latest, "database schema is newer than this build");
-    }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        sqlx::raw_sql(sql).execute(&mut *conn).await.map_err(db)?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
-            .bind(version)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        tracing::info!(version, "store: applied migration");
-    }
+    apply_pending(&mut *conn, MIGRATIONS).await?;
     Ok(())
 }
 
@@ -296,82 +276,6 @@ static GET_JOBS: LazyLock<Vec<String>> = LazyLock::new(|| {
             format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})")
         })
         .collect()
-});
-
-/// Non-terminal, written exactly as the partial index `jobs_deadline` is declared.
-const ACTIVE: &str = "state IN (1, 2)";
-
-static BATCH_JOBS: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY seq"));
-
-/// The head of every caller's queue, not the oldest jobs overall: ranked within each caller
-/// (priority, then age) and taken rank by rank, so one caller's 10,000 queued jobs never hide
-/// another caller's first job from the dispatcher (which orders them by weighted fair share).
-static QUEUED_UNASSIGNED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (\
-             SELECT id FROM (\
-                 SELECT id, created_at, rowid AS rid, ROW_NUMBER() OVER (\
-                     PARTITION BY caller ORDER BY priority, created_at, rowid) AS rn \
-                 FROM jobs WHERE provider = ? AND state = {queued} AND attempt_id IS NULL) \
-             ORDER BY rn, created_at, rid LIMIT ?) \
-         ORDER BY created_at, rowid",
-        queued = JobState::Queued.as_i64()
-    )
-});
-
-static ACTIVE_JOBS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND {ACTIVE} \
-         AND provider_ref IS NOT NULL ORDER BY created_at, rowid"
-    )
-});
-
-// Only what a tracker resumes from (see `Store::active_refs`); same filter and order as
-// ACTIVE_JOBS.
-static ACTIVE_REFS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT id, provider_ref, poll_key FROM jobs WHERE provider = ? AND {ACTIVE} \
-         AND provider_ref IS NOT NULL ORDER BY created_at, rowid"
-    )
-});
-
-static FIND_BY_REF: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_ref = ? \
-         ORDER BY created_at, rowid LIMIT 1"
-    )
-});
-
-static CORRELATION_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND correlation_key = ? AND {ACTIVE} \
-         AND attempt_id IS NOT NULL ORDER BY created_at, rowid LIMIT ?"
-    )
-});
-
-static BY_POLL_KEY: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND poll_key = ? \
-         ORDER BY created_at, rowid"
-    )
-});
-
-static EXPIRED: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT id FROM jobs WHERE {ACTIVE} AND deadline_at <= ? ORDER BY deadline_at LIMIT ?")
-});
-
-static OPEN_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
-    // Driven from `jobs` (provider, state = QUEUED, attempt_id set) so the cost follows the
-    // open work, not the ever-growing attempts table.
-    format!(
-        "SELECT a.id, a.idempotency_key, a.created_at, j.id FROM jobs j \
-         JOIN attempts a ON a.id = j.attempt_id \
-         WHERE j.provider = ? AND j.state = {queued} AND j.attempt_id IS NOT NULL \
-         AND a.provider = j.provider \
-         ORDER BY a.id, j.attempt_seq, j.rowid",
-        queued = JobState::Queued.as_i64()
-    )
 });
 
 #[async_trait]
@@ -414,31 +318,11 @@ impl Store for SqliteStore {
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        let rows = sqlx::query(&BATCH_JOBS)
-            .bind(batch_id)
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        if !rows.is_empty() {
-            return jobs_from_rows(&rows).map(Some);
-        }
-        // No jobs: an empty batch, or no batch at all.
-        let known = sqlx::query("SELECT 1 FROM batches WHERE id = ?")
-            .bind(batch_id)
-            .fetch_optional(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        Ok(known.map(|_| Vec::new()))
+        job_reads::batch_jobs(&mut *self.reads.get().await?, batch_id).await
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&QUEUED_UNASSIGNED)
-            .bind(provider)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::queued_unassigned(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn create_attempt(
@@ -459,28 +343,7 @@ impl Store for SqliteStore {
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(&OPEN_ATTEMPTS)
-            .bind(provider)
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        let mut attempts: Vec<Attempt> = Vec::new();
-        for row in &rows {
-            let id: i64 = row.try_get(0).map_err(db)?;
-            let job_id: String = row.try_get(3).map_err(db)?;
-            // Rows come ordered by attempt id, so an attempt's jobs are adjacent.
-            match attempts.last_mut() {
-                Some(last) if last.id == id => last.job_ids.push(job_id),
-                _ => attempts.push(Attempt {
-                    id,
-                    provider: provider.to_owned(),
-                    idempotency_key: row.try_get(1).map_err(db)?,
-                    job_ids: vec![job_id],
-                    created_at_ms: row.try_get(2).map_err(db)?,
-                }),
-            }
-        }
-        Ok(attempts)
+        job_reads::open_attempts(&mut *self.reads.get().await?, provider).await
     }
 
     async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -496,39 +359,15 @@ impl Store for SqliteStore {
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&ACTIVE_JOBS)
-            .bind(provider)
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::active_jobs(&mut *self.reads.get().await?, provider).await
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        let rows = sqlx::query(&ACTIVE_REFS)
-            .bind(provider)
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(crate::ActiveRef {
-                job_id: row.try_get(0).map_err(db)?,
-                provider_ref: row.try_get(1).map_err(db)?,
-                poll_key: row.try_get(2).map_err(db)?,
-            });
-        }
-        Ok(out)
+        job_reads::active_refs(&mut *self.reads.get().await?, provider).await
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(&FIND_BY_REF)
-            .bind(provider)
-            .bind(provider_ref)
-            .fetch_optional(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(rows::job_from_row).transpose()
+        job_reads::find_by_ref(&mut *self.reads.get().await?, provider, provider_ref).await
     }
 
     async fn correlation_candidates(
@@ -537,36 +376,21 @@ impl Store for SqliteStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&CORRELATION_CANDIDATES)
-            .bind(provider)
-            .bind(correlation_key)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::correlation_candidates(
+            &mut *self.reads.get().await?,
+            provider,
+            correlation_key,
+            limit,
+        )
+        .await
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(&BY_POLL_KEY)
-            .bind(provider)
-            .bind(poll_key)
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
-        jobs_from_rows(&rows)
+        job_reads::jobs_by_poll_key(&mut *self.reads.get().await?, provider, poll_key).await
     }
 
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        sqlx::query(&EXPIRED)
-            .bind(now_ms)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|row| row.try_get(0).map_err(db))
-            .collect()
+        job_reads::expired(&mut *self.reads.get().await?, now_ms, limit).await
     }
 
     async fn apply_event(
@@ -585,28 +409,7 @@ impl Store for SqliteStore {
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, provider, delivery_id, event, kept_at, expires_at FROM kept_events \
-             WHERE provider = ? ORDER BY id LIMIT ?",
-        )
-        .bind(provider)
-        .bind(sql_limit(limit))
-        .fetch_all(&mut *self.reads.get().await?)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get(3).map_err(db)?;
-                crate::codec::kept_event(
-                    row.try_get(0).map_err(db)?,
-                    row.try_get(1).map_err(db)?,
-                    row.try_get(2).map_err(db)?,
-                    &event,
-                    row.try_get(4).map_err(db)?,
-                    row.try_get(5).map_err(db)?,
-                )
-            })
-            .collect()
+        job_reads::kept_events(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn spend_since(
@@ -616,57 +419,22 @@ impl Store for SqliteStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(cost_micros), 0) FROM jobs INDEXED BY jobs_caller_spend \
-             WHERE caller = ? AND provider = ? AND created_at >= ? AND cost_unit = ?",
+        job_reads::spend_since(
+            &mut *self.reads.get().await?,
+            caller,
+            provider,
+            unit,
+            since_ms,
         )
-        .bind(caller)
-        .bind(provider)
-        .bind(since_ms)
-        .bind(unit)
-        .fetch_one(&mut *self.reads.get().await?)
         .await
-        .map_err(db)?;
-        row.try_get(0).map_err(db)
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, caller, priority, created_at, group_key FROM jobs \
-             WHERE provider = ? AND state = 1 AND attempt_id IS NULL \
-             ORDER BY created_at, rowid LIMIT ?",
-        )
-        .bind(provider)
-        .bind(sql_limit(limit))
-        .fetch_all(&mut *self.reads.get().await?)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(crate::rows::queued_entry_from_row)
-            .collect()
+        job_reads::queued_entries(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        let rows = sqlx::query(
-            "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state \
-             ORDER BY provider, state",
-        )
-        .fetch_all(&mut *self.reads.get().await?)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let raw: i64 = row.try_get(1).map_err(db)?;
-                let state = JobState::from_i64(raw)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {raw}")))?;
-                let count: i64 = row.try_get(2).map_err(db)?;
-                Ok(StateCount {
-                    provider: row.try_get(0).map_err(db)?,
-                    state,
-                    count: u64::try_from(count).unwrap_or(0),
-                })
-            })
-            .collect()
+        job_reads::count_by_state(&mut *self.reads.get().await?).await
     }
 
     async fn list_jobs(
@@ -675,7 +443,7 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        search::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
+        job_reads::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
     async fn list_batches(
@@ -684,7 +452,7 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        search::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
+        job_reads::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {

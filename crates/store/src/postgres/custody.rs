@@ -2,12 +2,9 @@
 //! like job claims) and recording results (in the writer's group, announced on the change
 //! feed like every job change).
 
-use std::sync::LazyLock;
-
-use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::rows::{JOB_COLUMNS, db, job_from_row, sql_limit, to_json};
+use super::rows::{db, sql_limit};
 use crate::Result;
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
 
@@ -43,7 +40,8 @@ pub(super) async fn claim(
         "WITH due AS (SELECT job_id FROM custody_queue WHERE next_at <= $1 \
              ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
          UPDATE custody_queue AS q SET next_at = $3, claimed_by = $4 FROM due \
-         WHERE q.job_id = due.job_id RETURNING q.job_id, q.attempts, q.queued_at",
+         WHERE q.job_id = due.job_id \
+         RETURNING q.job_id, CAST(q.attempts AS BIGINT), q.queued_at",
     )
     .bind(now_ms)
     .bind(sql_limit(limit))
@@ -52,16 +50,7 @@ pub(super) async fn claim(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let mut tasks = Vec::with_capacity(rows.len());
-    for row in &rows {
-        tasks.push(CustodyTask {
-            job_id: row.try_get(0).map_err(db)?,
-            attempts: u32::try_from(row.try_get::<i32, _>(1).map_err(db)?).unwrap_or(0),
-            queued_at_ms: row.try_get(2).map_err(db)?,
-        });
-    }
-    tasks.sort_by_key(|t| t.queued_at_ms);
-    Ok(tasks)
+    crate::custody::tasks_from_rows(&rows)
 }
 
 /// A replica with a stable identity restarting: its previous run's claims are due now.
@@ -78,15 +67,11 @@ pub(super) async fn release(pool: &PgPool, replica: &str, now_ms: i64) -> Result
     Ok(())
 }
 
-static SELECT_JOB: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"));
-
-static UPDATE_OUTPUTS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE jobs SET outputs = $1, updated_at = $2, revision = revision + 1 WHERE id = $3 \
-         RETURNING {JOB_COLUMNS}"
-    )
-});
+crate::custody::same_custody_on_both_backends!(
+    PgConnection,
+    crate::search::Dialect::Postgres,
+    " FOR UPDATE"
+);
 
 /// Runs inside the writer's group; `changes` gets the job's new revision for the feed.
 pub(super) async fn finish(
@@ -95,36 +80,9 @@ pub(super) async fn finish(
     now_ms: i64,
     changes: &mut Vec<(String, i64)>,
 ) -> Result<Option<JobRecord>> {
-    let mut changed = None;
-    if let Some(row) = sqlx::query(&SELECT_JOB)
-        .bind(&write.job_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?
-        && let Some(next) = job_from_row(&row)?.with_custody(&write.results)
-    {
-        let row = sqlx::query(&UPDATE_OUTPUTS)
-            .bind(to_json(&next.outputs, "outputs")?)
-            .bind(now_ms)
-            .bind(&write.job_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
-        let record = job_from_row(&row)?;
+    let changed = record_results(conn, write, now_ms).await?;
+    if let Some(record) = &changed {
         changes.push((record.id.clone(), record.revision));
-        changed = Some(record);
     }
-    match write.retry_at_ms {
-        Some(at) => sqlx::query(
-            "UPDATE custody_queue SET attempts = attempts + 1, next_at = $1, claimed_by = NULL \
-             WHERE job_id = $2",
-        )
-        .bind(at)
-        .bind(&write.job_id),
-        None => sqlx::query("DELETE FROM custody_queue WHERE job_id = $1").bind(&write.job_id),
-    }
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
     Ok(changed)
 }

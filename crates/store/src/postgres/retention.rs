@@ -68,6 +68,13 @@ pub const PLANNED: &[(&str, &str)] = &[
     (DELETE_DELIVERIES, "webhook_deliveries_received"),
 ];
 
+crate::retention::same_purge_step_on_both_backends!(sqlx::PgConnection, array);
+
+/// A set of ids as one array parameter.
+fn array<T: Clone>(items: &std::collections::BTreeSet<T>) -> Result<Vec<T>> {
+    Ok(items.iter().cloned().collect())
+}
+
 /// One retention step (see `Store::purge`).
 pub(super) async fn purge(pool: &PgPool, cutoffs: PurgeCutoffs, limit: usize) -> Result<Purged> {
     let limit = sql_limit(limit);
@@ -82,53 +89,7 @@ pub(super) async fn purge(pool: &PgPool, cutoffs: PurgeCutoffs, limit: usize) ->
         tx.rollback().await.map_err(db)?;
         return Ok(Purged::default());
     }
-    let gone = sqlx::query(DELETE_JOBS)
-        .bind(cutoffs.jobs_completed_before_ms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-    let mut purged = Purged {
-        jobs: u64::try_from(gone.len()).unwrap_or(u64::MAX),
-        ..Purged::default()
-    };
-    if !gone.is_empty() {
-        let (batches, attempts) = crate::retention::named_by_deleted(&gone)?;
-        if !attempts.is_empty() {
-            purged.attempts = sqlx::query(DELETE_ATTEMPTS)
-                .bind(attempts.into_iter().collect::<Vec<i64>>())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?
-                .rows_affected();
-        }
-        let batches: Vec<String> = batches.into_iter().collect();
-        purged.batches = sqlx::query(DELETE_BATCHES)
-            .bind(&batches)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query(DELETE_OUTBOX)
-            .bind(&batches)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    purged.request_ids = sqlx::query(DELETE_REQUEST_IDS)
-        .bind(cutoffs.request_ids_before_ms)
-        .bind(limit)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
-    purged.deliveries = sqlx::query(DELETE_DELIVERIES)
-        .bind(cutoffs.deliveries_before_ms)
-        .bind(limit)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
+    let purged = purge_step(&mut tx, cutoffs, limit).await?;
     tx.commit().await.map_err(db)?;
     Ok(purged)
 }

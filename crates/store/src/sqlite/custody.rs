@@ -1,12 +1,9 @@
 //! Output custody on SQLite: the custody queue's writes, run by the writer task (each in its
 //! own savepoint, like every multi-statement command).
 
-use std::sync::LazyLock;
-
-use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
-use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
+use super::rows::db;
 use crate::Result;
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
 
@@ -71,7 +68,7 @@ pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> Result<Cu
             .map_err(db)?;
             Ok(CustodyAnswer::Released)
         }
-        CustodyOp::Finish { write, now_ms } => finish(conn, write, now_ms)
+        CustodyOp::Finish { write, now_ms } => record_results(conn, &write, now_ms)
             .await
             .map(|job| CustodyAnswer::Finished(job.map(Box::new))),
     }
@@ -96,61 +93,11 @@ async fn claim(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut tasks = Vec::with_capacity(rows.len());
-    for row in &rows {
-        tasks.push(CustodyTask {
-            job_id: row.try_get(0).map_err(db)?,
-            attempts: u32::try_from(row.try_get::<i64, _>(1).map_err(db)?).unwrap_or(0),
-            queued_at_ms: row.try_get(2).map_err(db)?,
-        });
-    }
-    tasks.sort_by_key(|t| t.queued_at_ms);
-    Ok(tasks)
+    crate::custody::tasks_from_rows(&rows)
 }
 
-static SELECT_JOB: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"));
-
-static UPDATE_OUTPUTS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE jobs SET outputs = ?, updated_at = ?, revision = revision + 1 WHERE id = ? \
-         RETURNING {JOB_COLUMNS}"
-    )
-});
-
-async fn finish(
-    conn: &mut SqliteConnection,
-    write: CustodyWrite,
-    now_ms: i64,
-) -> Result<Option<JobRecord>> {
-    let mut changed = None;
-    if let Some(row) = sqlx::query(&SELECT_JOB)
-        .bind(&write.job_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?
-        && let Some(next) = job_from_row(&row)?.with_custody(&write.results)
-    {
-        let row = sqlx::query(&UPDATE_OUTPUTS)
-            .bind(to_json(&next.outputs, "outputs")?)
-            .bind(now_ms)
-            .bind(&write.job_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
-        changed = Some(job_from_row(&row)?);
-    }
-    match write.retry_at_ms {
-        Some(at) => sqlx::query(
-            "UPDATE custody_queue SET attempts = attempts + 1, next_at = ?, claimed_by = NULL \
-             WHERE job_id = ?",
-        )
-        .bind(at)
-        .bind(&write.job_id),
-        None => sqlx::query("DELETE FROM custody_queue WHERE job_id = ?").bind(&write.job_id),
-    }
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(changed)
-}
+crate::custody::same_custody_on_both_backends!(
+    SqliteConnection,
+    crate::search::Dialect::Sqlite,
+    ""
+);

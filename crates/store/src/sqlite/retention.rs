@@ -67,60 +67,15 @@ const DELETE_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
          SELECT provider, delivery_id FROM webhook_deliveries \
          WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)";
 
+crate::retention::same_purge_step_on_both_backends!(SqliteConnection, json_array);
+
 /// One retention step (see `Store::purge`), inside the writer's transaction.
 pub(super) async fn purge(
     conn: &mut SqliteConnection,
     cutoffs: PurgeCutoffs,
     limit: usize,
 ) -> Result<Purged> {
-    let limit = sql_limit(limit);
-    let gone = sqlx::query(DELETE_JOBS)
-        .bind(cutoffs.jobs_completed_before_ms)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-    let mut purged = Purged {
-        jobs: u64::try_from(gone.len()).unwrap_or(u64::MAX),
-        ..Purged::default()
-    };
-    if !gone.is_empty() {
-        let (batches, attempts) = crate::retention::named_by_deleted(&gone)?;
-        if !attempts.is_empty() {
-            purged.attempts = sqlx::query(DELETE_ATTEMPTS)
-                .bind(json_array(&attempts)?)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?
-                .rows_affected();
-        }
-        purged.batches = sqlx::query(DELETE_BATCHES)
-            .bind(json_array(&batches)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        sqlx::query(DELETE_OUTBOX)
-            .bind(json_array(&batches)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
-    purged.request_ids = sqlx::query(DELETE_REQUEST_IDS)
-        .bind(cutoffs.request_ids_before_ms)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?
-        .rows_affected();
-    purged.deliveries = sqlx::query(DELETE_DELIVERIES)
-        .bind(cutoffs.deliveries_before_ms)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?
-        .rows_affected();
-    Ok(purged)
+    purge_step(conn, cutoffs, sql_limit(limit)).await
 }
 
 fn json_array<T: serde::Serialize>(items: &BTreeSet<T>) -> Result<String> {
