@@ -110,15 +110,16 @@ use adgate_generator::JobState;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{Mutex, RwLock, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, RwLock, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
-use self::writer::{Answer, Command, Op};
+use self::writer::{Command, Op};
 use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
+use crate::writer::Reply;
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -242,22 +243,13 @@ impl PgStore {
     }
 
     /// Sends an operation to the writer and waits for its answer (given after the commit).
-    async fn write(&self, op: Op) -> Result<Answer> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Command::Write {
-                op,
-                reply: tx,
-                tries: 0,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        crate::writer::send(&self.writes, |reply| Command::Write {
+            op: make(reply),
+            tries: 0,
+        })
+        .await
     }
-}
-
-fn mismatched(answer: &Answer) -> StoreError {
-    StoreError::Corrupt(format!("internal: writer answered {answer:?}"))
 }
 
 /// Applies the embedded migrations this database has not seen, in one transaction.
@@ -515,10 +507,7 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        match self.write(Op::Submit(submission)).await? {
-            Answer::Submit(outcome) => Ok(outcome),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::Submit { submission, reply }).await
     }
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
@@ -568,16 +557,14 @@ impl Store for PgStore {
         job_ids: &[String],
         now_ms: i64,
     ) -> Result<i64> {
-        let op = Op::CreateAttempt {
+        self.write(|reply| Op::CreateAttempt {
             provider: provider.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
             job_ids: job_ids.to_vec(),
             now_ms,
-        };
-        match self.write(op).await? {
-            Answer::Attempt(id) => Ok(id),
-            other => Err(mismatched(&other)),
-        }
+            reply,
+        })
+        .await
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
@@ -608,10 +595,12 @@ impl Store for PgStore {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        match self.write(Op::Apply { patches, now_ms }).await? {
-            Answer::Apply(jobs) => Ok(jobs),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::Apply {
+            patches,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
@@ -694,15 +683,13 @@ impl Store for PgStore {
         write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
-        let op = Op::RecordDelivery {
+        self.write(|reply| Op::RecordDelivery {
             provider: provider.to_owned(),
             write,
             now_ms,
-        };
-        match self.write(op).await? {
-            Answer::Delivery(new) => Ok(new),
-            other => Err(mismatched(&other)),
-        }
+            reply,
+        })
+        .await
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
@@ -929,10 +916,13 @@ impl Store for PgStore {
         write: crate::CustodyWrite,
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
-        match self.write(Op::FinishCustody { write, now_ms }).await? {
-            Answer::Custody(job) => Ok(job.map(|j| *j)),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::FinishCustody {
+            write,
+            now_ms,
+            reply,
+        })
+        .await
+        .map(|job| job.map(|j| *j))
     }
 
     async fn release_lease(&self, replica: &str, now_ms: i64) -> Result<()> {

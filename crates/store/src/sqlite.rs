@@ -50,7 +50,7 @@ use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use self::checkpoint::Checkpointer;
@@ -61,6 +61,7 @@ use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
+use crate::writer::Reply;
 use crate::{Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -217,17 +218,8 @@ impl SqliteStore {
     }
 
     /// Sends a command to the writer and waits for its answer (given after the commit).
-    async fn write<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer stopped before answering (closed, or its task died).
-        rx.await.map_err(|_| StoreError::Closed)?
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        crate::writer::send(&self.writes, make).await
     }
 }
 
@@ -798,25 +790,21 @@ impl Store for SqliteStore {
         if due.is_none() || limit == 0 {
             return Ok(Vec::new());
         }
-        let op = custody::CustodyOp::Claim {
-            replica: replica.to_owned(),
-            now_ms,
-            lease_ms,
-            limit: sql_limit(limit),
-        };
-        match self.write(|reply| Command::Custody { op, reply }).await? {
-            custody::CustodyAnswer::Claimed(tasks) => Ok(tasks),
-            other => Err(StoreError::Corrupt(format!(
-                "custody claim answered {other:?}"
-            ))),
-        }
+        self.write(|reply| {
+            Command::Custody(custody::CustodyOp::Claim {
+                replica: replica.to_owned(),
+                now_ms,
+                lease_ms,
+                limit: sql_limit(limit),
+                reply,
+            })
+        })
+        .await
     }
 
     async fn release_custody(&self, _replica: &str, now_ms: i64) -> Result<()> {
-        let op = custody::CustodyOp::Release { now_ms };
-        self.write(|reply| Command::Custody { op, reply })
+        self.write(|reply| Command::Custody(custody::CustodyOp::Release { now_ms, reply }))
             .await
-            .map(drop)
     }
 
     async fn finish_custody(
@@ -824,13 +812,15 @@ impl Store for SqliteStore {
         write: crate::CustodyWrite,
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
-        let op = custody::CustodyOp::Finish { write, now_ms };
-        match self.write(|reply| Command::Custody { op, reply }).await? {
-            custody::CustodyAnswer::Finished(job) => Ok(job.map(|j| *j)),
-            other => Err(StoreError::Corrupt(format!(
-                "custody result answered {other:?}"
-            ))),
-        }
+        self.write(|reply| {
+            Command::Custody(custody::CustodyOp::Finish {
+                write,
+                now_ms,
+                reply,
+            })
+        })
+        .await
+        .map(|job| job.map(|j| *j))
     }
 
     async fn reclaim_space(&self, pages: u32) -> Result<u64> {

@@ -9,30 +9,34 @@ use sqlx::sqlite::SqliteConnection;
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::Result;
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
+use crate::writer::{Pending, Reply, pending};
 
-/// One custody write and what it answers.
+/// One custody write, with the reply its answer goes back on.
 pub(crate) enum CustodyOp {
     Claim {
         replica: String,
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
+        reply: Reply<Vec<CustodyTask>>,
     },
     Release {
         now_ms: i64,
+        reply: Reply<()>,
     },
     Finish {
         write: CustodyWrite,
         now_ms: i64,
+        /// Boxed: a record is large, and every command of the queue is as large as this one.
+        reply: Reply<Option<Box<JobRecord>>>,
     },
 }
 
-#[derive(Debug)]
-pub(crate) enum CustodyAnswer {
-    Claimed(Vec<CustodyTask>),
-    Released,
-    Finished(Option<Box<JobRecord>>),
-}
+crate::writer::replies!(CustodyOp {
+    Claim,
+    Release,
+    Finish
+});
 
 /// Queue the copy of a job that this transaction completes (see `JobRecord::custody_queued_by`).
 pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64) -> Result<()> {
@@ -49,32 +53,39 @@ pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64
     Ok(())
 }
 
-pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> Result<CustodyAnswer> {
+/// Runs one custody write; the answer waits for the group's COMMIT like every other.
+pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> (Box<dyn Pending>, bool) {
     match op {
         CustodyOp::Claim {
             replica,
             now_ms,
             lease_ms,
             limit,
-        } => claim(conn, &replica, now_ms, lease_ms, limit)
-            .await
-            .map(CustodyAnswer::Claimed),
-        // One process owns a SQLite file: every claim on record is a previous run's.
-        CustodyOp::Release { now_ms } => {
-            sqlx::query(
-                "UPDATE custody_queue SET next_at = MIN(next_at, ?), claimed_by = NULL \
-                 WHERE claimed_by IS NOT NULL",
-            )
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            Ok(CustodyAnswer::Released)
-        }
-        CustodyOp::Finish { write, now_ms } => finish(conn, write, now_ms)
-            .await
-            .map(|job| CustodyAnswer::Finished(job.map(Box::new))),
+            reply,
+        } => pending(reply, claim(conn, &replica, now_ms, lease_ms, limit).await),
+        CustodyOp::Release { now_ms, reply } => pending(reply, release(conn, now_ms).await),
+        CustodyOp::Finish {
+            write,
+            now_ms,
+            reply,
+        } => pending(
+            reply,
+            finish(conn, write, now_ms).await.map(|j| j.map(Box::new)),
+        ),
     }
+}
+
+/// One process owns a SQLite file: every claim on record is a previous run's.
+async fn release(conn: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE custody_queue SET next_at = MIN(next_at, ?), claimed_by = NULL \
+         WHERE claimed_by IS NOT NULL",
+    )
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 async fn claim(

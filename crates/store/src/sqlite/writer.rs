@@ -31,11 +31,12 @@ use std::sync::{Arc, LazyLock};
 use adgate_generator::JobState;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::retention::{PurgeCutoffs, Purged};
+use crate::writer::{GroupFailure, Pending, Replies, Reply, pending};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -48,108 +49,52 @@ pub(super) const MAX_GROUP: usize = 512;
 /// Large chunks matter because every statement is a round trip to sqlx's worker thread.
 const MAX_INSERT_ROWS: usize = 256;
 
-/// One write, with the channel its answer goes back on.
+/// One write, with the reply its answer goes back on (see [`crate::writer`]).
 pub(super) enum Command {
     Submit {
         submission: NewSubmission,
-        reply: oneshot::Sender<Result<SubmitOutcome>>,
+        reply: Reply<SubmitOutcome>,
     },
     CreateAttempt {
         provider: String,
         idempotency_key: String,
         job_ids: Vec<String>,
         now_ms: i64,
-        reply: oneshot::Sender<Result<i64>>,
+        reply: Reply<i64>,
     },
     Apply {
         patches: Vec<JobPatch>,
         now_ms: i64,
-        reply: oneshot::Sender<Result<Vec<JobRecord>>>,
+        reply: Reply<Vec<JobRecord>>,
     },
     /// Everything one provider event writes (see `Store::apply_event`).
     RecordDelivery {
         provider: String,
         write: EventWrite,
         now_ms: i64,
-        reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
+        reply: Reply<Option<Vec<JobRecord>>>,
     },
     /// A write of the outbound-webhook deliverer.
     Notify(super::notify::NotifyWrite),
     /// Output custody's queue (claims, releases, results).
-    Custody {
-        op: super::custody::CustodyOp,
-        reply: oneshot::Sender<Result<super::custody::CustodyAnswer>>,
-    },
+    Custody(super::custody::CustodyOp),
     /// One retention step (see `Store::purge` and the `retention` module).
     Purge {
         cutoffs: PurgeCutoffs,
         limit: usize,
-        reply: oneshot::Sender<Result<Purged>>,
+        reply: Reply<Purged>,
     },
     /// One incremental-vacuum step (see `Store::reclaim_space`).
-    Reclaim {
-        pages: u32,
-        reply: oneshot::Sender<Result<u64>>,
-    },
+    Reclaim { pages: u32, reply: Reply<u64> },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
 
-/// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
-/// in the group gets the same error, so it is reference-counted.
-pub(super) type GroupFailure = Arc<sqlx::Error>;
-
-pub(super) fn group_error(e: &GroupFailure) -> StoreError {
-    StoreError::Database(Box::new(Arc::clone(e)))
-}
-
-impl Command {
-    /// Answers a command that never ran because its group failed.
-    fn fail(self, e: &GroupFailure) {
-        // A caller that gave up (dropped its future) no longer listens; that is fine.
-        match self {
-            Command::Submit { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::CreateAttempt { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Notify(write) => write.fail(group_error(e)),
-            Command::Custody { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Purge { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Reclaim { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Shutdown => {}
-        }
-    }
-}
-
-/// A computed answer waiting for the group's COMMIT.
-pub(super) trait Pending: Send {
-    /// Sends the answer, or `failure` instead when the group did not commit.
-    fn finish(self: Box<Self>, failure: Option<&GroupFailure>);
-}
-
-struct Reply<T> {
-    tx: oneshot::Sender<Result<T>>,
-    result: Result<T>,
-}
-
-impl<T: Send> Pending for Reply<T> {
-    fn finish(self: Box<Self>, failure: Option<&GroupFailure>) {
-        let result = match failure {
-            Some(e) => Err(group_error(e)),
-            None => self.result,
-        };
-        // The caller may have been cancelled; its write still committed, as documented.
-        drop(self.tx.send(result));
-    }
-}
-
-pub(super) fn pending<T: Send + 'static>(
-    tx: oneshot::Sender<Result<T>>,
-    result: Result<T>,
-) -> (Box<dyn Pending>, bool) {
-    let ok = result.is_ok();
-    (Box::new(Reply { tx, result }), ok)
-}
+crate::writer::replies!(Command { Submit, CreateAttempt, Apply, RecordDelivery, Purge, Reclaim }
+    Command::Notify(write) => write.reply(),
+    Command::Custody(op) => op.reply(),
+    Command::Shutdown => Box::new(Nothing),
+);
 
 /// The writer loop. Returns when every sender is gone or after a `Shutdown` once the queue is
 /// drained; closes the connection on the way out so the WAL is checkpointed.
@@ -299,7 +244,7 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
     }
 }
 
-type SubmitReply = oneshot::Sender<Result<SubmitOutcome>>;
+type SubmitReply = Reply<SubmitOutcome>;
 
 /// The transaction is in an unknown state (a savepoint statement, or a statement that cannot
 /// fail for data reasons, failed): roll it all back and fail the whole group rather than
@@ -328,7 +273,7 @@ fn abort_group(
 ) {
     answers.into_iter().for_each(|a| a.finish(Some(&e)));
     for (_, reply) in submits {
-        drop(reply.send(Err(group_error(&e))));
+        Box::new(reply).finish(Some(&e));
     }
     others.into_iter().for_each(|c| c.fail(&e));
 }
@@ -346,6 +291,24 @@ async fn in_savepoint_end(
         exec(conn, "ROLLBACK TO op").await?;
     }
     exec(conn, "RELEASE op").await
+}
+
+/// Runs a command's body in a savepoint of its own, so that a failure undoes this command
+/// alone. `$unrun` is its reply when the savepoint cannot begin (the group is then broken);
+/// `$run` runs it and gives `(reply, ok)`. Evaluates to `run_command`'s result.
+macro_rules! in_savepoint {
+    ($conn:ident, $unrun:expr, $run:expr) => {
+        match in_savepoint_begin($conn).await {
+            Err(e) => Err(($unrun, e)),
+            Ok(()) => {
+                let (answer, ok) = $run;
+                match in_savepoint_end($conn, ok).await {
+                    Ok(()) => Ok(answer),
+                    Err(e) => Err((answer, e)),
+                }
+            }
+        }
+    };
 }
 
 /// Runs one non-submit command. `Err` only when the transaction is broken (a savepoint
@@ -373,10 +336,7 @@ async fn run_command(
         } if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
             match record_delivery(conn, &provider, &delivery_id, now_ms).await {
                 Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
-                Err(e) => {
-                    let answer = pending(reply, Err(StoreError::Closed)).0;
-                    Err((answer, e))
-                }
+                Err(e) => Err((Box::new(reply), e)),
             }
         }
         // Otherwise the id, the changes, the kept and the consumed events in one savepoint,
@@ -386,18 +346,11 @@ async fn run_command(
             write,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = event_write(conn, &provider, write, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
+        } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, event_write(conn, &provider, write, now_ms).await)
+        ),
         // Several statements each: a SAVEPOINT makes a failure undo this command alone.
         Command::CreateAttempt {
             provider,
@@ -405,84 +358,41 @@ async fn run_command(
             job_ids,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
+        } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(
+                reply,
+                create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await
+            )
+        ),
         Command::Apply {
             patches,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = apply(conn, patches, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Notify(write) => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((Box::new(super::notify::Unrun(write)), e));
-            }
-            let (answer, ok) = write.run(conn).await;
-            match in_savepoint_end(conn, ok).await {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Custody { op, reply } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::custody::run(conn, op).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
+        } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, apply(conn, patches, now_ms).await)
+        ),
+        Command::Notify(write) => in_savepoint!(conn, write.reply(), write.run(conn).await),
+        Command::Custody(op) => {
+            in_savepoint!(conn, op.reply(), super::custody::run(conn, op).await)
         }
         Command::Purge {
             cutoffs,
             limit,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::retention::purge(conn, cutoffs, limit).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Reclaim { pages, reply } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::retention::reclaim(conn, pages).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
+        } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, super::retention::purge(conn, cutoffs, limit).await)
+        ),
+        Command::Reclaim { pages, reply } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, super::retention::reclaim(conn, pages).await)
+        ),
         Command::Submit { .. } | Command::Shutdown => Ok(Box::new(Nothing)),
     }
 }
@@ -492,6 +402,8 @@ struct Nothing;
 
 impl Pending for Nothing {
     fn finish(self: Box<Self>, _failure: Option<&GroupFailure>) {}
+    fn refuse(self: Box<Self>, _e: StoreError) {}
+    fn hold_error(&mut self, _e: StoreError) {}
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
