@@ -61,7 +61,7 @@ use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
-use crate::writer::Reply;
+use crate::writer::{Op, Reply};
 use crate::{Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -369,7 +369,7 @@ static OPEN_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        self.write(|reply| Command::Submit { submission, reply })
+        self.write(|reply| Command::Write(Op::Submit { submission, reply }))
             .await
     }
 
@@ -440,12 +440,14 @@ impl Store for SqliteStore {
         job_ids: &[String],
         now_ms: i64,
     ) -> Result<i64> {
-        self.write(|reply| Command::CreateAttempt {
-            provider: provider.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-            job_ids: job_ids.to_vec(),
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::CreateAttempt {
+                provider: provider.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+                job_ids: job_ids.to_vec(),
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -479,10 +481,12 @@ impl Store for SqliteStore {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| Command::Apply {
-            patches,
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::Apply {
+                patches,
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -567,11 +571,13 @@ impl Store for SqliteStore {
         write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
-        self.write(|reply| Command::RecordDelivery {
-            provider: provider.to_owned(),
-            write,
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::RecordDelivery {
+                provider: provider.to_owned(),
+                write,
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -813,7 +819,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
         self.write(|reply| {
-            Command::Custody(custody::CustodyOp::Finish {
+            Command::Write(Op::FinishCustody {
                 write,
                 now_ms,
                 reply,

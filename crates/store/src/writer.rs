@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::{CustodyWrite, EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
 use crate::{Result, StoreError};
 
 /// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
@@ -77,17 +78,6 @@ pub(crate) fn pending<T: Send + 'static>(
     (Box::new(reply), ok)
 }
 
-/// A command enum of a writer (see [`replies!`]).
-pub(crate) trait Replies: Sized {
-    /// The command's reply, with whatever it holds.
-    fn reply(self) -> Box<dyn Pending>;
-
-    /// Answers a command that will not commit with its group's failure.
-    fn fail(self, e: &GroupFailure) {
-        self.reply().finish(Some(e));
-    }
-}
-
 /// Implements [`Replies`] for a command enum: `replies!(Op { A, B })` for variants that each
 /// have a `reply` field, then optional `pattern => expression` arms for the others (a nested
 /// command enum, a command without a caller).
@@ -105,6 +95,62 @@ macro_rules! replies {
 }
 pub(crate) use replies;
 
+/// A job write, the same on both backends, with the reply its answer goes back on. Each
+/// backend's writer takes these and its own commands besides.
+pub(crate) enum Op {
+    Submit {
+        submission: NewSubmission,
+        reply: Reply<SubmitOutcome>,
+    },
+    CreateAttempt {
+        provider: String,
+        idempotency_key: String,
+        job_ids: Vec<String>,
+        now_ms: i64,
+        reply: Reply<i64>,
+    },
+    Apply {
+        patches: Vec<JobPatch>,
+        now_ms: i64,
+        reply: Reply<Vec<JobRecord>>,
+    },
+    /// Everything one provider event writes (see `Store::apply_event`); `None` for a
+    /// duplicate delivery.
+    RecordDelivery {
+        provider: String,
+        write: EventWrite,
+        now_ms: i64,
+        reply: Reply<Option<Vec<JobRecord>>>,
+    },
+    /// One custody attempt's results (see `Store::finish_custody`): the job after them,
+    /// `None` when nothing changed.
+    FinishCustody {
+        write: CustodyWrite,
+        now_ms: i64,
+        /// Boxed: a record is large, and every command of a queue is as large as this one.
+        reply: Reply<Option<Box<JobRecord>>>,
+    },
+}
+
+replies!(Op {
+    Submit,
+    CreateAttempt,
+    Apply,
+    RecordDelivery,
+    FinishCustody
+});
+
+/// A command enum of a writer (see [`replies!`]).
+pub(crate) trait Replies: Sized {
+    /// The command's reply, with whatever it holds.
+    fn reply(self) -> Box<dyn Pending>;
+
+    /// Answers a command that will not commit with its group's failure.
+    fn fail(self, e: &GroupFailure) {
+        self.reply().finish(Some(e));
+    }
+}
+
 /// Sends the command `make` builds around a new reply to a writer, and waits for the answer
 /// (given after the commit).
 pub(crate) async fn send<C, T>(
@@ -119,3 +165,107 @@ pub(crate) async fn send<C, T>(
     // A dropped reply means the writer stopped before answering (closed, or its task died).
     rx.await.map_err(|_| StoreError::Closed)?
 }
+
+/// A second attempt with an idempotency key that another provider's attempt already has.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
+pub(crate) struct KeyOwnedByOtherProvider {
+    pub(crate) key: String,
+    pub(crate) owner: String,
+}
+
+/// The writer statements that are the same on both backends, expanded once per backend for
+/// its connection type (`$params` numbers the placeholders, as in `notify`). What differs in
+/// shape (PostgreSQL's array statements) stays with each backend's writer.
+macro_rules! same_in_both_writers {
+    ($conn:ty, $params:path) => {
+        /// The attempt `idempotency_key` names, created when the key is new. An existing key
+        /// (an engine retrying after a restart, or a replica resuming a dead one's attempt)
+        /// gives its attempt again, so the key keeps naming one outbox entry.
+        async fn attempt_for_key(
+            conn: &mut $conn,
+            provider: &str,
+            idempotency_key: &str,
+            now_ms: i64,
+        ) -> $crate::Result<i64> {
+            use sqlx::Row;
+            use $crate::rows::db;
+            let inserted = sqlx::query(&$params(
+                "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            ))
+            .bind(provider)
+            .bind(idempotency_key)
+            .bind(now_ms)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+            if let Some(row) = inserted {
+                return row.try_get(0).map_err(db);
+            }
+            let row = sqlx::query(&$params(
+                "SELECT id, provider FROM attempts WHERE idempotency_key = ?",
+            ))
+            .bind(idempotency_key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+            let owner: String = row.try_get(1).map_err(db)?;
+            if owner != provider {
+                return Err($crate::StoreError::Database(Box::new(
+                    $crate::writer::KeyOwnedByOtherProvider {
+                        key: idempotency_key.to_owned(),
+                        owner,
+                    },
+                )));
+            }
+            row.try_get(0).map_err(db)
+        }
+
+        /// Remembers a webhook delivery id: true when it is new.
+        async fn record_delivery(
+            conn: &mut $conn,
+            provider: &str,
+            delivery_id: &str,
+            now_ms: i64,
+        ) -> std::result::Result<bool, sqlx::Error> {
+            let done = sqlx::query(&$params(
+                "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) \
+                 VALUES (?, ?, ?) ON CONFLICT (provider, delivery_id) DO NOTHING",
+            ))
+            .bind(provider)
+            .bind(delivery_id)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// Keeps the events an event write asks to keep (see `EventWrite::keep`).
+        async fn keep_events(
+            conn: &mut $conn,
+            provider: &str,
+            write: &$crate::model::EventWrite,
+            now_ms: i64,
+        ) -> $crate::Result<()> {
+            use $crate::rows::db;
+            let sql = $params(
+                "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            );
+            for (event, expires_at) in &write.keep {
+                sqlx::query(&sql)
+                    .bind(provider)
+                    .bind(&write.delivery_id)
+                    .bind($crate::codec::to_json(event, "kept event")?)
+                    .bind(now_ms)
+                    .bind(expires_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            Ok(())
+        }
+    };
+}
+pub(crate) use same_in_both_writers;

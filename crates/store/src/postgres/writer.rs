@@ -28,14 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::mpsc;
 
 use super::patch::apply;
-use super::rows::{db, sqlstate, to_json};
+use super::rows::{db, sqlstate};
 use super::submit::{submit, submit_coalesced};
-use crate::model::{CustodyWrite, EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
-use crate::writer::{GroupFailure, Pending, Replies, Reply};
+use crate::model::{EventWrite, JobRecord, NewSubmission};
+pub(super) use crate::writer::Op;
+use crate::writer::{GroupFailure, Pending, Replies};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction (as on SQLite).
@@ -53,50 +54,6 @@ const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The channel notifications are sent on; `change_feed` listens to it.
 pub(super) const CHANNEL: &str = "adgate_jobs";
-
-/// One write, with the reply its answer goes back on (see [`crate::writer`]).
-pub(super) enum Op {
-    Submit {
-        submission: NewSubmission,
-        reply: Reply<SubmitOutcome>,
-    },
-    CreateAttempt {
-        provider: String,
-        idempotency_key: String,
-        job_ids: Vec<String>,
-        now_ms: i64,
-        reply: Reply<i64>,
-    },
-    Apply {
-        patches: Vec<JobPatch>,
-        now_ms: i64,
-        reply: Reply<Vec<JobRecord>>,
-    },
-    /// Everything one provider event writes (see `Store::apply_event`); `None` for a
-    /// duplicate delivery.
-    RecordDelivery {
-        provider: String,
-        write: EventWrite,
-        now_ms: i64,
-        reply: Reply<Option<Vec<JobRecord>>>,
-    },
-    /// One custody attempt's results (see `Store::finish_custody`): the job after them,
-    /// `None` when nothing changed.
-    FinishCustody {
-        write: CustodyWrite,
-        now_ms: i64,
-        /// Boxed: a record is large, and every command of the queue is as large as this one.
-        reply: Reply<Option<Box<JobRecord>>>,
-    },
-}
-
-crate::writer::replies!(Op {
-    Submit,
-    CreateAttempt,
-    Apply,
-    RecordDelivery,
-    FinishCustody
-});
 
 #[expect(
     clippy::large_enum_variant,
@@ -619,24 +576,13 @@ async fn event_write(
     changes: &mut Vec<(String, i64)>,
 ) -> Result<Option<Vec<JobRecord>>> {
     if let Some(id) = &write.delivery_id
-        && !record_delivery(conn, provider, id, now_ms).await?
+        && !record_delivery(conn, provider, id, now_ms)
+            .await
+            .map_err(db)?
     {
         return Ok(None);
     }
-    for (event, expires_at) in &write.keep {
-        sqlx::query(
-            "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(provider)
-        .bind(&write.delivery_id)
-        .bind(to_json(event, "kept event")?)
-        .bind(now_ms)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
+    keep_events(conn, provider, write, now_ms).await?;
     if !write.consumed.is_empty() {
         sqlx::query("DELETE FROM kept_events WHERE id = ANY($1)")
             .bind(&write.consumed)
@@ -650,12 +596,7 @@ async fn event_write(
     apply(conn, &write.patches, now_ms, changes).await.map(Some)
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
-struct KeyOwnedByOtherProvider {
-    key: String,
-    owner: String,
-}
+crate::writer::same_in_both_writers!(PgConnection, crate::notify::postgres_params);
 
 async fn create_attempt(
     conn: &mut PgConnection,
@@ -664,36 +605,7 @@ async fn create_attempt(
     job_ids: &[String],
     now_ms: i64,
 ) -> Result<i64> {
-    let inserted = sqlx::query(
-        "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    )
-    .bind(provider)
-    .bind(idempotency_key)
-    .bind(now_ms)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let attempt_id: i64 = match inserted {
-        Some(row) => row.try_get(0).map_err(db)?,
-        None => {
-            // The key exists already (an engine retrying after a restart, or a replica
-            // resuming a dead one's attempt): reuse that attempt.
-            let row = sqlx::query("SELECT id, provider FROM attempts WHERE idempotency_key = $1")
-                .bind(idempotency_key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-            let owner: String = row.try_get(1).map_err(db)?;
-            if owner != provider {
-                return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
-                    key: idempotency_key.to_owned(),
-                    owner,
-                })));
-            }
-            row.try_get(0).map_err(db)?
-        }
-    };
+    let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
     if !job_ids.is_empty() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay,
         // and nothing is announced. A job listed twice keeps its last position.
@@ -710,23 +622,4 @@ async fn create_attempt(
         .map_err(db)?;
     }
     Ok(attempt_id)
-}
-
-async fn record_delivery(
-    conn: &mut PgConnection,
-    provider: &str,
-    delivery_id: &str,
-    now_ms: i64,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) \
-         VALUES ($1, $2, $3) ON CONFLICT (provider, delivery_id) DO NOTHING",
-    )
-    .bind(provider)
-    .bind(delivery_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(done.rows_affected() == 1)
 }

@@ -11,7 +11,8 @@ use crate::Result;
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
 use crate::writer::{Pending, Reply, pending};
 
-/// One custody write, with the reply its answer goes back on.
+/// A custody write of the SQLite writer alone, with the reply its answer goes back on (a
+/// custody result is a job write: `crate::writer::Op::FinishCustody`).
 pub(crate) enum CustodyOp {
     Claim {
         replica: String,
@@ -24,19 +25,9 @@ pub(crate) enum CustodyOp {
         now_ms: i64,
         reply: Reply<()>,
     },
-    Finish {
-        write: CustodyWrite,
-        now_ms: i64,
-        /// Boxed: a record is large, and every command of the queue is as large as this one.
-        reply: Reply<Option<Box<JobRecord>>>,
-    },
 }
 
-crate::writer::replies!(CustodyOp {
-    Claim,
-    Release,
-    Finish
-});
+crate::writer::replies!(CustodyOp { Claim, Release });
 
 /// Queue the copy of a job that this transaction completes (see `JobRecord::custody_queued_by`).
 pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64) -> Result<()> {
@@ -64,14 +55,6 @@ pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> (Box<dyn 
             reply,
         } => pending(reply, claim(conn, &replica, now_ms, lease_ms, limit).await),
         CustodyOp::Release { now_ms, reply } => pending(reply, release(conn, now_ms).await),
-        CustodyOp::Finish {
-            write,
-            now_ms,
-            reply,
-        } => pending(
-            reply,
-            finish(conn, write, now_ms).await.map(|j| j.map(Box::new)),
-        ),
     }
 }
 
@@ -129,7 +112,7 @@ static UPDATE_OUTPUTS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-async fn finish(
+pub(super) async fn finish(
     conn: &mut SqliteConnection,
     write: CustodyWrite,
     now_ms: i64,

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::retention::{PurgeCutoffs, Purged};
-use crate::writer::{GroupFailure, Pending, Replies, Reply, pending};
+use crate::writer::{GroupFailure, Op, Pending, Replies, Reply, pending};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -51,29 +51,8 @@ const MAX_INSERT_ROWS: usize = 256;
 
 /// One write, with the reply its answer goes back on (see [`crate::writer`]).
 pub(super) enum Command {
-    Submit {
-        submission: NewSubmission,
-        reply: Reply<SubmitOutcome>,
-    },
-    CreateAttempt {
-        provider: String,
-        idempotency_key: String,
-        job_ids: Vec<String>,
-        now_ms: i64,
-        reply: Reply<i64>,
-    },
-    Apply {
-        patches: Vec<JobPatch>,
-        now_ms: i64,
-        reply: Reply<Vec<JobRecord>>,
-    },
-    /// Everything one provider event writes (see `Store::apply_event`).
-    RecordDelivery {
-        provider: String,
-        write: EventWrite,
-        now_ms: i64,
-        reply: Reply<Option<Vec<JobRecord>>>,
-    },
+    /// A job write (the same on both backends).
+    Write(Op),
     /// A write of the outbound-webhook deliverer.
     Notify(super::notify::NotifyWrite),
     /// Output custody's queue (claims, releases, results).
@@ -90,7 +69,8 @@ pub(super) enum Command {
     Shutdown,
 }
 
-crate::writer::replies!(Command { Submit, CreateAttempt, Apply, RecordDelivery, Purge, Reclaim }
+crate::writer::replies!(Command { Purge, Reclaim }
+    Command::Write(op) => op.reply(),
     Command::Notify(write) => write.reply(),
     Command::Custody(op) => op.reply(),
     Command::Shutdown => Box::new(Nothing),
@@ -150,10 +130,12 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
         match command {
             // Encoding happens before anything is written, so a submission that cannot be
             // encoded fails alone and never claims its request id.
-            Command::Submit { submission, reply } => match PreparedSubmit::new(submission) {
-                Ok(prepared) => submits.push((prepared, reply)),
-                Err(e) => answers.push(pending(reply, Err(e)).0),
-            },
+            Command::Write(Op::Submit { submission, reply }) => {
+                match PreparedSubmit::new(submission) {
+                    Ok(prepared) => submits.push((prepared, reply)),
+                    Err(e) => answers.push(pending(reply, Err(e)).0),
+                }
+            }
             Command::Shutdown => {} // filtered out by `run`
             other => others.push(other),
         }
@@ -322,7 +304,7 @@ async fn run_command(
         // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
         // round trips to sqlx's worker thread and no subjournal). Whatever does make it fail
         // (I/O, disk full) may have ended the transaction, so that failure breaks the group.
-        Command::RecordDelivery {
+        Command::Write(Op::RecordDelivery {
             provider,
             write:
                 EventWrite {
@@ -333,7 +315,7 @@ async fn run_command(
                 },
             now_ms,
             reply,
-        } if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
+        }) if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
             match record_delivery(conn, &provider, &delivery_id, now_ms).await {
                 Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
                 Err(e) => Err((Box::new(reply), e)),
@@ -341,24 +323,24 @@ async fn run_command(
         }
         // Otherwise the id, the changes, the kept and the consumed events in one savepoint,
         // so all or none stay.
-        Command::RecordDelivery {
+        Command::Write(Op::RecordDelivery {
             provider,
             write,
             now_ms,
             reply,
-        } => in_savepoint!(
+        }) => in_savepoint!(
             conn,
             Box::new(reply),
             pending(reply, event_write(conn, &provider, write, now_ms).await)
         ),
         // Several statements each: a SAVEPOINT makes a failure undo this command alone.
-        Command::CreateAttempt {
+        Command::Write(Op::CreateAttempt {
             provider,
             idempotency_key,
             job_ids,
             now_ms,
             reply,
-        } => in_savepoint!(
+        }) => in_savepoint!(
             conn,
             Box::new(reply),
             pending(
@@ -366,14 +348,28 @@ async fn run_command(
                 create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await
             )
         ),
-        Command::Apply {
+        Command::Write(Op::Apply {
             patches,
             now_ms,
             reply,
-        } => in_savepoint!(
+        }) => in_savepoint!(
             conn,
             Box::new(reply),
             pending(reply, apply(conn, patches, now_ms).await)
+        ),
+        Command::Write(Op::FinishCustody {
+            write,
+            now_ms,
+            reply,
+        }) => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(
+                reply,
+                super::custody::finish(conn, write, now_ms)
+                    .await
+                    .map(|job| job.map(Box::new))
+            )
         ),
         Command::Notify(write) => in_savepoint!(conn, write.reply(), write.run(conn).await),
         Command::Custody(op) => {
@@ -393,7 +389,7 @@ async fn run_command(
             Box::new(reply),
             pending(reply, super::retention::reclaim(conn, pages).await)
         ),
-        Command::Submit { .. } | Command::Shutdown => Ok(Box::new(Nothing)),
+        Command::Write(Op::Submit { .. }) | Command::Shutdown => Ok(Box::new(Nothing)),
     }
 }
 
@@ -791,12 +787,7 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
     Ok(s.created())
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
-struct KeyOwnedByOtherProvider {
-    key: String,
-    owner: String,
-}
+crate::writer::same_in_both_writers!(SqliteConnection, crate::notify::sqlite_params);
 
 async fn create_attempt(
     conn: &mut SqliteConnection,
@@ -805,36 +796,7 @@ async fn create_attempt(
     job_ids: &[String],
     now_ms: i64,
 ) -> Result<i64> {
-    let inserted = sqlx::query(
-        "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    )
-    .bind(provider)
-    .bind(idempotency_key)
-    .bind(now_ms)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let attempt_id: i64 = match inserted {
-        Some(row) => row.try_get(0).map_err(db)?,
-        None => {
-            // The key exists already (an engine retrying after a restart): reuse that attempt,
-            // so the key keeps naming one outbox entry.
-            let row = sqlx::query("SELECT id, provider FROM attempts WHERE idempotency_key = ?")
-                .bind(idempotency_key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-            let owner: String = row.try_get(1).map_err(db)?;
-            if owner != provider {
-                return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
-                    key: idempotency_key.to_owned(),
-                    owner,
-                })));
-            }
-            row.try_get(0).map_err(db)?
-        }
-    };
+    let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
     for (position, job_id) in job_ids.iter().enumerate() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
         // Only a job still QUEUED joins an attempt: one cancelled meanwhile is never sent.
@@ -945,20 +907,7 @@ async fn event_write(
     {
         return Ok(None);
     }
-    for (event, expires_at) in &write.keep {
-        sqlx::query(
-            "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(provider)
-        .bind(&write.delivery_id)
-        .bind(to_json(event, "kept event")?)
-        .bind(now_ms)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
+    keep_events(conn, provider, &write, now_ms).await?;
     for id in &write.consumed {
         sqlx::query("DELETE FROM kept_events WHERE id = ?")
             .bind(id)
@@ -967,22 +916,4 @@ async fn event_write(
             .map_err(db)?;
     }
     apply(conn, write.patches, now_ms).await.map(Some)
-}
-
-async fn record_delivery(
-    conn: &mut SqliteConnection,
-    provider: &str,
-    delivery_id: &str,
-    now_ms: i64,
-) -> std::result::Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?) \
-         ON CONFLICT (provider, delivery_id) DO NOTHING",
-    )
-    .bind(provider)
-    .bind(delivery_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
