@@ -222,6 +222,62 @@ macro_rules! same_in_both_writers {
             row.try_get(0).map_err(db)
         }
 
+        /// Creates (or reuses, see `attempt_for_key`) the attempt of `idempotency_key` and
+        /// links the jobs to it (`link_jobs`, each backend's own statement).
+        async fn create_attempt(
+            conn: &mut $conn,
+            provider: &str,
+            idempotency_key: &str,
+            job_ids: &[String],
+            now_ms: i64,
+        ) -> $crate::Result<i64> {
+            let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
+            link_jobs(conn, attempt_id, job_ids).await?;
+            Ok(attempt_id)
+        }
+
+        /// The job ids of a stored batch, in submission order.
+        async fn stored_job_ids(
+            conn: &mut $conn,
+            batch_id: &str,
+        ) -> std::result::Result<Vec<String>, sqlx::Error> {
+            use sqlx::Row;
+            sqlx::query(&$params(
+                "SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq",
+            ))
+            .bind(batch_id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect()
+        }
+
+        /// The answer to a submission whose request id is stored already (it lost the claim):
+        /// the stored batch again when the content matches, else a conflict.
+        pub(super) async fn replay(
+            conn: &mut $conn,
+            request_id: &str,
+            content_hash: &str,
+        ) -> $crate::Result<$crate::model::SubmitOutcome> {
+            use sqlx::Row;
+            use $crate::rows::db;
+            let row = sqlx::query(&$params(
+                "SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?",
+            ))
+            .bind(request_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+            let hash: String = row.try_get(0).map_err(db)?;
+            if hash != content_hash {
+                return Ok($crate::model::SubmitOutcome::Conflict);
+            }
+            let batch_id: String = row.try_get(1).map_err(db)?;
+            let job_ids = stored_job_ids(conn, &batch_id).await.map_err(db)?;
+            Ok($crate::model::SubmitOutcome::Replayed { batch_id, job_ids })
+        }
+
         /// Remembers a webhook delivery id: true when it is new.
         async fn record_delivery(
             conn: &mut $conn,
@@ -241,14 +297,23 @@ macro_rules! same_in_both_writers {
             Ok(done.rows_affected() == 1)
         }
 
-        /// Keeps the events an event write asks to keep (see `EventWrite::keep`).
-        async fn keep_events(
+        /// The start of an event write (see `Store::apply_event`): records its delivery id
+        /// and keeps the events it asks to keep. False, with nothing written, for a delivery
+        /// seen before.
+        async fn record_event(
             conn: &mut $conn,
             provider: &str,
             write: &$crate::model::EventWrite,
             now_ms: i64,
-        ) -> $crate::Result<()> {
+        ) -> $crate::Result<bool> {
             use $crate::rows::db;
+            if let Some(id) = &write.delivery_id
+                && !record_delivery(conn, provider, id, now_ms)
+                    .await
+                    .map_err(db)?
+            {
+                return Ok(false);
+            }
             let sql = $params(
                 "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
                  VALUES (?, ?, ?, ?, ?)",
@@ -264,7 +329,7 @@ macro_rules! same_in_both_writers {
                     .await
                     .map_err(db)?;
             }
-            Ok(())
+            Ok(true)
         }
     };
 }

@@ -575,14 +575,9 @@ async fn event_write(
     now_ms: i64,
     changes: &mut Vec<(String, i64)>,
 ) -> Result<Option<Vec<JobRecord>>> {
-    if let Some(id) = &write.delivery_id
-        && !record_delivery(conn, provider, id, now_ms)
-            .await
-            .map_err(db)?
-    {
+    if !record_event(conn, provider, write, now_ms).await? {
         return Ok(None);
     }
-    keep_events(conn, provider, write, now_ms).await?;
     if !write.consumed.is_empty() {
         sqlx::query("DELETE FROM kept_events WHERE id = ANY($1)")
             .bind(&write.consumed)
@@ -598,14 +593,8 @@ async fn event_write(
 
 crate::writer::same_in_both_writers!(PgConnection, crate::notify::postgres_params);
 
-async fn create_attempt(
-    conn: &mut PgConnection,
-    provider: &str,
-    idempotency_key: &str,
-    job_ids: &[String],
-    now_ms: i64,
-) -> Result<i64> {
-    let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
+/// Links jobs to their attempt (see `create_attempt`).
+async fn link_jobs(conn: &mut PgConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
     if !job_ids.is_empty() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay,
         // and nothing is announced. A job listed twice keeps its last position.
@@ -621,5 +610,5 @@ async fn create_attempt(
         .await
         .map_err(db)?;
     }
-    Ok(attempt_id)
+    Ok(())
 }

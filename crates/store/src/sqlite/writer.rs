@@ -637,19 +637,6 @@ async fn insert_submissions(
     insert_rows(conn, &JOB_INSERTS, &rows, bind_job).await
 }
 
-async fn stored_job_ids(
-    conn: &mut SqliteConnection,
-    batch_id: &str,
-) -> std::result::Result<Vec<String>, sqlx::Error> {
-    sqlx::query("SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq")
-        .bind(batch_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect()
-}
-
 /// What the coalesced path decided for one submission.
 enum Plan<'a> {
     Create,
@@ -767,19 +754,7 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
         .await
         .map_err(db)?;
         if claimed.rows_affected() == 0 {
-            let row =
-                sqlx::query("SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?")
-                    .bind(request_id)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            let hash: String = row.try_get(0).map_err(db)?;
-            if hash != s.content_hash {
-                return Ok(SubmitOutcome::Conflict);
-            }
-            let batch_id: String = row.try_get(1).map_err(db)?;
-            let job_ids = stored_job_ids(conn, &batch_id).await.map_err(db)?;
-            return Ok(SubmitOutcome::Replayed { batch_id, job_ids });
+            return replay(conn, request_id, &s.content_hash).await;
         }
     }
     // The request id (if any) is claimed above, hence `claim = false`.
@@ -789,14 +764,8 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
 
 crate::writer::same_in_both_writers!(SqliteConnection, crate::notify::sqlite_params);
 
-async fn create_attempt(
-    conn: &mut SqliteConnection,
-    provider: &str,
-    idempotency_key: &str,
-    job_ids: &[String],
-    now_ms: i64,
-) -> Result<i64> {
-    let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
+/// Links jobs to their attempt (see `create_attempt`).
+async fn link_jobs(conn: &mut SqliteConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
     for (position, job_id) in job_ids.iter().enumerate() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
         // Only a job still QUEUED joins an attempt: one cancelled meanwhile is never sent.
@@ -808,7 +777,7 @@ async fn create_attempt(
             .await
             .map_err(db)?;
     }
-    Ok(attempt_id)
+    Ok(())
 }
 
 static SELECT_JOB: LazyLock<String> =
@@ -900,14 +869,9 @@ async fn event_write(
     write: EventWrite,
     now_ms: i64,
 ) -> Result<Option<Vec<JobRecord>>> {
-    if let Some(id) = &write.delivery_id
-        && !record_delivery(conn, provider, id, now_ms)
-            .await
-            .map_err(db)?
-    {
+    if !record_event(conn, provider, &write, now_ms).await? {
         return Ok(None);
     }
-    keep_events(conn, provider, &write, now_ms).await?;
     for id in &write.consumed {
         sqlx::query("DELETE FROM kept_events WHERE id = ?")
             .bind(id)
