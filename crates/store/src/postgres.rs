@@ -142,6 +142,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/postgres/0007_notify.sql")),
     (8, include_str!("../migrations/postgres/0008_custody.sql")),
     (9, include_str!("../migrations/postgres/0009_retention.sql")),
+    (
+        10,
+        include_str!("../migrations/postgres/0010_orphan_index.sql"),
+    ),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -416,17 +420,34 @@ static CLAIM_QUEUED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit.
-static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
+/// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit. Driven by the lapsed
+/// replicas, never by the provider's live jobs: per lapsed replica its oldest `$5` orphans of
+/// the provider (`jobs_orphans_owned`, one index range each), beside the oldest `$5` unowned
+/// ones (`jobs_orphans_unowned`), each locked with SKIP LOCKED as it is read; the oldest `$5`
+/// of those are taken. A healthy replica's jobs are not read at all. Rows locked but not
+/// taken are released when the statement ends. Public for the plan check in
+/// `tests/postgres.rs`.
+#[doc(hidden)]
+pub static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
+    // Both filters are written exactly as the partial indexes are declared (migration 10).
     format!(
         "WITH {CLAIMER_AND_LAPSED}, \
-         c AS (\
+         owned AS (\
+             SELECT o.* FROM lapsed l, LATERAL (\
+                 SELECT {JOB_COLUMNS}, pos FROM jobs \
+                 WHERE owner = l.id AND provider = $1 AND {ACTIVE} AND owner IS NOT NULL \
+                   AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
+                 ORDER BY created_at, pos LIMIT $5 \
+                 FOR UPDATE SKIP LOCKED) o), \
+         unowned AS (\
              SELECT {JOB_COLUMNS}, pos FROM jobs \
-             WHERE provider = $1 AND {ACTIVE} \
+             WHERE provider = $1 AND {ACTIVE} AND owner IS NULL \
                AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
-               AND (owner IS NULL OR owner IN (SELECT id FROM lapsed)) \
              ORDER BY created_at, pos LIMIT $5 \
              FOR UPDATE SKIP LOCKED), \
+         c AS (\
+             SELECT * FROM owned UNION ALL SELECT * FROM unowned \
+             ORDER BY created_at, pos LIMIT $5), \
          u AS (UPDATE jobs j SET owner = $2 FROM c WHERE j.id = c.id) \
          SELECT {JOB_COLUMNS} FROM c ORDER BY created_at, pos"
     )

@@ -243,7 +243,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .await
             .expect("versions");
 
-    assert_eq!(versions, (1..=9).map(|v| (v,)).collect::<Vec<(i64,)>>());
+    assert_eq!(versions, (1..=10).map(|v| (v,)).collect::<Vec<(i64,)>>());
     conn.close().await.expect("close");
 }
 
@@ -1603,6 +1603,135 @@ async fn retention_plans() {
         assert!(plan.contains(index), "{sql}\nshould use {index}:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{sql}\nscans a table:\n{plan}");
     }
+    conn.close().await.expect("close");
+    store.close().await;
+}
+
+/// Adds up, over every plan node that reads `jobs`, the rows it read (returned or filtered
+/// out, times its loops), and fails on a sequential scan of `jobs`.
+fn rows_read_from_jobs(node: &serde_json::Value, plan: &str) -> f64 {
+    let mut read = 0.0;
+    if node["Relation Name"] == "jobs" {
+        assert_ne!(
+            node["Node Type"], "Seq Scan",
+            "scans jobs sequentially:\n{plan}"
+        );
+        let num = |key: &str| node[key].as_f64().unwrap_or(0.0);
+        read += (num("Actual Rows") + num("Rows Removed by Filter")) * num("Actual Loops");
+    }
+    if let Some(children) = node["Plans"].as_array() {
+        read += children
+            .iter()
+            .map(|child| rows_read_from_jobs(child, plan))
+            .sum::<f64>();
+    }
+    read
+}
+
+/// `claim_orphans` starts from the lapsed replicas: beside 20,000 live tracked jobs of a
+/// healthy replica and 5,000 queued unowned ones (never sent: not orphans), it finds the few
+/// orphans (a lapsed replica's, and unowned ones with a provider reference or an attempt)
+/// through their indexes, reads none of the other rows, and takes exactly the orphans, oldest
+/// first across both kinds, `limit` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_are_found_by_index() {
+    use sqlx::Row;
+    const NOW: i64 = 1_000_000;
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql(
+        "INSERT INTO replicas (id, heartbeat_at, lease_until) \
+             VALUES ('healthy', 0, 9000000000), ('lapsed', 0, 1); \
+         INSERT INTO attempts (provider, idempotency_key, created_at) VALUES ('pictify', 'k', 1); \
+         INSERT INTO batches (id, created_at, job_count) VALUES ('b', 1, 25008); \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision, provider_ref, owner) \
+             SELECT 'live' || g, 'b', g, 'pictify', '{}', 2, 'r', '{}', g, g, 9000000000, 1, \
+                    'ref' || g, 'healthy' \
+             FROM generate_series(1, 20000) g; \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision) \
+             SELECT 'queued' || g, 'b', 30000 + g, 'pictify', '{}', 1, 'r', '{}', g, g, \
+                    9000000000, 1 \
+             FROM generate_series(1, 5000) g; \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision, provider_ref, \
+                           attempt_id, owner) VALUES \
+             ('orphan_a', 'b', 20001, 'pictify', '{}', 2, 'r', '{}', 50, 1, 9000000000, 1, \
+              'ref_a', NULL, 'lapsed'), \
+             ('orphan_b', 'b', 20002, 'pictify', '{}', 1, 'r', '{}', 60, 1, 9000000000, 1, \
+              NULL, (SELECT id FROM attempts WHERE idempotency_key = 'k'), NULL), \
+             ('orphan_c', 'b', 20003, 'pictify', '{}', 1, 'r', '{}', 15050, 1, 9000000000, 1, \
+              NULL, (SELECT id FROM attempts WHERE idempotency_key = 'k'), 'lapsed'), \
+             ('orphan_d', 'b', 20004, 'pictify', '{}', 2, 'r', '{}', 30000, 1, 9000000000, 1, \
+              'ref_d', NULL, NULL), \
+             ('done_lapsed', 'b', 20005, 'pictify', '{}', 3, 'r', '{}', 70, 1, 9000000000, 1, \
+              'ref_e', NULL, 'lapsed'), \
+             ('queued_lapsed', 'b', 20006, 'pictify', '{}', 1, 'r', '{}', 80, 1, 9000000000, 1, \
+              NULL, NULL, 'lapsed'), \
+             ('other_provider', 'b', 20007, 'abyssale', '{}', 2, 'r', '{}', 90, 1, 9000000000, \
+              1, 'ref_f', NULL, 'lapsed'), \
+             ('queued_unowned', 'b', 20008, 'pictify', '{}', 1, 'r', '{}', 95, 1, 9000000000, \
+              1, NULL, NULL, NULL); \
+         ANALYZE;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("seed");
+
+    // EXPLAIN ANALYZE runs the claim: inside a transaction that is rolled back.
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    let explain = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        *adgate_store::postgres::CLAIM_ORPHANS
+    );
+    let row = sqlx::query(&explain)
+        .bind("pictify")
+        .bind("claimer")
+        .bind(NOW)
+        .bind(60_000_i64)
+        .bind(100_i64)
+        .fetch_one(&mut conn)
+        .await
+        .expect("explain");
+    // A `json` column; the store builds sqlx without its JSON types, so read it as text.
+    let plan: serde_json::Value =
+        serde_json::from_str(&row.try_get_unchecked::<String, _>(0).expect("plan column"))
+            .expect("plan JSON");
+    sqlx::query("ROLLBACK")
+        .execute(&mut conn)
+        .await
+        .expect("rollback");
+    let text = serde_json::to_string_pretty(&plan).expect("plan");
+    let read = rows_read_from_jobs(&plan[0]["Plan"], &text);
+    println!("{text}\nrows read from jobs: {read}");
+    // The four orphans, each read once to find and lock it and once to update it.
+    assert!(read <= 16.0, "read {read} rows of jobs:\n{text}");
+    assert!(text.contains("jobs_orphans_owned"), "{text}");
+    assert!(text.contains("jobs_orphans_unowned"), "{text}");
+
+    let first = store
+        .claim_orphans("pictify", "claimer", NOW, 60_000, 2)
+        .await
+        .expect("claim");
+    let first: Vec<String> = first.into_iter().map(|j| j.id).collect();
+    assert_eq!(first, ["orphan_a", "orphan_b"]);
+    let rest = store
+        .claim_orphans("pictify", "claimer", NOW, 60_000, 100)
+        .await
+        .expect("claim");
+    let rest: Vec<String> = rest.into_iter().map(|j| j.id).collect();
+    assert_eq!(rest, ["orphan_c", "orphan_d"]);
+    // Now owned by a live replica: nothing is left to take over.
+    let none = store
+        .claim_orphans("pictify", "another", NOW, 60_000, 100)
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "{:?}", ids(none));
     conn.close().await.expect("close");
     store.close().await;
 }
