@@ -1735,3 +1735,87 @@ async fn orphans_are_found_by_index() {
     conn.close().await.expect("close");
     store.close().await;
 }
+
+/// The writer's connection killed again and again while Submits stream in (as a failover or
+/// an administrator's `pg_terminate_backend` would): a group cut before its COMMIT is redone
+/// on a fresh connection, so callers see no error, except one whose COMMIT itself was cut
+/// (`Unavailable`, outcome unknown), which its retry with the same request id settles. Every
+/// acknowledged job is stored, and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submits_survive_killed_connections() {
+    const CALLERS: usize = 16;
+    const EACH: usize = 25;
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(db.open().await);
+    // One message per acknowledged Submit: the killer strikes every 40 of them.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let store = Arc::clone(&store);
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let mut unavailable = 0;
+                for n in 0..EACH {
+                    let id = format!("job_{c:02}_{n:02}");
+                    let s = suite::with_request(
+                        submission(&format!("batch_{id}"), vec![job(&id, "pictify")], T0),
+                        &format!("req_{id}"),
+                        "same",
+                    );
+                    loop {
+                        match store.submit(s.clone()).await {
+                            Ok(SubmitOutcome::Created { .. } | SubmitOutcome::Replayed { .. }) => {
+                                break;
+                            }
+                            Err(StoreError::Unavailable(why)) => {
+                                assert!(why.contains("COMMIT"), "{id}: {why}");
+                                unavailable += 1;
+                            }
+                            other => panic!("{id}: {other:?}"),
+                        }
+                    }
+                    done.send(()).expect("the killer listens");
+                }
+                unavailable
+            })
+        })
+        .collect();
+    drop(done_tx);
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let (mut acknowledged, mut kills) = (0, 0);
+    while done_rx.recv().await.is_some() {
+        acknowledged += 1;
+        if acknowledged % 40 == 0 {
+            let killed: Vec<(bool,)> = sqlx::query_as(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'adgate' \
+                   AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("terminate");
+            kills += killed.len();
+        }
+    }
+    let mut unavailable = 0;
+    for caller in callers {
+        unavailable += caller.await.expect("caller");
+    }
+    println!("{kills} connections killed, {unavailable} Submits answered Unavailable");
+    assert!(
+        kills >= 9,
+        "the writer was killed at least once per strike: {kills}"
+    );
+    let ids: Vec<String> = (0..CALLERS)
+        .flat_map(|c| (0..EACH).map(move |n| format!("job_{c:02}_{n:02}")))
+        .collect();
+    let stored = store.get_jobs(&ids).await.expect("read");
+    assert_eq!(stored.len(), CALLERS * EACH);
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(rows, (CALLERS * EACH) as i64, "every job stored once");
+    conn.close().await.expect("close");
+    store.close().await;
+}
