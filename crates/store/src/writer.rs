@@ -5,8 +5,14 @@
 //! caller's [`Reply`], typed by what that command answers, so a caller can never receive the
 //! answer of another kind of command. The writer holds the computed answer in the reply until
 //! the group's COMMIT returned, and sends the group's failure instead when it did not commit.
-//! A command enum names its variants once in [`replies!`], which gives it [`Replies::reply`]
-//! and [`Replies::fail`]: nothing is written per variant and per backend.
+//! The job writes both backends take are one enum, [`Op`]; a writer's other commands live
+//! with it. A command enum names its variants once in [`replies!`], which gives it
+//! [`Replies::reply`] and [`Replies::fail`], so failing a command is not written per variant
+//! and per backend.
+//!
+//! The statements that are the same on both backends but for their placeholders (attempt
+//! creation, request-id replay, delivery ids and kept events) are written once too, in
+//! [`same_in_both_writers!`], expanded in each writer for its connection type.
 
 use std::sync::Arc;
 
@@ -33,7 +39,7 @@ pub(crate) trait Pending: Send {
     fn hold_error(&mut self, e: StoreError);
 }
 
-/// The channel back to one caller, with the answer computed for it until the COMMIT.
+/// The channel back to one caller, and the answer computed for it, held until the COMMIT.
 pub(crate) struct Reply<T> {
     tx: oneshot::Sender<Result<T>>,
     held: Option<Result<T>>,
