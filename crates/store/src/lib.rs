@@ -26,6 +26,7 @@ pub mod retention;
 mod rows;
 pub mod search;
 pub mod sqlite;
+mod writer;
 
 use async_trait::async_trait;
 

@@ -110,16 +110,17 @@ use adgate_generator::JobState;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{Mutex, RwLock, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, RwLock, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
-use self::writer::{Answer, Command, Op};
+use self::writer::{Command, Op};
 use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
 use crate::reads::ACTIVE;
+use crate::writer::Reply;
 use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -142,6 +143,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/postgres/0007_notify.sql")),
     (8, include_str!("../migrations/postgres/0008_custody.sql")),
     (9, include_str!("../migrations/postgres/0009_retention.sql")),
+    (
+        10,
+        include_str!("../migrations/postgres/0010_orphan_index.sql"),
+    ),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -243,22 +248,13 @@ impl PgStore {
     }
 
     /// Sends an operation to the writer and waits for its answer (given after the commit).
-    async fn write(&self, op: Op) -> Result<Answer> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Command::Write {
-                op,
-                reply: tx,
-                tries: 0,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        crate::writer::send(&self.writes, |reply| Command::Write {
+            op: make(reply),
+            tries: 0,
+        })
+        .await
     }
-}
-
-fn mismatched(answer: &Answer) -> StoreError {
-    StoreError::Corrupt(format!("internal: writer answered {answer:?}"))
 }
 
 crate::migrate::same_migration_runner_on_both_backends!(
@@ -332,17 +328,34 @@ static CLAIM_QUEUED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit.
-static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
+/// `$1` provider, `$2` replica, `$3` now, `$4` lease, `$5` limit. Driven by the lapsed
+/// replicas, never by the provider's live jobs: per lapsed replica its oldest `$5` orphans of
+/// the provider (`jobs_orphans_owned`, one index range each), beside the oldest `$5` unowned
+/// ones (`jobs_orphans_unowned`), each locked with SKIP LOCKED as it is read; the oldest `$5`
+/// of those are taken. A healthy replica's jobs are not read at all. Rows locked but not
+/// taken are released when the statement ends. Public for the plan check in
+/// `tests/postgres.rs`.
+#[doc(hidden)]
+pub static CLAIM_ORPHANS: LazyLock<String> = LazyLock::new(|| {
+    // Both filters are written exactly as the partial indexes are declared (migration 10).
     format!(
         "WITH {CLAIMER_AND_LAPSED}, \
-         c AS (\
+         owned AS (\
+             SELECT o.* FROM lapsed l, LATERAL (\
+                 SELECT {JOB_COLUMNS}, pos FROM jobs \
+                 WHERE owner = l.id AND provider = $1 AND {ACTIVE} AND owner IS NOT NULL \
+                   AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
+                 ORDER BY created_at, pos LIMIT $5 \
+                 FOR UPDATE SKIP LOCKED) o), \
+         unowned AS (\
              SELECT {JOB_COLUMNS}, pos FROM jobs \
-             WHERE provider = $1 AND {ACTIVE} \
+             WHERE provider = $1 AND {ACTIVE} AND owner IS NULL \
                AND (provider_ref IS NOT NULL OR attempt_id IS NOT NULL) \
-               AND (owner IS NULL OR owner IN (SELECT id FROM lapsed)) \
              ORDER BY created_at, pos LIMIT $5 \
              FOR UPDATE SKIP LOCKED), \
+         c AS (\
+             SELECT * FROM owned UNION ALL SELECT * FROM unowned \
+             ORDER BY created_at, pos LIMIT $5), \
          u AS (UPDATE jobs j SET owner = $2 FROM c WHERE j.id = c.id) \
          SELECT {JOB_COLUMNS} FROM c ORDER BY created_at, pos"
     )
@@ -423,10 +436,7 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        match self.write(Op::Submit(submission)).await? {
-            Answer::Submit(outcome) => Ok(outcome),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::Submit { submission, reply }).await
     }
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
@@ -462,16 +472,14 @@ impl Store for PgStore {
         job_ids: &[String],
         now_ms: i64,
     ) -> Result<i64> {
-        let op = Op::CreateAttempt {
+        self.write(|reply| Op::CreateAttempt {
             provider: provider.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
             job_ids: job_ids.to_vec(),
             now_ms,
-        };
-        match self.write(op).await? {
-            Answer::Attempt(id) => Ok(id),
-            other => Err(mismatched(&other)),
-        }
+            reply,
+        })
+        .await
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
@@ -482,10 +490,12 @@ impl Store for PgStore {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        match self.write(Op::Apply { patches, now_ms }).await? {
-            Answer::Apply(jobs) => Ok(jobs),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::Apply {
+            patches,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
@@ -539,15 +549,13 @@ impl Store for PgStore {
         write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
-        let op = Op::RecordDelivery {
+        self.write(|reply| Op::RecordDelivery {
             provider: provider.to_owned(),
             write,
             now_ms,
-        };
-        match self.write(op).await? {
-            Answer::Delivery(new) => Ok(new),
-            other => Err(mismatched(&other)),
-        }
+            reply,
+        })
+        .await
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
@@ -740,10 +748,13 @@ impl Store for PgStore {
         write: crate::CustodyWrite,
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
-        match self.write(Op::FinishCustody { write, now_ms }).await? {
-            Answer::Custody(job) => Ok(job.map(|j| *j)),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Op::FinishCustody {
+            write,
+            now_ms,
+            reply,
+        })
+        .await
+        .map(|job| job.map(|j| *j))
     }
 
     async fn release_lease(&self, replica: &str, now_ms: i64) -> Result<()> {

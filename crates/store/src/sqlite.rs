@@ -49,7 +49,7 @@ use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use self::checkpoint::Checkpointer;
@@ -60,6 +60,7 @@ use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
 };
+use crate::writer::{Op, Reply};
 use crate::{Result, Store, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
@@ -216,17 +217,8 @@ impl SqliteStore {
     }
 
     /// Sends a command to the writer and waits for its answer (given after the commit).
-    async fn write<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
-    ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer stopped before answering (closed, or its task died).
-        rx.await.map_err(|_| StoreError::Closed)?
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        crate::writer::send(&self.writes, make).await
     }
 }
 
@@ -281,7 +273,7 @@ static GET_JOBS: LazyLock<Vec<String>> = LazyLock::new(|| {
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        self.write(|reply| Command::Submit { submission, reply })
+        self.write(|reply| Command::Write(Op::Submit { submission, reply }))
             .await
     }
 
@@ -332,12 +324,14 @@ impl Store for SqliteStore {
         job_ids: &[String],
         now_ms: i64,
     ) -> Result<i64> {
-        self.write(|reply| Command::CreateAttempt {
-            provider: provider.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-            job_ids: job_ids.to_vec(),
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::CreateAttempt {
+                provider: provider.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+                job_ids: job_ids.to_vec(),
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -350,10 +344,12 @@ impl Store for SqliteStore {
         if patches.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| Command::Apply {
-            patches,
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::Apply {
+                patches,
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -399,11 +395,13 @@ impl Store for SqliteStore {
         write: EventWrite,
         now_ms: i64,
     ) -> Result<Option<Vec<JobRecord>>> {
-        self.write(|reply| Command::RecordDelivery {
-            provider: provider.to_owned(),
-            write,
-            now_ms,
-            reply,
+        self.write(|reply| {
+            Command::Write(Op::RecordDelivery {
+                provider: provider.to_owned(),
+                write,
+                now_ms,
+                reply,
+            })
         })
         .await
     }
@@ -566,25 +564,21 @@ impl Store for SqliteStore {
         if due.is_none() || limit == 0 {
             return Ok(Vec::new());
         }
-        let op = custody::CustodyOp::Claim {
-            replica: replica.to_owned(),
-            now_ms,
-            lease_ms,
-            limit: sql_limit(limit),
-        };
-        match self.write(|reply| Command::Custody { op, reply }).await? {
-            custody::CustodyAnswer::Claimed(tasks) => Ok(tasks),
-            other => Err(StoreError::Corrupt(format!(
-                "custody claim answered {other:?}"
-            ))),
-        }
+        self.write(|reply| {
+            Command::Custody(custody::CustodyOp::Claim {
+                replica: replica.to_owned(),
+                now_ms,
+                lease_ms,
+                limit: sql_limit(limit),
+                reply,
+            })
+        })
+        .await
     }
 
     async fn release_custody(&self, _replica: &str, now_ms: i64) -> Result<()> {
-        let op = custody::CustodyOp::Release { now_ms };
-        self.write(|reply| Command::Custody { op, reply })
+        self.write(|reply| Command::Custody(custody::CustodyOp::Release { now_ms, reply }))
             .await
-            .map(drop)
     }
 
     async fn finish_custody(
@@ -592,13 +586,15 @@ impl Store for SqliteStore {
         write: crate::CustodyWrite,
         now_ms: i64,
     ) -> Result<Option<JobRecord>> {
-        let op = custody::CustodyOp::Finish { write, now_ms };
-        match self.write(|reply| Command::Custody { op, reply }).await? {
-            custody::CustodyAnswer::Finished(job) => Ok(job.map(|j| *j)),
-            other => Err(StoreError::Corrupt(format!(
-                "custody result answered {other:?}"
-            ))),
-        }
+        self.write(|reply| {
+            Command::Write(Op::FinishCustody {
+                write,
+                now_ms,
+                reply,
+            })
+        })
+        .await
+        .map(|job| job.map(|j| *j))
     }
 
     async fn reclaim_space(&self, pages: u32) -> Result<u64> {

@@ -243,7 +243,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .await
             .expect("versions");
 
-    assert_eq!(versions, (1..=9).map(|v| (v,)).collect::<Vec<(i64,)>>());
+    assert_eq!(versions, (1..=10).map(|v| (v,)).collect::<Vec<(i64,)>>());
     conn.close().await.expect("close");
 }
 
@@ -1603,6 +1603,219 @@ async fn retention_plans() {
         assert!(plan.contains(index), "{sql}\nshould use {index}:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{sql}\nscans a table:\n{plan}");
     }
+    conn.close().await.expect("close");
+    store.close().await;
+}
+
+/// Adds up, over every plan node that reads `jobs`, the rows it read (returned or filtered
+/// out, times its loops), and fails on a sequential scan of `jobs`.
+fn rows_read_from_jobs(node: &serde_json::Value, plan: &str) -> f64 {
+    let mut read = 0.0;
+    if node["Relation Name"] == "jobs" {
+        assert_ne!(
+            node["Node Type"], "Seq Scan",
+            "scans jobs sequentially:\n{plan}"
+        );
+        let num = |key: &str| node[key].as_f64().unwrap_or(0.0);
+        read += (num("Actual Rows") + num("Rows Removed by Filter")) * num("Actual Loops");
+    }
+    if let Some(children) = node["Plans"].as_array() {
+        read += children
+            .iter()
+            .map(|child| rows_read_from_jobs(child, plan))
+            .sum::<f64>();
+    }
+    read
+}
+
+/// `claim_orphans` starts from the lapsed replicas: beside 20,000 live tracked jobs of a
+/// healthy replica and 5,000 queued unowned ones (never sent: not orphans), it finds the few
+/// orphans (a lapsed replica's, and unowned ones with a provider reference or an attempt)
+/// through their indexes, reads none of the other rows, and takes exactly the orphans, oldest
+/// first across both kinds, `limit` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_are_found_by_index() {
+    use sqlx::Row;
+    const NOW: i64 = 1_000_000;
+    let db = TestDb::create().await;
+    let store = db.open().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql(
+        "INSERT INTO replicas (id, heartbeat_at, lease_until) \
+             VALUES ('healthy', 0, 9000000000), ('lapsed', 0, 1); \
+         INSERT INTO attempts (provider, idempotency_key, created_at) VALUES ('pictify', 'k', 1); \
+         INSERT INTO batches (id, created_at, job_count) VALUES ('b', 1, 25008); \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision, provider_ref, owner) \
+             SELECT 'live' || g, 'b', g, 'pictify', '{}', 2, 'r', '{}', g, g, 9000000000, 1, \
+                    'ref' || g, 'healthy' \
+             FROM generate_series(1, 20000) g; \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision) \
+             SELECT 'queued' || g, 'b', 30000 + g, 'pictify', '{}', 1, 'r', '{}', g, g, \
+                    9000000000, 1 \
+             FROM generate_series(1, 5000) g; \
+         INSERT INTO jobs (id, batch_id, seq, provider, spec, state, client_ref, labels, \
+                           created_at, updated_at, deadline_at, revision, provider_ref, \
+                           attempt_id, owner) VALUES \
+             ('orphan_a', 'b', 20001, 'pictify', '{}', 2, 'r', '{}', 50, 1, 9000000000, 1, \
+              'ref_a', NULL, 'lapsed'), \
+             ('orphan_b', 'b', 20002, 'pictify', '{}', 1, 'r', '{}', 60, 1, 9000000000, 1, \
+              NULL, (SELECT id FROM attempts WHERE idempotency_key = 'k'), NULL), \
+             ('orphan_c', 'b', 20003, 'pictify', '{}', 1, 'r', '{}', 15050, 1, 9000000000, 1, \
+              NULL, (SELECT id FROM attempts WHERE idempotency_key = 'k'), 'lapsed'), \
+             ('orphan_d', 'b', 20004, 'pictify', '{}', 2, 'r', '{}', 30000, 1, 9000000000, 1, \
+              'ref_d', NULL, NULL), \
+             ('done_lapsed', 'b', 20005, 'pictify', '{}', 3, 'r', '{}', 70, 1, 9000000000, 1, \
+              'ref_e', NULL, 'lapsed'), \
+             ('queued_lapsed', 'b', 20006, 'pictify', '{}', 1, 'r', '{}', 80, 1, 9000000000, 1, \
+              NULL, NULL, 'lapsed'), \
+             ('other_provider', 'b', 20007, 'abyssale', '{}', 2, 'r', '{}', 90, 1, 9000000000, \
+              1, 'ref_f', NULL, 'lapsed'), \
+             ('queued_unowned', 'b', 20008, 'pictify', '{}', 1, 'r', '{}', 95, 1, 9000000000, \
+              1, NULL, NULL, NULL); \
+         ANALYZE;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("seed");
+
+    // EXPLAIN ANALYZE runs the claim: inside a transaction that is rolled back.
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    let explain = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        *adgate_store::postgres::CLAIM_ORPHANS
+    );
+    let row = sqlx::query(&explain)
+        .bind("pictify")
+        .bind("claimer")
+        .bind(NOW)
+        .bind(60_000_i64)
+        .bind(100_i64)
+        .fetch_one(&mut conn)
+        .await
+        .expect("explain");
+    // A `json` column; the store builds sqlx without its JSON types, so read it as text.
+    let plan: serde_json::Value =
+        serde_json::from_str(&row.try_get_unchecked::<String, _>(0).expect("plan column"))
+            .expect("plan JSON");
+    sqlx::query("ROLLBACK")
+        .execute(&mut conn)
+        .await
+        .expect("rollback");
+    let text = serde_json::to_string_pretty(&plan).expect("plan");
+    let read = rows_read_from_jobs(&plan[0]["Plan"], &text);
+    println!("{text}\nrows read from jobs: {read}");
+    // The four orphans, each read once to find and lock it and once to update it.
+    assert!(read <= 16.0, "read {read} rows of jobs:\n{text}");
+    assert!(text.contains("jobs_orphans_owned"), "{text}");
+    assert!(text.contains("jobs_orphans_unowned"), "{text}");
+
+    let first = store
+        .claim_orphans("pictify", "claimer", NOW, 60_000, 2)
+        .await
+        .expect("claim");
+    let first: Vec<String> = first.into_iter().map(|j| j.id).collect();
+    assert_eq!(first, ["orphan_a", "orphan_b"]);
+    let rest = store
+        .claim_orphans("pictify", "claimer", NOW, 60_000, 100)
+        .await
+        .expect("claim");
+    let rest: Vec<String> = rest.into_iter().map(|j| j.id).collect();
+    assert_eq!(rest, ["orphan_c", "orphan_d"]);
+    // Now owned by a live replica: nothing is left to take over.
+    let none = store
+        .claim_orphans("pictify", "another", NOW, 60_000, 100)
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "{:?}", ids(none));
+    conn.close().await.expect("close");
+    store.close().await;
+}
+
+/// The writer's connection killed again and again while Submits stream in (as a failover or
+/// an administrator's `pg_terminate_backend` would): a group cut before its COMMIT is redone
+/// on a fresh connection, so callers see no error, except one whose COMMIT itself was cut
+/// (`Unavailable`, outcome unknown), which its retry with the same request id settles. Every
+/// acknowledged job is stored, and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submits_survive_killed_connections() {
+    const CALLERS: usize = 16;
+    const EACH: usize = 25;
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(db.open().await);
+    // One message per acknowledged Submit: the killer strikes every 40 of them.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let store = Arc::clone(&store);
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let mut unavailable = 0;
+                for n in 0..EACH {
+                    let id = format!("job_{c:02}_{n:02}");
+                    let s = suite::with_request(
+                        submission(&format!("batch_{id}"), vec![job(&id, "pictify")], T0),
+                        &format!("req_{id}"),
+                        "same",
+                    );
+                    loop {
+                        match store.submit(s.clone()).await {
+                            Ok(SubmitOutcome::Created { .. } | SubmitOutcome::Replayed { .. }) => {
+                                break;
+                            }
+                            Err(StoreError::Unavailable(why)) => {
+                                assert!(why.contains("COMMIT"), "{id}: {why}");
+                                unavailable += 1;
+                            }
+                            other => panic!("{id}: {other:?}"),
+                        }
+                    }
+                    done.send(()).expect("the killer listens");
+                }
+                unavailable
+            })
+        })
+        .collect();
+    drop(done_tx);
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let (mut acknowledged, mut kills) = (0, 0);
+    while done_rx.recv().await.is_some() {
+        acknowledged += 1;
+        if acknowledged % 40 == 0 {
+            let killed: Vec<(bool,)> = sqlx::query_as(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'adgate' \
+                   AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("terminate");
+            kills += killed.len();
+        }
+    }
+    let mut unavailable = 0;
+    for caller in callers {
+        unavailable += caller.await.expect("caller");
+    }
+    println!("{kills} connections killed, {unavailable} Submits answered Unavailable");
+    assert!(
+        kills >= 9,
+        "the writer was killed at least once per strike: {kills}"
+    );
+    let ids: Vec<String> = (0..CALLERS)
+        .flat_map(|c| (0..EACH).map(move |n| format!("job_{c:02}_{n:02}")))
+        .collect();
+    let stored = store.get_jobs(&ids).await.expect("read");
+    assert_eq!(stored.len(), CALLERS * EACH);
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(rows, (CALLERS * EACH) as i64, "every job stored once");
     conn.close().await.expect("close");
     store.close().await;
 }

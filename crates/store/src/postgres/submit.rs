@@ -136,26 +136,7 @@ pub(super) async fn submit(
             .map_err(db)?;
         if claimed.is_none() {
             // READ COMMITTED: this statement sees the winner's committed row.
-            let row =
-                sqlx::query("SELECT content_hash, batch_id FROM request_ids WHERE request_id = $1")
-                    .bind(request_id)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            let hash: String = row.try_get(0).map_err(db)?;
-            if hash != s.content_hash {
-                return Ok(SubmitOutcome::Conflict);
-            }
-            let batch_id: String = row.try_get(1).map_err(db)?;
-            let job_ids = sqlx::query("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY seq")
-                .bind(&batch_id)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0).map_err(db))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(SubmitOutcome::Replayed { batch_id, job_ids });
+            return super::writer::replay(conn, request_id, &s.content_hash).await;
         }
     }
     insert_batches_and_jobs(conn, &[s]).await?;

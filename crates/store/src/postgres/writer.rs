@@ -28,13 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::mpsc;
 
 use super::patch::apply;
-use super::rows::{db, sqlstate, to_json};
+use super::rows::{db, sqlstate};
 use super::submit::{submit, submit_coalesced};
-use crate::model::{CustodyWrite, EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::model::{EventWrite, JobRecord, NewSubmission};
+pub(super) use crate::writer::Op;
+use crate::writer::{GroupFailure, Pending, Replies};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction (as on SQLite).
@@ -53,48 +55,13 @@ const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 /// The channel notifications are sent on; `change_feed` listens to it.
 pub(super) const CHANNEL: &str = "adgate_jobs";
 
-/// One write.
-pub(super) enum Op {
-    Submit(NewSubmission),
-    CreateAttempt {
-        provider: String,
-        idempotency_key: String,
-        job_ids: Vec<String>,
-        now_ms: i64,
-    },
-    Apply {
-        patches: Vec<JobPatch>,
-        now_ms: i64,
-    },
-    /// Everything one provider event writes (see `Store::apply_event`).
-    RecordDelivery {
-        provider: String,
-        write: EventWrite,
-        now_ms: i64,
-    },
-    /// One custody attempt's results (see `Store::finish_custody`).
-    FinishCustody {
-        write: CustodyWrite,
-        now_ms: i64,
-    },
-}
-
-/// The answer to an [`Op`], of the matching variant.
-#[derive(Debug)]
-pub(super) enum Answer {
-    Submit(SubmitOutcome),
-    Attempt(i64),
-    Apply(Vec<JobRecord>),
-    /// `None` for a duplicate delivery.
-    Delivery(Option<Vec<JobRecord>>),
-    /// The job after a custody result, `None` when nothing changed.
-    Custody(Option<Box<JobRecord>>),
-}
-
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`Shutdown` is sent once; boxing would cost an allocation per write"
+)]
 pub(super) enum Command {
     Write {
         op: Op,
-        reply: oneshot::Sender<Result<Answer>>,
         /// Groups this command was already rolled back from (deadlock victim).
         tries: u8,
     },
@@ -102,18 +69,11 @@ pub(super) enum Command {
     Shutdown,
 }
 
-/// A command of the current group: still to run, or run and waiting for the COMMIT.
+/// A command of the current group: still to run, or run and holding its answer until the
+/// COMMIT (a group that is redone runs it again, replacing what it holds).
 struct Item {
     op: Op,
-    reply: oneshot::Sender<Result<Answer>>,
     tries: u8,
-}
-
-/// An error that hits a whole group (BEGIN, NOTIFY or COMMIT failed): every caller gets it.
-type GroupFailure = Arc<sqlx::Error>;
-
-fn group_error(e: &GroupFailure) -> StoreError {
-    StoreError::Database(Box::new(Arc::clone(e)))
 }
 
 /// A lost connection (as opposed to an error the server reported): reconnect before the next
@@ -169,7 +129,7 @@ pub(super) async fn run(
                 // Closing the receiver fails every later send (→ `StoreError::Closed`) and
                 // keeps what was sent before, which the loop still commits.
                 Command::Shutdown => rx.close(),
-                Command::Write { op, reply, tries } => group.push(Item { op, reply, tries }),
+                Command::Write { op, tries } => group.push(Item { op, tries }),
             }
         }
         if group.is_empty() {
@@ -195,7 +155,7 @@ pub(super) async fn run(
                         tracing::error!(error = %e, "store: the database stays unreachable");
                         let why = e.to_string();
                         for item in group {
-                            drop(item.reply.send(Err(StoreError::Unavailable(why.clone()))));
+                            item.op.reply().refuse(StoreError::Unavailable(why.clone()));
                         }
                         break;
                     }
@@ -254,7 +214,11 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> std::result::Result
 /// corrupt row), the group is rolled back and run again op by op, each command in a
 /// savepoint of its own: the failing command fails alone, exactly as if there were no fast
 /// path. Failures are rare, so the common group pays no savepoints at all.
-async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &AtomicU64) -> GroupEnd {
+async fn commit_group(
+    conn: &mut PgConnection,
+    mut group: Vec<Item>,
+    commits: &AtomicU64,
+) -> GroupEnd {
     let size = group.len();
     if let Err(end) = begin_locked(conn, &group).await {
         if end.1 {
@@ -262,15 +226,12 @@ async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &Atomi
         }
         return fail_group(group, end);
     }
-    match run_fast(conn, &group).await {
-        Ok(results) => match exec(conn, "COMMIT").await {
+    match run_fast(conn, &mut group).await {
+        Ok(()) => match exec(conn, "COMMIT").await {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(size, "store: group committed");
-                // A caller that gave up no longer listens; its write still committed.
-                for (item, result) in group.into_iter().zip(results) {
-                    drop(item.reply.send(Ok(result)));
-                }
+                group.into_iter().for_each(|i| i.op.reply().finish(None));
                 return GroupEnd::Committed(Vec::new());
             }
             Err(e) => {
@@ -282,7 +243,7 @@ async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &Atomi
                     // Submit's retry safe).
                     let why = format!("the connection broke during COMMIT: {e}");
                     group.into_iter().for_each(|i| {
-                        drop(i.reply.send(Err(StoreError::Unavailable(why.clone()))))
+                        i.op.reply().refuse(StoreError::Unavailable(why.clone()));
                     });
                     return GroupEnd::Failed { lost };
                 }
@@ -311,9 +272,7 @@ async fn commit_group(conn: &mut PgConnection, group: Vec<Item>, commits: &Atomi
 
 /// Answers every command of a group with the error that ended it.
 fn fail_group(group: Vec<Item>, (e, lost): (GroupFailure, bool)) -> GroupEnd {
-    group
-        .into_iter()
-        .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
+    group.into_iter().for_each(|i| i.op.fail(&e));
     GroupEnd::Failed { lost }
 }
 
@@ -341,42 +300,43 @@ async fn begin_locked(
 
 /// The whole group without savepoints: every submission in [`submit_coalesced`]'s few
 /// statements (the ones it leaves over, one by one), every other command in order, then the
-/// notifications. Returns one answer per command, in group order; any error means the
-/// transaction is aborted and must be rolled back.
-async fn run_fast(conn: &mut PgConnection, group: &[Item]) -> Result<Vec<Answer>> {
+/// notifications. Each command holds its answer; any error means the transaction is aborted
+/// and must be rolled back.
+async fn run_fast(conn: &mut PgConnection, group: &mut [Item]) -> Result<()> {
     let mut changes: Vec<(String, i64)> = Vec::new();
-    let mut answers: Vec<Option<Answer>> = group.iter().map(|_| None).collect();
     // Submissions first: they only create rows, so running them ahead of the group's other
     // writes changes no outcome (as on SQLite).
-    let submits: Vec<(usize, &NewSubmission)> = group
+    let submits: Vec<&NewSubmission> = group
         .iter()
-        .enumerate()
-        .filter_map(|(i, item)| match &item.op {
-            Op::Submit(s) => Some((i, s)),
+        .filter_map(|item| match &item.op {
+            Op::Submit { submission, .. } => Some(submission),
             _ => None,
         })
         .collect();
     if !submits.is_empty() {
-        let list: Vec<&NewSubmission> = submits.iter().map(|(_, s)| *s).collect();
-        let outcomes = submit_coalesced(conn, &list, &mut changes).await?;
-        for ((i, s), outcome) in submits.into_iter().zip(outcomes) {
-            let outcome = match outcome {
-                Some(o) => o,
-                // A request id claimed before: replayed or refused against the stored row.
-                None => submit(conn, s, &mut changes).await?,
-            };
-            answers[i] = Some(Answer::Submit(outcome));
+        let mut outcomes = submit_coalesced(conn, &submits, &mut changes)
+            .await?
+            .into_iter();
+        for item in group.iter_mut() {
+            if let Op::Submit { submission, reply } = &mut item.op {
+                let outcome = match outcomes.next().flatten() {
+                    Some(o) => o,
+                    // A request id claimed before: replayed or refused against the stored row.
+                    None => submit(conn, submission, &mut changes).await?,
+                };
+                reply.hold(Ok(outcome));
+            }
         }
     }
-    for (answer, item) in answers.iter_mut().zip(group) {
-        if answer.is_none() {
-            *answer = Some(run_op(conn, &item.op, &mut changes).await?);
+    for item in group.iter_mut() {
+        if !matches!(item.op, Op::Submit { .. }) {
+            run_op(conn, &mut item.op, &mut changes).await?;
         }
     }
     if !changes.is_empty() {
         notify(conn, &changes).await.map_err(db)?;
     }
-    Ok(answers.into_iter().flatten().collect())
+    Ok(())
 }
 
 /// The careful way: each command in a savepoint, so one that fails is rolled back alone;
@@ -387,21 +347,20 @@ async fn commit_op_by_op(
     commits: &AtomicU64,
 ) -> GroupEnd {
     let size = group.len();
-    let mut answers: Vec<(oneshot::Sender<Result<Answer>>, Result<Answer>)> =
-        Vec::with_capacity(size);
+    let mut answers: Vec<Box<dyn Pending>> = Vec::with_capacity(size);
     let mut carried: Vec<Item> = Vec::new();
     // (job id, revision) of every change this group makes, announced before COMMIT.
     let mut changes: Vec<(String, i64)> = Vec::new();
     let mut items = group.into_iter();
     let mut broken: Option<sqlx::Error> = None;
-    for item in items.by_ref() {
+    for mut item in items.by_ref() {
         let mark = changes.len();
         if let Err(e) = exec(conn, "SAVEPOINT op").await {
-            answers.push((item.reply, Err(StoreError::Closed)));
+            answers.push(item.op.reply());
             broken = Some(e);
             break;
         }
-        let result = run_op(conn, &item.op, &mut changes).await;
+        let result = run_op(conn, &mut item.op, &mut changes).await;
         let end = if result.is_ok() {
             exec(conn, "RELEASE SAVEPOINT op").await
         } else {
@@ -413,18 +372,23 @@ async fn commit_op_by_op(
                 Err(e) => Err(e),
             }
         };
-        let deadlocked = matches!(
-            &result,
-            Err(e) if matches!(sqlstate(e).as_deref(), Some("40P01" | "40001"))
-        );
-        if deadlocked && item.tries + 1 < MAX_TRIES {
-            tracing::debug!(tries = item.tries, "store: write lost a deadlock, retrying");
-            carried.push(Item {
-                tries: item.tries + 1,
-                ..item
-            });
-        } else {
-            answers.push((item.reply, result));
+        match result {
+            Err(e)
+                if matches!(sqlstate(&e).as_deref(), Some("40P01" | "40001"))
+                    && item.tries + 1 < MAX_TRIES =>
+            {
+                tracing::debug!(tries = item.tries, "store: write lost a deadlock, retrying");
+                carried.push(Item {
+                    tries: item.tries + 1,
+                    ..item
+                });
+            }
+            Err(e) => {
+                let mut reply = item.op.reply();
+                reply.hold_error(e);
+                answers.push(reply);
+            }
+            Ok(()) => answers.push(item.op.reply()),
         }
         if let Err(e) = end {
             broken = Some(e);
@@ -445,13 +409,8 @@ async fn commit_op_by_op(
             tracing::warn!(error = %re, "store: rollback failed");
             lost = true;
         }
-        answers
-            .into_iter()
-            .for_each(|(tx, _)| drop(tx.send(Err(group_error(&e)))));
-        carried
-            .into_iter()
-            .chain(items)
-            .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
+        answers.into_iter().for_each(|a| a.finish(Some(&e)));
+        carried.into_iter().chain(items).for_each(|i| i.op.fail(&e));
         return GroupEnd::Failed { lost };
     }
 
@@ -459,20 +418,15 @@ async fn commit_op_by_op(
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(size, "store: group committed");
-            // A caller that gave up no longer listens; its write still committed.
-            answers.into_iter().for_each(|(tx, r)| drop(tx.send(r)));
+            answers.into_iter().for_each(|a| a.finish(None));
             GroupEnd::Committed(carried)
         }
         Err(e) => {
             let lost = connection_lost(&e);
             let e = Arc::new(e);
             tracing::error!(error = %e, size, "store: commit failed");
-            answers
-                .into_iter()
-                .for_each(|(tx, _)| drop(tx.send(Err(group_error(&e)))));
-            carried
-                .into_iter()
-                .for_each(|i| drop(i.reply.send(Err(group_error(&e)))));
+            answers.into_iter().for_each(|a| a.finish(Some(&e)));
+            carried.into_iter().for_each(|i| i.op.fail(&e));
             GroupEnd::Failed { lost }
         }
     }
@@ -494,7 +448,9 @@ async fn prelock(conn: &mut PgConnection, group: &[Item]) -> std::result::Result
             Op::CreateAttempt { job_ids: ids, .. } => {
                 job_ids.extend(ids.iter().map(String::as_str))
             }
-            Op::Submit(s) => request_keys.extend(s.request_id.as_deref().map(request_lock_key)),
+            Op::Submit { submission, .. } => {
+                request_keys.extend(submission.request_id.as_deref().map(request_lock_key))
+            }
             Op::RecordDelivery { write, .. } => {
                 job_ids.extend(write.patches.iter().map(|p| p.job_id.as_str()))
             }
@@ -559,117 +515,86 @@ async fn notify(
         .map(drop)
 }
 
+/// Runs one command; its answer is held in its reply. On an error nothing is held: the
+/// caller decides (abort the fast path, carry a deadlock victim over, or hold the error).
 async fn run_op(
     conn: &mut PgConnection,
-    op: &Op,
+    op: &mut Op,
     changes: &mut Vec<(String, i64)>,
-) -> Result<Answer> {
+) -> Result<()> {
     match op {
-        Op::Submit(s) => submit(conn, s, changes).await.map(Answer::Submit),
+        Op::Submit { submission, reply } => {
+            reply.hold(Ok(submit(conn, submission, changes).await?))
+        }
         Op::CreateAttempt {
             provider,
             idempotency_key,
             job_ids,
             now_ms,
-        } => create_attempt(conn, provider, idempotency_key, job_ids, *now_ms)
-            .await
-            .map(Answer::Attempt),
-        Op::Apply { patches, now_ms } => apply(conn, patches, *now_ms, changes)
-            .await
-            .map(Answer::Apply),
+            reply,
+        } => reply.hold(Ok(create_attempt(
+            conn,
+            provider,
+            idempotency_key,
+            job_ids,
+            *now_ms,
+        )
+        .await?)),
+        Op::Apply {
+            patches,
+            now_ms,
+            reply,
+        } => reply.hold(Ok(apply(conn, patches, *now_ms, changes).await?)),
         Op::RecordDelivery {
             provider,
             write,
             now_ms,
-        } => {
-            // All or nothing: the op runs in the group's transaction (and, on the op-by-op
-            // path, in its own savepoint), so a failed apply also un-records the id and
-            // un-keeps (or re-keeps) the events.
-            if let Some(id) = &write.delivery_id
-                && !record_delivery(conn, provider, id, *now_ms).await?
-            {
-                return Ok(Answer::Delivery(None));
-            }
-            for (event, expires_at) in &write.keep {
-                sqlx::query(
-                    "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(provider)
-                .bind(&write.delivery_id)
-                .bind(to_json(event, "kept event")?)
-                .bind(now_ms)
-                .bind(expires_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-            }
-            if !write.consumed.is_empty() {
-                sqlx::query("DELETE FROM kept_events WHERE id = ANY($1)")
-                    .bind(&write.consumed)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            }
-            let changed = if write.patches.is_empty() {
-                Vec::new()
-            } else {
-                apply(conn, &write.patches, *now_ms, changes).await?
-            };
-            Ok(Answer::Delivery(Some(changed)))
-        }
-        Op::FinishCustody { write, now_ms } => {
-            super::custody::finish(conn, write, *now_ms, changes)
-                .await
-                .map(|job| Answer::Custody(job.map(Box::new)))
-        }
+            reply,
+        } => reply.hold(Ok(
+            event_write(conn, provider, write, *now_ms, changes).await?
+        )),
+        Op::FinishCustody {
+            write,
+            now_ms,
+            reply,
+        } => reply.hold(Ok(super::custody::finish(conn, write, *now_ms, changes)
+            .await?
+            .map(Box::new))),
     }
+    Ok(())
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
-struct KeyOwnedByOtherProvider {
-    key: String,
-    owner: String,
-}
-
-async fn create_attempt(
+/// Everything one provider event writes: `None` (and nothing written) for a delivery seen
+/// before. All or nothing: it runs in the group's transaction (and, on the op-by-op path, in
+/// its own savepoint), so a failed apply also un-records the id and un-keeps (or re-keeps)
+/// the events.
+async fn event_write(
     conn: &mut PgConnection,
     provider: &str,
-    idempotency_key: &str,
-    job_ids: &[String],
+    write: &EventWrite,
     now_ms: i64,
-) -> Result<i64> {
-    let inserted = sqlx::query(
-        "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    )
-    .bind(provider)
-    .bind(idempotency_key)
-    .bind(now_ms)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let attempt_id: i64 = match inserted {
-        Some(row) => row.try_get(0).map_err(db)?,
-        None => {
-            // The key exists already (an engine retrying after a restart, or a replica
-            // resuming a dead one's attempt): reuse that attempt.
-            let row = sqlx::query("SELECT id, provider FROM attempts WHERE idempotency_key = $1")
-                .bind(idempotency_key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-            let owner: String = row.try_get(1).map_err(db)?;
-            if owner != provider {
-                return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
-                    key: idempotency_key.to_owned(),
-                    owner,
-                })));
-            }
-            row.try_get(0).map_err(db)?
-        }
-    };
+    changes: &mut Vec<(String, i64)>,
+) -> Result<Option<Vec<JobRecord>>> {
+    if !record_event(conn, provider, write, now_ms).await? {
+        return Ok(None);
+    }
+    if !write.consumed.is_empty() {
+        sqlx::query("DELETE FROM kept_events WHERE id = ANY($1)")
+            .bind(&write.consumed)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    if write.patches.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    apply(conn, &write.patches, now_ms, changes).await.map(Some)
+}
+
+crate::writer::same_in_both_writers!(PgConnection, crate::notify::postgres_params);
+
+/// Links jobs to their attempt (see `create_attempt`).
+async fn link_jobs(conn: &mut PgConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
     if !job_ids.is_empty() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay,
         // and nothing is announced. A job listed twice keeps its last position.
@@ -685,24 +610,5 @@ async fn create_attempt(
         .await
         .map_err(db)?;
     }
-    Ok(attempt_id)
-}
-
-async fn record_delivery(
-    conn: &mut PgConnection,
-    provider: &str,
-    delivery_id: &str,
-    now_ms: i64,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) \
-         VALUES ($1, $2, $3) ON CONFLICT (provider, delivery_id) DO NOTHING",
-    )
-    .bind(provider)
-    .bind(delivery_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }

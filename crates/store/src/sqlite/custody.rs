@@ -6,30 +6,25 @@ use sqlx::sqlite::SqliteConnection;
 use super::rows::db;
 use crate::Result;
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
+use crate::writer::{Pending, Reply, pending};
 
-/// One custody write and what it answers.
+/// A custody write of the SQLite writer alone, with the reply its answer goes back on (a
+/// custody result is a job write: `crate::writer::Op::FinishCustody`).
 pub(crate) enum CustodyOp {
     Claim {
         replica: String,
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
+        reply: Reply<Vec<CustodyTask>>,
     },
     Release {
         now_ms: i64,
-    },
-    Finish {
-        write: CustodyWrite,
-        now_ms: i64,
+        reply: Reply<()>,
     },
 }
 
-#[derive(Debug)]
-pub(crate) enum CustodyAnswer {
-    Claimed(Vec<CustodyTask>),
-    Released,
-    Finished(Option<Box<JobRecord>>),
-}
+crate::writer::replies!(CustodyOp { Claim, Release });
 
 /// Queue the copy of a job that this transaction completes (see `JobRecord::custody_queued_by`).
 pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64) -> Result<()> {
@@ -46,32 +41,31 @@ pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64
     Ok(())
 }
 
-pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> Result<CustodyAnswer> {
+/// Runs one custody write; the answer waits for the group's COMMIT like every other.
+pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> (Box<dyn Pending>, bool) {
     match op {
         CustodyOp::Claim {
             replica,
             now_ms,
             lease_ms,
             limit,
-        } => claim(conn, &replica, now_ms, lease_ms, limit)
-            .await
-            .map(CustodyAnswer::Claimed),
-        // One process owns a SQLite file: every claim on record is a previous run's.
-        CustodyOp::Release { now_ms } => {
-            sqlx::query(
-                "UPDATE custody_queue SET next_at = MIN(next_at, ?), claimed_by = NULL \
-                 WHERE claimed_by IS NOT NULL",
-            )
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            Ok(CustodyAnswer::Released)
-        }
-        CustodyOp::Finish { write, now_ms } => record_results(conn, &write, now_ms)
-            .await
-            .map(|job| CustodyAnswer::Finished(job.map(Box::new))),
+            reply,
+        } => pending(reply, claim(conn, &replica, now_ms, lease_ms, limit).await),
+        CustodyOp::Release { now_ms, reply } => pending(reply, release(conn, now_ms).await),
     }
+}
+
+/// One process owns a SQLite file: every claim on record is a previous run's.
+async fn release(conn: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE custody_queue SET next_at = MIN(next_at, ?), claimed_by = NULL \
+         WHERE claimed_by IS NOT NULL",
+    )
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 async fn claim(
@@ -101,3 +95,11 @@ crate::custody::same_custody_on_both_backends!(
     crate::search::Dialect::Sqlite,
     ""
 );
+
+pub(super) async fn finish(
+    conn: &mut SqliteConnection,
+    write: CustodyWrite,
+    now_ms: i64,
+) -> Result<Option<JobRecord>> {
+    record_results(conn, &write, now_ms).await
+}

@@ -3,7 +3,6 @@
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::oneshot;
 
 use super::rows::db;
 use crate::Result;
@@ -11,6 +10,7 @@ use crate::notify::{
     DUE, Finished, NewEvent, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry,
     entry_from_row, events_of, finished_per_batch,
 };
+use crate::writer::Reply;
 
 crate::notify::same_on_both_backends!(SqliteConnection, crate::notify::sqlite_params);
 
@@ -18,29 +18,29 @@ crate::notify::same_on_both_backends!(SqliteConnection, crate::notify::sqlite_pa
 pub(in crate::sqlite) enum NotifyWrite {
     SetEndpoints {
         endpoints: Vec<crate::NotifyEndpoint>,
-        reply: oneshot::Sender<Result<()>>,
+        reply: Reply<()>,
     },
     Claim {
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
-        reply: oneshot::Sender<Result<Vec<OutboxEntry>>>,
+        reply: Reply<Vec<OutboxEntry>>,
     },
     Settle {
         settles: Vec<NotifySettle>,
         now_ms: i64,
-        reply: oneshot::Sender<Result<()>>,
+        reply: Reply<()>,
     },
     Disable {
         endpoint: String,
         reason: String,
         now_ms: i64,
-        reply: oneshot::Sender<Result<u64>>,
+        reply: Reply<u64>,
     },
     Redeliver {
         batch_id: String,
         now_ms: i64,
-        reply: oneshot::Sender<Result<Option<u64>>>,
+        reply: Reply<Option<u64>>,
     },
 }
 
@@ -49,8 +49,8 @@ impl NotifyWrite {
     pub(in crate::sqlite) async fn run(
         self,
         conn: &mut SqliteConnection,
-    ) -> (Box<dyn super::writer::Pending>, bool) {
-        use super::writer::pending;
+    ) -> (Box<dyn crate::writer::Pending>, bool) {
+        use crate::writer::pending;
         match self {
             Self::SetEndpoints { endpoints, reply } => {
                 pending(reply, set_endpoints(conn, &endpoints).await)
@@ -79,31 +79,15 @@ impl NotifyWrite {
             } => pending(reply, redeliver(conn, &batch_id, now_ms).await),
         }
     }
-
-    /// Answers a write whose group failed before it ran.
-    pub(in crate::sqlite) fn fail(self, e: crate::StoreError) {
-        match self {
-            Self::SetEndpoints { reply, .. } | Self::Settle { reply, .. } => {
-                drop(reply.send(Err(e)))
-            }
-            Self::Claim { reply, .. } => drop(reply.send(Err(e))),
-            Self::Disable { reply, .. } => drop(reply.send(Err(e))),
-            Self::Redeliver { reply, .. } => drop(reply.send(Err(e))),
-        }
-    }
 }
 
-/// A write that never ran (its savepoint could not begin): answered with the group's failure.
-pub(in crate::sqlite) struct Unrun(pub NotifyWrite);
-
-impl super::writer::Pending for Unrun {
-    fn finish(self: Box<Self>, failure: Option<&super::writer::GroupFailure>) {
-        self.0.fail(match failure {
-            Some(e) => super::writer::group_error(e),
-            None => crate::StoreError::Closed,
-        });
-    }
-}
+crate::writer::replies!(NotifyWrite {
+    SetEndpoints,
+    Claim,
+    Settle,
+    Disable,
+    Redeliver
+});
 
 /// The outbox rows of jobs that finished in this write (inside its savepoint).
 pub(super) async fn record_finished(

@@ -31,11 +31,12 @@ use std::sync::{Arc, LazyLock};
 use adgate_generator::JobState;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::retention::{PurgeCutoffs, Purged};
+use crate::writer::{GroupFailure, Op, Pending, Replies, Reply, pending};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -48,108 +49,32 @@ pub(super) const MAX_GROUP: usize = 512;
 /// Large chunks matter because every statement is a round trip to sqlx's worker thread.
 const MAX_INSERT_ROWS: usize = 256;
 
-/// One write, with the channel its answer goes back on.
+/// One write, with the reply its answer goes back on (see [`crate::writer`]).
 pub(super) enum Command {
-    Submit {
-        submission: NewSubmission,
-        reply: oneshot::Sender<Result<SubmitOutcome>>,
-    },
-    CreateAttempt {
-        provider: String,
-        idempotency_key: String,
-        job_ids: Vec<String>,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<i64>>,
-    },
-    Apply {
-        patches: Vec<JobPatch>,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<Vec<JobRecord>>>,
-    },
-    /// Everything one provider event writes (see `Store::apply_event`).
-    RecordDelivery {
-        provider: String,
-        write: EventWrite,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<Option<Vec<JobRecord>>>>,
-    },
+    /// A job write (the same on both backends).
+    Write(Op),
     /// A write of the outbound-webhook deliverer.
     Notify(super::notify::NotifyWrite),
     /// Output custody's queue (claims, releases, results).
-    Custody {
-        op: super::custody::CustodyOp,
-        reply: oneshot::Sender<Result<super::custody::CustodyAnswer>>,
-    },
+    Custody(super::custody::CustodyOp),
     /// One retention step (see `Store::purge` and the `retention` module).
     Purge {
         cutoffs: PurgeCutoffs,
         limit: usize,
-        reply: oneshot::Sender<Result<Purged>>,
+        reply: Reply<Purged>,
     },
     /// One incremental-vacuum step (see `Store::reclaim_space`).
-    Reclaim {
-        pages: u32,
-        reply: oneshot::Sender<Result<u64>>,
-    },
+    Reclaim { pages: u32, reply: Reply<u64> },
     /// Sent by `close()`: stop accepting commands, commit what is queued, exit.
     Shutdown,
 }
 
-/// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
-/// in the group gets the same error, so it is reference-counted.
-pub(super) type GroupFailure = Arc<sqlx::Error>;
-
-pub(super) fn group_error(e: &GroupFailure) -> StoreError {
-    StoreError::Database(Box::new(Arc::clone(e)))
-}
-
-impl Command {
-    /// Answers a command that never ran because its group failed.
-    fn fail(self, e: &GroupFailure) {
-        // A caller that gave up (dropped its future) no longer listens; that is fine.
-        match self {
-            Command::Submit { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::CreateAttempt { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Apply { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::RecordDelivery { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Notify(write) => write.fail(group_error(e)),
-            Command::Custody { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Purge { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Reclaim { reply, .. } => drop(reply.send(Err(group_error(e)))),
-            Command::Shutdown => {}
-        }
-    }
-}
-
-/// A computed answer waiting for the group's COMMIT.
-pub(super) trait Pending: Send {
-    /// Sends the answer, or `failure` instead when the group did not commit.
-    fn finish(self: Box<Self>, failure: Option<&GroupFailure>);
-}
-
-struct Reply<T> {
-    tx: oneshot::Sender<Result<T>>,
-    result: Result<T>,
-}
-
-impl<T: Send> Pending for Reply<T> {
-    fn finish(self: Box<Self>, failure: Option<&GroupFailure>) {
-        let result = match failure {
-            Some(e) => Err(group_error(e)),
-            None => self.result,
-        };
-        // The caller may have been cancelled; its write still committed, as documented.
-        drop(self.tx.send(result));
-    }
-}
-
-pub(super) fn pending<T: Send + 'static>(
-    tx: oneshot::Sender<Result<T>>,
-    result: Result<T>,
-) -> (Box<dyn Pending>, bool) {
-    let ok = result.is_ok();
-    (Box::new(Reply { tx, result }), ok)
-}
+crate::writer::replies!(Command { Purge, Reclaim }
+    Command::Write(op) => op.reply(),
+    Command::Notify(write) => write.reply(),
+    Command::Custody(op) => op.reply(),
+    Command::Shutdown => Box::new(Nothing),
+);
 
 /// The writer loop. Returns when every sender is gone or after a `Shutdown` once the queue is
 /// drained; closes the connection on the way out so the WAL is checkpointed.
@@ -205,10 +130,12 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
         match command {
             // Encoding happens before anything is written, so a submission that cannot be
             // encoded fails alone and never claims its request id.
-            Command::Submit { submission, reply } => match PreparedSubmit::new(submission) {
-                Ok(prepared) => submits.push((prepared, reply)),
-                Err(e) => answers.push(pending(reply, Err(e)).0),
-            },
+            Command::Write(Op::Submit { submission, reply }) => {
+                match PreparedSubmit::new(submission) {
+                    Ok(prepared) => submits.push((prepared, reply)),
+                    Err(e) => answers.push(pending(reply, Err(e)).0),
+                }
+            }
             Command::Shutdown => {} // filtered out by `run`
             other => others.push(other),
         }
@@ -299,7 +226,7 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
     }
 }
 
-type SubmitReply = oneshot::Sender<Result<SubmitOutcome>>;
+type SubmitReply = Reply<SubmitOutcome>;
 
 /// The transaction is in an unknown state (a savepoint statement, or a statement that cannot
 /// fail for data reasons, failed): roll it all back and fail the whole group rather than
@@ -328,7 +255,7 @@ fn abort_group(
 ) {
     answers.into_iter().for_each(|a| a.finish(Some(&e)));
     for (_, reply) in submits {
-        drop(reply.send(Err(group_error(&e))));
+        Box::new(reply).finish(Some(&e));
     }
     others.into_iter().for_each(|c| c.fail(&e));
 }
@@ -348,6 +275,24 @@ async fn in_savepoint_end(
     exec(conn, "RELEASE op").await
 }
 
+/// Runs a command's body in a savepoint of its own, so that a failure undoes this command
+/// alone. `$unrun` is its reply when the savepoint cannot begin (the group is then broken);
+/// `$run` runs it and gives `(reply, ok)`. Evaluates to `run_command`'s result.
+macro_rules! in_savepoint {
+    ($conn:ident, $unrun:expr, $run:expr) => {
+        match in_savepoint_begin($conn).await {
+            Err(e) => Err(($unrun, e)),
+            Ok(()) => {
+                let (answer, ok) = $run;
+                match in_savepoint_end($conn, ok).await {
+                    Ok(()) => Ok(answer),
+                    Err(e) => Err((answer, e)),
+                }
+            }
+        }
+    };
+}
+
 /// Runs one non-submit command. `Err` only when the transaction is broken (a savepoint
 /// statement failed, or `record_delivery`, which has no savepoint, failed).
 async fn run_command(
@@ -359,7 +304,7 @@ async fn run_command(
         // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
         // round trips to sqlx's worker thread and no subjournal). Whatever does make it fail
         // (I/O, disk full) may have ended the transaction, so that failure breaks the group.
-        Command::RecordDelivery {
+        Command::Write(Op::RecordDelivery {
             provider,
             write:
                 EventWrite {
@@ -370,120 +315,81 @@ async fn run_command(
                 },
             now_ms,
             reply,
-        } if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
+        }) if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
             match record_delivery(conn, &provider, &delivery_id, now_ms).await {
                 Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
-                Err(e) => {
-                    let answer = pending(reply, Err(StoreError::Closed)).0;
-                    Err((answer, e))
-                }
+                Err(e) => Err((Box::new(reply), e)),
             }
         }
         // Otherwise the id, the changes, the kept and the consumed events in one savepoint,
         // so all or none stay.
-        Command::RecordDelivery {
+        Command::Write(Op::RecordDelivery {
             provider,
             write,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = event_write(conn, &provider, write, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
+        }) => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, event_write(conn, &provider, write, now_ms).await)
+        ),
         // Several statements each: a SAVEPOINT makes a failure undo this command alone.
-        Command::CreateAttempt {
+        Command::Write(Op::CreateAttempt {
             provider,
             idempotency_key,
             job_ids,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Apply {
+        }) => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(
+                reply,
+                create_attempt(conn, &provider, &idempotency_key, &job_ids, now_ms).await
+            )
+        ),
+        Command::Write(Op::Apply {
             patches,
             now_ms,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = apply(conn, patches, now_ms).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Notify(write) => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((Box::new(super::notify::Unrun(write)), e));
-            }
-            let (answer, ok) = write.run(conn).await;
-            match in_savepoint_end(conn, ok).await {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Custody { op, reply } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::custody::run(conn, op).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
+        }) => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, apply(conn, patches, now_ms).await)
+        ),
+        Command::Write(Op::FinishCustody {
+            write,
+            now_ms,
+            reply,
+        }) => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(
+                reply,
+                super::custody::finish(conn, write, now_ms)
+                    .await
+                    .map(|job| job.map(Box::new))
+            )
+        ),
+        Command::Notify(write) => in_savepoint!(conn, write.reply(), write.run(conn).await),
+        Command::Custody(op) => {
+            in_savepoint!(conn, op.reply(), super::custody::run(conn, op).await)
         }
         Command::Purge {
             cutoffs,
             limit,
             reply,
-        } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::retention::purge(conn, cutoffs, limit).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Reclaim { pages, reply } => {
-            if let Err(e) = in_savepoint_begin(conn).await {
-                return Err((pending(reply, Err(StoreError::Closed)).0, e));
-            }
-            let result = super::retention::reclaim(conn, pages).await;
-            let end = in_savepoint_end(conn, result.is_ok()).await;
-            let answer = pending(reply, result).0;
-            match end {
-                Ok(()) => Ok(answer),
-                Err(e) => Err((answer, e)),
-            }
-        }
-        Command::Submit { .. } | Command::Shutdown => Ok(Box::new(Nothing)),
+        } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, super::retention::purge(conn, cutoffs, limit).await)
+        ),
+        Command::Reclaim { pages, reply } => in_savepoint!(
+            conn,
+            Box::new(reply),
+            pending(reply, super::retention::reclaim(conn, pages).await)
+        ),
+        Command::Write(Op::Submit { .. }) | Command::Shutdown => Ok(Box::new(Nothing)),
     }
 }
 
@@ -492,6 +398,8 @@ struct Nothing;
 
 impl Pending for Nothing {
     fn finish(self: Box<Self>, _failure: Option<&GroupFailure>) {}
+    fn refuse(self: Box<Self>, _e: StoreError) {}
+    fn hold_error(&mut self, _e: StoreError) {}
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -729,19 +637,6 @@ async fn insert_submissions(
     insert_rows(conn, &JOB_INSERTS, &rows, bind_job).await
 }
 
-async fn stored_job_ids(
-    conn: &mut SqliteConnection,
-    batch_id: &str,
-) -> std::result::Result<Vec<String>, sqlx::Error> {
-    sqlx::query("SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq")
-        .bind(batch_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect()
-}
-
 /// What the coalesced path decided for one submission.
 enum Plan<'a> {
     Create,
@@ -859,19 +754,7 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
         .await
         .map_err(db)?;
         if claimed.rows_affected() == 0 {
-            let row =
-                sqlx::query("SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?")
-                    .bind(request_id)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            let hash: String = row.try_get(0).map_err(db)?;
-            if hash != s.content_hash {
-                return Ok(SubmitOutcome::Conflict);
-            }
-            let batch_id: String = row.try_get(1).map_err(db)?;
-            let job_ids = stored_job_ids(conn, &batch_id).await.map_err(db)?;
-            return Ok(SubmitOutcome::Replayed { batch_id, job_ids });
+            return replay(conn, request_id, &s.content_hash).await;
         }
     }
     // The request id (if any) is claimed above, hence `claim = false`.
@@ -879,50 +762,10 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
     Ok(s.created())
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency key {key:?} already names an attempt of provider {owner:?}")]
-struct KeyOwnedByOtherProvider {
-    key: String,
-    owner: String,
-}
+crate::writer::same_in_both_writers!(SqliteConnection, crate::notify::sqlite_params);
 
-async fn create_attempt(
-    conn: &mut SqliteConnection,
-    provider: &str,
-    idempotency_key: &str,
-    job_ids: &[String],
-    now_ms: i64,
-) -> Result<i64> {
-    let inserted = sqlx::query(
-        "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    )
-    .bind(provider)
-    .bind(idempotency_key)
-    .bind(now_ms)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let attempt_id: i64 = match inserted {
-        Some(row) => row.try_get(0).map_err(db)?,
-        None => {
-            // The key exists already (an engine retrying after a restart): reuse that attempt,
-            // so the key keeps naming one outbox entry.
-            let row = sqlx::query("SELECT id, provider FROM attempts WHERE idempotency_key = ?")
-                .bind(idempotency_key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-            let owner: String = row.try_get(1).map_err(db)?;
-            if owner != provider {
-                return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
-                    key: idempotency_key.to_owned(),
-                    owner,
-                })));
-            }
-            row.try_get(0).map_err(db)?
-        }
-    };
+/// Links jobs to their attempt (see `create_attempt`).
+async fn link_jobs(conn: &mut SqliteConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
     for (position, job_id) in job_ids.iter().enumerate() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
         // Only a job still QUEUED joins an attempt: one cancelled meanwhile is never sent.
@@ -934,7 +777,7 @@ async fn create_attempt(
             .await
             .map_err(db)?;
     }
-    Ok(attempt_id)
+    Ok(())
 }
 
 static SELECT_JOB: LazyLock<String> =
@@ -1026,26 +869,8 @@ async fn event_write(
     write: EventWrite,
     now_ms: i64,
 ) -> Result<Option<Vec<JobRecord>>> {
-    if let Some(id) = &write.delivery_id
-        && !record_delivery(conn, provider, id, now_ms)
-            .await
-            .map_err(db)?
-    {
+    if !record_event(conn, provider, &write, now_ms).await? {
         return Ok(None);
-    }
-    for (event, expires_at) in &write.keep {
-        sqlx::query(
-            "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(provider)
-        .bind(&write.delivery_id)
-        .bind(to_json(event, "kept event")?)
-        .bind(now_ms)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
     }
     for id in &write.consumed {
         sqlx::query("DELETE FROM kept_events WHERE id = ?")
@@ -1055,22 +880,4 @@ async fn event_write(
             .map_err(db)?;
     }
     apply(conn, write.patches, now_ms).await.map(Some)
-}
-
-async fn record_delivery(
-    conn: &mut SqliteConnection,
-    provider: &str,
-    delivery_id: &str,
-    now_ms: i64,
-) -> std::result::Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?) \
-         ON CONFLICT (provider, delivery_id) DO NOTHING",
-    )
-    .bind(provider)
-    .bind(delivery_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
