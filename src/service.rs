@@ -320,9 +320,19 @@ impl Gateway {
                 .max()
                 .unwrap_or(0);
             (start, start.map(|s| s.saturating_add(typical)))
+        } else if !reply.created_providers.is_empty() {
+            // Created by this call, so all QUEUED: estimated without reading them back.
+            // Estimates are advice: a failed read of the queue leaves them unset rather than
+            // failing a Submit that was committed.
+            match self.engine.created_estimates(&reply).await {
+                Ok(estimates) => estimates,
+                Err(e) => {
+                    tracing::warn!(error = %e, "submit estimates unavailable");
+                    (None, None)
+                }
+            }
         } else {
-            // The jobs are stored: estimates are advice, so a failed read leaves them unset
-            // rather than failing a Submit that was committed.
+            // A replay: the jobs may have moved on since.
             match self.engine.get_jobs(&reply.job_ids).await {
                 Ok((records, _)) => {
                     let refs: Vec<&adgate_engine::JobRecord> =

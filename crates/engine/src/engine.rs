@@ -134,6 +134,10 @@ pub struct SubmitReply {
     pub replayed: bool,
     /// The jobs' estimated cost per unit (millionths).
     pub estimated_cost: Vec<(String, i64)>,
+    /// The provider of each job in `job_ids`, for jobs this call created (all QUEUED when it
+    /// returns): what their start estimates need, without reading them back. Empty when
+    /// replayed or `validate_only`.
+    pub created_providers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -595,8 +599,10 @@ impl Engine {
                 job_ids: Vec::new(),
                 replayed: false,
                 estimated_cost,
+                created_providers: Vec::new(),
             });
         }
+        let created_providers: Vec<String> = jobs.iter().map(|j| j.provider.clone()).collect();
         let outcome = self
             .shared
             .store
@@ -639,6 +645,7 @@ impl Engine {
                     job_ids,
                     replayed: false,
                     estimated_cost,
+                    created_providers,
                 })
             }
             SubmitOutcome::Replayed { batch_id, job_ids } => Ok(SubmitReply {
@@ -646,6 +653,7 @@ impl Engine {
                 job_ids,
                 replayed: true,
                 estimated_cost,
+                created_providers: Vec::new(),
             }),
             SubmitOutcome::Conflict => Err(EngineError::RequestIdConflict),
         }

@@ -14,7 +14,11 @@
 //! The order is computed from a snapshot of the queue (ids, callers, priorities, ages; at most
 //! [`MAX_QUEUE_SNAPSHOT`] jobs) taken at most once per [`SNAPSHOT_TTL`] per provider, however
 //! many Submits and reads come meanwhile (jobs newer than the snapshot are placed after it), so
-//! estimates cost a Submit no queue scan of its own.
+//! estimates cost a Submit no queue scan of its own. The budget's slots are projected with the
+//! snapshot too: projecting them is linear in the queue's length, and a Submit that did it
+//! itself cost O(backlog) (a 50,000-job backlog made each 1-job Submit replay 50,000 slots).
+//! A snapshot that took long to build is kept longer ([`TTL_PER_BUILD`]), so snapshots of a
+//! large backlog stay a small share of the CPU.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,8 +35,14 @@ use crate::runtime::ProviderRuntime;
 /// Queued jobs per provider that positions are computed over; jobs beyond are reported at
 /// the end of this range.
 pub const MAX_QUEUE_SNAPSHOT: usize = 200_000;
-/// How long one snapshot of a provider's queue serves reads.
+/// How long one snapshot of a provider's queue serves reads, at least.
 const SNAPSHOT_TTL: Duration = Duration::from_millis(500);
+/// A snapshot serves reads for this many times as long as it took to build, when that is
+/// longer than [`SNAPSHOT_TTL`] (at most 1/40 of the time goes to rebuilding).
+const TTL_PER_BUILD: u32 = 40;
+/// Budget slots projected beyond the snapshot's own requests, for the jobs submitted while it
+/// serves (further ones are extrapolated at the budget's steady rate).
+const SLOTS_AFTER_SNAPSHOT: usize = 1024;
 
 /// Where a queued job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +60,11 @@ struct Plan {
     at: HashMap<String, (i64, usize)>,
     /// The requests the queue needs in all.
     requests: usize,
+    /// Offsets from `taken` of the provider's next request slots (`slot_offsets`).
+    slots: Vec<Duration>,
     taken: Instant,
+    /// How long this snapshot serves reads.
+    ttl: Duration,
 }
 
 /// The engine's cache of per-provider plans.
@@ -63,12 +77,47 @@ impl Engine {
         &self,
         records: &[&JobRecord],
     ) -> Result<HashMap<String, QueueEstimate>, EngineError> {
-        let mut out = HashMap::new();
-        let mut providers: Vec<&str> = records
+        let queued: Vec<(&str, &str)> = records
             .iter()
             .filter(|r| r.state == adgate_generator::JobState::Queued)
-            .map(|r| r.provider.as_str())
+            .map(|r| (r.id.as_str(), r.provider.as_str()))
             .collect();
+        self.estimates_of_queued(&queued).await
+    }
+
+    /// The start and completion estimates of the jobs a Submit just created (`reply.job_ids`
+    /// with `reply.created_providers`): all QUEUED, so nothing is read back from the store.
+    pub async fn created_estimates(
+        &self,
+        reply: &crate::engine::SubmitReply,
+    ) -> Result<(Option<i64>, Option<i64>), EngineError> {
+        let queued: Vec<(&str, &str)> = reply
+            .job_ids
+            .iter()
+            .zip(&reply.created_providers)
+            .map(|(id, provider)| (id.as_str(), provider.as_str()))
+            .collect();
+        let estimates = self.estimates_of_queued(&queued).await?;
+        let now = self.shared.now_ms();
+        let start = estimates.values().map(|e| e.start_ms).max();
+        let completion = queued
+            .iter()
+            .filter_map(|(id, provider)| {
+                let typical = self.typical_job_ms(provider)?;
+                let start = estimates.get(*id).map_or(now, |e| e.start_ms);
+                Some(start.saturating_add(typical).max(now))
+            })
+            .max();
+        Ok((start, completion))
+    }
+
+    /// Estimates for QUEUED jobs given as (id, provider).
+    async fn estimates_of_queued(
+        &self,
+        jobs: &[(&str, &str)],
+    ) -> Result<HashMap<String, QueueEstimate>, EngineError> {
+        let mut out = HashMap::new();
+        let mut providers: Vec<&str> = jobs.iter().map(|(_, p)| *p).collect();
         providers.sort_unstable();
         providers.dedup();
         for provider in providers {
@@ -77,22 +126,19 @@ impl Engine {
             };
             let plan = self.plan(rt).await?;
             let now = self.shared.now_ms();
-            let queued: Vec<&&JobRecord> = records
+            let queued: Vec<&str> = jobs
                 .iter()
-                .filter(|r| r.provider == provider && r.state == adgate_generator::JobState::Queued)
+                .filter(|(_, p)| *p == provider)
+                .map(|(id, _)| *id)
                 .collect();
-            let newer = queued
-                .iter()
-                .filter(|r| !plan.at.contains_key(&r.id))
-                .count();
             let per_request = rt.limits.max_items_per_submit.max(1);
-            let slots = slot_offsets(rt, plan.requests + newer.div_ceil(per_request) + 1);
+            let since_snapshot = plan.taken.elapsed();
             let mut appended = 0usize;
-            for r in queued {
+            for id in queued {
                 // A job newer than the snapshot goes after it, in the order asked (what a
                 // Submit's own jobs are); for a caller not in the snapshot that is the
                 // pessimistic side of its fair place.
-                let (position, requests_ahead) = match plan.at.get(&r.id) {
+                let (position, requests_ahead) = match plan.at.get(id) {
                     Some(at) => *at,
                     None => {
                         let at = (
@@ -103,9 +149,10 @@ impl Engine {
                         at
                     }
                 };
-                let offset = slot_at(&slots, rt, requests_ahead);
+                let offset =
+                    slot_at(&plan.slots, rt, requests_ahead).saturating_sub(since_snapshot);
                 out.insert(
-                    r.id.clone(),
+                    id.to_owned(),
                     QueueEstimate {
                         position,
                         start_ms: now
@@ -189,16 +236,20 @@ impl Engine {
     /// The provider's queue plan, from the cache when fresh.
     async fn plan(&self, rt: &ProviderRuntime) -> Result<Arc<Plan>, EngineError> {
         if let Some(p) = self.cached_plan(&rt.name)
-            && p.taken.elapsed() < SNAPSHOT_TTL
+            && p.taken.elapsed() < p.ttl
         {
             return Ok(p);
         }
+        let started = Instant::now();
         let queued = self
             .shared
             .store
             .queued_entries(&rt.name, MAX_QUEUE_SNAPSHOT)
             .await?;
-        let plan = Arc::new(plan_of(&queued, rt, &self.shared.callers));
+        let mut plan = plan_of(&queued, rt, &self.shared.callers);
+        plan.slots = slot_offsets(rt, plan.requests + SLOTS_AFTER_SNAPSHOT);
+        plan.ttl = SNAPSHOT_TTL.max(started.elapsed().saturating_mul(TTL_PER_BUILD));
+        let plan = Arc::new(plan);
         self.shared
             .queue_plans
             .0
@@ -245,7 +296,9 @@ fn plan_of(
     Plan {
         at,
         requests: order.len(),
+        slots: Vec::new(),
         taken: Instant::now(),
+        ttl: SNAPSHOT_TTL,
     }
 }
 
