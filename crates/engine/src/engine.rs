@@ -877,15 +877,18 @@ impl Engine {
     }
 }
 
-/// `prefix_` + 20 random lowercase hex characters.
+/// `prefix_` + 28 lowercase hex characters: the creation time, then random.
 pub(crate) fn new_id(prefix: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 21);
-    s.push_str(prefix);
-    s.push('_');
-    for _ in 0..20 {
-        s.push(char::from(b"0123456789abcdef"[fastrand::usize(0..16)]));
-    }
-    s
+    // Time first (milliseconds, 12 hex digits), then 64 random bits: ids created together sort
+    // together, so a group of new jobs lands on a few B-tree pages of every index keyed by id
+    // instead of one page per job (random ids made each commit write several pages per job to
+    // the WAL). 64 random bits keep ids unguessable and collisions within one millisecond out
+    // of reach (n^2 / 2^65: 3e-10 for 100,000 ids created in the same millisecond).
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        & 0xffff_ffff_ffff;
+    format!("{prefix}_{ms:012x}{:016x}", fastrand::u64(..))
 }
 
 /// Hash of a Submit's content, compared when an AIP-155 request id repeats.
