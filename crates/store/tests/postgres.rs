@@ -251,86 +251,14 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
 async fn corrupt_rows_are_reported_not_panicked_on() {
     let db = TestDb::create().await;
     let store = db.open().await;
-    submit_ok(
-        &store,
-        submission(
-            "batch_1",
-            vec![job("job_1", "pictify"), job("job_2", "pictify")],
-            T0,
-        ),
-    )
+    suite::corrupt_rows_are_reported(&store, || async {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        for sql in suite::CORRUPTING {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        conn.close().await.expect("close");
+    })
     .await;
-    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-    sqlx::query("UPDATE jobs SET labels = 'not json' WHERE id = 'job_1'")
-        .execute(&mut conn)
-        .await
-        .expect("corrupt labels");
-    sqlx::query("UPDATE jobs SET state = 42 WHERE id = 'job_2'")
-        .execute(&mut conn)
-        .await
-        .expect("corrupt state");
-    conn.close().await.expect("close");
-    let err = store
-        .get_jobs(&["job_1".to_owned()])
-        .await
-        .expect_err("labels");
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("job_1")),
-        "{err:?}"
-    );
-    assert!(matches!(
-        store.count_by_state().await,
-        Err(StoreError::Corrupt(_))
-    ));
-    let mut patch = JobPatch::new("job_1");
-    patch.state = Some(JobState::Processing);
-    assert!(matches!(
-        store.apply(vec![patch], T0).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    // A delivery whose patch cannot be applied is not recorded either: the provider's retry
-    // of it will be applied, not dropped as a duplicate.
-    let mut patch = JobPatch::new("job_1");
-    patch.state = Some(JobState::Completed);
-    assert!(matches!(
-        store
-            .apply_delivery("pictify", "d-1", vec![patch], T0)
-            .await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(
-        store
-            .record_delivery("pictify", "d-1", T0)
-            .await
-            .expect("still writing; d-1 not on record")
-    );
-    // Nor is an event kept by it: all of a delivery's writes stay, or none.
-    let mut patch = JobPatch::new("job_1");
-    patch.state = Some(JobState::Completed);
-    let write = adgate_store::EventWrite {
-        delivery_id: Some("d-2".to_owned()),
-        patches: vec![patch],
-        keep: vec![(serde_json::json!({"k": 1}), T0 + 1)],
-        consumed: Vec::new(),
-    };
-    assert!(matches!(
-        store.apply_event("pictify", write, T0).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(
-        store
-            .kept_events("pictify", 10)
-            .await
-            .expect("read")
-            .is_empty()
-    );
-    assert!(
-        store
-            .record_delivery("pictify", "d-2", T0)
-            .await
-            .expect("d-2 not on record")
-    );
-    store.close().await;
 }
 
 // ---- Several replicas on one database.

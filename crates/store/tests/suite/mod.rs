@@ -15,6 +15,7 @@ use adgate_store::{
 };
 use serde_json::json;
 
+mod corrupt;
 mod custody;
 mod notify;
 mod retention;
@@ -23,6 +24,7 @@ pub use retention::{
     retention_deletes_old_terminal_jobs, retention_steps_are_bounded,
 };
 mod search;
+pub use corrupt::{CORRUPTING, corrupt_rows_are_reported};
 pub use custody::custody_queue;
 pub use notify::notify_outbox;
 pub use search::{
