@@ -11,7 +11,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, Row};
 use tokio::sync::mpsc;
 
-use super::{GROUP, JobRow, Read, ReadIds, ReadRow, Write, chunk_sizes, insert_sql};
+use super::{GROUP, Groups, JobRow, Read, ReadIds, ReadRow, Write, chunk_sizes, insert_sql};
 use crate::Res;
 
 /// Reader threads (one per core).
@@ -34,7 +34,12 @@ pub(super) fn open(path: &Path) -> Res<Connection> {
 
 /// The writer thread: block for the first command, take what else is waiting (up to `GROUP`),
 /// one transaction, answer everyone.
-pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Write>, multi: bool) {
+pub(super) fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Write>,
+    multi: bool,
+    groups: &Groups,
+) {
     let mut group: Vec<Write> = Vec::with_capacity(GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -45,6 +50,7 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Write>, multi:
             }
         }
         let ok = commit(&mut conn, &group, multi).is_ok();
+        groups.add(group.len());
         for w in group.drain(..) {
             let _ = w.done.send(ok);
         }

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{GROUP, JobRow, Read, ReadIds, ReadRow, Write, chunk_sizes, insert_sql};
+use super::{GROUP, Groups, JobRow, Read, ReadIds, ReadRow, Write, chunk_sizes, insert_sql};
 use crate::Res;
 
 /// sqlx's read connections (adgate's store opens a handful; 4 here, 2 per core).
@@ -31,7 +31,12 @@ pub(super) async fn open(path: &Path) -> Res<SqliteConnection> {
 }
 
 /// The writer task: take what is waiting (up to `GROUP`), one transaction, answer everyone.
-pub(super) async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>, multi: bool) {
+pub(super) async fn writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Write>,
+    multi: bool,
+    groups: Arc<Groups>,
+) {
     let mut group: Vec<Write> = Vec::with_capacity(GROUP);
     while let Some(first) = rx.recv().await {
         group.push(first);
@@ -42,6 +47,7 @@ pub(super) async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Wr
             }
         }
         let ok = commit(&mut conn, &group, multi).await.is_ok();
+        groups.add(group.len());
         for w in group.drain(..) {
             let _ = w.done.send(ok);
         }
