@@ -72,12 +72,30 @@ where
     F: Fn(Channel, usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
+    let channels = channels.to_vec();
+    closed_loop_fn(concurrency, warmup, measure, move |caller, seq| {
+        call(channels[caller % channels.len()].clone(), caller, seq)
+    })
+    .await
+}
+
+/// The closed loop without gRPC: `call(caller, seq)` is any operation (the SQLite driver
+/// measurement drives in-process writers and readers with it).
+pub async fn closed_loop_fn<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    call: F,
+) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let call = Arc::new(call);
     let start = Instant::now() + warmup;
     let end = start + measure;
     let mut tasks = Vec::with_capacity(concurrency);
     for caller in 0..concurrency {
-        let ch = channels[caller % channels.len()].clone();
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -88,7 +106,7 @@ where
                 if t0 >= end {
                     break;
                 }
-                let good = call(ch.clone(), caller, seq).await;
+                let good = call(caller, seq).await;
                 seq += 1;
                 let t1 = Instant::now();
                 if t0 >= start && t1 <= end {
@@ -103,6 +121,7 @@ where
             (ok, errors, lat)
         }));
     }
+    drop(call);
     let mut stats = Stats {
         secs: measure.as_secs_f64(),
         ..Stats::default()

@@ -1,25 +1,32 @@
 //! `adgate-bench`: measures the gateway with one command and prints one table.
 //!
 //! ```text
-//! cargo run --release -p adgate-bench -- all
-//! cargo run --release -p adgate-bench -- <echo|submit1|submit100|read|watch|inflight|restart|providers|postgres|takeover|search|retention>
+//! cargo run --release -p adgate-bench -- all [--runs N]
+//! cargo run --release -p adgate-bench -- <echo|pgbench|submit1|submit100|read|watch|inflight|restart|providers|postgres|takeover|search|retention>... [--runs N]
+//! cargo run --release -p adgate-bench -- sqlite-driver     # issue 16's driver measurement, not in `all`
 //! ```
 //!
 //! Every server under test (the gateway, and a bare tonic `grpc.health.v1.Health/Check` echo
 //! server used as the baseline) runs as a child process of this binary with two tokio workers,
 //! so its RSS and CPU come from `/proc/<pid>`. Provider simulators and the tonic load client run
-//! in this process. Throughput is reported as a ratio to the echo baseline of the same run.
+//! in this process. Throughput is reported as a ratio to the baselines of the same run (echo, and
+//! issue 16's pgbench single-insert baseline). `--runs N` repeats the list N times and ends with
+//! a summary: each figure's N values and how many met the target.
 
 #![allow(clippy::print_stdout)]
 
 mod load;
+mod pgbench;
+mod pgdb;
 mod proc;
+mod providers;
 mod replicas;
 mod report;
 mod retention;
 mod scenarios;
 mod search;
 mod seed;
+mod sqlite_driver;
 mod world;
 
 use std::process::ExitCode;
@@ -31,6 +38,8 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const SCENARIOS: &[&str] = &[
     "echo",
+    // Before the scenarios whose targets are ratios to it (submit1, postgres).
+    "pgbench",
     "submit1",
     "submit100",
     "read",
@@ -44,10 +53,15 @@ const SCENARIOS: &[&str] = &[
     "retention",
 ];
 
+/// Scenarios that `all` leaves out (they measure a design choice, not the gateway).
+const EXTRA: &[&str] = &["sqlite-driver"];
+
 fn usage() -> String {
     format!(
-        "usage: adgate-bench <all|{}>... (each bounded; `all` runs every scenario)",
-        SCENARIOS.join("|")
+        "usage: adgate-bench <all|{}|{}>... [--runs N] (each bounded; `all` runs every scenario but {})",
+        SCENARIOS.join("|"),
+        EXTRA.join("|"),
+        EXTRA.join(", ")
     )
 }
 
@@ -69,10 +83,19 @@ fn main() -> ExitCode {
         };
     }
     let mut wanted: Vec<&str> = Vec::new();
-    for a in &args {
+    let mut runs = 1usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "all" => wanted.extend(SCENARIOS),
-            s if SCENARIOS.contains(&s) => wanted.push(s),
+            "--runs" => match it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0) {
+                Some(n) => runs = n,
+                None => {
+                    eprintln!("--runs needs a positive number\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            s if SCENARIOS.contains(&s) || EXTRA.contains(&s) => wanted.push(s),
             _ => {
                 eprintln!("{}", usage());
                 return ExitCode::from(2);
@@ -98,52 +121,77 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut ctx = Ctx::default();
+    let mut reports = Vec::with_capacity(runs);
     let mut failed = false;
-    let started = Instant::now();
-    rt.block_on(async {
-        for s in wanted {
-            eprintln!("== {s}");
-            let t = Instant::now();
-            let r = match s {
-                "echo" => scenarios::echo(&mut ctx).await,
-                "submit1" => scenarios::submit1(&mut ctx).await,
-                "submit100" => scenarios::submit100(&mut ctx).await,
-                "read" => scenarios::read(&mut ctx).await,
-                "watch" => scenarios::watch(&mut ctx).await,
-                "inflight" => scenarios::in_flight(&mut ctx, true).await,
-                "restart" => scenarios::in_flight(&mut ctx, false).await,
-                "postgres" => replicas::postgres(&mut ctx).await,
-                "takeover" => replicas::takeover(&mut ctx).await,
-                "search" => search::search(&mut ctx).await,
-                "retention" => retention::retention(&mut ctx).await,
-                _ => scenarios::providers(&mut ctx).await,
-            };
-            if let Err(e) = r {
-                failed = true;
-                ctx.report.row(
-                    s,
-                    "scenario failed",
-                    e.to_string(),
-                    "-",
-                    report::Verdict::Missed,
-                );
-            }
-            eprintln!("   ({:.1} s)", t.elapsed().as_secs_f64());
+    for run in 1..=runs {
+        if runs > 1 {
+            eprintln!("==== run {run} of {runs}");
         }
-    });
-    println!();
-    println!(
-        "adgate-bench: {} cores, client and servers on loopback, total {:.0} s",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        started.elapsed().as_secs_f64()
-    );
-    println!();
-    print!("{}", ctx.report.render());
+        let started = Instant::now();
+        // Every run measures its own baselines: the targets compare figures of the same run.
+        let mut ctx = Ctx::default();
+        failed |= rt.block_on(run_list(&mut ctx, &wanted));
+        println!();
+        if runs > 1 {
+            println!("## run {run} of {runs}");
+            println!();
+        }
+        println!(
+            "adgate-bench: {} cores, client and servers on loopback, total {:.0} s",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            started.elapsed().as_secs_f64()
+        );
+        println!();
+        print!("{}", ctx.report.render());
+        reports.push(ctx.report);
+    }
+    if runs > 1 {
+        println!();
+        println!("## summary of {runs} runs");
+        println!();
+        print!("{}", report::summary(&reports));
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs the scenarios in order into `ctx`; true when one of them failed (its row says why).
+async fn run_list(ctx: &mut Ctx, wanted: &[&str]) -> bool {
+    let mut failed = false;
+    for &s in wanted {
+        eprintln!("== {s}");
+        let t = Instant::now();
+        let r = match s {
+            "echo" => scenarios::echo(ctx).await,
+            "pgbench" => pgbench::pgbench(ctx).await,
+            "submit1" => scenarios::submit1(ctx).await,
+            "submit100" => scenarios::submit100(ctx).await,
+            "read" => scenarios::read(ctx).await,
+            "watch" => scenarios::watch(ctx).await,
+            "inflight" => scenarios::in_flight(ctx, true).await,
+            "restart" => scenarios::in_flight(ctx, false).await,
+            "postgres" => replicas::postgres(ctx).await,
+            "takeover" => replicas::takeover(ctx).await,
+            "search" => search::search(ctx).await,
+            "retention" => retention::retention(ctx).await,
+            "sqlite-driver" => sqlite_driver::sqlite_driver(ctx).await,
+            _ => providers::providers(ctx).await,
+        };
+        if let Err(e) = r {
+            failed = true;
+            ctx.report.row(
+                s,
+                "scenario failed",
+                e.to_string(),
+                "-",
+                report::Verdict::Missed,
+            );
+        }
+        eprintln!("   ({:.1} s)", t.elapsed().as_secs_f64());
+    }
+    failed
 }

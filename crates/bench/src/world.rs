@@ -207,6 +207,22 @@ pub fn sal_job(i: u64) -> pb::JobSpec {
     }
 }
 
+/// The `spec` column the gateway stores for `sal_job(i)`: the provider message as JSON plus
+/// its `kind`, converted as `Submit` converts it, so the baselines write job-sized rows.
+pub fn sal_spec_json(i: u64) -> String {
+    let mut out = Vec::new();
+    let Some((field, mut json)) = adgate::spec_json::provider_spec(&sal_job(i), &mut out) else {
+        return String::from("{}");
+    };
+    if let Some((_, Some(kind))) =
+        adgate::spec_json::provider_of(&field, adgate::providers::names())
+        && let Some(o) = json.as_object_mut()
+    {
+        o.insert("kind".to_owned(), serde_json::Value::String(kind));
+    }
+    json.to_string()
+}
+
 pub fn pictify_job(i: u64) -> pb::JobSpec {
     let var = |s: String| prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(s)),
