@@ -17,6 +17,7 @@
 
 mod codec;
 mod custody;
+mod exec;
 mod migrate;
 pub mod model;
 pub mod notify;
