@@ -108,95 +108,35 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// One test per suite function, each on its own fresh database.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let db = TestDb::create().await;
-            let store = db.open().await;
-            suite::$name(&store).await;
-            store.close().await;
+impl suite::backend::Backend for TestDb {
+    type Store = PgStore;
+
+    async fn create() -> TestDb {
+        TestDb::create().await
+    }
+
+    async fn open(&self) -> PgStore {
+        TestDb::open(self).await
+    }
+
+    async fn execute_raw(&self, statements: &[&str]) {
+        let mut conn = PgConnection::connect(&self.url).await.expect("connect");
+        for sql in statements {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
         }
-    )*};
+        conn.close().await.expect("close");
+    }
 }
 
-conformance!(
-    submit_and_read,
-    get_many_jobs,
-    request_id_dedupe,
-    apply_semantics,
-    attempts_and_queue,
-    tracking_lookups,
-    expiry,
-    webhook_deliveries,
-    kept_events,
-    cancel_and_attempt_race,
-    counts,
-    failing_command_is_isolated,
-    coalesced_group_mixes_replays_conflicts_and_fresh_submits,
-    attempt_key_reuse,
-    single_replica_claims,
-    provider_results_round_trip,
-    callers_costs_and_fair_queue,
-    search_filters,
-    search_pagination_under_inserts,
-    search_pages_while_writing,
-    search_batches,
-    notify_outbox,
-    custody_queue,
-    retention_deletes_old_terminal_jobs,
-    retention_steps_are_bounded,
-    request_ids_expire,
-    delivery_ids_expire,
-);
+suite::backend_tests!(TestDb);
 
+/// PostgreSQL's change feed is closed with the store, like its writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn persistence_across_reopen() {
-    let db = TestDb::create().await;
-    let url = db.url.clone();
-    suite::persistence(|| {
-        let url = url.clone();
-        async move { Arc::new(PgStore::open(&url).await.expect("open")) as Arc<dyn Store> }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retention_beside_submits() {
-    let db = TestDb::create().await;
-    let store: Arc<dyn Store> = Arc::new(db.open().await);
-    suite::retention_beside_submits(Arc::clone(&store)).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn group_commit() {
-    let db = TestDb::create().await;
-    let store: Arc<dyn Store> = Arc::new(db.open().await);
-    suite::group_commit(Arc::clone(&store)).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn close_flushes_then_rejects_writes() {
+async fn change_feed_is_closed_with_the_store() {
     let db = TestDb::create().await;
     let store = db.open().await;
-    suite::close_then_write(&store).await;
-    let read = store.get_jobs(&["job_1".to_owned()]).await;
-    assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
+    store.close().await;
     assert!(matches!(store.change_feed().await, Err(StoreError::Closed)));
-    drop(store);
-
-    let store = db.open().await;
-    let jobs = store
-        .batch_jobs("batch_1")
-        .await
-        .expect("batch")
-        .expect("flushed");
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(store.batch_jobs("batch_2").await.expect("batch"), None);
-    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,20 +185,6 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
 
     assert_eq!(versions, (1..=10).map(|v| (v,)).collect::<Vec<(i64,)>>());
     conn.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn corrupt_rows_are_reported_not_panicked_on() {
-    let db = TestDb::create().await;
-    let store = db.open().await;
-    suite::corrupt_rows_are_reported(&store, || async {
-        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-        for sql in suite::CORRUPTING {
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        }
-        conn.close().await.expect("close");
-    })
-    .await;
 }
 
 // ---- Several replicas on one database.
@@ -1365,15 +1291,6 @@ async fn concurrent_applies_from_two_replicas_lose_nothing() {
     }
     a.close().await;
     b.close().await;
-}
-
-/// Bulk throughput on PostgreSQL: prints the figure (the assertion is loose; CI is slow).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_job_submits_from_64_callers() {
-    let db = TestDb::create().await;
-    let store = Arc::new(db.open().await);
-    suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
-    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -25,96 +25,36 @@ async fn fresh() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-/// One test per suite function, each on its own fresh database file.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (_dir, store) = fresh().await;
-            suite::$name(&store).await;
-            store.close().await;
+/// A database file in a directory of its own, removed with it.
+struct SqliteDb {
+    dir: TempDir,
+}
+
+impl suite::backend::Backend for SqliteDb {
+    type Store = SqliteStore;
+
+    async fn create() -> SqliteDb {
+        SqliteDb {
+            dir: tempfile::tempdir().expect("tempdir"),
         }
-    )*};
+    }
+
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&url(&self.dir)).await.expect("open")
+    }
+
+    async fn execute_raw(&self, statements: &[&str]) {
+        let mut conn = sqlx::SqliteConnection::connect(&url(&self.dir))
+            .await
+            .expect("connect");
+        for sql in statements {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        conn.close().await.expect("close");
+    }
 }
 
-conformance!(
-    submit_and_read,
-    get_many_jobs,
-    request_id_dedupe,
-    apply_semantics,
-    attempts_and_queue,
-    tracking_lookups,
-    expiry,
-    webhook_deliveries,
-    kept_events,
-    cancel_and_attempt_race,
-    counts,
-    failing_command_is_isolated,
-    coalesced_group_mixes_replays_conflicts_and_fresh_submits,
-    attempt_key_reuse,
-    single_replica_claims,
-    provider_results_round_trip,
-    callers_costs_and_fair_queue,
-    search_filters,
-    search_pagination_under_inserts,
-    search_pages_while_writing,
-    notify_outbox,
-    search_batches,
-    custody_queue,
-    retention_deletes_old_terminal_jobs,
-    retention_steps_are_bounded,
-    request_ids_expire,
-    delivery_ids_expire,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn persistence_across_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = url(&dir);
-    suite::persistence(|| {
-        let url = url.clone();
-        async move { Arc::new(SqliteStore::open(&url).await.expect("open")) as Arc<dyn Store> }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retention_beside_submits() {
-    let (_dir, store) = fresh().await;
-    let store: Arc<dyn Store> = Arc::new(store);
-    suite::retention_beside_submits(Arc::clone(&store)).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn group_commit() {
-    let (_dir, store) = fresh().await;
-    let store: Arc<dyn Store> = Arc::new(store);
-    suite::group_commit(Arc::clone(&store)).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn close_flushes_then_rejects_writes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&url(&dir)).await.expect("open");
-    suite::close_then_write(&store).await;
-    // Reads fail cleanly too, once the pool is closed.
-    let read = store.get_jobs(&["job_1".to_owned()]).await;
-    assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
-    drop(store);
-
-    // The submit that was queued before close() is on disk.
-    let store = SqliteStore::open(&url(&dir)).await.expect("reopen");
-    let jobs = store
-        .batch_jobs("batch_1")
-        .await
-        .expect("batch")
-        .expect("flushed");
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(store.batch_jobs("batch_2").await.expect("batch"), None);
-    store.close().await;
-}
+suite::backend_tests!(SqliteDb);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_database_is_shared_by_writer_and_readers() {
@@ -166,21 +106,6 @@ async fn migrations_are_recorded_and_idempotent() {
         .expect("journal mode");
     assert_eq!(mode, "wal");
     conn.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn corrupt_rows_are_reported_not_panicked_on() {
-    let (dir, store) = fresh().await;
-    suite::corrupt_rows_are_reported(&store, || async {
-        let mut conn = sqlx::SqliteConnection::connect(&url(&dir))
-            .await
-            .expect("connect");
-        for sql in suite::CORRUPTING {
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        }
-        conn.close().await.expect("close");
-    })
-    .await;
 }
 
 /// Bulk throughput: 100 jobs per submit. Prints the figure; the assertion is deliberately
@@ -242,14 +167,6 @@ async fn bulk_submit_throughput() {
         .sum();
     assert_eq!(total, (CALLS * PER_CALL) as u64);
     assert!(concurrent > 2_000.0, "{concurrent:.0} jobs/s");
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn single_job_submits_from_64_callers() {
-    let (_dir, store) = fresh().await;
-    let store = Arc::new(store);
-    suite::single_job_submits_from_64_callers(Arc::clone(&store) as Arc<dyn Store>).await;
     store.close().await;
 }
 

@@ -15,6 +15,8 @@ use adgate_store::{
 };
 use serde_json::json;
 
+pub mod backend;
+pub(crate) use backend::backend_tests;
 mod corrupt;
 mod custody;
 mod notify;
