@@ -1,30 +1,28 @@
 //! Output custody's queue, the parts written once for both backends: the decoder of claimed
-//! tasks and the step that records one copy attempt's results (expanded per backend by
-//! [`same_custody_on_both_backends!`]). Claims differ in shape (PostgreSQL's `SKIP LOCKED`
-//! across replicas) and stay with each backend.
+//! tasks and [`record_results`], the step that records one copy attempt's results. Claims
+//! differ in shape (PostgreSQL's `SKIP LOCKED` across replicas) and stay with each backend.
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::future::Future;
+use std::sync::LazyLock;
 
-use crate::Result;
-use crate::model::CustodyTask;
+use crate::exec::{Cols, Exec, args};
+use crate::model::{CustodyTask, CustodyWrite, JobRecord};
+use crate::reads::Statement;
+use crate::rows::{JOB_COLUMNS, job_from_row};
+use crate::search::Dialect;
+use crate::{Result, codec};
 
 /// Decodes `RETURNING job_id, attempts, queued_at` (attempts as a BIGINT on both backends),
 /// oldest first.
-pub(crate) fn tasks_from_rows<'r, R>(rows: &'r [R]) -> Result<Vec<CustodyTask>>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(crate) fn tasks_from_rows<R: Cols>(rows: &[R]) -> Result<Vec<CustodyTask>> {
     let mut tasks = rows
         .iter()
         .map(|row| {
-            let attempts: i64 = crate::rows::get(row, 1)?;
+            let attempts = row.int(1)?;
             Ok(CustodyTask {
-                job_id: crate::rows::get(row, 0)?,
+                job_id: row.text(0)?,
                 attempts: u32::try_from(attempts).unwrap_or(0),
-                queued_at_ms: crate::rows::get(row, 2)?,
+                queued_at_ms: row.int(2)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -32,71 +30,74 @@ where
     Ok(tasks)
 }
 
-/// `record_results`: one copy attempt's results, inside the writer's group. The job's
-/// outputs change only when the results add something (`JobRecord::with_custody`); the queue
-/// entry is retried later or deleted. `$lock` is how the job row is read for update.
-macro_rules! same_custody_on_both_backends {
-    ($conn:ty, $dialect:expr, $lock:literal) => {
-        static SELECT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            $dialect.params(&format!(
-                "SELECT {} FROM jobs WHERE id = ?{}",
-                $crate::rows::JOB_COLUMNS,
-                $lock
-            ))
-        });
-
-        static UPDATE_OUTPUTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            $dialect.params(&format!(
-                "UPDATE jobs SET outputs = ?, updated_at = ?, revision = revision + 1 \
-                 WHERE id = ? RETURNING {}",
-                $crate::rows::JOB_COLUMNS
-            ))
-        });
-
-        static RETRY_LATER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            $dialect.params(
-                "UPDATE custody_queue SET attempts = attempts + 1, next_at = ?, \
-                 claimed_by = NULL WHERE job_id = ?",
-            )
-        });
-
-        static DONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            $dialect.params("DELETE FROM custody_queue WHERE job_id = ?")
-        });
-
-        /// The job after the results, `None` when its outputs did not change.
-        pub(super) async fn record_results(
-            conn: &mut $conn,
-            write: &$crate::model::CustodyWrite,
-            now_ms: i64,
-        ) -> $crate::Result<Option<$crate::model::JobRecord>> {
-            let mut changed = None;
-            if let Some(row) = sqlx::query(&SELECT_JOB)
-                .bind(&write.job_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err($crate::rows::db)?
-                && let Some(next) = $crate::rows::job_from_row(&row)?.with_custody(&write.results)
-            {
-                let row = sqlx::query(&UPDATE_OUTPUTS)
-                    .bind($crate::codec::to_json(&next.outputs, "outputs")?)
-                    .bind(now_ms)
-                    .bind(&write.job_id)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err($crate::rows::db)?;
-                changed = Some($crate::rows::job_from_row(&row)?);
-            }
-            match write.retry_at_ms {
-                Some(at) => sqlx::query(&RETRY_LATER).bind(at).bind(&write.job_id),
-                None => sqlx::query(&DONE).bind(&write.job_id),
-            }
-            .execute(&mut *conn)
-            .await
-            .map_err($crate::rows::db)?;
-            Ok(changed)
-        }
-    };
+/// The job row as read for update: PostgreSQL locks it against other replicas' writers;
+/// SQLite's single writer needs no lock.
+fn select_job(dialect: Dialect) -> &'static str {
+    static SQLITE: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"));
+    static POSTGRES: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"));
+    match dialect {
+        Dialect::Sqlite => &SQLITE,
+        Dialect::Postgres => &POSTGRES,
+    }
 }
 
-pub(crate) use same_custody_on_both_backends;
+fn update_outputs(dialect: Dialect) -> &'static str {
+    static SQLITE: LazyLock<String> = LazyLock::new(|| text(Dialect::Sqlite));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| text(Dialect::Postgres));
+    fn text(dialect: Dialect) -> String {
+        dialect.params(&format!(
+            "UPDATE jobs SET outputs = ?, updated_at = ?, revision = revision + 1 \
+             WHERE id = ? RETURNING {JOB_COLUMNS}"
+        ))
+    }
+    match dialect {
+        Dialect::Sqlite => &SQLITE,
+        Dialect::Postgres => &POSTGRES,
+    }
+}
+
+static RETRY_LATER: Statement = Statement::new(
+    "UPDATE custody_queue SET attempts = attempts + 1, next_at = ?, \
+     claimed_by = NULL WHERE job_id = ?",
+);
+
+static DONE: Statement = Statement::new("DELETE FROM custody_queue WHERE job_id = ?");
+
+/// One copy attempt's results, inside the writer's group: the job after them, `None` when its
+/// outputs did not change. The job's outputs change only when the results add something
+/// (`JobRecord::with_custody`); the queue entry is retried later or deleted.
+pub(crate) fn record_results<E: Exec>(
+    conn: &mut E,
+    write: &CustodyWrite,
+    now_ms: i64,
+) -> impl Future<Output = Result<Option<JobRecord>>> + Send {
+    async move {
+        let mut changed = None;
+        let current = conn
+            .optional(select_job(E::DIALECT), &args![&write.job_id], job_from_row)
+            .await?;
+        if let Some(current) = current
+            && let Some(next) = current.with_custody(&write.results)
+        {
+            let outputs = codec::to_json(&next.outputs, "outputs")?;
+            let args = args![&outputs, now_ms, &write.job_id];
+            changed = Some(
+                conn.one(update_outputs(E::DIALECT), &args, job_from_row)
+                    .await?,
+            );
+        }
+        match write.retry_at_ms {
+            Some(at) => {
+                let sql = RETRY_LATER.of(E::DIALECT);
+                conn.execute(sql, &args![at, &write.job_id]).await?
+            }
+            None => {
+                conn.execute(DONE.of(E::DIALECT), &args![&write.job_id])
+                    .await?
+            }
+        };
+        Ok(changed)
+    }
+}

@@ -62,6 +62,15 @@ impl From<Option<i64>> for Arg<'_> {
     }
 }
 
+impl<'a> From<&'a crate::search::Arg> for Arg<'a> {
+    fn from(v: &'a crate::search::Arg) -> Self {
+        match v {
+            crate::search::Arg::Text(t) => Arg::Text(t),
+            crate::search::Arg::Int(i) => Arg::Int(*i),
+        }
+    }
+}
+
 /// `args![a, b, c]`: a parameter array, each converted with `Arg::from`.
 macro_rules! args {
     ($($arg:expr),* $(,)?) => {
@@ -205,4 +214,8 @@ macro_rules! sqlx_exec {
 }
 
 sqlx_exec!(sqlx::postgres::PgRow, sqlx::PgConnection, Dialect::Postgres);
-sqlx_exec!(sqlx::sqlite::SqliteRow, sqlx::SqliteConnection, Dialect::Sqlite);
+sqlx_exec!(
+    sqlx::sqlite::SqliteRow,
+    sqlx::SqliteConnection,
+    Dialect::Sqlite
+);

@@ -1,48 +1,49 @@
-//! The migration runner, written once and expanded per backend by
-//! [`same_migration_runner_on_both_backends!`]. Each backend keeps its embedded list of
-//! migrations and what makes applying them exclusive (SQLite's single writer, PostgreSQL's
-//! advisory lock).
+//! The migration runner, written once for both backends ([`apply_pending`]). Each backend
+//! keeps its embedded list of migrations and what makes applying them exclusive (SQLite's
+//! single writer, PostgreSQL's advisory lock).
 
-/// `apply_pending(conn, migrations)`: applies, in order, the migrations newer than the
-/// database's latest recorded version and records each. The caller holds the transaction.
-macro_rules! same_migration_runner_on_both_backends {
-    ($conn:ty, $dialect:expr) => {
-        async fn apply_pending(conn: &mut $conn, migrations: &[(i64, &str)]) -> $crate::Result<()> {
-            use sqlx::Row;
-            use $crate::rows::db;
-            let current: i64 = sqlx::query(
-                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?
-            .try_get(0)
-            .map_err(db)?;
-            let latest = migrations.last().map_or(0, |(v, _)| *v);
-            if current > latest {
-                // Opened by an older binary than the one that last migrated it: the tables may
-                // hold columns this code does not know. Reading and writing the known ones
-                // still works.
-                tracing::warn!(current, latest, "database schema is newer than this build");
-            }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            let record = $dialect
-                .params("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)");
-            for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
-                sqlx::raw_sql(sql).execute(&mut *conn).await.map_err(db)?;
-                sqlx::query(&record)
-                    .bind(version)
-                    .bind(now_ms)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                tracing::info!(version, "store: applied migration");
-            }
-            Ok(())
-        }
-    };
+use std::future::Future;
+
+use crate::Result;
+use crate::exec::{Exec, args};
+
+/// A connection that can also run a migration: a script of several statements, which
+/// [`Exec`] (one statement, bound parameters) cannot run on PostgreSQL.
+pub(crate) trait Script: Exec {
+    /// Runs every statement of `sql`, in order.
+    fn script<'a>(&'a mut self, sql: &'a str) -> impl Future<Output = Result<()>> + Send + 'a;
 }
 
-pub(crate) use same_migration_runner_on_both_backends;
+/// Applies, in order, the migrations newer than the database's latest recorded version and
+/// records each. The caller holds the transaction.
+pub(crate) fn apply_pending<E: Script>(
+    conn: &mut E,
+    migrations: &[(i64, &str)],
+) -> impl Future<Output = Result<()>> + Send {
+    async move {
+        let current = conn
+            .one(
+                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations",
+                &[],
+                |row| row.int(0),
+            )
+            .await?;
+        let latest = migrations.last().map_or(0, |(v, _)| *v);
+        if current > latest {
+            // Opened by an older binary than the one that last migrated it: the tables may hold
+            // columns this code does not know. Reading and writing the known ones still works.
+            tracing::warn!(current, latest, "database schema is newer than this build");
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let record =
+            E::DIALECT.params("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)");
+        for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
+            conn.script(sql).await?;
+            conn.execute(&record, &args![*version, now_ms]).await?;
+            tracing::info!(version, "store: applied migration");
+        }
+        Ok(())
+    }
+}

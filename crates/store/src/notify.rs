@@ -4,10 +4,16 @@
 //! An event row is written in the transaction of the change that causes it (a job becoming
 //! terminal; the last unfinished job of a batch finishing), once per endpoint that takes it,
 //! so no committed change is ever left without its deliveries.
+//!
+//! The outbox writes that are the same statements on both backends ([`mark_batches`],
+//! [`set_endpoints`], [`disable`], [`redeliver`]) are written here once, over [`Exec`].
 
 use adgate_generator::JobState;
+use std::future::Future;
 
+use crate::exec::{Cols, Exec, args};
 use crate::model::JobRecord;
+use crate::reads::Statement;
 
 /// `job.completed`: bit of the event filters stored with endpoints and batches.
 pub const JOB_COMPLETED: i64 = 1;
@@ -330,31 +336,18 @@ pub(crate) const OUTBOX_COLUMNS: &str =
     "seq, event_id, endpoint, url, kind, job_id, batch_id, created_at, attempts";
 
 /// Decodes one outbox row selected with [`OUTBOX_COLUMNS`] (SQLite's or PostgreSQL's).
-pub(crate) fn entry_from_row<'r, R>(row: &'r R) -> crate::Result<OutboxEntry>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let get = crate::rows::db;
+pub(crate) fn entry_from_row(row: &dyn Cols) -> crate::Result<OutboxEntry> {
     Ok(OutboxEntry {
-        seq: row.try_get(0).map_err(get)?,
-        event_id: row.try_get(1).map_err(get)?,
-        endpoint: row.try_get(2).map_err(get)?,
-        url: row.try_get(3).map_err(get)?,
-        kind: row.try_get(4).map_err(get)?,
-        job_id: row.try_get(5).map_err(get)?,
-        batch_id: row.try_get(6).map_err(get)?,
-        created_at_ms: row.try_get(7).map_err(get)?,
-        attempts: row.try_get(8).map_err(get)?,
+        seq: row.int(0)?,
+        event_id: row.text(1)?,
+        endpoint: row.text(2)?,
+        url: row.text(3)?,
+        kind: row.int(4)?,
+        job_id: row.opt_text(5)?,
+        batch_id: row.text(6)?,
+        created_at_ms: row.int(7)?,
+        attempts: row.int(8)?,
     })
-}
-
-/// SQL written with `?` placeholders, for SQLite.
-pub(crate) fn sqlite_params(sql: &str) -> String {
-    sql.to_owned()
 }
 
 /// SQL written with `?` placeholders, numbered for PostgreSQL (`$1`, `$2`, …). The
@@ -374,159 +367,118 @@ pub(crate) fn postgres_params(sql: &str) -> String {
     out
 }
 
-/// The outbox writes that are the same statements on both backends, expanded once per
-/// backend for its connection type (`$params` numbers the placeholders). The other writes
-/// differ in shape (PostgreSQL's array statements, `SKIP LOCKED`) and live with each backend.
-macro_rules! same_on_both_backends {
-    ($conn:ty, $params:path) => {
-        use $crate::notify::{BatchNotify, NotifyEndpoint};
+// The outbox writes below are the same statements on both backends. The other writes differ
+// in shape (PostgreSQL's array statements, `SKIP LOCKED`) and live with each backend.
 
-        /// Marks new batches whose events go somewhere, inside the Submit's transaction.
-        pub(super) async fn mark_batches(
-            conn: &mut $conn,
-            batches: &[(&str, &BatchNotify)],
-        ) -> std::result::Result<(), sqlx::Error> {
-            let sql = $params(
-                "UPDATE batches SET notify = 1, notify_url = ?, notify_url_events = ?, \
-                 open_jobs = job_count WHERE id = ?",
-            );
-            for (id, notify) in batches {
-                let (url, events) = match &notify.url {
-                    Some((u, e)) => (Some(u.as_str()), *e),
-                    None => (None, 0i64),
-                };
-                sqlx::query(&sql)
-                    .bind(url)
-                    .bind(events)
-                    .bind(*id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Ok(())
-        }
+static MARK_BATCH: Statement = Statement::new(
+    "UPDATE batches SET notify = 1, notify_url = ?, notify_url_events = ?, \
+     open_jobs = job_count WHERE id = ?",
+);
 
-        /// Replaces the configured endpoints.
-        pub(super) async fn set_endpoints(
-            conn: &mut $conn,
-            endpoints: &[NotifyEndpoint],
-        ) -> $crate::Result<()> {
-            use $crate::rows::db;
-            sqlx::query("DELETE FROM notify_endpoints")
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-            let sql = $params(
-                "INSERT INTO notify_endpoints (id, caller, url, events) VALUES (?, ?, ?, ?)",
-            );
-            for e in endpoints {
-                sqlx::query(&sql)
-                    .bind(&e.id)
-                    .bind(&e.caller)
-                    .bind(&e.url)
-                    .bind(e.events)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            }
-            Ok(())
+/// Marks new batches whose events go somewhere, inside the Submit's transaction.
+pub(crate) fn mark_batches<E: Exec>(
+    conn: &mut E,
+    batches: &[(&str, &BatchNotify)],
+) -> impl Future<Output = crate::Result<()>> + Send {
+    async move {
+        let sql = MARK_BATCH.of(E::DIALECT);
+        for (id, notify) in batches {
+            let (url, events) = match &notify.url {
+                Some((u, e)) => (Some(u.as_str()), *e),
+                None => (None, 0i64),
+            };
+            conn.execute(sql, &args![url, events, *id]).await?;
         }
-
-        /// Disables an endpoint and parks its due deliveries; how many were parked.
-        pub(super) async fn disable(
-            conn: &mut $conn,
-            endpoint: &str,
-            reason: &str,
-            now_ms: i64,
-        ) -> $crate::Result<u64> {
-            use $crate::rows::db;
-            sqlx::query(&$params(
-                "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES (?, ?, ?) \
-                 ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
-                 reason = excluded.reason",
-            ))
-            .bind(endpoint)
-            .bind(now_ms)
-            .bind(reason)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            let parked = sqlx::query(&$params(&format!(
-                "UPDATE notify_outbox SET state = {} WHERE endpoint = ? AND state = {}",
-                $crate::notify::PARKED,
-                $crate::notify::DUE
-            )))
-            .bind(endpoint)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            Ok(parked.rows_affected())
-        }
-
-        /// Every delivery of a batch due again (same ids, attempts reset), its endpoints
-        /// switched on with their parked deliveries. `None` for an unknown batch.
-        pub(super) async fn redeliver(
-            conn: &mut $conn,
-            batch_id: &str,
-            now_ms: i64,
-        ) -> $crate::Result<Option<u64>> {
-            use $crate::notify::{DUE, PARKED};
-            use $crate::rows::db;
-            let known = sqlx::query(&$params("SELECT 1 FROM batches WHERE id = ?"))
-                .bind(batch_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db)?;
-            if known.is_none() {
-                return Ok(None);
-            }
-            let endpoints: Vec<String> = sqlx::query_scalar(&$params(
-                "SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = ?",
-            ))
-            .bind(batch_id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-            let enable = $params("DELETE FROM notify_disabled WHERE endpoint = ?");
-            let unpark = $params(&format!(
-                "UPDATE notify_outbox SET state = {DUE}, next_at = ? \
-                 WHERE endpoint = ? AND state = {PARKED}"
-            ));
-            for endpoint in &endpoints {
-                sqlx::query(&enable)
-                    .bind(endpoint)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                sqlx::query(&unpark)
-                    .bind(now_ms)
-                    .bind(endpoint)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            }
-            let queued = sqlx::query(&$params(&format!(
-                "UPDATE notify_outbox SET state = {DUE}, next_at = ?, attempts = 0 \
-                 WHERE batch_id = ?"
-            )))
-            .bind(now_ms)
-            .bind(batch_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            Ok(Some(queued.rows_affected()))
-        }
-    };
+        Ok(())
+    }
 }
-pub(crate) use same_on_both_backends;
+
+/// Replaces the configured endpoints.
+pub(crate) fn set_endpoints<E: Exec>(
+    conn: &mut E,
+    endpoints: &[NotifyEndpoint],
+) -> impl Future<Output = crate::Result<()>> + Send {
+    async move {
+        conn.execute("DELETE FROM notify_endpoints", &[]).await?;
+        let sql = E::DIALECT
+            .params("INSERT INTO notify_endpoints (id, caller, url, events) VALUES (?, ?, ?, ?)");
+        for e in endpoints {
+            conn.execute(&sql, &args![&e.id, &e.caller, &e.url, e.events])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Disables an endpoint and parks its due deliveries; how many were parked.
+pub(crate) fn disable<E: Exec>(
+    conn: &mut E,
+    endpoint: &str,
+    reason: &str,
+    now_ms: i64,
+) -> impl Future<Output = crate::Result<u64>> + Send {
+    async move {
+        let sql = E::DIALECT.params(
+            "INSERT INTO notify_disabled (endpoint, disabled_at, reason) VALUES (?, ?, ?) \
+             ON CONFLICT (endpoint) DO UPDATE SET disabled_at = excluded.disabled_at, \
+             reason = excluded.reason",
+        );
+        conn.execute(&sql, &args![endpoint, now_ms, reason]).await?;
+        let sql = E::DIALECT.params(&format!(
+            "UPDATE notify_outbox SET state = {PARKED} WHERE endpoint = ? AND state = {DUE}"
+        ));
+        conn.execute(&sql, &args![endpoint]).await
+    }
+}
+
+/// Every delivery of a batch due again (same ids, attempts reset), its endpoints switched on
+/// with their parked deliveries. `None` for an unknown batch.
+pub(crate) fn redeliver<E: Exec>(
+    conn: &mut E,
+    batch_id: &str,
+    now_ms: i64,
+) -> impl Future<Output = crate::Result<Option<u64>>> + Send {
+    async move {
+        let d = E::DIALECT;
+        let known = conn
+            .optional(
+                &d.params("SELECT 1 FROM batches WHERE id = ?"),
+                &args![batch_id],
+                |_| Ok(()),
+            )
+            .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let sql = d.params("SELECT DISTINCT endpoint FROM notify_outbox WHERE batch_id = ?");
+        let endpoints = conn.rows(&sql, &args![batch_id], |row| row.text(0)).await?;
+        let enable = d.params("DELETE FROM notify_disabled WHERE endpoint = ?");
+        let unpark = d.params(&format!(
+            "UPDATE notify_outbox SET state = {DUE}, next_at = ? \
+             WHERE endpoint = ? AND state = {PARKED}"
+        ));
+        for endpoint in &endpoints {
+            conn.execute(&enable, &args![endpoint]).await?;
+            conn.execute(&unpark, &args![now_ms, endpoint]).await?;
+        }
+        let sql = d.params(&format!(
+            "UPDATE notify_outbox SET state = {DUE}, next_at = ?, attempts = 0 WHERE batch_id = ?"
+        ));
+        let queued = conn.execute(&sql, &args![now_ms, batch_id]).await?;
+        Ok(Some(queued))
+    }
+}
 
 #[cfg(test)]
 mod params_tests {
+    use crate::search::Dialect;
+
     #[test]
     fn placeholders_are_numbered_for_postgres() {
         assert_eq!(
             super::postgres_params("UPDATE t SET a = ?, b = ? WHERE id = ?"),
             "UPDATE t SET a = $1, b = $2 WHERE id = $3"
         );
-        assert_eq!(super::sqlite_params("a = ?"), "a = ?");
+        assert_eq!(Dialect::Sqlite.params("a = ?"), "a = ?");
     }
 }

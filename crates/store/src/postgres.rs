@@ -89,7 +89,6 @@
 //! other), recorded in `schema_migrations`.
 
 mod custody;
-mod job_reads;
 mod notify;
 mod patch;
 /// Retention's statements are public for the plan checks in `tests/postgres.rs`.
@@ -257,10 +256,19 @@ impl PgStore {
     }
 }
 
-crate::migrate::same_migration_runner_on_both_backends!(
-    PgConnection,
-    crate::search::Dialect::Postgres
-);
+impl crate::migrate::Script for PgConnection {
+    fn script<'a>(
+        &'a mut self,
+        sql: &'a str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        async move {
+            sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+    }
+}
 
 /// Applies the embedded migrations this database has not seen, in one transaction.
 async fn migrate(conn: &mut PgConnection) -> Result<()> {
@@ -278,7 +286,7 @@ async fn migrate(conn: &mut PgConnection) -> Result<()> {
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    apply_pending(&mut tx, MIGRATIONS).await?;
+    crate::migrate::apply_pending(&mut *tx, MIGRATIONS).await?;
     tx.commit().await.map_err(db)
 }
 
@@ -453,11 +461,11 @@ impl Store for PgStore {
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        job_reads::batch_jobs(&mut *self.reads.acquire().await.map_err(db)?, batch_id).await
+        crate::reads::batch_jobs(&mut *self.reads.acquire().await.map_err(db)?, batch_id).await
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        job_reads::queued_unassigned(
+        crate::reads::queued_unassigned(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             limit,
@@ -483,7 +491,7 @@ impl Store for PgStore {
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        job_reads::open_attempts(&mut *self.reads.acquire().await.map_err(db)?, provider).await
+        crate::reads::open_attempts(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -499,15 +507,15 @@ impl Store for PgStore {
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        job_reads::active_jobs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
+        crate::reads::active_jobs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        job_reads::active_refs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
+        crate::reads::active_refs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        job_reads::find_by_ref(
+        crate::reads::find_by_ref(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             provider_ref,
@@ -521,7 +529,7 @@ impl Store for PgStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        job_reads::correlation_candidates(
+        crate::reads::correlation_candidates(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             correlation_key,
@@ -531,7 +539,7 @@ impl Store for PgStore {
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        job_reads::jobs_by_poll_key(
+        crate::reads::jobs_by_poll_key(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             poll_key,
@@ -540,7 +548,7 @@ impl Store for PgStore {
     }
 
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        job_reads::expired(&mut *self.reads.acquire().await.map_err(db)?, now_ms, limit).await
+        crate::reads::expired(&mut *self.reads.acquire().await.map_err(db)?, now_ms, limit).await
     }
 
     async fn apply_event(
@@ -559,7 +567,7 @@ impl Store for PgStore {
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        job_reads::kept_events(
+        crate::reads::kept_events(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             limit,
@@ -574,7 +582,7 @@ impl Store for PgStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        job_reads::spend_since(
+        crate::reads::spend_since(
             &mut *self.reads.acquire().await.map_err(db)?,
             caller,
             provider,
@@ -585,7 +593,7 @@ impl Store for PgStore {
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        job_reads::queued_entries(
+        crate::reads::queued_entries(
             &mut *self.reads.acquire().await.map_err(db)?,
             provider,
             limit,
@@ -599,7 +607,7 @@ impl Store for PgStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        job_reads::list_jobs(
+        crate::reads::list_jobs(
             &mut *self.reads.acquire().await.map_err(db)?,
             filter,
             after,
@@ -614,7 +622,7 @@ impl Store for PgStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        job_reads::list_batches(
+        crate::reads::list_batches(
             &mut *self.reads.acquire().await.map_err(db)?,
             filter,
             after,
@@ -624,7 +632,7 @@ impl Store for PgStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        job_reads::count_by_state(&mut *self.reads.acquire().await.map_err(db)?).await
+        crate::reads::count_by_state(&mut *self.reads.acquire().await.map_err(db)?).await
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {

@@ -4,21 +4,31 @@
 //!   built from one text for a [`Dialect`]: its placeholders, its insertion-order column
 //!   (SQLite's `rowid`, PostgreSQL's `pos`) and SQLite's one planner hint. ListJobs and
 //!   ListBatches build theirs with `crate::search`.
-//! - [`same_reads_on_both_backends!`]: the functions that run and decode those statements,
-//!   expanded once per backend for its connection type.
+//! - the functions that run and decode those statements, generic over [`Exec`] (each
+//!   backend calls them with its own connection), and ListJobs/ListBatches on any [`Exec`].
+//! - [`Statement`]: one statement written with `?` placeholders, in the dialect asked for.
 //!
 //! What differs in shape stays with each backend: `get_jobs` (SQLite's padded `IN` lists
 //! against PostgreSQL's one array parameter), the replica claims (`SKIP LOCKED`) and the writes.
 
+use std::future::Future;
+use std::sync::{LazyLock, OnceLock};
+
 use adgate_generator::JobState;
 
-use crate::rows::JOB_COLUMNS;
-use crate::search::Dialect;
+use crate::exec::{Cols, Exec, args};
+use crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
+use crate::rows::{JOB_COLUMNS, job_from_row, queued_entry_from_row, sql_limit};
+use crate::search::{
+    BatchFilter, BatchSummary, Dialect, JobFilter, Page, PageKey, Sql, add_counts,
+    batch_counts_query, batch_from_row, batches_query, count_from_row, into_page, jobs_query,
+};
+use crate::{ActiveRef, Result, StoreError};
 
 /// Non-terminal, written exactly as the partial indexes are declared on both backends.
 pub(crate) const ACTIVE: &str = "state IN (1, 2)";
 
-/// The read statements of [`same_reads_on_both_backends!`], in one backend's dialect.
+/// The read statements of the functions below, in one backend's dialect.
 pub(crate) struct Statements {
     pub batch_jobs: String,
     pub batch_known: String,
@@ -142,326 +152,300 @@ impl Statements {
     }
 }
 
-/// The read functions whose statements are in [`Statements`], expanded once per backend for
-/// its connection type and dialect. Each takes the connection to read on.
-macro_rules! same_reads_on_both_backends {
-    ($db:ty, $conn:ty, $dialect:expr) => {
-        use std::sync::LazyLock;
-
-        use adgate_generator::JobState;
-        use sqlx::Row;
-
-        use $crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
-        use $crate::reads::Statements;
-        use $crate::rows::{JOB_COLUMNS, db, job_from_row, jobs_from_rows, sql_limit};
-        use $crate::search::{
-            Arg, BatchFilter, BatchSummary, JobFilter, Page, PageKey, Sql, add_counts,
-            batch_counts_query, batch_from_row, batches_query, count_from_row, into_page,
-            jobs_query,
-        };
-        use $crate::{ActiveRef, Result, StoreError};
-
-        static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::new($dialect));
-
-        /// A batch's jobs in submission order; `None` when there is no such batch.
-        pub(super) async fn batch_jobs(
-            conn: &mut $conn,
-            batch_id: &str,
-        ) -> Result<Option<Vec<JobRecord>>> {
-            let rows = sqlx::query(&STATEMENTS.batch_jobs)
-                .bind(batch_id)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            if !rows.is_empty() {
-                return jobs_from_rows(&rows).map(Some);
-            }
-            // No jobs: an empty batch, or no batch at all.
-            let known = sqlx::query(&STATEMENTS.batch_known)
-                .bind(batch_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db)?;
-            Ok(known.map(|_| Vec::new()))
-        }
-
-        async fn jobs_by(
-            conn: &mut $conn,
-            sql: &str,
-            provider: &str,
-            key: Option<&str>,
-            limit: Option<usize>,
-        ) -> Result<Vec<JobRecord>> {
-            let mut query = sqlx::query(sql).bind(provider);
-            if let Some(key) = key {
-                query = query.bind(key);
-            }
-            if let Some(limit) = limit {
-                query = query.bind(sql_limit(limit));
-            }
-            let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
-            jobs_from_rows(&rows)
-        }
-
-        pub(super) async fn queued_unassigned(
-            conn: &mut $conn,
-            provider: &str,
-            limit: usize,
-        ) -> Result<Vec<JobRecord>> {
-            jobs_by(
-                conn,
-                &STATEMENTS.queued_unassigned,
-                provider,
-                None,
-                Some(limit),
-            )
-            .await
-        }
-
-        pub(super) async fn active_jobs(
-            conn: &mut $conn,
-            provider: &str,
-        ) -> Result<Vec<JobRecord>> {
-            jobs_by(conn, &STATEMENTS.active_jobs, provider, None, None).await
-        }
-
-        pub(super) async fn correlation_candidates(
-            conn: &mut $conn,
-            provider: &str,
-            correlation_key: &str,
-            limit: usize,
-        ) -> Result<Vec<JobRecord>> {
-            let sql = &STATEMENTS.correlation_candidates;
-            jobs_by(conn, sql, provider, Some(correlation_key), Some(limit)).await
-        }
-
-        pub(super) async fn jobs_by_poll_key(
-            conn: &mut $conn,
-            provider: &str,
-            poll_key: &str,
-        ) -> Result<Vec<JobRecord>> {
-            jobs_by(
-                conn,
-                &STATEMENTS.by_poll_key,
-                provider,
-                Some(poll_key),
-                None,
-            )
-            .await
-        }
-
-        pub(super) async fn find_by_ref(
-            conn: &mut $conn,
-            provider: &str,
-            provider_ref: &str,
-        ) -> Result<Option<JobRecord>> {
-            let row = sqlx::query(&STATEMENTS.find_by_ref)
-                .bind(provider)
-                .bind(provider_ref)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db)?;
-            row.as_ref().map(job_from_row).transpose()
-        }
-
-        pub(super) async fn active_refs(
-            conn: &mut $conn,
-            provider: &str,
-        ) -> Result<Vec<ActiveRef>> {
-            let rows = sqlx::query(&STATEMENTS.active_refs)
-                .bind(provider)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            rows.iter()
-                .map(|row| {
-                    Ok(ActiveRef {
-                        job_id: row.try_get(0).map_err(db)?,
-                        provider_ref: row.try_get(1).map_err(db)?,
-                        poll_key: row.try_get(2).map_err(db)?,
-                    })
-                })
-                .collect()
-        }
-
-        pub(super) async fn expired(
-            conn: &mut $conn,
-            now_ms: i64,
-            limit: usize,
-        ) -> Result<Vec<String>> {
-            sqlx::query(&STATEMENTS.expired)
-                .bind(now_ms)
-                .bind(sql_limit(limit))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?
-                .iter()
-                .map(|row| row.try_get(0).map_err(db))
-                .collect()
-        }
-
-        pub(super) async fn open_attempts(
-            conn: &mut $conn,
-            provider: &str,
-        ) -> Result<Vec<Attempt>> {
-            let rows = sqlx::query(&STATEMENTS.open_attempts)
-                .bind(provider)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            let mut attempts: Vec<Attempt> = Vec::new();
-            for row in &rows {
-                let id: i64 = row.try_get(0).map_err(db)?;
-                let job_id: String = row.try_get(3).map_err(db)?;
-                // Rows come ordered by attempt id, so an attempt's jobs are adjacent.
-                match attempts.last_mut() {
-                    Some(last) if last.id == id => last.job_ids.push(job_id),
-                    _ => attempts.push(Attempt {
-                        id,
-                        provider: provider.to_owned(),
-                        idempotency_key: row.try_get(1).map_err(db)?,
-                        job_ids: vec![job_id],
-                        created_at_ms: row.try_get(2).map_err(db)?,
-                    }),
-                }
-            }
-            Ok(attempts)
-        }
-
-        pub(super) async fn kept_events(
-            conn: &mut $conn,
-            provider: &str,
-            limit: usize,
-        ) -> Result<Vec<KeptEvent>> {
-            let rows = sqlx::query(&STATEMENTS.kept_events)
-                .bind(provider)
-                .bind(sql_limit(limit))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            rows.iter()
-                .map(|row| {
-                    let event: String = row.try_get(3).map_err(db)?;
-                    $crate::codec::kept_event(
-                        row.try_get(0).map_err(db)?,
-                        row.try_get(1).map_err(db)?,
-                        row.try_get(2).map_err(db)?,
-                        &event,
-                        row.try_get(4).map_err(db)?,
-                        row.try_get(5).map_err(db)?,
-                    )
-                })
-                .collect()
-        }
-
-        pub(super) async fn spend_since(
-            conn: &mut $conn,
-            caller: &str,
-            provider: &str,
-            unit: &str,
-            since_ms: i64,
-        ) -> Result<i64> {
-            let row = sqlx::query(&STATEMENTS.spend_since)
-                .bind(caller)
-                .bind(provider)
-                .bind(since_ms)
-                .bind(unit)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-            row.try_get(0).map_err(db)
-        }
-
-        pub(super) async fn queued_entries(
-            conn: &mut $conn,
-            provider: &str,
-            limit: usize,
-        ) -> Result<Vec<QueuedEntry>> {
-            let rows = sqlx::query(&STATEMENTS.queued_entries)
-                .bind(provider)
-                .bind(sql_limit(limit))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            rows.iter()
-                .map($crate::rows::queued_entry_from_row)
-                .collect()
-        }
-
-        pub(super) async fn count_by_state(conn: &mut $conn) -> Result<Vec<StateCount>> {
-            let rows = sqlx::query(&STATEMENTS.count_by_state)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            rows.iter()
-                .map(|row| {
-                    let raw: i64 = row.try_get(1).map_err(db)?;
-                    let state = JobState::from_i64(raw)
-                        .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {raw}")))?;
-                    let count: i64 = row.try_get(2).map_err(db)?;
-                    Ok(StateCount {
-                        provider: row.try_get(0).map_err(db)?,
-                        state,
-                        count: u64::try_from(count).unwrap_or(0),
-                    })
-                })
-                .collect()
-        }
-        fn bound(q: &Sql) -> sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments<'_>> {
-            q.args
-                .iter()
-                .fold(sqlx::query(&q.text), |query, a| match a {
-                    Arg::Text(t) => query.bind(t.as_str()),
-                    Arg::Int(i) => query.bind(*i),
-                })
-        }
-
-        /// One page of ListJobs (the query is built by `crate::search`).
-        pub(super) async fn list_jobs(
-            conn: &mut $conn,
-            filter: &JobFilter,
-            after: Option<&PageKey>,
-            limit: usize,
-        ) -> Result<Page<JobRecord>> {
-            let q = jobs_query($dialect, JOB_COLUMNS, filter, after, limit);
-            let rows = bound(&q).fetch_all(&mut *conn).await.map_err(db)?;
-            Ok(into_page(jobs_from_rows(&rows)?, limit, |j| PageKey {
-                created_at_ms: j.created_at_ms,
-                id: j.id.clone(),
-            }))
-        }
-
-        /// One page of ListBatches, with each batch's job counts by state.
-        pub(super) async fn list_batches(
-            conn: &mut $conn,
-            filter: &BatchFilter,
-            after: Option<&PageKey>,
-            limit: usize,
-        ) -> Result<Page<BatchSummary>> {
-            let q = batches_query($dialect, filter, after, limit);
-            let rows = bound(&q).fetch_all(&mut *conn).await.map_err(db)?;
-            let batches = rows
-                .iter()
-                .map(batch_from_row)
-                .collect::<Result<Vec<_>>>()?;
-            let mut page = into_page(batches, limit, |b| PageKey {
-                created_at_ms: b.created_at_ms,
-                id: b.id.clone(),
-            });
-            if page.items.is_empty() {
-                return Ok(page);
-            }
-            let ids: Vec<String> = page.items.iter().map(|b| b.id.clone()).collect();
-            let q = batch_counts_query($dialect, &ids);
-            let rows = bound(&q).fetch_all(&mut *conn).await.map_err(db)?;
-            let counts = rows
-                .iter()
-                .map(count_from_row)
-                .collect::<Result<Vec<_>>>()?;
-            add_counts(&mut page.items, counts)?;
-            Ok(page)
-        }
-    };
+/// A statement written once with `?` placeholders, numbered for PostgreSQL on first use and
+/// kept, so a statement run on every write is not rewritten every time.
+pub(crate) struct Statement {
+    text: &'static str,
+    numbered: OnceLock<String>,
 }
 
-pub(crate) use same_reads_on_both_backends;
+impl Statement {
+    pub(crate) const fn new(text: &'static str) -> Statement {
+        Statement {
+            text,
+            numbered: OnceLock::new(),
+        }
+    }
+
+    /// The statement in `dialect`.
+    pub(crate) fn of(&self, dialect: Dialect) -> &str {
+        match dialect {
+            Dialect::Sqlite => self.text,
+            Dialect::Postgres => self.numbered.get_or_init(|| dialect.params(self.text)),
+        }
+    }
+}
+
+/// The read statements of `dialect`, built once.
+fn statements(dialect: Dialect) -> &'static Statements {
+    static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Sqlite));
+    static POSTGRES: LazyLock<Statements> = LazyLock::new(|| Statements::new(Dialect::Postgres));
+    match dialect {
+        Dialect::Sqlite => &SQLITE,
+        Dialect::Postgres => &POSTGRES,
+    }
+}
+
+/// A batch's jobs in submission order; `None` when there is no such batch.
+pub(crate) fn batch_jobs<E: Exec>(
+    conn: &mut E,
+    batch_id: &str,
+) -> impl Future<Output = Result<Option<Vec<JobRecord>>>> + Send {
+    async move {
+        let sql = statements(E::DIALECT);
+        let jobs = conn
+            .rows(&sql.batch_jobs, &args![batch_id], job_from_row)
+            .await?;
+        if !jobs.is_empty() {
+            return Ok(Some(jobs));
+        }
+        // No jobs: an empty batch, or no batch at all.
+        let known = conn
+            .optional(&sql.batch_known, &args![batch_id], |_| Ok(()))
+            .await?;
+        Ok(known.map(|()| Vec::new()))
+    }
+}
+
+pub(crate) fn queued_unassigned<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    limit: usize,
+) -> impl Future<Output = Result<Vec<JobRecord>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).queued_unassigned;
+        conn.rows(sql, &args![provider, sql_limit(limit)], job_from_row)
+            .await
+    }
+}
+
+pub(crate) fn active_jobs<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+) -> impl Future<Output = Result<Vec<JobRecord>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).active_jobs;
+        conn.rows(sql, &args![provider], job_from_row).await
+    }
+}
+
+pub(crate) fn correlation_candidates<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    correlation_key: &str,
+    limit: usize,
+) -> impl Future<Output = Result<Vec<JobRecord>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).correlation_candidates;
+        let args = args![provider, correlation_key, sql_limit(limit)];
+        conn.rows(sql, &args, job_from_row).await
+    }
+}
+
+pub(crate) fn jobs_by_poll_key<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    poll_key: &str,
+) -> impl Future<Output = Result<Vec<JobRecord>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).by_poll_key;
+        conn.rows(sql, &args![provider, poll_key], job_from_row)
+            .await
+    }
+}
+
+pub(crate) fn find_by_ref<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    provider_ref: &str,
+) -> impl Future<Output = Result<Option<JobRecord>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).find_by_ref;
+        conn.optional(sql, &args![provider, provider_ref], job_from_row)
+            .await
+    }
+}
+
+pub(crate) fn active_refs<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+) -> impl Future<Output = Result<Vec<ActiveRef>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).active_refs;
+        conn.rows(sql, &args![provider], |row| {
+            Ok(ActiveRef {
+                job_id: row.text(0)?,
+                provider_ref: row.text(1)?,
+                poll_key: row.opt_text(2)?,
+            })
+        })
+        .await
+    }
+}
+
+pub(crate) fn expired<E: Exec>(
+    conn: &mut E,
+    now_ms: i64,
+    limit: usize,
+) -> impl Future<Output = Result<Vec<String>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).expired;
+        conn.rows(sql, &args![now_ms, sql_limit(limit)], |row| row.text(0))
+            .await
+    }
+}
+
+pub(crate) fn open_attempts<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+) -> impl Future<Output = Result<Vec<Attempt>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).open_attempts;
+        let rows = conn
+            .rows(sql, &args![provider], |row| {
+                Ok((row.int(0)?, row.text(1)?, row.int(2)?, row.text(3)?))
+            })
+            .await?;
+        let mut attempts: Vec<Attempt> = Vec::new();
+        for (id, idempotency_key, created_at_ms, job_id) in rows {
+            // Rows come ordered by attempt id, so an attempt's jobs are adjacent.
+            match attempts.last_mut() {
+                Some(last) if last.id == id => last.job_ids.push(job_id),
+                _ => attempts.push(Attempt {
+                    id,
+                    provider: provider.to_owned(),
+                    idempotency_key,
+                    job_ids: vec![job_id],
+                    created_at_ms,
+                }),
+            }
+        }
+        Ok(attempts)
+    }
+}
+
+pub(crate) fn kept_events<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    limit: usize,
+) -> impl Future<Output = Result<Vec<KeptEvent>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).kept_events;
+        conn.rows(sql, &args![provider, sql_limit(limit)], |row| {
+            let event = row.text(3)?;
+            crate::codec::kept_event(
+                row.int(0)?,
+                row.text(1)?,
+                row.opt_text(2)?,
+                &event,
+                row.int(4)?,
+                row.int(5)?,
+            )
+        })
+        .await
+    }
+}
+
+pub(crate) fn spend_since<E: Exec>(
+    conn: &mut E,
+    caller: &str,
+    provider: &str,
+    unit: &str,
+    since_ms: i64,
+) -> impl Future<Output = Result<i64>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).spend_since;
+        let args = args![caller, provider, since_ms, unit];
+        conn.one(sql, &args, |row| row.int(0)).await
+    }
+}
+
+pub(crate) fn queued_entries<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    limit: usize,
+) -> impl Future<Output = Result<Vec<QueuedEntry>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).queued_entries;
+        conn.rows(
+            sql,
+            &args![provider, sql_limit(limit)],
+            queued_entry_from_row,
+        )
+        .await
+    }
+}
+
+pub(crate) fn count_by_state<E: Exec>(
+    conn: &mut E,
+) -> impl Future<Output = Result<Vec<StateCount>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).count_by_state;
+        conn.rows(sql, &[], |row| {
+            let raw = row.int(1)?;
+            let state = JobState::from_i64(raw)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {raw}")))?;
+            let count = row.int(2)?;
+            Ok(StateCount {
+                provider: row.text(0)?,
+                state,
+                count: u64::try_from(count).unwrap_or(0),
+            })
+        })
+        .await
+    }
+}
+
+/// Runs a query built by `crate::search`, decoding each row with `decode`.
+fn search<E: Exec, T: Send>(
+    conn: &mut E,
+    q: &Sql,
+    decode: impl FnMut(&dyn Cols) -> Result<T> + Send,
+) -> impl Future<Output = Result<Vec<T>>> + Send {
+    async move {
+        let args: Vec<_> = q.args.iter().map(crate::exec::Arg::from).collect();
+        conn.rows(&q.text, &args, decode).await
+    }
+}
+
+/// One page of ListJobs (the query is built by `crate::search`).
+pub(crate) fn list_jobs<E: Exec>(
+    conn: &mut E,
+    filter: &JobFilter,
+    after: Option<&PageKey>,
+    limit: usize,
+) -> impl Future<Output = Result<Page<JobRecord>>> + Send {
+    async move {
+        let q = jobs_query(E::DIALECT, JOB_COLUMNS, filter, after, limit);
+        let jobs = search(conn, &q, job_from_row).await?;
+        Ok(into_page(jobs, limit, |j| PageKey {
+            created_at_ms: j.created_at_ms,
+            id: j.id.clone(),
+        }))
+    }
+}
+
+/// One page of ListBatches, with each batch's job counts by state.
+pub(crate) fn list_batches<E: Exec>(
+    conn: &mut E,
+    filter: &BatchFilter,
+    after: Option<&PageKey>,
+    limit: usize,
+) -> impl Future<Output = Result<Page<BatchSummary>>> + Send {
+    async move {
+        let q = batches_query(E::DIALECT, filter, after, limit);
+        let batches = search(conn, &q, batch_from_row).await?;
+        let mut page = into_page(batches, limit, |b| PageKey {
+            created_at_ms: b.created_at_ms,
+            id: b.id.clone(),
+        });
+        if page.items.is_empty() {
+            return Ok(page);
+        }
+        let ids: Vec<String> = page.items.iter().map(|b| b.id.clone()).collect();
+        let q = batch_counts_query(E::DIALECT, &ids);
+        let counts = search(conn, &q, count_from_row).await?;
+        add_counts(&mut page.items, counts)?;
+        Ok(page)
+    }
+}

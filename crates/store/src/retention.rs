@@ -3,7 +3,14 @@
 //! Both backends delete in steps of a bounded number of rows, each step one short transaction
 //! driven by an index range scan, so a pass over a large backlog never holds the SQLite writer
 //! or a PostgreSQL row lock for long: Submits interleave between steps. The engine chooses the
-//! ages (configuration) and drives the steps (`adgate_engine`'s retention task).
+//! ages (configuration) and drives the steps (`adgate_engine`'s retention task). The step
+//! itself, [`purge_step`], is written once over each backend's [`PurgeSql`].
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use crate::Result;
+use crate::exec::{Cols, Exec, args};
 
 /// Age limits of one retention step, as Unix milliseconds: rows older than these go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,100 +58,88 @@ impl Purged {
     }
 }
 
+/// Ids a retention step deletes by, bound as one parameter (see [`PurgeSql::delete_named`]).
+pub(crate) enum Ids<'a> {
+    Attempts(&'a BTreeSet<i64>),
+    Batches(&'a BTreeSet<String>),
+}
+
+/// What a retention step needs of a backend beyond [`Exec`]: its statements, and a way to
+/// bind a set of ids as one parameter (a JSON array on SQLite; on PostgreSQL an array, which
+/// an [`crate::exec::Arg`] cannot carry).
+pub(crate) trait PurgeSql: Exec {
+    /// Old terminal jobs (a cutoff and a limit), `RETURNING batch_id, attempt_id`.
+    const DELETE_JOBS: &'static str;
+    /// Attempts of a set of ids that no job names any more.
+    const DELETE_ATTEMPTS: &'static str;
+    /// Batches of a set of ids that have no job left.
+    const DELETE_BATCHES: &'static str;
+    /// Outbox rows of a set of batch ids whose batch is gone.
+    const DELETE_OUTBOX: &'static str;
+    /// Request ids before a cutoff, up to a limit.
+    const DELETE_REQUEST_IDS: &'static str;
+    /// Webhook delivery ids before a cutoff, up to a limit.
+    const DELETE_DELIVERIES: &'static str;
+
+    /// Runs `sql` with `ids` as its one parameter; the number of rows it deleted.
+    fn delete_named<'a>(
+        &'a mut self,
+        sql: &'static str,
+        ids: Ids<'a>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'a;
+}
+
 /// The batches and attempts named by the job rows a retention step deleted
-/// (`RETURNING batch_id, attempt_id`), either backend's rows.
-pub(crate) fn named_by_deleted<'r, R>(
-    rows: &'r [R],
-) -> crate::Result<(
-    std::collections::BTreeSet<String>,
-    std::collections::BTreeSet<i64>,
-)>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let mut batches = std::collections::BTreeSet::new();
-    let mut attempts = std::collections::BTreeSet::new();
-    for row in rows {
-        batches.insert(row.try_get::<String, _>(0).map_err(crate::rows::db)?);
-        if let Some(attempt) = row.try_get::<Option<i64>, _>(1).map_err(crate::rows::db)? {
-            attempts.insert(attempt);
+/// (`RETURNING batch_id, attempt_id`).
+fn named_by_deleted(row: &dyn Cols) -> Result<(String, Option<i64>)> {
+    Ok((row.text(0)?, row.opt_int(1)?))
+}
+
+/// One bounded retention step inside the caller's transaction.
+pub(crate) fn purge_step<E: PurgeSql>(
+    conn: &mut E,
+    cutoffs: PurgeCutoffs,
+    limit: i64,
+) -> impl Future<Output = Result<Purged>> + Send {
+    async move {
+        let args = args![cutoffs.jobs_completed_before_ms, limit];
+        let gone = conn.rows(E::DELETE_JOBS, &args, named_by_deleted).await?;
+        let mut purged = Purged {
+            jobs: u64::try_from(gone.len()).unwrap_or(u64::MAX),
+            ..Purged::default()
+        };
+        if !gone.is_empty() {
+            let mut batches = BTreeSet::new();
+            let mut attempts = BTreeSet::new();
+            for (batch, attempt) in gone {
+                batches.insert(batch);
+                attempts.extend(attempt);
+            }
+            if !attempts.is_empty() {
+                purged.attempts = conn
+                    .delete_named(E::DELETE_ATTEMPTS, Ids::Attempts(&attempts))
+                    .await?;
+            }
+            purged.batches = conn
+                .delete_named(E::DELETE_BATCHES, Ids::Batches(&batches))
+                .await?;
+            conn.delete_named(E::DELETE_OUTBOX, Ids::Batches(&batches))
+                .await?;
         }
+        for (sql, cutoff, count) in [
+            (
+                E::DELETE_REQUEST_IDS,
+                cutoffs.request_ids_before_ms,
+                &mut purged.request_ids,
+            ),
+            (
+                E::DELETE_DELIVERIES,
+                cutoffs.deliveries_before_ms,
+                &mut purged.deliveries,
+            ),
+        ] {
+            *count = conn.execute(sql, &args![cutoff, limit]).await?;
+        }
+        Ok(purged)
     }
-    Ok((batches, attempts))
 }
-
-/// One bounded retention step inside the caller's transaction, expanded per backend for its
-/// connection type. The backend module names the statements (`DELETE_JOBS` returning
-/// `batch_id, attempt_id`; `DELETE_ATTEMPTS`, `DELETE_BATCHES` and `DELETE_OUTBOX` taking
-/// one set of ids; `DELETE_REQUEST_IDS` and `DELETE_DELIVERIES` taking a cutoff and a limit)
-/// and `$set`, which turns a set of ids into that one parameter (a JSON array on SQLite, an
-/// array on PostgreSQL).
-macro_rules! same_purge_step_on_both_backends {
-    ($conn:ty, $set:path) => {
-        pub(super) async fn purge_step(
-            conn: &mut $conn,
-            cutoffs: $crate::retention::PurgeCutoffs,
-            limit: i64,
-        ) -> $crate::Result<$crate::retention::Purged> {
-            use $crate::rows::db;
-            let gone = sqlx::query(DELETE_JOBS)
-                .bind(cutoffs.jobs_completed_before_ms)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-            let mut purged = $crate::retention::Purged {
-                jobs: u64::try_from(gone.len()).unwrap_or(u64::MAX),
-                ..$crate::retention::Purged::default()
-            };
-            if !gone.is_empty() {
-                let (batches, attempts) = $crate::retention::named_by_deleted(&gone)?;
-                if !attempts.is_empty() {
-                    purged.attempts = sqlx::query(DELETE_ATTEMPTS)
-                        .bind($set(&attempts)?)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(db)?
-                        .rows_affected();
-                }
-                purged.batches = sqlx::query(DELETE_BATCHES)
-                    .bind($set(&batches)?)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?
-                    .rows_affected();
-                sqlx::query(DELETE_OUTBOX)
-                    .bind($set(&batches)?)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            }
-            for (sql, cutoff, count) in [
-                (
-                    DELETE_REQUEST_IDS,
-                    cutoffs.request_ids_before_ms,
-                    &mut purged.request_ids,
-                ),
-                (
-                    DELETE_DELIVERIES,
-                    cutoffs.deliveries_before_ms,
-                    &mut purged.deliveries,
-                ),
-            ] {
-                *count = sqlx::query(sql)
-                    .bind(cutoff)
-                    .bind(limit)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?
-                    .rows_affected();
-            }
-            Ok(purged)
-        }
-    };
-}
-
-pub(crate) use same_purge_step_on_both_backends;

@@ -8,9 +8,8 @@
 //! stays valid while jobs arrive.
 
 use adgate_generator::JobState;
-use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::rows::db;
+use crate::exec::Cols;
 
 /// Which jobs to list. Every condition must hold (AND); an empty filter matches every job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -232,38 +231,25 @@ pub(crate) struct CountRow {
 }
 
 /// Decodes a [`batches_query`] row (either backend's), counts and cost still empty.
-pub(crate) fn batch_from_row<'r, R>(row: &'r R) -> crate::Result<BatchSummary>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(crate) fn batch_from_row(row: &dyn Cols) -> crate::Result<BatchSummary> {
     Ok(BatchSummary {
-        id: row.try_get(0).map_err(db)?,
-        caller: row.try_get(1).map_err(db)?,
-        created_at_ms: row.try_get(2).map_err(db)?,
-        job_count: row.try_get(3).map_err(db)?,
+        id: row.text(0)?,
+        caller: row.text(1)?,
+        created_at_ms: row.int(2)?,
+        job_count: row.int(3)?,
         counts: Vec::new(),
         cost: Vec::new(),
     })
 }
 
 /// Decodes a [`batch_counts_query`] row (either backend's).
-pub(crate) fn count_from_row<'r, R>(row: &'r R) -> crate::Result<CountRow>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(crate) fn count_from_row(row: &dyn Cols) -> crate::Result<CountRow> {
     Ok(CountRow {
-        batch_id: row.try_get(0).map_err(db)?,
-        state: row.try_get(1).map_err(db)?,
-        unit: row.try_get(2).map_err(db)?,
-        count: row.try_get(3).map_err(db)?,
-        micros: row.try_get(4).map_err(db)?,
+        batch_id: row.text(0)?,
+        state: row.int(1)?,
+        unit: row.opt_text(2)?,
+        count: row.int(3)?,
+        micros: row.int(4)?,
     })
 }
 

@@ -32,7 +32,6 @@ mod checkpoint;
 mod notify;
 use notify::NotifyWrite;
 mod custody;
-mod job_reads;
 mod reads;
 mod retention;
 mod rows;
@@ -222,10 +221,19 @@ impl SqliteStore {
     }
 }
 
-crate::migrate::same_migration_runner_on_both_backends!(
-    SqliteConnection,
-    crate::search::Dialect::Sqlite
-);
+impl crate::migrate::Script for SqliteConnection {
+    fn script<'a>(
+        &'a mut self,
+        sql: &'a str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        async move {
+            sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+    }
+}
 
 /// Applies the embedded migrations that this database has not seen, in one transaction.
 async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
@@ -255,7 +263,7 @@ async fn migrate_in_transaction(conn: &mut SqliteConnection) -> Result<()> {
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    apply_pending(&mut *conn, MIGRATIONS).await?;
+    crate::migrate::apply_pending(&mut *conn, MIGRATIONS).await?;
     Ok(())
 }
 
@@ -310,11 +318,11 @@ impl Store for SqliteStore {
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        job_reads::batch_jobs(&mut *self.reads.get().await?, batch_id).await
+        crate::reads::batch_jobs(&mut *self.reads.get().await?, batch_id).await
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        job_reads::queued_unassigned(&mut *self.reads.get().await?, provider, limit).await
+        crate::reads::queued_unassigned(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn create_attempt(
@@ -337,7 +345,7 @@ impl Store for SqliteStore {
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        job_reads::open_attempts(&mut *self.reads.get().await?, provider).await
+        crate::reads::open_attempts(&mut *self.reads.get().await?, provider).await
     }
 
     async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -355,15 +363,15 @@ impl Store for SqliteStore {
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        job_reads::active_jobs(&mut *self.reads.get().await?, provider).await
+        crate::reads::active_jobs(&mut *self.reads.get().await?, provider).await
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        job_reads::active_refs(&mut *self.reads.get().await?, provider).await
+        crate::reads::active_refs(&mut *self.reads.get().await?, provider).await
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        job_reads::find_by_ref(&mut *self.reads.get().await?, provider, provider_ref).await
+        crate::reads::find_by_ref(&mut *self.reads.get().await?, provider, provider_ref).await
     }
 
     async fn correlation_candidates(
@@ -372,7 +380,7 @@ impl Store for SqliteStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        job_reads::correlation_candidates(
+        crate::reads::correlation_candidates(
             &mut *self.reads.get().await?,
             provider,
             correlation_key,
@@ -382,11 +390,11 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        job_reads::jobs_by_poll_key(&mut *self.reads.get().await?, provider, poll_key).await
+        crate::reads::jobs_by_poll_key(&mut *self.reads.get().await?, provider, poll_key).await
     }
 
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        job_reads::expired(&mut *self.reads.get().await?, now_ms, limit).await
+        crate::reads::expired(&mut *self.reads.get().await?, now_ms, limit).await
     }
 
     async fn apply_event(
@@ -407,7 +415,7 @@ impl Store for SqliteStore {
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        job_reads::kept_events(&mut *self.reads.get().await?, provider, limit).await
+        crate::reads::kept_events(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn spend_since(
@@ -417,7 +425,7 @@ impl Store for SqliteStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        job_reads::spend_since(
+        crate::reads::spend_since(
             &mut *self.reads.get().await?,
             caller,
             provider,
@@ -428,11 +436,11 @@ impl Store for SqliteStore {
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        job_reads::queued_entries(&mut *self.reads.get().await?, provider, limit).await
+        crate::reads::queued_entries(&mut *self.reads.get().await?, provider, limit).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        job_reads::count_by_state(&mut *self.reads.get().await?).await
+        crate::reads::count_by_state(&mut *self.reads.get().await?).await
     }
 
     async fn list_jobs(
@@ -441,7 +449,7 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        job_reads::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
+        crate::reads::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
     async fn list_batches(
@@ -450,7 +458,7 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        job_reads::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
+        crate::reads::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {

@@ -11,22 +11,70 @@
 //! and per backend.
 //!
 //! The statements that are the same on both backends but for their placeholders (attempt
-//! creation, request-id replay, delivery ids and kept events) are written once too, in
-//! [`same_in_both_writers!`], expanded in each writer for its connection type.
+//! creation, request-id replay, delivery ids and kept events) are written once too, as
+//! functions over [`Exec`] that each writer calls with its connection.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::exec::{Exec, args};
 use crate::model::{CustodyWrite, EventWrite, JobPatch, JobRecord, NewSubmission, SubmitOutcome};
+use crate::reads::Statement;
 use crate::{Result, StoreError};
 
 /// The shared form of a failure that hits a whole group (BEGIN or COMMIT failed): every caller
 /// in the group gets the same error, so it is reference-counted.
-pub(crate) type GroupFailure = Arc<sqlx::Error>;
+pub(crate) type GroupFailure = Arc<StoreError>;
 
+/// A driver's error that ended a group (BEGIN, COMMIT or a savepoint failed), as the
+/// database error every caller of the group gets.
+pub(crate) fn group_failure(e: impl std::error::Error + Send + Sync + 'static) -> GroupFailure {
+    Arc::new(StoreError::Database(Box::new(e)))
+}
+
+/// One caller's copy of the group's failure: the same variant, so `Unavailable` (a lost
+/// connection, which callers may retry) and `Closed` stay what they are.
 pub(crate) fn group_error(e: &GroupFailure) -> StoreError {
-    StoreError::Database(Box::new(Arc::clone(e)))
+    match &**e {
+        StoreError::Database(_) => {
+            StoreError::Database(Box::new(SharedDatabaseError(Arc::clone(e))))
+        }
+        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::InvalidUrl(why) => StoreError::InvalidUrl(why.clone()),
+    }
+}
+
+/// The driver error inside a shared [`StoreError::Database`], shown as that error itself, so
+/// each caller's error reads as if it were not shared.
+#[derive(Debug)]
+struct SharedDatabaseError(GroupFailure);
+
+impl SharedDatabaseError {
+    fn inner(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match &*self.0 {
+            StoreError::Database(inner) => Some(&**inner),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SharedDatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.inner() {
+            Some(inner) => std::fmt::Display::fmt(inner, f),
+            None => std::fmt::Display::fmt(&self.0, f),
+        }
+    }
+}
+
+impl std::error::Error for SharedDatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner().and_then(|inner| inner.source())
+    }
 }
 
 /// A command's reply, whatever the type of its answer.
@@ -180,163 +228,134 @@ pub(crate) struct KeyOwnedByOtherProvider {
     pub(crate) owner: String,
 }
 
-/// The writer statements that are the same on both backends, expanded once per backend for
-/// its connection type (`$params` numbers the placeholders, as in `notify`). What differs in
-/// shape (PostgreSQL's array statements) stays with each backend's writer.
-macro_rules! same_in_both_writers {
-    ($conn:ty, $params:path) => {
-        /// The attempt `idempotency_key` names, created when the key is new. An existing key
-        /// (an engine retrying after a restart, or a replica resuming a dead one's attempt)
-        /// gives its attempt again, so the key keeps naming one outbox entry.
-        async fn attempt_for_key(
-            conn: &mut $conn,
-            provider: &str,
-            idempotency_key: &str,
-            now_ms: i64,
-        ) -> $crate::Result<i64> {
-            use sqlx::Row;
-            use $crate::rows::db;
-            let inserted = sqlx::query(&$params(
-                "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            ))
-            .bind(provider)
-            .bind(idempotency_key)
-            .bind(now_ms)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-            if let Some(row) = inserted {
-                return row.try_get(0).map_err(db);
-            }
-            let row = sqlx::query(&$params(
-                "SELECT id, provider FROM attempts WHERE idempotency_key = ?",
-            ))
-            .bind(idempotency_key)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
-            let owner: String = row.try_get(1).map_err(db)?;
-            if owner != provider {
-                return Err($crate::StoreError::Database(Box::new(
-                    $crate::writer::KeyOwnedByOtherProvider {
-                        key: idempotency_key.to_owned(),
-                        owner,
-                    },
-                )));
-            }
-            row.try_get(0).map_err(db)
-        }
+static INSERT_ATTEMPT: Statement = Statement::new(
+    "INSERT INTO attempts (provider, idempotency_key, created_at) VALUES (?, ?, ?) \
+     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+);
 
-        /// Creates (or reuses, see `attempt_for_key`) the attempt of `idempotency_key` and
-        /// links the jobs to it (`link_jobs`, each backend's own statement).
-        async fn create_attempt(
-            conn: &mut $conn,
-            provider: &str,
-            idempotency_key: &str,
-            job_ids: &[String],
-            now_ms: i64,
-        ) -> $crate::Result<i64> {
-            let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
-            link_jobs(conn, attempt_id, job_ids).await?;
-            Ok(attempt_id)
-        }
+static ATTEMPT_OF_KEY: Statement =
+    Statement::new("SELECT id, provider FROM attempts WHERE idempotency_key = ?");
 
-        /// The job ids of a stored batch, in submission order.
-        async fn stored_job_ids(
-            conn: &mut $conn,
-            batch_id: &str,
-        ) -> std::result::Result<Vec<String>, sqlx::Error> {
-            use sqlx::Row;
-            sqlx::query(&$params(
-                "SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq",
-            ))
-            .bind(batch_id)
-            .fetch_all(&mut *conn)
+/// The attempt `idempotency_key` names, created when the key is new. An existing key (an
+/// engine retrying after a restart, or a replica resuming a dead one's attempt) gives its
+/// attempt again, so the key keeps naming one outbox entry. The jobs are linked to it by each
+/// backend's own statement.
+pub(crate) fn attempt_for_key<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    idempotency_key: &str,
+    now_ms: i64,
+) -> impl Future<Output = Result<i64>> + Send {
+    async move {
+        let d = E::DIALECT;
+        let args = args![provider, idempotency_key, now_ms];
+        if let Some(id) = conn
+            .optional(INSERT_ATTEMPT.of(d), &args, |row| row.int(0))
             .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect()
+        {
+            return Ok(id);
         }
-
-        /// The answer to a submission whose request id is stored already (it lost the claim):
-        /// the stored batch again when the content matches, else a conflict.
-        pub(super) async fn replay(
-            conn: &mut $conn,
-            request_id: &str,
-            content_hash: &str,
-        ) -> $crate::Result<$crate::model::SubmitOutcome> {
-            use sqlx::Row;
-            use $crate::rows::db;
-            let row = sqlx::query(&$params(
-                "SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?",
-            ))
-            .bind(request_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
-            let hash: String = row.try_get(0).map_err(db)?;
-            if hash != content_hash {
-                return Ok($crate::model::SubmitOutcome::Conflict);
-            }
-            let batch_id: String = row.try_get(1).map_err(db)?;
-            let job_ids = stored_job_ids(conn, &batch_id).await.map_err(db)?;
-            Ok($crate::model::SubmitOutcome::Replayed { batch_id, job_ids })
-        }
-
-        /// Remembers a webhook delivery id: true when it is new.
-        async fn record_delivery(
-            conn: &mut $conn,
-            provider: &str,
-            delivery_id: &str,
-            now_ms: i64,
-        ) -> std::result::Result<bool, sqlx::Error> {
-            let done = sqlx::query(&$params(
-                "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) \
-                 VALUES (?, ?, ?) ON CONFLICT (provider, delivery_id) DO NOTHING",
-            ))
-            .bind(provider)
-            .bind(delivery_id)
-            .bind(now_ms)
-            .execute(&mut *conn)
+        let args = args![idempotency_key];
+        let (id, owner) = conn
+            .one(ATTEMPT_OF_KEY.of(d), &args, |row| {
+                Ok((row.int(0)?, row.text(1)?))
+            })
             .await?;
-            Ok(done.rows_affected() == 1)
+        if owner != provider {
+            return Err(StoreError::Database(Box::new(KeyOwnedByOtherProvider {
+                key: idempotency_key.to_owned(),
+                owner,
+            })));
         }
-
-        /// The start of an event write (see `Store::apply_event`): records its delivery id
-        /// and keeps the events it asks to keep. False, with nothing written, for a delivery
-        /// seen before.
-        async fn record_event(
-            conn: &mut $conn,
-            provider: &str,
-            write: &$crate::model::EventWrite,
-            now_ms: i64,
-        ) -> $crate::Result<bool> {
-            use $crate::rows::db;
-            if let Some(id) = &write.delivery_id
-                && !record_delivery(conn, provider, id, now_ms)
-                    .await
-                    .map_err(db)?
-            {
-                return Ok(false);
-            }
-            let sql = $params(
-                "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?)",
-            );
-            for (event, expires_at) in &write.keep {
-                sqlx::query(&sql)
-                    .bind(provider)
-                    .bind(&write.delivery_id)
-                    .bind($crate::codec::to_json(event, "kept event")?)
-                    .bind(now_ms)
-                    .bind(expires_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-            }
-            Ok(true)
-        }
-    };
+        Ok(id)
+    }
 }
-pub(crate) use same_in_both_writers;
+
+static STORED_JOB_IDS: Statement =
+    Statement::new("SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq");
+
+/// The job ids of a stored batch, in submission order.
+pub(crate) fn stored_job_ids<E: Exec>(
+    conn: &mut E,
+    batch_id: &str,
+) -> impl Future<Output = Result<Vec<String>>> + Send {
+    async move {
+        let sql = STORED_JOB_IDS.of(E::DIALECT);
+        conn.rows(sql, &args![batch_id], |row| row.text(0)).await
+    }
+}
+
+static REQUEST_ID: Statement =
+    Statement::new("SELECT content_hash, batch_id FROM request_ids WHERE request_id = ?");
+
+/// The answer to a submission whose request id is stored already (it lost the claim): the
+/// stored batch again when the content matches, else a conflict.
+pub(crate) fn replay<E: Exec>(
+    conn: &mut E,
+    request_id: &str,
+    content_hash: &str,
+) -> impl Future<Output = Result<SubmitOutcome>> + Send {
+    async move {
+        let sql = REQUEST_ID.of(E::DIALECT);
+        let (hash, batch_id) = conn
+            .one(sql, &args![request_id], |row| {
+                Ok((row.text(0)?, row.text(1)?))
+            })
+            .await?;
+        if hash != content_hash {
+            return Ok(SubmitOutcome::Conflict);
+        }
+        let job_ids = stored_job_ids(conn, &batch_id).await?;
+        Ok(SubmitOutcome::Replayed { batch_id, job_ids })
+    }
+}
+
+static INSERT_DELIVERY: Statement = Statement::new(
+    "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) \
+     VALUES (?, ?, ?) ON CONFLICT (provider, delivery_id) DO NOTHING",
+);
+
+/// Remembers a webhook delivery id: true when it is new.
+pub(crate) fn record_delivery<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    delivery_id: &str,
+    now_ms: i64,
+) -> impl Future<Output = Result<bool>> + Send {
+    async move {
+        let sql = INSERT_DELIVERY.of(E::DIALECT);
+        let done = conn
+            .execute(sql, &args![provider, delivery_id, now_ms])
+            .await?;
+        Ok(done == 1)
+    }
+}
+
+static KEEP_EVENT: Statement = Statement::new(
+    "INSERT INTO kept_events (provider, delivery_id, event, kept_at, expires_at) \
+     VALUES (?, ?, ?, ?, ?)",
+);
+
+/// The start of an event write (see `Store::apply_event`): records its delivery id and keeps
+/// the events it asks to keep. False, with nothing written, for a delivery seen before.
+pub(crate) fn record_event<E: Exec>(
+    conn: &mut E,
+    provider: &str,
+    write: &EventWrite,
+    now_ms: i64,
+) -> impl Future<Output = Result<bool>> + Send {
+    async move {
+        if let Some(id) = &write.delivery_id
+            && !record_delivery(conn, provider, id, now_ms).await?
+        {
+            return Ok(false);
+        }
+        let sql = KEEP_EVENT.of(E::DIALECT);
+        for (event, expires_at) in &write.keep {
+            let event = crate::codec::to_json(event, "kept event")?;
+            let args = args![provider, &write.delivery_id, &event, now_ms, *expires_at];
+            conn.execute(sql, &args).await?;
+        }
+        Ok(true)
+    }
+}

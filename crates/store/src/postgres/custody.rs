@@ -67,12 +67,6 @@ pub(super) async fn release(pool: &PgPool, replica: &str, now_ms: i64) -> Result
     Ok(())
 }
 
-crate::custody::same_custody_on_both_backends!(
-    PgConnection,
-    crate::search::Dialect::Postgres,
-    " FOR UPDATE"
-);
-
 /// Runs inside the writer's group; `changes` gets the job's new revision for the feed.
 pub(super) async fn finish(
     conn: &mut PgConnection,
@@ -80,7 +74,7 @@ pub(super) async fn finish(
     now_ms: i64,
     changes: &mut Vec<(String, i64)>,
 ) -> Result<Option<JobRecord>> {
-    let changed = record_results(conn, write, now_ms).await?;
+    let changed = crate::custody::record_results(conn, write, now_ms).await?;
     if let Some(record) = &changed {
         changes.push((record.id.clone(), record.revision));
     }

@@ -9,11 +9,10 @@ use sqlx::{Connection, Row};
 use super::rows::db;
 use crate::Result;
 use crate::notify::{
-    DUE, Finished, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry, entry_from_row,
-    events_of, finished_per_batch, url_endpoint,
+    DUE, Finished, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry, disable,
+    entry_from_row, events_of, finished_per_batch, redeliver, set_endpoints, url_endpoint,
 };
 
-crate::notify::same_on_both_backends!(PgConnection, crate::notify::postgres_params);
 use crate::rows::sql_limit;
 
 /// The outbox rows of jobs that finished in this write: one UPDATE of the batches' counters
@@ -120,7 +119,7 @@ pub(super) async fn set_endpoints_in_tx(
 ) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    set_endpoints(&mut tx, endpoints).await?;
+    set_endpoints(&mut *tx, endpoints).await?;
     tx.commit().await.map_err(db)
 }
 
@@ -152,7 +151,10 @@ pub(super) async fn claim(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let mut out: Vec<OutboxEntry> = rows.iter().map(entry_from_row).collect::<Result<_>>()?;
+    let mut out: Vec<OutboxEntry> = rows
+        .iter()
+        .map(|row| entry_from_row(row))
+        .collect::<Result<_>>()?;
     out.sort_by_key(|e| e.seq);
     Ok(out)
 }
@@ -196,7 +198,7 @@ pub(super) async fn disable_in_tx(
 ) -> Result<u64> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    let parked = disable(&mut tx, endpoint, reason, now_ms).await?;
+    let parked = disable(&mut *tx, endpoint, reason, now_ms).await?;
     tx.commit().await.map_err(db)?;
     Ok(parked)
 }
@@ -215,7 +217,7 @@ pub(super) async fn redeliver_in_tx(
 ) -> Result<Option<u64>> {
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = conn.begin().await.map_err(db)?;
-    let queued = redeliver(&mut tx, batch_id, now_ms).await?;
+    let queued = redeliver(&mut *tx, batch_id, now_ms).await?;
     tx.commit().await.map_err(db)?;
     Ok(queued)
 }

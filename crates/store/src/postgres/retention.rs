@@ -19,12 +19,14 @@
 //! `tests/postgres.rs` checks [`PLANNED`] with `EXPLAIN` on a table with enough rows for the
 //! planner to choose freely).
 
+use std::future::Future;
+
 use sqlx::Row;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgPool};
 
 use super::rows::{db, sql_limit};
 use crate::Result;
-use crate::retention::{PurgeCutoffs, Purged};
+use crate::retention::{Ids, PurgeCutoffs, PurgeSql, Purged, purge_step};
 
 const LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('adgate.retention'))";
 
@@ -68,11 +70,30 @@ pub const PLANNED: &[(&str, &str)] = &[
     (DELETE_DELIVERIES, "webhook_deliveries_received"),
 ];
 
-crate::retention::same_purge_step_on_both_backends!(sqlx::PgConnection, array);
+impl PurgeSql for PgConnection {
+    const DELETE_JOBS: &'static str = DELETE_JOBS;
+    const DELETE_ATTEMPTS: &'static str = DELETE_ATTEMPTS;
+    const DELETE_BATCHES: &'static str = DELETE_BATCHES;
+    const DELETE_OUTBOX: &'static str = DELETE_OUTBOX;
+    const DELETE_REQUEST_IDS: &'static str = DELETE_REQUEST_IDS;
+    const DELETE_DELIVERIES: &'static str = DELETE_DELIVERIES;
 
-/// A set of ids as one array parameter.
-fn array<T: Clone>(items: &std::collections::BTreeSet<T>) -> Result<Vec<T>> {
-    Ok(items.iter().cloned().collect())
+    /// The ids as one array parameter.
+    fn delete_named<'a>(
+        &'a mut self,
+        sql: &'static str,
+        ids: Ids<'a>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'a {
+        async move {
+            let query = match ids {
+                Ids::Attempts(ids) => {
+                    sqlx::query(sql).bind(ids.iter().copied().collect::<Vec<_>>())
+                }
+                Ids::Batches(ids) => sqlx::query(sql).bind(ids.iter().cloned().collect::<Vec<_>>()),
+            };
+            Ok(query.execute(&mut *self).await.map_err(db)?.rows_affected())
+        }
+    }
 }
 
 /// One retention step (see `Store::purge`).
@@ -89,7 +110,7 @@ pub(super) async fn purge(pool: &PgPool, cutoffs: PurgeCutoffs, limit: usize) ->
         tx.rollback().await.map_err(db)?;
         return Ok(Purged::default());
     }
-    let purged = purge_step(&mut tx, cutoffs, limit).await?;
+    let purged = purge_step(&mut *tx, cutoffs, limit).await?;
     tx.commit().await.map_err(db)?;
     Ok(purged)
 }

@@ -136,7 +136,7 @@ pub(super) async fn submit(
             .map_err(db)?;
         if claimed.is_none() {
             // READ COMMITTED: this statement sees the winner's committed row.
-            return super::writer::replay(conn, request_id, &s.content_hash).await;
+            return crate::writer::replay(conn, request_id, &s.content_hash).await;
         }
     }
     insert_batches_and_jobs(conn, &[s]).await?;
@@ -194,9 +194,7 @@ async fn insert_batches_and_jobs(
         .iter()
         .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
         .collect();
-    super::notify::mark_batches(conn, &notifying)
-        .await
-        .map_err(db)?;
+    crate::notify::mark_batches(conn, &notifying).await?;
 
     let n: usize = submissions.iter().map(|s| s.jobs.len()).sum();
     if n == 0 {

@@ -36,7 +36,7 @@ use super::rows::{db, sqlstate};
 use super::submit::{submit, submit_coalesced};
 use crate::model::{EventWrite, JobRecord, NewSubmission};
 pub(super) use crate::writer::Op;
-use crate::writer::{GroupFailure, Pending, Replies};
+use crate::writer::{GroupFailure, Pending, Replies, attempt_for_key, group_failure};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction (as on SQLite).
@@ -247,7 +247,7 @@ async fn commit_group(
                     });
                     return GroupEnd::Failed { lost };
                 }
-                return fail_group(group, (Arc::new(e), lost));
+                return fail_group(group, (group_failure(e), lost));
             }
         },
         Err(e) => {
@@ -285,7 +285,7 @@ async fn begin_locked(
     if let Err(e) = exec(conn, "BEGIN").await {
         tracing::error!(error = %e, size = group.len(), "store: cannot begin a write transaction");
         let lost = connection_lost(&e);
-        return Err((Arc::new(e), lost));
+        return Err((group_failure(e), lost));
     }
     if let Err(e) = prelock(conn, group).await {
         tracing::error!(error = %e, size = group.len(), "store: cannot lock the rows of a write group");
@@ -293,7 +293,7 @@ async fn begin_locked(
         if !lost && exec(conn, "ROLLBACK").await.is_err() {
             lost = true;
         }
-        return Err((Arc::new(e), lost));
+        return Err((group_failure(e), lost));
     }
     Ok(())
 }
@@ -402,8 +402,8 @@ async fn commit_op_by_op(
         // The transaction is in an unknown state: give up on the whole group rather than
         // commit half of something.
         let mut lost = connection_lost(&e);
-        let e = Arc::new(e);
         tracing::error!(error = %e, size, "store: write transaction broken, rolling back");
+        let e = group_failure(e);
         if !lost && let Err(re) = exec(conn, "ROLLBACK").await {
             // Still inside a transaction, or worse: start the next group on a new connection.
             tracing::warn!(error = %re, "store: rollback failed");
@@ -423,8 +423,8 @@ async fn commit_op_by_op(
         }
         Err(e) => {
             let lost = connection_lost(&e);
-            let e = Arc::new(e);
             tracing::error!(error = %e, size, "store: commit failed");
+            let e = group_failure(e);
             answers.into_iter().for_each(|a| a.finish(Some(&e)));
             carried.into_iter().for_each(|i| i.op.fail(&e));
             GroupEnd::Failed { lost }
@@ -575,7 +575,7 @@ async fn event_write(
     now_ms: i64,
     changes: &mut Vec<(String, i64)>,
 ) -> Result<Option<Vec<JobRecord>>> {
-    if !record_event(conn, provider, write, now_ms).await? {
+    if !crate::writer::record_event(conn, provider, write, now_ms).await? {
         return Ok(None);
     }
     if !write.consumed.is_empty() {
@@ -591,7 +591,19 @@ async fn event_write(
     apply(conn, &write.patches, now_ms, changes).await.map(Some)
 }
 
-crate::writer::same_in_both_writers!(PgConnection, crate::notify::postgres_params);
+/// Creates (or reuses, see `attempt_for_key`) the attempt of `idempotency_key` and links the
+/// jobs to it.
+async fn create_attempt(
+    conn: &mut PgConnection,
+    provider: &str,
+    idempotency_key: &str,
+    job_ids: &[String],
+    now_ms: i64,
+) -> Result<i64> {
+    let attempt_id = attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
+    link_jobs(conn, attempt_id, job_ids).await?;
+    Ok(attempt_id)
+}
 
 /// Links jobs to their attempt (see `create_attempt`).
 async fn link_jobs(conn: &mut PgConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {

@@ -90,16 +90,10 @@ async fn claim(
     crate::custody::tasks_from_rows(&rows)
 }
 
-crate::custody::same_custody_on_both_backends!(
-    SqliteConnection,
-    crate::search::Dialect::Sqlite,
-    ""
-);
-
 pub(super) async fn finish(
     conn: &mut SqliteConnection,
     write: CustodyWrite,
     now_ms: i64,
 ) -> Result<Option<JobRecord>> {
-    record_results(conn, &write, now_ms).await
+    crate::custody::record_results(conn, &write, now_ms).await
 }

@@ -7,12 +7,10 @@ use sqlx::sqlite::SqliteConnection;
 use super::rows::db;
 use crate::Result;
 use crate::notify::{
-    DUE, Finished, NewEvent, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry,
-    entry_from_row, events_of, finished_per_batch,
+    DUE, Finished, NewEvent, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry, disable,
+    entry_from_row, events_of, finished_per_batch, redeliver, set_endpoints,
 };
 use crate::writer::Reply;
-
-crate::notify::same_on_both_backends!(SqliteConnection, crate::notify::sqlite_params);
 
 /// A write of the deliverer, each with its own typed answer.
 pub(in crate::sqlite) enum NotifyWrite {
@@ -182,7 +180,10 @@ async fn claim(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut out: Vec<OutboxEntry> = rows.iter().map(entry_from_row).collect::<Result<_>>()?;
+    let mut out: Vec<OutboxEntry> = rows
+        .iter()
+        .map(|row| entry_from_row(row))
+        .collect::<Result<_>>()?;
     // RETURNING gives no order; the deliverer sends oldest first.
     out.sort_by_key(|e| e.seq);
     Ok(out)

@@ -27,13 +27,15 @@
 //! once, at open.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Instant;
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::rows::{db, sql_limit};
-use crate::retention::{PurgeCutoffs, Purged};
+use crate::exec::{Exec, args};
+use crate::retention::{Ids, PurgeCutoffs, PurgeSql, Purged, purge_step};
 use crate::{Result, StoreError};
 
 /// Old terminal jobs, oldest first. `INDEXED BY` makes a missing index an error rather than
@@ -67,7 +69,29 @@ const DELETE_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
          SELECT provider, delivery_id FROM webhook_deliveries \
          WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)";
 
-crate::retention::same_purge_step_on_both_backends!(SqliteConnection, json_array);
+impl PurgeSql for SqliteConnection {
+    const DELETE_JOBS: &'static str = DELETE_JOBS;
+    const DELETE_ATTEMPTS: &'static str = DELETE_ATTEMPTS;
+    const DELETE_BATCHES: &'static str = DELETE_BATCHES;
+    const DELETE_OUTBOX: &'static str = DELETE_OUTBOX;
+    const DELETE_REQUEST_IDS: &'static str = DELETE_REQUEST_IDS;
+    const DELETE_DELIVERIES: &'static str = DELETE_DELIVERIES;
+
+    /// The ids as one JSON array (read with `json_each`).
+    fn delete_named<'a>(
+        &'a mut self,
+        sql: &'static str,
+        ids: Ids<'a>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'a {
+        async move {
+            let set = match ids {
+                Ids::Attempts(ids) => json_array(ids)?,
+                Ids::Batches(ids) => json_array(ids)?,
+            };
+            self.execute(sql, &args![&set]).await
+        }
+    }
+}
 
 /// One retention step (see `Store::purge`), inside the writer's transaction.
 pub(super) async fn purge(

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::retention::{PurgeCutoffs, Purged};
-use crate::writer::{GroupFailure, Op, Pending, Replies, Reply, pending};
+use crate::writer::{GroupFailure, Op, Pending, Replies, Reply, group_failure, pending};
 use crate::{Result, StoreError};
 
 /// Most commands committed in one transaction. Bounds the latency of the first caller in a
@@ -147,7 +147,7 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
     // `submit_coalesced` a safe read-then-write: nobody else can write until COMMIT.
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, size, "store: cannot begin a write transaction");
-        abort_group(Arc::new(e), answers, submits, others);
+        abort_group(group_failure(e), answers, submits, others);
         return;
     }
 
@@ -165,11 +165,11 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
                 // so that only the faulty one fails — the old, slower path, taken only on
                 // errors. ROLLBACK may fail if SQLite already ended the transaction itself
                 // (I/O errors do); BEGIN tells whether we can go on.
-                tracing::debug!(error = %e, "store: coalesced submit failed, redoing op by op");
+                tracing::debug!(error = ?e, "store: coalesced submit failed, redoing op by op");
                 drop(exec(conn, "ROLLBACK").await);
                 if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
                     tracing::error!(error = %e, size, "store: cannot begin a write transaction");
-                    abort_group(Arc::new(e), answers, submits, others);
+                    abort_group(group_failure(e), answers, submits, others);
                     return;
                 }
                 let mut rest = submits.drain(..);
@@ -215,8 +215,8 @@ async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits:
             answers.into_iter().for_each(|a| a.finish(None));
         }
         Err(e) => {
-            let e = Arc::new(e);
             tracing::error!(error = %e, size, "store: commit failed");
+            let e = group_failure(e);
             // A failed COMMIT can leave the transaction open (e.g. SQLITE_BUSY); end it.
             if let Err(re) = exec(conn, "ROLLBACK").await {
                 tracing::debug!(error = %re, "store: rollback after failed commit");
@@ -233,13 +233,13 @@ type SubmitReply = Reply<SubmitOutcome>;
 /// commit half of something.
 async fn broken_group(
     conn: &mut SqliteConnection,
-    e: sqlx::Error,
+    e: StoreError,
     size: usize,
     answers: Vec<Box<dyn Pending>>,
     submits: Vec<(PreparedSubmit, SubmitReply)>,
     others: Vec<Command>,
 ) {
-    tracing::error!(error = %e, size, "store: write transaction broken, rolling back");
+    tracing::error!(error = ?e, size, "store: write transaction broken, rolling back");
     if let Err(re) = exec(conn, "ROLLBACK").await {
         tracing::warn!(error = %re, "store: rollback failed");
     }
@@ -260,19 +260,22 @@ fn abort_group(
     others.into_iter().for_each(|c| c.fail(&e));
 }
 
-async fn in_savepoint_begin(conn: &mut SqliteConnection) -> std::result::Result<(), sqlx::Error> {
-    exec(conn, "SAVEPOINT op").await
+async fn in_savepoint_begin(conn: &mut SqliteConnection) -> Result<()> {
+    exec(conn, "SAVEPOINT op").await.map_err(broken)
 }
 
 /// Releases the savepoint, first undoing the command's partial writes when it failed.
-async fn in_savepoint_end(
-    conn: &mut SqliteConnection,
-    ok: bool,
-) -> std::result::Result<(), sqlx::Error> {
+async fn in_savepoint_end(conn: &mut SqliteConnection, ok: bool) -> Result<()> {
     if !ok {
-        exec(conn, "ROLLBACK TO op").await?;
+        exec(conn, "ROLLBACK TO op").await.map_err(broken)?;
     }
-    exec(conn, "RELEASE op").await
+    exec(conn, "RELEASE op").await.map_err(broken)
+}
+
+/// A savepoint statement's error, as the database error the group fails with (not mapped
+/// like a statement's error: the transaction is what broke).
+fn broken(e: sqlx::Error) -> StoreError {
+    StoreError::Database(Box::new(e))
 }
 
 /// Runs a command's body in a savepoint of its own, so that a failure undoes this command
@@ -298,7 +301,7 @@ macro_rules! in_savepoint {
 async fn run_command(
     conn: &mut SqliteConnection,
     command: Command,
-) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, sqlx::Error)> {
+) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, StoreError)> {
     match command {
         // A bare delivery id: one statement, `ON CONFLICT DO NOTHING`: it cannot fail for data
         // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
@@ -316,7 +319,7 @@ async fn run_command(
             now_ms,
             reply,
         }) if patches.is_empty() && keep.is_empty() && consumed.is_empty() => {
-            match record_delivery(conn, &provider, &delivery_id, now_ms).await {
+            match crate::writer::record_delivery(conn, &provider, &delivery_id, now_ms).await {
                 Ok(new) => Ok(pending(reply, Ok(new.then(Vec::new))).0),
                 Err(e) => Err((Box::new(reply), e)),
             }
@@ -609,20 +612,24 @@ async fn insert_submissions(
     conn: &mut SqliteConnection,
     fresh: &[&PreparedSubmit],
     claim: bool,
-) -> std::result::Result<(), sqlx::Error> {
-    insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch).await?;
+) -> Result<()> {
+    insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch)
+        .await
+        .map_err(db)?;
     let notifying: Vec<(&str, &crate::notify::BatchNotify)> = fresh
         .iter()
         .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
         .collect();
-    super::notify::mark_batches(conn, &notifying).await?;
+    crate::notify::mark_batches(conn, &notifying).await?;
     if claim {
         let claimed: Vec<&PreparedSubmit> = fresh
             .iter()
             .copied()
             .filter(|s| s.request_id.is_some())
             .collect();
-        insert_rows(conn, &REQUEST_ID_INSERTS, &claimed, bind_request_id).await?;
+        insert_rows(conn, &REQUEST_ID_INSERTS, &claimed, bind_request_id)
+            .await
+            .map_err(db)?;
     }
     let rows: Vec<JobRow<'_>> = fresh
         .iter()
@@ -634,7 +641,9 @@ async fn insert_submissions(
             })
         })
         .collect();
-    insert_rows(conn, &JOB_INSERTS, &rows, bind_job).await
+    insert_rows(conn, &JOB_INSERTS, &rows, bind_job)
+        .await
+        .map_err(db)
 }
 
 /// What the coalesced path decided for one submission.
@@ -656,7 +665,7 @@ enum Plan<'a> {
 async fn submit_coalesced(
     conn: &mut SqliteConnection,
     submits: &[(PreparedSubmit, SubmitReply)],
-) -> std::result::Result<Vec<SubmitOutcome>, sqlx::Error> {
+) -> Result<Vec<SubmitOutcome>> {
     // Request ids already stored, with (content hash, batch id).
     let mut stored: HashMap<String, (String, String)> = HashMap::new();
     let mut wanted: Vec<&str> = submits
@@ -678,8 +687,11 @@ async fn submit_coalesced(
         for _ in chunk.len()..LOOKUP_SIZES[level] {
             query = query.bind(last);
         }
-        for row in query.fetch_all(&mut *conn).await? {
-            stored.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        for row in query.fetch_all(&mut *conn).await.map_err(db)? {
+            stored.insert(
+                row.try_get(0).map_err(db)?,
+                (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?),
+            );
         }
     }
 
@@ -723,7 +735,7 @@ async fn submit_coalesced(
         outcomes.push(match plan {
             Plan::Create => s.created(),
             Plan::ReplayStored(batch_id) => SubmitOutcome::Replayed {
-                job_ids: stored_job_ids(conn, &batch_id).await?,
+                job_ids: crate::writer::stored_job_ids(conn, &batch_id).await?,
                 batch_id,
             },
             Plan::ReplayInGroup(first) => SubmitOutcome::Replayed {
@@ -754,15 +766,28 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
         .await
         .map_err(db)?;
         if claimed.rows_affected() == 0 {
-            return replay(conn, request_id, &s.content_hash).await;
+            return crate::writer::replay(conn, request_id, &s.content_hash).await;
         }
     }
     // The request id (if any) is claimed above, hence `claim = false`.
-    insert_submissions(conn, &[s], false).await.map_err(db)?;
+    insert_submissions(conn, &[s], false).await?;
     Ok(s.created())
 }
 
-crate::writer::same_in_both_writers!(SqliteConnection, crate::notify::sqlite_params);
+/// Creates (or reuses, see `attempt_for_key`) the attempt of `idempotency_key` and links the
+/// jobs to it.
+async fn create_attempt(
+    conn: &mut SqliteConnection,
+    provider: &str,
+    idempotency_key: &str,
+    job_ids: &[String],
+    now_ms: i64,
+) -> Result<i64> {
+    let attempt_id =
+        crate::writer::attempt_for_key(conn, provider, idempotency_key, now_ms).await?;
+    link_jobs(conn, attempt_id, job_ids).await?;
+    Ok(attempt_id)
+}
 
 /// Links jobs to their attempt (see `create_attempt`).
 async fn link_jobs(conn: &mut SqliteConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
@@ -869,7 +894,7 @@ async fn event_write(
     write: EventWrite,
     now_ms: i64,
 ) -> Result<Option<Vec<JobRecord>>> {
-    if !record_event(conn, provider, &write, now_ms).await? {
+    if !crate::writer::record_event(conn, provider, &write, now_ms).await? {
         return Ok(None);
     }
     for id in &write.consumed {
