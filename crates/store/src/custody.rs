@@ -2,6 +2,11 @@
 //! tasks and [`record_results`], the step that records one copy attempt's results. Claims
 //! differ in shape (PostgreSQL's `SKIP LOCKED` across replicas) and stay with each backend.
 
+#![expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` generic over `Exec` makes each caller prove its future `Send` for every lifetime, which rustc cannot (rust-lang/rust#100013); a declared `impl Future + Send` is proven here once"
+)]
+
 use std::future::Future;
 use std::sync::LazyLock;
 

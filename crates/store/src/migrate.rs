@@ -2,6 +2,11 @@
 //! keeps its embedded list of migrations and what makes applying them exclusive (SQLite's
 //! single writer, PostgreSQL's advisory lock).
 
+#![expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` generic over `Exec` makes each caller prove its future `Send` for every lifetime, which rustc cannot (rust-lang/rust#100013); a declared `impl Future + Send` is proven here once"
+)]
+
 use std::future::Future;
 
 use crate::Result;

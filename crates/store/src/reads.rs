@@ -11,6 +11,11 @@
 //! What differs in shape stays with each backend: `get_jobs` (SQLite's padded `IN` lists
 //! against PostgreSQL's one array parameter), the replica claims (`SKIP LOCKED`) and the writes.
 
+#![expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` generic over `Exec` makes each caller prove its future `Send` for every lifetime, which rustc cannot (rust-lang/rust#100013); a declared `impl Future + Send` is proven here once"
+)]
+
 use std::future::Future;
 use std::sync::{LazyLock, OnceLock};
 

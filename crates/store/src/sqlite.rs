@@ -222,16 +222,11 @@ impl SqliteStore {
 }
 
 impl crate::migrate::Script for SqliteConnection {
-    fn script<'a>(
-        &'a mut self,
-        sql: &'a str,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
-        async move {
-            sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
-                .await
-                .map_err(db)?;
-            Ok(())
-        }
+    async fn script(&mut self, sql: &str) -> Result<()> {
+        sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 }
 

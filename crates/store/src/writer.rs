@@ -14,6 +14,11 @@
 //! creation, request-id replay, delivery ids and kept events) are written once too, as
 //! functions over [`Exec`] that each writer calls with its connection.
 
+#![expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` generic over `Exec` makes each caller prove its future `Send` for every lifetime, which rustc cannot (rust-lang/rust#100013); a declared `impl Future + Send` is proven here once"
+)]
+
 use std::future::Future;
 use std::sync::Arc;
 

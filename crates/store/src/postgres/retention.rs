@@ -19,8 +19,6 @@
 //! `tests/postgres.rs` checks [`PLANNED`] with `EXPLAIN` on a table with enough rows for the
 //! planner to choose freely).
 
-use std::future::Future;
-
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool};
 
@@ -79,20 +77,12 @@ impl PurgeSql for PgConnection {
     const DELETE_DELIVERIES: &'static str = DELETE_DELIVERIES;
 
     /// The ids as one array parameter.
-    fn delete_named<'a>(
-        &'a mut self,
-        sql: &'static str,
-        ids: Ids<'a>,
-    ) -> impl Future<Output = Result<u64>> + Send + 'a {
-        async move {
-            let query = match ids {
-                Ids::Attempts(ids) => {
-                    sqlx::query(sql).bind(ids.iter().copied().collect::<Vec<_>>())
-                }
-                Ids::Batches(ids) => sqlx::query(sql).bind(ids.iter().cloned().collect::<Vec<_>>()),
-            };
-            Ok(query.execute(&mut *self).await.map_err(db)?.rows_affected())
-        }
+    async fn delete_named(&mut self, sql: &'static str, ids: Ids<'_>) -> Result<u64> {
+        let query = match ids {
+            Ids::Attempts(ids) => sqlx::query(sql).bind(ids.iter().copied().collect::<Vec<_>>()),
+            Ids::Batches(ids) => sqlx::query(sql).bind(ids.iter().cloned().collect::<Vec<_>>()),
+        };
+        Ok(query.execute(&mut *self).await.map_err(db)?.rows_affected())
     }
 }
 

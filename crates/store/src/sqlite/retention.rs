@@ -27,7 +27,6 @@
 //! once, at open.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Instant;
 
 use sqlx::Row;
@@ -78,18 +77,12 @@ impl PurgeSql for SqliteConnection {
     const DELETE_DELIVERIES: &'static str = DELETE_DELIVERIES;
 
     /// The ids as one JSON array (read with `json_each`).
-    fn delete_named<'a>(
-        &'a mut self,
-        sql: &'static str,
-        ids: Ids<'a>,
-    ) -> impl Future<Output = Result<u64>> + Send + 'a {
-        async move {
-            let set = match ids {
-                Ids::Attempts(ids) => json_array(ids)?,
-                Ids::Batches(ids) => json_array(ids)?,
-            };
-            self.execute(sql, &args![&set]).await
-        }
+    async fn delete_named(&mut self, sql: &'static str, ids: Ids<'_>) -> Result<u64> {
+        let set = match ids {
+            Ids::Attempts(ids) => json_array(ids)?,
+            Ids::Batches(ids) => json_array(ids)?,
+        };
+        self.execute(sql, &args![&set]).await
     }
 }
 
