@@ -150,7 +150,7 @@ pub(crate) trait Exec: Send {
     }
 }
 
-/// [`Cols`] and [`Exec`] for an sqlx row and connection type.
+/// [`Cols`], [`Exec`] and `migrate::Script` for an sqlx row and connection type.
 macro_rules! sqlx_exec {
     ($row:ty, $conn:ty, $dialect:expr) => {
         impl Cols for $row {
@@ -208,6 +208,15 @@ macro_rules! sqlx_exec {
                     let done = query.execute(&mut *self).await.map_err(db)?;
                     Ok(done.rows_affected())
                 }
+            }
+        }
+
+        impl crate::migrate::Script for $conn {
+            async fn script(&mut self, sql: &str) -> Result<()> {
+                sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
+                    .await
+                    .map_err(db)?;
+                Ok(())
             }
         }
     };

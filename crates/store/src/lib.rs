@@ -7,7 +7,10 @@
 //!   call that arrived while the previous commit was running.
 //! - [`model`]: the records the store returns.
 //! - `reads` and `rows`: the read statements, their functions and the row decoding, written
-//!   once and expanded for each backend's connection type.
+//!   once as functions over `exec::Exec`, which each backend's connection implements; the
+//!   writer statements, custody results, retention step, migration runner and outbox writes
+//!   both backends share are written the same way (`writer`, `custody`, `retention`,
+//!   `migrate`, `notify`).
 //! - [`retention`]: what [`Store::purge`] deletes (old terminal jobs, expired request and
 //!   delivery ids) and reports.
 //!

@@ -256,15 +256,6 @@ impl PgStore {
     }
 }
 
-impl crate::migrate::Script for PgConnection {
-    async fn script(&mut self, sql: &str) -> Result<()> {
-        sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-}
-
 /// Applies the embedded migrations this database has not seen, in one transaction.
 async fn migrate(conn: &mut PgConnection) -> Result<()> {
     let mut tx = conn.begin().await.map_err(db)?;

@@ -221,15 +221,6 @@ impl SqliteStore {
     }
 }
 
-impl crate::migrate::Script for SqliteConnection {
-    async fn script(&mut self, sql: &str) -> Result<()> {
-        sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-}
-
 /// Applies the embedded migrations that this database has not seen, in one transaction.
 async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     // IMMEDIATE: two processes opening a fresh file at once migrate one after the other.

@@ -37,44 +37,37 @@ use crate::exec::{Exec, args};
 use crate::retention::{Ids, PurgeCutoffs, PurgeSql, Purged, purge_step};
 use crate::{Result, StoreError};
 
-/// Old terminal jobs, oldest first. `INDEXED BY` makes a missing index an error rather than
-/// a silent table scan on every step.
-const DELETE_JOBS: &str = "DELETE FROM jobs WHERE rowid IN (\
-         SELECT rowid FROM jobs INDEXED BY jobs_retention \
-         WHERE state IN (3, 4, 5) AND completed_at < ?1 ORDER BY completed_at LIMIT ?2) \
-     RETURNING batch_id, attempt_id";
-
-/// Attempts named by the jobs just deleted (a JSON array) that no job refers to any more.
-const DELETE_ATTEMPTS: &str = "DELETE FROM attempts \
-     WHERE id IN (SELECT value FROM json_each(?1)) \
-     AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.attempt_id = attempts.id)";
-
-/// Batches named by the jobs just deleted that have no job left.
-const DELETE_BATCHES: &str = "DELETE FROM batches \
-     WHERE id IN (SELECT value FROM json_each(?1)) \
-     AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)";
-
-/// Outbound-webhook rows of the batches just deleted (the events go with their batch).
-const DELETE_OUTBOX: &str = "DELETE FROM notify_outbox \
-     WHERE batch_id IN (SELECT value FROM json_each(?1)) \
-     AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = notify_outbox.batch_id)";
-
-const DELETE_REQUEST_IDS: &str = "DELETE FROM request_ids WHERE rowid IN (\
-         SELECT rowid FROM request_ids WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)";
-
-/// `webhook_deliveries` is WITHOUT ROWID: rows are named by their primary key.
-const DELETE_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
-     WHERE (provider, delivery_id) IN (\
-         SELECT provider, delivery_id FROM webhook_deliveries \
-         WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)";
-
 impl PurgeSql for SqliteConnection {
-    const DELETE_JOBS: &'static str = DELETE_JOBS;
-    const DELETE_ATTEMPTS: &'static str = DELETE_ATTEMPTS;
-    const DELETE_BATCHES: &'static str = DELETE_BATCHES;
-    const DELETE_OUTBOX: &'static str = DELETE_OUTBOX;
-    const DELETE_REQUEST_IDS: &'static str = DELETE_REQUEST_IDS;
-    const DELETE_DELIVERIES: &'static str = DELETE_DELIVERIES;
+    /// Old terminal jobs, oldest first. `INDEXED BY` makes a missing index an error rather than
+    /// a silent table scan on every step.
+    const DELETE_JOBS: &'static str = "DELETE FROM jobs WHERE rowid IN (\
+             SELECT rowid FROM jobs INDEXED BY jobs_retention \
+             WHERE state IN (3, 4, 5) AND completed_at < ?1 ORDER BY completed_at LIMIT ?2) \
+         RETURNING batch_id, attempt_id";
+
+    /// Attempts named by the jobs just deleted (a JSON array) that no job refers to any more.
+    const DELETE_ATTEMPTS: &'static str = "DELETE FROM attempts \
+         WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.attempt_id = attempts.id)";
+
+    /// Batches named by the jobs just deleted that have no job left.
+    const DELETE_BATCHES: &'static str = "DELETE FROM batches \
+         WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)";
+
+    /// Outbound-webhook rows of the batches just deleted (the events go with their batch).
+    const DELETE_OUTBOX: &'static str = "DELETE FROM notify_outbox \
+         WHERE batch_id IN (SELECT value FROM json_each(?1)) \
+         AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = notify_outbox.batch_id)";
+
+    const DELETE_REQUEST_IDS: &'static str = "DELETE FROM request_ids WHERE rowid IN (\
+             SELECT rowid FROM request_ids WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)";
+
+    /// `webhook_deliveries` is WITHOUT ROWID: rows are named by their primary key.
+    const DELETE_DELIVERIES: &'static str = "DELETE FROM webhook_deliveries \
+         WHERE (provider, delivery_id) IN (\
+             SELECT provider, delivery_id FROM webhook_deliveries \
+             WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)";
 
     /// The ids as one JSON array (read with `json_each`).
     async fn delete_named(&mut self, sql: &'static str, ids: Ids<'_>) -> Result<u64> {
@@ -193,11 +186,14 @@ mod tests {
         let store = SqliteStore::open(&url).await.expect("open");
         let mut conn = SqliteConnection::connect(&url).await.expect("connect");
         for (sql, index) in [
-            (DELETE_JOBS, "jobs_retention"),
-            (DELETE_ATTEMPTS, "jobs_attempt"),
-            (DELETE_BATCHES, "jobs_batch_seq"),
-            (DELETE_REQUEST_IDS, "request_ids_created"),
-            (DELETE_DELIVERIES, "webhook_deliveries_received"),
+            (SqliteConnection::DELETE_JOBS, "jobs_retention"),
+            (SqliteConnection::DELETE_ATTEMPTS, "jobs_attempt"),
+            (SqliteConnection::DELETE_BATCHES, "jobs_batch_seq"),
+            (SqliteConnection::DELETE_REQUEST_IDS, "request_ids_created"),
+            (
+                SqliteConnection::DELETE_DELIVERIES,
+                "webhook_deliveries_received",
+            ),
         ] {
             let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .fetch_all(&mut conn)
