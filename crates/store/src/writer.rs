@@ -54,31 +54,33 @@ pub(crate) fn group_error(e: &GroupFailure) -> StoreError {
 }
 
 /// The driver error inside a shared [`StoreError::Database`], shown as that error itself, so
-/// each caller's error reads as if it were not shared.
-#[derive(Debug)]
+/// each caller's error reads as it did when the group failure was the driver's error.
 struct SharedDatabaseError(GroupFailure);
 
 impl SharedDatabaseError {
-    fn inner(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+    fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         match &*self.0 {
-            StoreError::Database(inner) => Some(&**inner),
-            _ => None,
+            StoreError::Database(inner) => &**inner,
+            other => other,
         }
+    }
+}
+
+impl std::fmt::Debug for SharedDatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.inner(), f)
     }
 }
 
 impl std::fmt::Display for SharedDatabaseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.inner() {
-            Some(inner) => std::fmt::Display::fmt(inner, f),
-            None => std::fmt::Display::fmt(&self.0, f),
-        }
+        std::fmt::Display::fmt(self.inner(), f)
     }
 }
 
 impl std::error::Error for SharedDatabaseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner().and_then(|inner| inner.source())
+        self.inner().source()
     }
 }
 
@@ -362,5 +364,26 @@ pub(crate) fn record_event<E: Exec>(
             conn.execute(sql, &args).await?;
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_group_failure_keeps_its_variant_and_message() {
+        let lost = Arc::new(StoreError::Unavailable("gone".into()));
+        assert!(matches!(group_error(&lost), StoreError::Unavailable(w) if w == "gone"));
+        assert!(matches!(
+            group_error(&Arc::new(StoreError::Closed)),
+            StoreError::Closed
+        ));
+        let io = std::io::Error::other("disk on fire");
+        let e = group_error(&group_failure(io));
+        let StoreError::Database(inner) = &e else {
+            panic!("expected a database error, got {e:?}");
+        };
+        assert_eq!(inner.to_string(), "disk on fire");
     }
 }
