@@ -20,19 +20,27 @@ use crate::{Result, codec};
 /// Decodes `RETURNING job_id, attempts, queued_at` (attempts as a BIGINT on both backends),
 /// oldest first.
 pub(crate) fn tasks_from_rows<R: Cols>(rows: &[R]) -> Result<Vec<CustodyTask>> {
-    let mut tasks = rows
+    let tasks = rows
         .iter()
-        .map(|row| {
-            let attempts = row.int(1)?;
-            Ok(CustodyTask {
-                job_id: row.text(0)?,
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                queued_at_ms: row.int(2)?,
-            })
-        })
+        .map(|row| task_from_row(row))
         .collect::<Result<Vec<_>>>()?;
+    Ok(oldest_first(tasks))
+}
+
+/// Decodes one row of `RETURNING job_id, attempts, queued_at`.
+pub(crate) fn task_from_row(row: &dyn Cols) -> Result<CustodyTask> {
+    let attempts = row.int(1)?;
+    Ok(CustodyTask {
+        job_id: row.text(0)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        queued_at_ms: row.int(2)?,
+    })
+}
+
+/// `RETURNING` gives no order; custody copies the oldest first.
+pub(crate) fn oldest_first(mut tasks: Vec<CustodyTask>) -> Vec<CustodyTask> {
     tasks.sort_by_key(|t| t.queued_at_ms);
-    Ok(tasks)
+    tasks
 }
 
 /// The job row as read for update: PostgreSQL locks it against other replicas' writers;

@@ -150,81 +150,66 @@ pub(crate) trait Exec: Send {
     }
 }
 
-/// [`Cols`], [`Exec`] and `migrate::Script` for an sqlx row and connection type.
-macro_rules! sqlx_exec {
-    ($row:ty, $conn:ty, $dialect:expr) => {
-        impl Cols for $row {
-            fn text(&self, index: usize) -> Result<String> {
-                sqlx::Row::try_get(self, index).map_err(db)
-            }
-            fn opt_text(&self, index: usize) -> Result<Option<String>> {
-                sqlx::Row::try_get(self, index).map_err(db)
-            }
-            fn int(&self, index: usize) -> Result<i64> {
-                sqlx::Row::try_get(self, index).map_err(db)
-            }
-            fn opt_int(&self, index: usize) -> Result<Option<i64>> {
-                sqlx::Row::try_get(self, index).map_err(db)
-            }
-        }
-
-        impl Exec for $conn {
-            const DIALECT: Dialect = $dialect;
-
-            fn rows<'a, T, F>(
-                &'a mut self,
-                sql: &'a str,
-                args: &'a [Arg<'a>],
-                mut decode: F,
-            ) -> impl Future<Output = Result<Vec<T>>> + Send + 'a
-            where
-                T: Send + 'a,
-                F: FnMut(&dyn Cols) -> Result<T> + Send + 'a,
-            {
-                async move {
-                    let query = args.iter().fold(sqlx::query(sql), |q, a| match *a {
-                        Arg::Text(v) => q.bind(v),
-                        Arg::OptText(v) => q.bind(v),
-                        Arg::Int(v) => q.bind(v),
-                        Arg::OptInt(v) => q.bind(v),
-                    });
-                    let rows = query.fetch_all(&mut *self).await.map_err(db)?;
-                    rows.iter().map(|row| decode(row)).collect()
-                }
-            }
-
-            fn execute<'a>(
-                &'a mut self,
-                sql: &'a str,
-                args: &'a [Arg<'a>],
-            ) -> impl Future<Output = Result<u64>> + Send + 'a {
-                async move {
-                    let query = args.iter().fold(sqlx::query(sql), |q, a| match *a {
-                        Arg::Text(v) => q.bind(v),
-                        Arg::OptText(v) => q.bind(v),
-                        Arg::Int(v) => q.bind(v),
-                        Arg::OptInt(v) => q.bind(v),
-                    });
-                    let done = query.execute(&mut *self).await.map_err(db)?;
-                    Ok(done.rows_affected())
-                }
-            }
-        }
-
-        impl crate::migrate::Script for $conn {
-            async fn script(&mut self, sql: &str) -> Result<()> {
-                sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
-                    .await
-                    .map_err(db)?;
-                Ok(())
-            }
-        }
-    };
+// PostgreSQL's connection (sqlx). SQLite's is `sqlite::conn::Conn` (rusqlite).
+impl Cols for sqlx::postgres::PgRow {
+    fn text(&self, index: usize) -> Result<String> {
+        sqlx::Row::try_get(self, index).map_err(db)
+    }
+    fn opt_text(&self, index: usize) -> Result<Option<String>> {
+        sqlx::Row::try_get(self, index).map_err(db)
+    }
+    fn int(&self, index: usize) -> Result<i64> {
+        sqlx::Row::try_get(self, index).map_err(db)
+    }
+    fn opt_int(&self, index: usize) -> Result<Option<i64>> {
+        sqlx::Row::try_get(self, index).map_err(db)
+    }
 }
 
-sqlx_exec!(sqlx::postgres::PgRow, sqlx::PgConnection, Dialect::Postgres);
-sqlx_exec!(
-    sqlx::sqlite::SqliteRow,
-    sqlx::SqliteConnection,
-    Dialect::Sqlite
-);
+/// `args` bound to `sql`, in order.
+fn pg_query<'a>(
+    sql: &'a str,
+    args: &'a [Arg<'a>],
+) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    args.iter().fold(sqlx::query(sql), |q, a| match *a {
+        Arg::Text(v) => q.bind(v),
+        Arg::OptText(v) => q.bind(v),
+        Arg::Int(v) => q.bind(v),
+        Arg::OptInt(v) => q.bind(v),
+    })
+}
+
+impl Exec for sqlx::PgConnection {
+    const DIALECT: Dialect = Dialect::Postgres;
+
+    async fn rows<'a, T, F>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Arg<'a>],
+        mut decode: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Send + 'a,
+        F: FnMut(&dyn Cols) -> Result<T> + Send + 'a,
+    {
+        let rows = pg_query(sql, args)
+            .fetch_all(&mut *self)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|row| decode(row)).collect()
+    }
+
+    async fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Result<u64> {
+        let done = pg_query(sql, args).execute(&mut *self).await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl crate::migrate::Script for sqlx::PgConnection {
+    async fn script(&mut self, sql: &str) -> Result<()> {
+        sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql))
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}

@@ -2,9 +2,10 @@
 //!
 //! - [`Store`]: the one trait the engine talks to. Every write that the API acknowledges goes
 //!   through it and is on disk before the call returns.
-//! - [`sqlite`]: the default backend (sqlx, WAL, embedded migrations). Writes from many callers
-//!   are group-committed by a single writer task: one transaction and one fsync serve every
-//!   call that arrived while the previous commit was running.
+//! - [`sqlite`]: the default backend (rusqlite on threads of its own, WAL, embedded
+//!   migrations). Writes from many callers are group-committed by a single writer thread: one
+//!   transaction and one fsync serve every call that arrived while the previous commit was
+//!   running.
 //! - [`model`]: the records the store returns.
 //! - `reads` and `rows`: the read statements, their functions and the row decoding, written
 //!   once as functions over `exec::Exec`, which each backend's connection implements; the

@@ -25,7 +25,7 @@ pub(crate) static J_JOB_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
-/// Maps an sqlx error to a store error. A closed pool means the store was closed; a
+/// Maps an sqlx (PostgreSQL) error to a store error. A closed pool means the store was closed; a
 /// connection that broke (I/O, a pool that cannot connect in time, a backend the server
 /// terminated: SQLSTATE 57P01..57P03) means the database is unreachable, which callers may
 /// retry, unlike an error the database reported about the statement.

@@ -1,27 +1,36 @@
 //! The SQLite backend of [`Store`]: the default, single-process job store.
 //!
-//! # Writes: one writer task, group commit
+//! # Threads, not a driver's channel
+//!
+//! SQLite runs on threads this store owns (`conn`, rusqlite): one writer thread, a few read
+//! threads and a checkpoint thread, each with its own connection and prepared-statement cache.
+//! A caller hands a whole write or a whole read to a thread once and gets its answer once;
+//! the statements inside run as plain calls on that thread. (sqlx's SQLite driver, used
+//! before, handed every single statement to a per-connection worker thread and back; the
+//! choice was measured, see BENCHMARKS.md, "SQLite driver".)
+//!
+//! # Writes: one writer thread, group commit
 //!
 //! SQLite allows one writer at a time, and with `synchronous = FULL` every commit is an
 //! fsync of the WAL — a millisecond or more on real disks. Letting each caller run its own
 //! transaction would serialise them on the database lock *and* pay one fsync each.
 //!
-//! Instead, one task (the private `writer` module) owns the only write connection. `submit`,
+//! Instead, one thread (the private `writer` module) owns the only write connection. `submit`,
 //! `create_attempt`, `apply` and `record_delivery` send a command over a channel and wait on
-//! a oneshot. The task takes the first command and everything queued behind it (up to 512),
+//! a oneshot. The thread takes the first command and everything queued behind it (up to 512),
 //! runs them all in one transaction, commits once, and only then answers every caller. While
 //! one fsync runs, the next group accumulates, so 200 concurrent single-job submits cost a
 //! handful of commits, and an acknowledged write is always on disk (SPEC §7). One failing
 //! command never takes the others down; the writer module explains how it does that with few
 //! statements (submits are coalesced into multi-row INSERTs; SAVEPOINTs only where needed).
-//! WAL checkpoints run from a background task (`checkpoint`), not inside a COMMIT.
+//! WAL checkpoints run on a thread of their own (`checkpoint`), not inside a COMMIT.
 //!
-//! # Reads: a small pool
+//! # Reads: a few read threads
 //!
-//! Reads go to a separate set of connections with `query_only` set (`reads`: a semaphore and
-//! a free list rather than `sqlx::SqlitePool`, whose pings cost two extra thread hops a read). In WAL mode readers
-//! never block the writer nor each other, and each read sees the last committed state —
-//! which includes every write that has been acknowledged.
+//! Reads go to a fixed set of threads, each owning a `query_only` connection (`threads`). In
+//! WAL mode readers never block the writer nor each other, and each read sees the last
+//! committed state — which includes every write that has been acknowledged. A read never
+//! waits behind a write group's fsync.
 //!
 //! # Schema
 //!
@@ -29,32 +38,29 @@
 //! one transaction, recorded in `schema_migrations`; running them again is a no-op.
 
 mod checkpoint;
+mod conn;
 mod notify;
 use notify::NotifyWrite;
 mod custody;
-mod reads;
 mod retention;
 mod rows;
+mod threads;
 mod writer;
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{Mutex, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use self::checkpoint::Checkpointer;
-use self::reads::ReadPool;
-use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
+use self::conn::{Conn, Location, block_on};
+use self::rows::{JOB_COLUMNS, job_from_row, sql_limit};
+use self::threads::ReadThreads;
 use self::writer::Command;
+use crate::exec::{Arg, Exec, args};
 use crate::model::{
     Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
     SubmitOutcome,
@@ -76,7 +82,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups
 /// (status calls, watchers' snapshots, pollers) without holding many file handles.
-const READ_CONNECTIONS: u32 = 4;
+const READ_CONNECTIONS: usize = 4;
 
 /// How long a connection waits for a lock held by another process before failing. Inside this
 /// process the writer never competes for the lock, so this only matters for external tools.
@@ -95,16 +101,102 @@ const IN_SIZES: [usize; 6] = [1, 4, 16, 64, 256, MAX_IN_PARAMS];
 
 /// The SQLite job store. Cheap to share behind an `Arc`; see the module docs for its design.
 pub struct SqliteStore {
-    /// Commands to the writer task. The receiver is closed by `close()`, after which every
+    /// Commands to the writer thread. The receiver is closed by `close()`, after which every
     /// send fails and the call returns [`StoreError::Closed`].
     writes: mpsc::Sender<Command>,
-    reads: ReadPool,
+    reads: ReadThreads,
     /// Commits done by the writer; shared with it.
     commits: Arc<AtomicU64>,
-    /// The writer task and the WAL checkpoint task (file databases only), taken by the first
-    /// `close()`. An async mutex so that a second, concurrent `close()` waits until the first
-    /// has finished flushing.
-    writer: Mutex<Option<(JoinHandle<()>, Option<Checkpointer>)>>,
+    /// The writer thread and the WAL checkpoint thread (file databases only), taken by the
+    /// first `close()`. An async mutex so that a second, concurrent `close()` waits until the
+    /// first has finished flushing.
+    writer: Mutex<Option<(WriterThread, Option<Checkpointer>)>>,
+}
+
+/// The writer thread: `done` fires when its loop has ended and its connection is closed.
+struct WriterThread {
+    done: oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Starts the writer thread: it opens and migrates the write connection, reports that on
+    /// `ready`, then runs the writer loop until the channel closes.
+    async fn start(
+        location: &Location,
+        commands: mpsc::Receiver<Command>,
+        commits: Arc<AtomicU64>,
+    ) -> Result<WriterThread> {
+        let (ready_tx, ready) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let location = location.clone();
+        let thread = std::thread::Builder::new()
+            .name("adgate-sqlite-writer".to_owned())
+            .spawn(move || {
+                match open_writer(&location) {
+                    Ok(conn) => {
+                        drop(ready_tx.send(Ok(())));
+                        block_on(writer::run(conn, commands, commits));
+                    }
+                    Err(e) => drop(ready_tx.send(Err(e))),
+                }
+                // Nobody waits any more if `open` was abandoned.
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| StoreError::Database(Box::new(e)))?;
+        let writer = WriterThread { done, thread };
+        match ready.await {
+            Ok(Ok(())) => Ok(writer),
+            Ok(Err(e)) => {
+                writer.join().await;
+                Err(e)
+            }
+            Err(_) => {
+                writer.join().await;
+                Err(StoreError::Closed)
+            }
+        }
+    }
+
+    /// Waits for the thread to end (after its channel closed or it failed to open).
+    async fn join(self) {
+        // An error means the thread ended without saying so: it panicked, and `join` says so.
+        drop(self.done.await);
+        threads::join_all("writer", vec![self.thread]).await;
+    }
+}
+
+/// The write connection: opened with the writer's settings, migrated, and (files) switched to
+/// incremental auto-vacuum.
+fn open_writer(location: &Location) -> Result<Conn> {
+    let mut conn = location.open(BUSY_TIMEOUT)?;
+    conn.pragma("synchronous", "FULL")?;
+    // The writer is the only connection that changes pages, so its cache stays valid from
+    // one transaction to the next; 32 MiB (the default is 2 MiB) keeps the hot index pages
+    // of a large table in memory instead of re-reading them per group.
+    conn.pragma("cache_size", "-32768")?;
+    // Statement journals (a multi-row INSERT inside a transaction needs one, so that a
+    // constraint failure undoes that statement alone) and SAVEPOINT journals go to memory
+    // instead of a temp file: profiles showed their pwrite()s at ~10% of the writer's time.
+    // They are scratch space for rolling back inside a transaction and never part of
+    // durability (the WAL is).
+    conn.pragma("temp_store", "MEMORY")?;
+    // An in-memory database has no WAL (SQLite keeps its journal in memory) and nothing to
+    // vacuum; only files get these.
+    if !location.in_memory() {
+        // Before the first table of a new file exists (it must come before journal_mode); a
+        // file created without it is switched below (`enable_incremental_vacuum`).
+        conn.pragma("auto_vacuum", "INCREMENTAL")?;
+        conn.pragma("journal_mode", "WAL")?;
+        // Checkpoints run in the background (`checkpoint`); the writer's own auto-checkpoint
+        // (which would run inside a COMMIT) is only a backstop.
+        conn.pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT)?;
+    }
+    block_on(migrate(&mut conn))?;
+    if !location.in_memory() {
+        block_on(retention::enable_incremental_vacuum(&mut conn))?;
+    }
+    Ok(conn)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -130,89 +222,53 @@ impl SqliteStore {
                 url.split(':').next().unwrap_or_default()
             )));
         }
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let base = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            // Statement logging at INFO would print every query; keep it for debugging only.
-            .log_statements(tracing::log::LevelFilter::Trace);
-
-        // An in-memory database has no WAL (SQLite keeps its journal in memory); asking for
-        // one is ignored, so only files get it. `sqlite::memory:` is shared-cache, so the
-        // writer and the readers see one database, alive while the writer connection is.
-        let mut write_options = base
-            .clone()
-            .synchronous(SqliteSynchronous::Full)
-            // Room for the multi-row INSERT variants and every other statement.
-            .statement_cache_capacity(256)
-            // The writer is the only connection that changes pages, so its cache stays valid
-            // from one transaction to the next; 32 MiB (the default is 2 MiB) keeps the hot
-            // index pages of a large table in memory instead of re-reading them per group.
-            .pragma("cache_size", "-32768")
-            // Statement journals (a multi-row INSERT inside a transaction needs one, so that a
-            // constraint failure undoes that statement alone) and SAVEPOINT journals go to
-            // memory instead of a temp file: profiles showed their pwrite()s at ~10% of the
-            // writer's time. They are scratch space for rolling back inside a transaction and
-            // never part of durability (the WAL is).
-            .pragma("temp_store", "MEMORY");
-        if !in_memory {
-            write_options = write_options
-                .journal_mode(SqliteJournalMode::Wal)
-                // Checkpoints run in the background (`checkpoint`); the writer's own
-                // auto-checkpoint (which would run inside a COMMIT) is only a backstop.
-                .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT);
-        }
-        if !in_memory {
-            // Before the first table of a new file exists; a file created without it is
-            // switched at the first open below (`retention::enable_incremental_vacuum`).
-            write_options = write_options.auto_vacuum(SqliteAutoVacuum::Incremental);
-        }
-        let mut conn = write_options.connect().await.map_err(db)?;
-        if let Err(e) = migrate(&mut conn).await {
-            drop(conn.close().await);
-            return Err(e);
-        }
-        if !in_memory && let Err(e) = retention::enable_incremental_vacuum(&mut conn).await {
-            drop(conn.close().await);
-            return Err(e);
-        }
-
-        // `query_only` turns a write slipping into the read path into an error instead of a
-        // second writer that would contend with the writer task for the lock.
-        let reads = match ReadPool::open(&base.clone().pragma("query_only", "ON"), READ_CONNECTIONS)
-            .await
-        {
-            Ok(reads) => reads,
-            Err(e) => {
-                drop(conn.close().await);
-                return Err(e);
-            }
-        };
-        // An in-memory database has no WAL, so nothing to checkpoint.
-        let checkpointer = if in_memory {
-            None
-        } else {
-            match Checkpointer::start(&base).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    reads.close().await;
-                    drop(conn.close().await);
-                    return Err(e);
-                }
-            }
-        };
-
+        let location = Location::parse(url)?;
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let handle = tokio::spawn(writer::run(conn, rx, Arc::clone(&commits)));
-        Ok(SqliteStore {
-            writes: tx,
-            reads,
-            commits,
-            writer: Mutex::new(Some((handle, checkpointer))),
-        })
+        // The writer first: it creates and migrates the file before any reader opens it.
+        let writer = WriterThread::start(&location, rx, Arc::clone(&commits)).await?;
+        let started = Self::start_readers(&location).and_then(|reads| {
+            // An in-memory database has no WAL, so nothing to checkpoint.
+            let checkpointer = if location.in_memory() {
+                None
+            } else {
+                Some(Checkpointer::start(&location, BUSY_TIMEOUT)?)
+            };
+            Ok((reads, checkpointer))
+        });
+        match started {
+            Ok((reads, checkpointer)) => Ok(SqliteStore {
+                writes: tx,
+                reads,
+                commits,
+                writer: Mutex::new(Some((writer, checkpointer))),
+            }),
+            Err(e) => {
+                drop(tx); // ends the writer loop
+                writer.join().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn start_readers(location: &Location) -> Result<ReadThreads> {
+        let mut conns = Vec::with_capacity(READ_CONNECTIONS);
+        for _ in 0..READ_CONNECTIONS {
+            let conn = location.open(BUSY_TIMEOUT)?;
+            // A write slipping into the read path is an error instead of a second writer
+            // that would contend with the writer thread for the lock.
+            conn.pragma("query_only", "ON")?;
+            conns.push(conn);
+        }
+        ReadThreads::start(conns)
+    }
+
+    /// Runs `read` on a read thread (see `threads`).
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.reads.run(read).await
     }
 
     /// Sends a command to the writer and waits for its answer (given after the commit).
@@ -222,35 +278,26 @@ impl SqliteStore {
 }
 
 /// Applies the embedded migrations that this database has not seen, in one transaction.
-async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+async fn migrate(conn: &mut Conn) -> Result<()> {
     // IMMEDIATE: two processes opening a fresh file at once migrate one after the other.
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+    conn.execute("BEGIN IMMEDIATE", &[]).await?;
     match migrate_in_transaction(conn).await {
-        Ok(()) => sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map(drop)
-            .map_err(db),
+        Ok(()) => conn.execute("COMMIT", &[]).await.map(drop),
         Err(e) => {
-            drop(sqlx::query("ROLLBACK").execute(&mut *conn).await);
+            drop(conn.execute("ROLLBACK", &[]).await);
             Err(e)
         }
     }
 }
 
-async fn migrate_in_transaction(conn: &mut SqliteConnection) -> Result<()> {
-    sqlx::query(
+async fn migrate_in_transaction(conn: &mut Conn) -> Result<()> {
+    conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (\
              version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
+        &[],
     )
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    crate::migrate::apply_pending(&mut *conn, MIGRATIONS).await?;
-    Ok(())
+    .await?;
+    crate::migrate::apply_pending(conn, MIGRATIONS).await
 }
 
 /// `SELECT … WHERE id IN (?, …)` for each of [`IN_SIZES`].
@@ -279,36 +326,43 @@ impl Store for SqliteStore {
             .map(String::as_str)
             .filter(|id| seen.insert(*id))
             .collect();
-        let mut jobs = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(MAX_IN_PARAMS) {
-            let level = IN_SIZES
-                .iter()
-                .position(|&n| n >= chunk.len())
-                .unwrap_or(IN_SIZES.len() - 1);
-            let mut query = sqlx::query(&GET_JOBS[level]);
-            for id in chunk {
-                query = query.bind(*id);
+        let unique: Vec<String> = unique.into_iter().map(str::to_owned).collect();
+        self.read(move |conn| {
+            let mut jobs = Vec::with_capacity(unique.len());
+            for chunk in unique.chunks(MAX_IN_PARAMS) {
+                let level = IN_SIZES
+                    .iter()
+                    .position(|&n| n >= chunk.len())
+                    .unwrap_or(IN_SIZES.len() - 1);
+                // Padding repeats the last id; IN ignores duplicates.
+                let last = chunk.last().map(String::as_str).unwrap_or_default();
+                let args: Vec<Arg<'_>> = chunk
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::repeat_n(last, IN_SIZES[level] - chunk.len()))
+                    .map(Arg::Text)
+                    .collect();
+                jobs.extend(block_on(conn.rows(&GET_JOBS[level], &args, job_from_row))?);
             }
-            // Padding repeats the last id; IN ignores duplicates.
-            let last = chunk.last().copied().unwrap_or_default();
-            for _ in chunk.len()..IN_SIZES[level] {
-                query = query.bind(last);
-            }
-            let rows = query
-                .fetch_all(&mut *self.reads.get().await?)
-                .await
-                .map_err(db)?;
-            jobs.extend(jobs_from_rows(&rows)?);
-        }
-        Ok(jobs)
+            Ok(jobs)
+        })
+        .await
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        crate::reads::batch_jobs(&mut *self.reads.get().await?, batch_id).await
+        {
+            let batch_id = batch_id.to_owned();
+            self.read(move |conn| block_on(crate::reads::batch_jobs(conn, &batch_id)))
+                .await
+        }
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        crate::reads::queued_unassigned(&mut *self.reads.get().await?, provider, limit).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::queued_unassigned(conn, &provider, limit)))
+                .await
+        }
     }
 
     async fn create_attempt(
@@ -331,7 +385,11 @@ impl Store for SqliteStore {
     }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        crate::reads::open_attempts(&mut *self.reads.get().await?, provider).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::open_attempts(conn, &provider)))
+                .await
+        }
     }
 
     async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -349,15 +407,30 @@ impl Store for SqliteStore {
     }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        crate::reads::active_jobs(&mut *self.reads.get().await?, provider).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::active_jobs(conn, &provider)))
+                .await
+        }
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        crate::reads::active_refs(&mut *self.reads.get().await?, provider).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::active_refs(conn, &provider)))
+                .await
+        }
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        crate::reads::find_by_ref(&mut *self.reads.get().await?, provider, provider_ref).await
+        {
+            let provider = provider.to_owned();
+            let provider_ref = provider_ref.to_owned();
+            self.read(move |conn| {
+                block_on(crate::reads::find_by_ref(conn, &provider, &provider_ref))
+            })
+            .await
+        }
     }
 
     async fn correlation_candidates(
@@ -366,21 +439,37 @@ impl Store for SqliteStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        crate::reads::correlation_candidates(
-            &mut *self.reads.get().await?,
-            provider,
-            correlation_key,
-            limit,
-        )
-        .await
+        {
+            let provider = provider.to_owned();
+            let correlation_key = correlation_key.to_owned();
+            self.read(move |conn| {
+                block_on(crate::reads::correlation_candidates(
+                    conn,
+                    &provider,
+                    &correlation_key,
+                    limit,
+                ))
+            })
+            .await
+        }
     }
 
     async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        crate::reads::jobs_by_poll_key(&mut *self.reads.get().await?, provider, poll_key).await
+        {
+            let provider = provider.to_owned();
+            let poll_key = poll_key.to_owned();
+            self.read(move |conn| {
+                block_on(crate::reads::jobs_by_poll_key(conn, &provider, &poll_key))
+            })
+            .await
+        }
     }
 
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        crate::reads::expired(&mut *self.reads.get().await?, now_ms, limit).await
+        {
+            self.read(move |conn| block_on(crate::reads::expired(conn, now_ms, limit)))
+                .await
+        }
     }
 
     async fn apply_event(
@@ -401,7 +490,11 @@ impl Store for SqliteStore {
     }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        crate::reads::kept_events(&mut *self.reads.get().await?, provider, limit).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::kept_events(conn, &provider, limit)))
+                .await
+        }
     }
 
     async fn spend_since(
@@ -411,22 +504,32 @@ impl Store for SqliteStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        crate::reads::spend_since(
-            &mut *self.reads.get().await?,
-            caller,
-            provider,
-            unit,
-            since_ms,
-        )
-        .await
+        {
+            let caller = caller.to_owned();
+            let provider = provider.to_owned();
+            let unit = unit.to_owned();
+            self.read(move |conn| {
+                block_on(crate::reads::spend_since(
+                    conn, &caller, &provider, &unit, since_ms,
+                ))
+            })
+            .await
+        }
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        crate::reads::queued_entries(&mut *self.reads.get().await?, provider, limit).await
+        {
+            let provider = provider.to_owned();
+            self.read(move |conn| block_on(crate::reads::queued_entries(conn, &provider, limit)))
+                .await
+        }
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        crate::reads::count_by_state(&mut *self.reads.get().await?).await
+        {
+            self.read(move |conn| block_on(crate::reads::count_by_state(conn)))
+                .await
+        }
     }
 
     async fn list_jobs(
@@ -435,7 +538,19 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        crate::reads::list_jobs(&mut *self.reads.get().await?, filter, after, limit).await
+        {
+            let filter = filter.clone();
+            let after = after.cloned();
+            self.read(move |conn| {
+                block_on(crate::reads::list_jobs(
+                    conn,
+                    &filter,
+                    after.as_ref(),
+                    limit,
+                ))
+            })
+            .await
+        }
     }
 
     async fn list_batches(
@@ -444,7 +559,19 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        crate::reads::list_batches(&mut *self.reads.get().await?, filter, after, limit).await
+        {
+            let filter = filter.clone();
+            let after = after.cloned();
+            self.read(move |conn| {
+                block_on(crate::reads::list_batches(
+                    conn,
+                    &filter,
+                    after.as_ref(),
+                    limit,
+                ))
+            })
+            .await
+        }
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
@@ -460,12 +587,15 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::OutboxEntry>> {
         // The deliverer asks twice a second: an idle outbox is answered by a reader, without
         // a transaction on the writer that every Submit shares.
-        let due =
-            sqlx::query("SELECT 1 FROM notify_outbox WHERE state = 0 AND next_at <= ? LIMIT 1")
-                .bind(now_ms)
-                .fetch_optional(&mut *self.reads.get().await?)
-                .await
-                .map_err(db)?;
+        let due = self
+            .read(move |conn| {
+                block_on(conn.optional(
+                    "SELECT 1 FROM notify_outbox WHERE state = 0 AND next_at <= ? LIMIT 1",
+                    &args![now_ms],
+                    |_| Ok(()),
+                ))
+            })
+            .await?;
         if due.is_none() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -521,12 +651,14 @@ impl Store for SqliteStore {
     }
 
     async fn disabled_endpoints(&self) -> Result<Vec<(String, String)>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT endpoint, reason FROM notify_disabled ORDER BY endpoint")
-                .fetch_all(&mut *self.reads.get().await?)
-                .await
-                .map_err(db)?;
-        Ok(rows)
+        self.read(|conn| {
+            block_on(conn.rows(
+                "SELECT endpoint, reason FROM notify_disabled ORDER BY endpoint",
+                &[],
+                |row| Ok((row.text(0)?, row.text(1)?)),
+            ))
+        })
+        .await
     }
 
     async fn redeliver_batch(&self, batch_id: &str, now_ms: i64) -> Result<Option<u64>> {
@@ -550,11 +682,15 @@ impl Store for SqliteStore {
     ) -> Result<Vec<crate::CustodyTask>> {
         // The worker asks every second: an idle queue is answered by a reader, without a
         // transaction on the writer.
-        let due = sqlx::query("SELECT 1 FROM custody_queue WHERE next_at <= ? LIMIT 1")
-            .bind(now_ms)
-            .fetch_optional(&mut *self.reads.get().await?)
-            .await
-            .map_err(db)?;
+        let due = self
+            .read(move |conn| {
+                block_on(conn.optional(
+                    "SELECT 1 FROM custody_queue WHERE next_at <= ? LIMIT 1",
+                    &args![now_ms],
+                    |_| Ok(()),
+                ))
+            })
+            .await?;
         if due.is_none() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -603,7 +739,7 @@ impl Store for SqliteStore {
     /// Writes after this fail with [`StoreError::Closed`], and so do reads (the pool is closed).
     async fn close(&self) {
         let mut writer = self.writer.lock().await;
-        let Some((handle, checkpointer)) = writer.take() else {
+        let Some((thread, checkpointer)) = writer.take() else {
             return; // closed already (a concurrent close waited on the lock above)
         };
         // Stop checkpointing first: the last connection to close checkpoints the WAL itself.
@@ -613,9 +749,7 @@ impl Store for SqliteStore {
         // Queued behind every command sent before it; the writer closes its receiver on it.
         // Failure means the writer is gone already, which is what we want.
         drop(self.writes.send(Command::Shutdown).await);
-        if let Err(e) = handle.await {
-            tracing::error!(error = %e, "store writer task failed");
-        }
+        thread.join().await;
         self.reads.close().await;
     }
 }

@@ -10,13 +10,18 @@ use std::time::Instant;
 
 use adgate_generator::JobState;
 use adgate_store::{JobPatch, NewSubmission, SqliteStore, Store, StoreError};
-use sqlx::Connection;
 use tempfile::TempDir;
 
 use suite::{T0, job, submission, submit_ok};
 
 fn url(dir: &TempDir) -> String {
     format!("sqlite://{}", dir.path().join("adgate.db").display())
+}
+
+/// A plain connection to the store's file, beside the store (what an operator's `sqlite3`
+/// would see).
+fn raw(dir: &TempDir) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.path().join("adgate.db")).expect("connect")
 }
 
 async fn fresh() -> (TempDir, SqliteStore) {
@@ -44,13 +49,9 @@ impl suite::backend::Backend for SqliteDb {
     }
 
     async fn execute_raw(&self, statements: &[&str]) {
-        let mut conn = sqlx::SqliteConnection::connect(&url(&self.dir))
-            .await
-            .expect("connect");
-        for sql in statements {
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        }
-        conn.close().await.expect("close");
+        raw(&self.dir)
+            .execute_batch(&statements.join(";\n"))
+            .expect("corrupt rows");
     }
 }
 
@@ -91,21 +92,19 @@ async fn migrations_are_recorded_and_idempotent() {
         let store = SqliteStore::open(&url(&dir)).await.expect("open");
         store.close().await;
     }
-    let mut conn = sqlx::SqliteConnection::connect(&url(&dir))
-        .await
-        .expect("connect");
-    let versions: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
-        .fetch_all(&mut conn)
-        .await
+    let conn = raw(&dir);
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("versions")
+        .collect::<Result<_, _>>()
         .expect("versions");
-
-    assert_eq!(versions, (1..=8).map(|v| (v,)).collect::<Vec<(i64,)>>());
-    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(&mut conn)
-        .await
+    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .expect("journal mode");
     assert_eq!(mode, "wal");
-    conn.close().await.expect("close");
 }
 
 /// Bulk throughput: 100 jobs per submit. Prints the figure; the assertion is deliberately
@@ -183,9 +182,7 @@ async fn jobs_stored_before_provider_result_still_read() {
     store.close().await;
     {
         // Turn the file back into a version-2 database holding a completed job's old shape.
-        let mut conn = sqlx::SqliteConnection::connect(&url(&dir))
-            .await
-            .expect("connect");
+        let conn = raw(&dir);
         // Everything versions 3 and later added goes (indexes before the columns they cover).
         for sql in [
             "DROP TABLE custody_queue",
@@ -220,9 +217,8 @@ async fn jobs_stored_before_provider_result_still_read() {
              \"height\":2,\"format\":\"facebook-feed\",\"mime_type\":\"image/png\"}]' \
              WHERE id = 'job_1'",
         ] {
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            conn.execute_batch(sql).expect(sql);
         }
-        conn.close().await.expect("close");
     }
     let store = SqliteStore::open(&url(&dir)).await.expect("reopen");
     let job = store
@@ -346,34 +342,19 @@ async fn file_shrinks_after_retention_and_vacuum() {
 async fn existing_database_is_switched_to_incremental_vacuum() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = url(&dir);
-    let mode = |url: String| async move {
-        let mut conn = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("connect");
-        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
-            .fetch_one(&mut conn)
-            .await
-            .expect("pragma");
-        conn.close().await.expect("close");
-        mode
+    let mode = |dir: &TempDir| -> i64 {
+        raw(dir)
+            .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+            .expect("pragma")
     };
-    {
-        // What an older build left: a WAL database with auto_vacuum NONE and some data.
-        let options = url
-            .parse::<sqlx::sqlite::SqliteConnectOptions>()
-            .expect("options")
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-        let mut conn = sqlx::ConnectOptions::connect(&options)
-            .await
-            .expect("create");
-        sqlx::raw_sql("CREATE TABLE legacy (x TEXT); INSERT INTO legacy VALUES ('kept');")
-            .execute(&mut conn)
-            .await
-            .expect("legacy data");
-        conn.close().await.expect("close");
-    }
-    assert_eq!(mode(url.clone()).await, 0, "NONE before");
+    // What an older build left: a WAL database with auto_vacuum NONE and some data.
+    raw(&dir)
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; \
+             CREATE TABLE legacy (x TEXT); INSERT INTO legacy VALUES ('kept');",
+        )
+        .expect("legacy data");
+    assert_eq!(mode(&dir), 0, "NONE before");
     let store = SqliteStore::open(&url).await.expect("open");
     submit_ok(
         &store,
@@ -381,20 +362,11 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
     )
     .await;
     store.close().await;
-    assert_eq!(
-        mode(url.clone()).await,
-        2,
-        "INCREMENTAL after the first open"
-    );
-    let mut conn = sqlx::SqliteConnection::connect(&url)
-        .await
-        .expect("connect");
-    let legacy: String = sqlx::query_scalar("SELECT x FROM legacy")
-        .fetch_one(&mut conn)
-        .await
+    assert_eq!(mode(&dir), 2, "INCREMENTAL after the first open");
+    let legacy: String = raw(&dir)
+        .query_row("SELECT x FROM legacy", [], |row| row.get(0))
         .expect("legacy row");
     assert_eq!(legacy, "kept");
-    conn.close().await.expect("close");
     // A new file has it from the start.
     let fresh_dir = tempfile::tempdir().expect("tempdir");
     let fresh_url = format!("sqlite://{}", fresh_dir.path().join("adgate.db").display());
@@ -403,7 +375,7 @@ async fn existing_database_is_switched_to_incremental_vacuum() {
         .expect("open new")
         .close()
         .await;
-    assert_eq!(mode(fresh_url).await, 2);
+    assert_eq!(mode(&fresh_dir), 2);
 }
 
 /// An in-memory store has no incremental auto-vacuum: reclaiming reports nothing left to do at

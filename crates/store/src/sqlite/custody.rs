@@ -1,10 +1,9 @@
-//! Output custody on SQLite: the custody queue's writes, run by the writer task (each in its
+//! Output custody on SQLite: the custody queue's writes, run by the writer thread (each in its
 //! own savepoint, like every multi-statement command).
 
-use sqlx::sqlite::SqliteConnection;
-
-use super::rows::db;
+use super::conn::Conn;
 use crate::Result;
+use crate::exec::{Exec, args};
 use crate::model::{CustodyTask, CustodyWrite, JobRecord};
 use crate::writer::{Pending, Reply, pending};
 
@@ -27,22 +26,18 @@ pub(crate) enum CustodyOp {
 crate::writer::replies!(CustodyOp { Claim, Release });
 
 /// Queue the copy of a job that this transaction completes (see `JobRecord::custody_queued_by`).
-pub(super) async fn queue(conn: &mut SqliteConnection, job_id: &str, now_ms: i64) -> Result<()> {
-    sqlx::query(
+pub(super) async fn queue(conn: &mut Conn, job_id: &str, now_ms: i64) -> Result<()> {
+    conn.execute(
         "INSERT INTO custody_queue (job_id, attempts, queued_at, next_at) VALUES (?, 0, ?, ?) \
          ON CONFLICT (job_id) DO NOTHING",
+        &args![job_id, now_ms, now_ms],
     )
-    .bind(job_id)
-    .bind(now_ms)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
 /// Runs one custody write; the answer waits for the group's COMMIT like every other.
-pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> (Box<dyn Pending>, bool) {
+pub(super) async fn run(conn: &mut Conn, op: CustodyOp) -> (Box<dyn Pending>, bool) {
     match op {
         CustodyOp::Claim {
             replica,
@@ -56,42 +51,37 @@ pub(super) async fn run(conn: &mut SqliteConnection, op: CustodyOp) -> (Box<dyn 
 }
 
 /// One process owns a SQLite file: every claim on record is a previous run's.
-async fn release(conn: &mut SqliteConnection, now_ms: i64) -> Result<()> {
-    sqlx::query(
+async fn release(conn: &mut Conn, now_ms: i64) -> Result<()> {
+    conn.execute(
         "UPDATE custody_queue SET next_at = MIN(next_at, ?), claimed_by = NULL \
          WHERE claimed_by IS NOT NULL",
+        &args![now_ms],
     )
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
 async fn claim(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     replica: &str,
     now_ms: i64,
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<CustodyTask>> {
-    let rows = sqlx::query(
-        "UPDATE custody_queue SET next_at = ?, claimed_by = ? WHERE job_id IN (\
-             SELECT job_id FROM custody_queue WHERE next_at <= ? ORDER BY next_at LIMIT ?) \
-         RETURNING job_id, attempts, queued_at",
-    )
-    .bind(now_ms.saturating_add(lease_ms))
-    .bind(replica)
-    .bind(now_ms)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
-    crate::custody::tasks_from_rows(&rows)
+    let tasks = conn
+        .rows(
+            "UPDATE custody_queue SET next_at = ?, claimed_by = ? WHERE job_id IN (\
+                 SELECT job_id FROM custody_queue WHERE next_at <= ? ORDER BY next_at LIMIT ?) \
+             RETURNING job_id, attempts, queued_at",
+            &args![now_ms.saturating_add(lease_ms), replica, now_ms, limit],
+            crate::custody::task_from_row,
+        )
+        .await?;
+    Ok(crate::custody::oldest_first(tasks))
 }
 
 pub(super) async fn finish(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     write: CustodyWrite,
     now_ms: i64,
 ) -> Result<Option<JobRecord>> {

@@ -1,11 +1,9 @@
 //! The outbox on SQLite: the rows a finishing write adds (inside the writer's transaction),
 //! and the deliverer's writes, which go through the writer like every other write.
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
-
-use super::rows::db;
+use super::conn::Conn;
 use crate::Result;
+use crate::exec::{Exec, args};
 use crate::notify::{
     DUE, Finished, NewEvent, NotifySettle, NotifyingBatch, OUTBOX_COLUMNS, OutboxEntry, disable,
     entry_from_row, events_of, finished_per_batch, redeliver, set_endpoints,
@@ -46,7 +44,7 @@ impl NotifyWrite {
     /// Runs it; the answer waits for the group's COMMIT like every other.
     pub(in crate::sqlite) async fn run(
         self,
-        conn: &mut SqliteConnection,
+        conn: &mut Conn,
     ) -> (Box<dyn crate::writer::Pending>, bool) {
         use crate::writer::pending;
         match self {
@@ -89,7 +87,7 @@ crate::writer::replies!(NotifyWrite {
 
 /// The outbox rows of jobs that finished in this write (inside its savepoint).
 pub(super) async fn record_finished(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     finished: &[Finished],
     now_ms: i64,
 ) -> Result<()> {
@@ -98,22 +96,21 @@ pub(super) async fn record_finished(
     }
     let mut batches = Vec::new();
     for (batch_id, n) in finished_per_batch(finished) {
-        let row = sqlx::query(
-            "UPDATE batches SET open_jobs = open_jobs - ? WHERE id = ? AND notify = 1 \
-             RETURNING caller, notify_url, notify_url_events, open_jobs",
-        )
-        .bind(n)
-        .bind(&batch_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        if let Some(row) = row {
+        let found = conn
+            .optional(
+                "UPDATE batches SET open_jobs = open_jobs - ? WHERE id = ? AND notify = 1 \
+                 RETURNING caller, notify_url, notify_url_events, open_jobs",
+                &args![n, &batch_id],
+                |row| Ok((row.text(0)?, row.opt_text(1)?, row.int(2)?, row.int(3)?)),
+            )
+            .await?;
+        if let Some((caller, url, url_events, open_jobs)) = found {
             batches.push(NotifyingBatch {
                 id: batch_id,
-                caller: row.try_get(0).map_err(db)?,
-                url: row.try_get(1).map_err(db)?,
-                url_events: row.try_get(2).map_err(db)?,
-                open_jobs: row.try_get(3).map_err(db)?,
+                caller,
+                url,
+                url_events,
+                open_jobs,
             });
         }
     }
@@ -123,87 +120,80 @@ pub(super) async fn record_finished(
     Ok(())
 }
 
-async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent, now_ms: i64) -> Result<()> {
+async fn insert_event(conn: &mut Conn, e: &NewEvent, now_ms: i64) -> Result<()> {
     if let Some(url) = &e.url {
-        sqlx::query(
+        let endpoint = crate::notify::url_endpoint(url);
+        conn.execute(
             "INSERT INTO notify_outbox (event_id, endpoint, url, kind, job_id, batch_id, \
              created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (event_id, endpoint) DO NOTHING",
+            &args![
+                &e.event_id,
+                &endpoint,
+                url,
+                e.kind,
+                &e.job_id,
+                &e.batch_id,
+                now_ms,
+                now_ms
+            ],
         )
-        .bind(&e.event_id)
-        .bind(crate::notify::url_endpoint(url))
-        .bind(url)
-        .bind(e.kind)
-        .bind(&e.job_id)
-        .bind(&e.batch_id)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+        .await?;
     }
-    sqlx::query(
+    conn.execute(
         "INSERT INTO notify_outbox (event_id, endpoint, url, kind, job_id, batch_id, \
          created_at, next_at) \
          SELECT ?, e.id, e.url, ?, ?, ?, ?, ? FROM notify_endpoints e \
          WHERE e.caller = ? AND (e.events & ?) <> 0 \
          ON CONFLICT (event_id, endpoint) DO NOTHING",
+        &args![
+            &e.event_id,
+            e.kind,
+            &e.job_id,
+            &e.batch_id,
+            now_ms,
+            now_ms,
+            &e.caller,
+            e.kind
+        ],
     )
-    .bind(&e.event_id)
-    .bind(e.kind)
-    .bind(&e.job_id)
-    .bind(&e.batch_id)
-    .bind(now_ms)
-    .bind(now_ms)
-    .bind(&e.caller)
-    .bind(e.kind)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
 async fn claim(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     now_ms: i64,
     lease_ms: i64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>> {
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "UPDATE notify_outbox SET next_at = ? WHERE seq IN \
          (SELECT seq FROM notify_outbox WHERE state = {DUE} AND next_at <= ? \
           ORDER BY next_at, seq LIMIT ?) RETURNING {OUTBOX_COLUMNS}"
-    ))
-    .bind(now_ms.saturating_add(lease_ms))
-    .bind(now_ms)
-    .bind(crate::rows::sql_limit(limit))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
-    let mut out: Vec<OutboxEntry> = rows
-        .iter()
-        .map(|row| entry_from_row(row))
-        .collect::<Result<_>>()?;
+    );
+    let limit = crate::rows::sql_limit(limit);
+    let mut out = conn
+        .rows(
+            &sql,
+            &args![now_ms.saturating_add(lease_ms), now_ms, limit],
+            entry_from_row,
+        )
+        .await?;
     // RETURNING gives no order; the deliverer sends oldest first.
     out.sort_by_key(|e| e.seq);
     Ok(out)
 }
 
-async fn settle(conn: &mut SqliteConnection, settles: &[NotifySettle], now_ms: i64) -> Result<()> {
+async fn settle(conn: &mut Conn, settles: &[NotifySettle], now_ms: i64) -> Result<()> {
     for s in settles {
         let (state, next_at, error, failed) = s.outcome.columns(now_ms);
-        sqlx::query(
+        conn.execute(
             "UPDATE notify_outbox SET state = ?, next_at = ?, \
              last_error = COALESCE(?, last_error), attempts = attempts + ? WHERE seq = ?",
+            &args![state, next_at, error, failed, s.seq],
         )
-        .bind(state)
-        .bind(next_at)
-        .bind(error)
-        .bind(failed)
-        .bind(s.seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+        .await?;
     }
     Ok(())
 }

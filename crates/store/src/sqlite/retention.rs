@@ -1,7 +1,7 @@
 //! Retention on SQLite: one bounded delete step, and the incremental vacuum that gives the
 //! freed pages back to the file system.
 //!
-//! Both run on the writer task (commands `Purge` and `Reclaim`), inside the group transaction
+//! Both run on the writer thread (commands `Purge` and `Reclaim`), inside the group transaction
 //! like any other write and in a savepoint of their own, so a failing step undoes itself alone.
 //! That is how they interleave with Submit on SQLite's single writer: a step deletes at most
 //! `limit` rows of each kind (a few milliseconds), the engine waits for its answer before it
@@ -29,15 +29,13 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
-
-use super::rows::{db, sql_limit};
+use super::conn::Conn;
+use super::rows::sql_limit;
 use crate::exec::{Exec, args};
 use crate::retention::{Ids, PurgeCutoffs, PurgeSql, Purged, purge_step};
 use crate::{Result, StoreError};
 
-impl PurgeSql for SqliteConnection {
+impl PurgeSql for Conn {
     /// Old terminal jobs, oldest first. `INDEXED BY` makes a missing index an error rather than
     /// a silent table scan on every step.
     const DELETE_JOBS: &'static str = "DELETE FROM jobs WHERE rowid IN (\
@@ -80,11 +78,7 @@ impl PurgeSql for SqliteConnection {
 }
 
 /// One retention step (see `Store::purge`), inside the writer's transaction.
-pub(super) async fn purge(
-    conn: &mut SqliteConnection,
-    cutoffs: PurgeCutoffs,
-    limit: usize,
-) -> Result<Purged> {
+pub(super) async fn purge(conn: &mut Conn, cutoffs: PurgeCutoffs, limit: usize) -> Result<Purged> {
     purge_step(conn, cutoffs, sql_limit(limit)).await
 }
 
@@ -96,34 +90,29 @@ fn json_array<T: serde::Serialize>(items: &BTreeSet<T>) -> Result<String> {
 /// returns how many free pages remain — or 0 when this step freed none: a database without
 /// incremental auto-vacuum (in memory, or a file whose one-time VACUUM could not run) keeps
 /// its free pages for reuse, and the caller must not loop on them.
-pub(super) async fn reclaim(conn: &mut SqliteConnection, pages: u32) -> Result<u64> {
+pub(super) async fn reclaim(conn: &mut Conn, pages: u32) -> Result<u64> {
     let before = freelist(conn).await?;
     if before == 0 {
         return Ok(0);
     }
     // A PRAGMA takes no bound parameters; `pages` is a number, so formatting it is safe.
-    sqlx::query(&format!("PRAGMA incremental_vacuum({pages})"))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+    conn.execute(&format!("PRAGMA incremental_vacuum({pages})"), &[])
+        .await?;
     let after = freelist(conn).await?;
     Ok(if after < before { after } else { 0 })
 }
 
-async fn freelist(conn: &mut SqliteConnection) -> Result<u64> {
-    let free: i64 = sqlx::query("PRAGMA freelist_count")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?
-        .try_get(0)
-        .map_err(db)?;
+async fn freelist(conn: &mut Conn) -> Result<u64> {
+    let free = conn
+        .one("PRAGMA freelist_count", &[], |row| row.int(0))
+        .await?;
     Ok(u64::try_from(free).unwrap_or(0))
 }
 
 /// `PRAGMA auto_vacuum` values.
 const AUTO_VACUUM_INCREMENTAL: i64 = 2;
 
-/// Makes sure a file database runs with `auto_vacuum = INCREMENTAL`, before the writer task
+/// Makes sure a file database runs with `auto_vacuum = INCREMENTAL`, before the writer thread
 /// starts and before any reader connects.
 ///
 /// A file created by this build has it from the start (the write connection asks for it
@@ -133,13 +122,10 @@ const AUTO_VACUUM_INCREMENTAL: i64 = 2;
 /// (logged with its duration). If it cannot run (another process holds the database, the
 /// disk is full) the store still opens: deleted rows' pages are then reused but never given
 /// back, so the file stays at its largest size until a later open succeeds.
-pub(super) async fn enable_incremental_vacuum(conn: &mut SqliteConnection) -> Result<()> {
-    let mode: i64 = sqlx::query("PRAGMA auto_vacuum")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?
-        .try_get(0)
-        .map_err(db)?;
+pub(super) async fn enable_incremental_vacuum(conn: &mut Conn) -> Result<()> {
+    let mode = conn
+        .one("PRAGMA auto_vacuum", &[], |row| row.int(0))
+        .await?;
     if mode == AUTO_VACUUM_INCREMENTAL {
         return Ok(());
     }
@@ -148,11 +134,9 @@ pub(super) async fn enable_incremental_vacuum(conn: &mut SqliteConnection) -> Re
         "store: rewriting the database once (VACUUM) to turn on incremental auto-vacuum, so \
          that space freed by retention goes back to the file system"
     );
-    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    match sqlx::query("VACUUM").execute(&mut *conn).await {
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL", &[])
+        .await?;
+    match conn.execute("VACUUM", &[]).await {
         Ok(_) => tracing::info!(
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "store: incremental auto-vacuum is on"
@@ -171,10 +155,9 @@ pub(super) async fn enable_incremental_vacuum(conn: &mut SqliteConnection) -> Re
 mod tests {
     #![allow(clippy::expect_used)]
 
-    use sqlx::{Connection, Row};
-
     use super::*;
     use crate::sqlite::SqliteStore;
+    use crate::sqlite::conn::Location;
 
     /// Every retention statement reads through an index: `EXPLAIN QUERY PLAN` shows no full
     /// scan of a table (`SCAN <table>` without an index) — only `json_each`, the short list
@@ -184,24 +167,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let store = SqliteStore::open(&url).await.expect("open");
-        let mut conn = SqliteConnection::connect(&url).await.expect("connect");
+        let mut conn = Location::parse(&url)
+            .expect("url")
+            .open(std::time::Duration::from_secs(5))
+            .expect("connect");
         for (sql, index) in [
-            (SqliteConnection::DELETE_JOBS, "jobs_retention"),
-            (SqliteConnection::DELETE_ATTEMPTS, "jobs_attempt"),
-            (SqliteConnection::DELETE_BATCHES, "jobs_batch_seq"),
-            (SqliteConnection::DELETE_REQUEST_IDS, "request_ids_created"),
-            (
-                SqliteConnection::DELETE_DELIVERIES,
-                "webhook_deliveries_received",
-            ),
+            (Conn::DELETE_JOBS, "jobs_retention"),
+            (Conn::DELETE_ATTEMPTS, "jobs_attempt"),
+            (Conn::DELETE_BATCHES, "jobs_batch_seq"),
+            (Conn::DELETE_REQUEST_IDS, "request_ids_created"),
+            (Conn::DELETE_DELIVERIES, "webhook_deliveries_received"),
         ] {
-            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .fetch_all(&mut conn)
+            let plan: Vec<String> = conn
+                .rows(&format!("EXPLAIN QUERY PLAN {sql}"), &[], |row| row.text(3))
                 .await
-                .expect("explain")
-                .iter()
-                .map(|r| r.try_get::<String, _>(3).expect("detail"))
-                .collect();
+                .expect("explain");
             let text = plan.join(" | ");
             eprintln!("{text}");
             assert!(text.contains(index), "{sql}\nshould use {index}: {text}");
@@ -212,7 +192,7 @@ mod tests {
                 assert!(!full_scan, "{sql}\nscans a table: {text}");
             }
         }
-        conn.close().await.expect("close");
+        conn.close().expect("close");
         crate::Store::close(&store).await;
     }
 }

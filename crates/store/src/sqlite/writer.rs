@@ -7,9 +7,10 @@
 //!
 //! # Cost model
 //!
-//! sqlx runs every statement on the connection's own worker thread and hands it over a
-//! channel: each statement is a cross-thread round trip (two wake-ups), which profiles showed
-//! to cost more than SQLite itself. So the writer minimises *statements*, not rows:
+//! The writer runs on a thread of its own (see `conn`), so a statement is a call into SQLite
+//! with a cached prepared statement, not a hand-off to another thread. What is left to save
+//! is SQLite's per-statement work (each statement walks its indexes and, inside a
+//! transaction, opens a statement journal), so the writer still minimises *statements*:
 //!
 //! - All submissions of a group are coalesced ([`submit_coalesced`]): one lookup of their
 //!   request ids, then multi-row INSERTs into `batches`, `request_ids` and `jobs` for all of
@@ -29,11 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use adgate_generator::JobState;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 
-use super::rows::{JOB_COLUMNS, db, job_from_row, to_json};
+use super::conn::Conn;
+use super::rows::{JOB_COLUMNS, job_from_row, to_json};
+use crate::exec::{Arg, Exec, args};
 use crate::model::{EventWrite, JobPatch, JobRecord, NewSubmission, StoredCost, SubmitOutcome};
 use crate::retention::{PurgeCutoffs, Purged};
 use crate::writer::{GroupFailure, Op, Pending, Replies, Reply, group_failure, pending};
@@ -45,8 +46,7 @@ pub(super) const MAX_GROUP: usize = 512;
 
 /// Most rows in one multi-row INSERT. 256 rows × 12 parameters (jobs) = 3,072, far below
 /// SQLite's limit of 32,766; inserting in power-of-two chunks keeps the set of distinct
-/// statements per table (and so sqlx's per-connection prepared-statement cache) to nine.
-/// Large chunks matter because every statement is a round trip to sqlx's worker thread.
+/// statements per table (and so the connection's prepared-statement cache) to nine.
 const MAX_INSERT_ROWS: usize = 256;
 
 /// One write, with the reply its answer goes back on (see [`crate::writer`]).
@@ -76,13 +76,10 @@ crate::writer::replies!(Command { Purge, Reclaim }
     Command::Shutdown => Box::new(Nothing),
 );
 
-/// The writer loop. Returns when every sender is gone or after a `Shutdown` once the queue is
-/// drained; closes the connection on the way out so the WAL is checkpointed.
-pub(super) async fn run(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Command>,
-    commits: Arc<AtomicU64>,
-) {
+/// The writer loop, driven by the writer thread (`conn::block_on`). Returns when every sender
+/// is gone or after a `Shutdown` once the queue is drained; closes the connection on the way
+/// out so the WAL is checkpointed.
+pub(super) async fn run(mut conn: Conn, mut rx: mpsc::Receiver<Command>, commits: Arc<AtomicU64>) {
     let mut queued: Vec<Command> = Vec::with_capacity(MAX_GROUP);
     // `recv_many` waits for the first command and then takes whatever else is already queued
     // without waiting: this is the group. Under no load a group is one command and commits at
@@ -102,16 +99,13 @@ pub(super) async fn run(
             commit_group(&mut conn, group, &commits).await;
         }
     }
-    if let Err(e) = conn.close().await {
+    if let Err(e) = conn.close() {
         tracing::warn!(error = %e, "closing the store's write connection failed");
     }
 }
 
-async fn exec(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(&mut *conn).await.map(drop)
+async fn exec(conn: &mut Conn, sql: &'static str) -> Result<()> {
+    conn.execute(sql, &[]).await.map(drop)
 }
 
 /// Runs one group in one transaction and answers its callers after the commit.
@@ -121,7 +115,7 @@ async fn exec(
 /// depend on another command of the same group: a caller learns ids and outcomes only from
 /// an answer, and answers are sent after the COMMIT. Submits keep their arrival order among
 /// themselves, which is what request-id dedupe needs (the first one claims the id).
-async fn commit_group(conn: &mut SqliteConnection, group: Vec<Command>, commits: &AtomicU64) {
+async fn commit_group(conn: &mut Conn, group: Vec<Command>, commits: &AtomicU64) {
     let size = group.len();
     let mut answers: Vec<Box<dyn Pending>> = Vec::with_capacity(size);
     let mut submits: Vec<(PreparedSubmit, SubmitReply)> = Vec::new();
@@ -232,7 +226,7 @@ type SubmitReply = Reply<SubmitOutcome>;
 /// fail for data reasons, failed): roll it all back and fail the whole group rather than
 /// commit half of something.
 async fn broken_group(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     e: StoreError,
     size: usize,
     answers: Vec<Box<dyn Pending>>,
@@ -243,7 +237,7 @@ async fn broken_group(
     if let Err(re) = exec(conn, "ROLLBACK").await {
         tracing::warn!(error = %re, "store: rollback failed");
     }
-    abort_group(Arc::new(e), answers, submits, others);
+    abort_group(group_failure(e), answers, submits, others);
 }
 
 /// Fails every caller of a group that will not commit.
@@ -260,22 +254,16 @@ fn abort_group(
     others.into_iter().for_each(|c| c.fail(&e));
 }
 
-async fn in_savepoint_begin(conn: &mut SqliteConnection) -> Result<()> {
-    exec(conn, "SAVEPOINT op").await.map_err(broken)
+async fn in_savepoint_begin(conn: &mut Conn) -> Result<()> {
+    exec(conn, "SAVEPOINT op").await
 }
 
 /// Releases the savepoint, first undoing the command's partial writes when it failed.
-async fn in_savepoint_end(conn: &mut SqliteConnection, ok: bool) -> Result<()> {
+async fn in_savepoint_end(conn: &mut Conn, ok: bool) -> Result<()> {
     if !ok {
-        exec(conn, "ROLLBACK TO op").await.map_err(broken)?;
+        exec(conn, "ROLLBACK TO op").await?;
     }
-    exec(conn, "RELEASE op").await.map_err(broken)
-}
-
-/// A savepoint statement's error, as the database error the group fails with (not mapped
-/// like a statement's error: the transaction is what broke).
-fn broken(e: sqlx::Error) -> StoreError {
-    StoreError::Database(Box::new(e))
+    exec(conn, "RELEASE op").await
 }
 
 /// Runs a command's body in a savepoint of its own, so that a failure undoes this command
@@ -299,13 +287,13 @@ macro_rules! in_savepoint {
 /// Runs one non-submit command. `Err` only when the transaction is broken (a savepoint
 /// statement failed, or `record_delivery`, which has no savepoint, failed).
 async fn run_command(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     command: Command,
 ) -> std::result::Result<Box<dyn Pending>, (Box<dyn Pending>, StoreError)> {
     match command {
         // A bare delivery id: one statement, `ON CONFLICT DO NOTHING`: it cannot fail for data
         // reasons and a statement is atomic on its own, so it needs no SAVEPOINT (two fewer
-        // round trips to sqlx's worker thread and no subjournal). Whatever does make it fail
+        // statements and no subjournal). Whatever does make it fail
         // (I/O, disk full) may have ended the transaction, so that failure breaks the group.
         Command::Write(Op::RecordDelivery {
             provider,
@@ -405,8 +393,6 @@ impl Pending for Nothing {
     fn hold_error(&mut self, _e: StoreError) {}
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
 /// `{head} VALUES {row}, {row}, …` for 1, 2, 4, … [`MAX_INSERT_ROWS`] rows, indexed by log2.
 fn multi_row_inserts(head: &str, row: &str) -> Vec<String> {
     let mut statements = Vec::new();
@@ -467,26 +453,26 @@ static REQUEST_ID_LOOKUPS: LazyLock<Vec<String>> = LazyLock::new(|| {
 const LOOKUP_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
 
 /// Inserts `rows` with as few statements as possible: chunks of the largest power of two
-/// that fits (600 rows → 256 + 256 + 64 + 16 + 8), each one multi-row INSERT, i.e. one round
-/// trip to sqlx's worker thread per chunk instead of one per row.
+/// that fits (600 rows → 256 + 256 + 64 + 16 + 8), each one multi-row INSERT.
 async fn insert_rows<'q, T>(
-    conn: &mut SqliteConnection,
-    statements: &'q [String],
+    conn: &mut Conn,
+    statements: &[String],
     rows: &'q [T],
-    bind: impl Fn(SqliteQuery<'q>, &'q T) -> SqliteQuery<'q>,
-) -> std::result::Result<(), sqlx::Error> {
+    bind: impl Fn(&mut Vec<Arg<'q>>, &'q T),
+) -> Result<()> {
     let mut rest = rows;
+    let mut args = Vec::new();
     while !rest.is_empty() {
         let mut level = 0;
         while level + 1 < statements.len() && (1usize << (level + 1)) <= rest.len() {
             level += 1;
         }
         let (chunk, tail) = rest.split_at(1usize << level);
-        let mut query = sqlx::query(&statements[level]);
+        args.clear();
         for row in chunk {
-            query = bind(query, row);
+            bind(&mut args, row);
         }
-        query.execute(&mut *conn).await?;
+        conn.execute(&statements[level], &args).await?;
         rest = tail;
     }
     Ok(())
@@ -567,55 +553,43 @@ struct JobRow<'a> {
     job: &'a EncodedJob,
 }
 
-fn bind_job<'q>(query: SqliteQuery<'q>, row: &'q JobRow<'q>) -> SqliteQuery<'q> {
-    query
-        .bind(&row.job.id)
-        .bind(&row.submit.batch_id)
-        .bind(row.seq)
-        .bind(&row.job.provider)
-        .bind(&row.job.spec)
-        .bind(&row.job.group_key)
-        .bind(&row.job.correlation_key)
-        .bind(&row.job.client_ref)
-        .bind(&row.job.labels)
-        .bind(row.submit.now_ms)
-        .bind(row.submit.now_ms)
-        .bind(row.job.deadline_at_ms)
-        .bind(&row.submit.caller)
-        .bind(row.job.priority)
-        .bind(row.job.cost.as_ref().map(|c| c.unit.as_str()))
-        .bind(row.job.cost.as_ref().map(|c| c.micros))
-        .bind(row.job.cost.as_ref().and_then(|c| c.per_output_micros))
-        .bind(&row.job.traceparent)
+fn bind_job<'q>(args: &mut Vec<Arg<'q>>, row: &'q JobRow<'q>) {
+    let cost = row.job.cost.as_ref();
+    args.extend(args![
+        &row.job.id,
+        &row.submit.batch_id,
+        row.seq,
+        &row.job.provider,
+        &row.job.spec,
+        &row.job.group_key,
+        &row.job.correlation_key,
+        &row.job.client_ref,
+        &row.job.labels,
+        row.submit.now_ms,
+        row.submit.now_ms,
+        row.job.deadline_at_ms,
+        &row.submit.caller,
+        row.job.priority,
+        cost.map(|c| c.unit.as_str()),
+        cost.map(|c| c.micros),
+        cost.and_then(|c| c.per_output_micros),
+        &row.job.traceparent,
+    ]);
 }
 
-fn bind_batch<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
+fn bind_batch<'q>(args: &mut Vec<Arg<'q>>, s: &'q &'q PreparedSubmit) {
     let job_count = i64::try_from(s.jobs.len()).unwrap_or(i64::MAX);
-    query
-        .bind(&s.batch_id)
-        .bind(s.now_ms)
-        .bind(job_count)
-        .bind(&s.caller)
+    args.extend(args![&s.batch_id, s.now_ms, job_count, &s.caller]);
 }
 
-fn bind_request_id<'q>(query: SqliteQuery<'q>, s: &'q &'q PreparedSubmit) -> SqliteQuery<'q> {
-    query
-        .bind(&s.request_id)
-        .bind(&s.content_hash)
-        .bind(&s.batch_id)
-        .bind(s.now_ms)
+fn bind_request_id<'q>(args: &mut Vec<Arg<'q>>, s: &'q &'q PreparedSubmit) {
+    args.extend(args![&s.request_id, &s.content_hash, &s.batch_id, s.now_ms]);
 }
 
 /// Writes the rows of new submissions: their batches, their request ids (when `claim`), and
 /// all their jobs, each table with a few multi-row INSERTs.
-async fn insert_submissions(
-    conn: &mut SqliteConnection,
-    fresh: &[&PreparedSubmit],
-    claim: bool,
-) -> Result<()> {
-    insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch)
-        .await
-        .map_err(db)?;
+async fn insert_submissions(conn: &mut Conn, fresh: &[&PreparedSubmit], claim: bool) -> Result<()> {
+    insert_rows(conn, &BATCH_INSERTS, fresh, bind_batch).await?;
     let notifying: Vec<(&str, &crate::notify::BatchNotify)> = fresh
         .iter()
         .filter_map(|s| Some((s.batch_id.as_str(), s.notify.as_ref()?)))
@@ -627,9 +601,7 @@ async fn insert_submissions(
             .copied()
             .filter(|s| s.request_id.is_some())
             .collect();
-        insert_rows(conn, &REQUEST_ID_INSERTS, &claimed, bind_request_id)
-            .await
-            .map_err(db)?;
+        insert_rows(conn, &REQUEST_ID_INSERTS, &claimed, bind_request_id).await?;
     }
     let rows: Vec<JobRow<'_>> = fresh
         .iter()
@@ -641,9 +613,7 @@ async fn insert_submissions(
             })
         })
         .collect();
-    insert_rows(conn, &JOB_INSERTS, &rows, bind_job)
-        .await
-        .map_err(db)
+    insert_rows(conn, &JOB_INSERTS, &rows, bind_job).await
 }
 
 /// What the coalesced path decided for one submission.
@@ -663,7 +633,7 @@ enum Plan<'a> {
 /// path gets from `ON CONFLICT DO NOTHING`). Any database error fails the whole block; the
 /// caller then rolls back and redoes the group op by op.
 async fn submit_coalesced(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     submits: &[(PreparedSubmit, SubmitReply)],
 ) -> Result<Vec<SubmitOutcome>> {
     // Request ids already stored, with (content hash, batch id).
@@ -679,20 +649,19 @@ async fn submit_coalesced(
             .iter()
             .position(|&n| n >= chunk.len())
             .unwrap_or(LOOKUP_SIZES.len() - 1);
-        let mut query = sqlx::query(&REQUEST_ID_LOOKUPS[level]);
-        for id in chunk {
-            query = query.bind(*id);
-        }
         let last = chunk.last().copied().unwrap_or_default();
-        for _ in chunk.len()..LOOKUP_SIZES[level] {
-            query = query.bind(last);
-        }
-        for row in query.fetch_all(&mut *conn).await.map_err(db)? {
-            stored.insert(
-                row.try_get(0).map_err(db)?,
-                (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?),
-            );
-        }
+        let args: Vec<Arg<'_>> = chunk
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(last, LOOKUP_SIZES[level] - chunk.len()))
+            .map(Arg::Text)
+            .collect();
+        let rows = conn
+            .rows(&REQUEST_ID_LOOKUPS[level], &args, |row| {
+                Ok((row.text(0)?, (row.text(1)?, row.text(2)?)))
+            })
+            .await?;
+        stored.extend(rows);
     }
 
     let mut claimed: HashMap<&str, &PreparedSubmit> = HashMap::new();
@@ -749,23 +718,19 @@ async fn submit_coalesced(
 }
 
 /// One submission on its own (the fallback path; runs inside its caller's SAVEPOINT).
-async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<SubmitOutcome> {
+async fn submit(conn: &mut Conn, s: &PreparedSubmit) -> Result<SubmitOutcome> {
     if let Some(request_id) = &s.request_id {
         // Claim the request id first. The unique key decides, inside this transaction, whether
         // this is the first time: no read-then-write race, the same rule a PostgreSQL backend
         // gets from `INSERT … ON CONFLICT DO NOTHING`.
-        let claimed = sqlx::query(
-            "INSERT INTO request_ids (request_id, content_hash, batch_id, created_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(&s.content_hash)
-        .bind(&s.batch_id)
-        .bind(s.now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if claimed.rows_affected() == 0 {
+        let claimed = conn
+            .execute(
+                "INSERT INTO request_ids (request_id, content_hash, batch_id, created_at) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                &args![request_id, &s.content_hash, &s.batch_id, s.now_ms],
+            )
+            .await?;
+        if claimed == 0 {
             return crate::writer::replay(conn, request_id, &s.content_hash).await;
         }
     }
@@ -777,7 +742,7 @@ async fn submit(conn: &mut SqliteConnection, s: &PreparedSubmit) -> Result<Submi
 /// Creates (or reuses, see `attempt_for_key`) the attempt of `idempotency_key` and links the
 /// jobs to it.
 async fn create_attempt(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     provider: &str,
     idempotency_key: &str,
     job_ids: &[String],
@@ -790,17 +755,16 @@ async fn create_attempt(
 }
 
 /// Links jobs to their attempt (see `create_attempt`).
-async fn link_jobs(conn: &mut SqliteConnection, attempt_id: i64, job_ids: &[String]) -> Result<()> {
+async fn link_jobs(conn: &mut Conn, attempt_id: i64, job_ids: &[String]) -> Result<()> {
     for (position, job_id) in job_ids.iter().enumerate() {
         // Linking is bookkeeping, not a change a caller sees: revision and updated_at stay.
         // Only a job still QUEUED joins an attempt: one cancelled meanwhile is never sent.
-        sqlx::query("UPDATE jobs SET attempt_id = ?, attempt_seq = ? WHERE id = ? AND state = 1")
-            .bind(attempt_id)
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        let position = i64::try_from(position).unwrap_or(i64::MAX);
+        conn.execute(
+            "UPDATE jobs SET attempt_id = ?, attempt_seq = ? WHERE id = ? AND state = 1",
+            &args![attempt_id, position, job_id],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -816,61 +780,53 @@ static UPDATE_JOB: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-async fn apply(
-    conn: &mut SqliteConnection,
-    patches: Vec<JobPatch>,
-    now_ms: i64,
-) -> Result<Vec<JobRecord>> {
+async fn apply(conn: &mut Conn, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
     let mut changed: Vec<JobRecord> = Vec::new();
     // Position in `changed` of each job already changed by an earlier patch of this call.
     let mut position: HashMap<String, usize> = HashMap::new();
     let mut finished: Vec<crate::notify::Finished> = Vec::new();
     for patch in patches {
-        let Some(row) = sqlx::query(&SELECT_JOB)
-            .bind(&patch.job_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?
-        else {
+        let found = conn
+            .optional(&SELECT_JOB, &args![&patch.job_id], job_from_row)
+            .await?;
+        let Some(current) = found else {
             continue; // unknown job
         };
-        let current = job_from_row(&row)?;
         let Some(next) = current.patched(&patch, now_ms) else {
             continue;
         };
-        let row = sqlx::query(&UPDATE_JOB)
-            .bind(next.state.as_i64())
-            .bind(&next.provider_ref)
-            .bind(&next.poll_key)
-            .bind(
-                next.progress
-                    .as_ref()
-                    .map(|p| to_json(p, "progress"))
-                    .transpose()?,
-            )
-            .bind(to_json(&next.outputs, "outputs")?)
-            .bind(
-                next.error
-                    .as_ref()
-                    .map(|e| to_json(e, "error"))
-                    .transpose()?,
-            )
-            .bind(now_ms)
-            .bind(next.completed_at_ms)
-            .bind(next.deadline_at_ms)
-            .bind(
-                next.provider_result
-                    .as_ref()
-                    .map(|r| to_json(r, "provider_result"))
-                    .transpose()?,
-            )
-            .bind(next.cost.as_ref().map(|c| c.micros))
-            .bind(&patch.job_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
+        let progress = next
+            .progress
+            .as_ref()
+            .map(|p| to_json(p, "progress"))
+            .transpose()?;
+        let outputs = to_json(&next.outputs, "outputs")?;
+        let error = next
+            .error
+            .as_ref()
+            .map(|e| to_json(e, "error"))
+            .transpose()?;
+        let provider_result = next
+            .provider_result
+            .as_ref()
+            .map(|r| to_json(r, "provider_result"))
+            .transpose()?;
+        let args = args![
+            next.state.as_i64(),
+            &next.provider_ref,
+            &next.poll_key,
+            &progress,
+            &outputs,
+            &error,
+            now_ms,
+            next.completed_at_ms,
+            next.deadline_at_ms,
+            &provider_result,
+            next.cost.as_ref().map(|c| c.micros),
+            &patch.job_id,
+        ];
         // Read back from the row just written, inside the same transaction.
-        let record = job_from_row(&row)?;
+        let record = conn.one(&UPDATE_JOB, &args, job_from_row).await?;
         finished.extend(crate::notify::Finished::of(current.state, &record));
         if record.custody_queued_by(&current) {
             super::custody::queue(conn, &record.id, now_ms).await?;
@@ -889,7 +845,7 @@ async fn apply(
 
 /// The body of an event write (see `Store::apply_event`), inside the caller's savepoint.
 async fn event_write(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     provider: &str,
     write: EventWrite,
     now_ms: i64,
@@ -898,11 +854,8 @@ async fn event_write(
         return Ok(None);
     }
     for id in &write.consumed {
-        sqlx::query("DELETE FROM kept_events WHERE id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        conn.execute("DELETE FROM kept_events WHERE id = ?", &args![*id])
+            .await?;
     }
     apply(conn, write.patches, now_ms).await.map(Some)
 }
