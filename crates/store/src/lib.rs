@@ -106,10 +106,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(PgStore::open(url).await?))
     } else {
-        Err(StoreError::InvalidUrl(format!(
-            "expected a sqlite: or postgres:// URL, got {:?}",
-            url.split(':').next().unwrap_or_default()
-        )))
+        Err(invalid_url("a sqlite: or postgres://", url))
     }
 }
 
@@ -461,4 +458,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flush and stop the writer; later writes fail with [`StoreError::Closed`].
     async fn close(&self);
+}
+
+/// The error for a URL of another scheme than `expected`; names only the scheme it got, since
+/// the rest of a URL may hold a password.
+pub(crate) fn invalid_url(expected: &str, url: &str) -> StoreError {
+    StoreError::InvalidUrl(format!(
+        "expected {expected} URL, got {:?}",
+        url.split(':').next().unwrap_or_default()
+    ))
+}
+
+/// A backend's `Debug`: its name and commit count, never its connection settings.
+pub(crate) fn debug_store(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    commits: &std::sync::atomic::AtomicU64,
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field(
+            "commits",
+            &commits.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .finish_non_exhaustive()
 }

@@ -106,7 +106,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use adgate_generator::JobState;
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{Mutex, RwLock, mpsc, watch};
@@ -114,13 +113,10 @@ use tokio::task::JoinHandle;
 
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Command, Op};
-use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
-    SubmitOutcome,
-};
+use crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
 use crate::reads::ACTIVE;
 use crate::writer::Reply;
-use crate::{BudgetGrant, FeedEvent, Result, Store, StoreError};
+use crate::{BudgetGrant, FeedEvent, Result, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -184,9 +180,7 @@ pub struct PgStore {
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore")
-            .field("commits", &self.commits.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        crate::debug_store(f, "PgStore", &self.commits)
     }
 }
 
@@ -195,10 +189,7 @@ impl PgStore {
     /// and starts the writer task. Must be called inside a Tokio runtime.
     pub async fn open(url: &str) -> Result<PgStore> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(StoreError::InvalidUrl(format!(
-                "expected a postgres:// URL, got {:?}",
-                url.split(':').next().unwrap_or_default()
-            )));
+            return Err(crate::invalid_url("a postgres://", url));
         }
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
@@ -247,7 +238,7 @@ impl PgStore {
     }
 
     /// Sends an operation to the writer and waits for its answer (given after the commit).
-    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+    async fn write_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
         crate::writer::send(&self.writes, |reply| Command::Write {
             op: make(reply),
             tries: 0,
@@ -427,11 +418,7 @@ impl PgStore {
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        self.write(|reply| Op::Submit { submission, reply }).await
-    }
+crate::writer::impl_store_with_job_writes!(PgStore {
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
         if ids.is_empty() {
@@ -459,38 +446,11 @@ impl Store for PgStore {
         .await
     }
 
-    async fn create_attempt(
-        &self,
-        provider: &str,
-        idempotency_key: &str,
-        job_ids: &[String],
-        now_ms: i64,
-    ) -> Result<i64> {
-        self.write(|reply| Op::CreateAttempt {
-            provider: provider.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-            job_ids: job_ids.to_vec(),
-            now_ms,
-            reply,
-        })
-        .await
-    }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
         crate::reads::open_attempts(&mut *self.reads.acquire().await.map_err(db)?, provider).await
     }
 
-    async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
-        if patches.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write(|reply| Op::Apply {
-            patches,
-            now_ms,
-            reply,
-        })
-        .await
-    }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
         crate::reads::active_jobs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
@@ -537,20 +497,6 @@ impl Store for PgStore {
         crate::reads::expired(&mut *self.reads.acquire().await.map_err(db)?, now_ms, limit).await
     }
 
-    async fn apply_event(
-        &self,
-        provider: &str,
-        write: EventWrite,
-        now_ms: i64,
-    ) -> Result<Option<Vec<JobRecord>>> {
-        self.write(|reply| Op::RecordDelivery {
-            provider: provider.to_owned(),
-            write,
-            now_ms,
-            reply,
-        })
-        .await
-    }
 
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
         crate::reads::kept_events(
@@ -737,19 +683,6 @@ impl Store for PgStore {
         custody::release(&self.reads, replica, now_ms).await
     }
 
-    async fn finish_custody(
-        &self,
-        write: crate::CustodyWrite,
-        now_ms: i64,
-    ) -> Result<Option<JobRecord>> {
-        self.write(|reply| Op::FinishCustody {
-            write,
-            now_ms,
-            reply,
-        })
-        .await
-        .map(|job| job.map(|j| *j))
-    }
 
     async fn release_lease(&self, replica: &str, now_ms: i64) -> Result<()> {
         let mut released = self.released.write().await;
@@ -867,7 +800,7 @@ impl Store for PgStore {
             drop(conn.close().await);
         }
     }
-}
+});
 
 /// A listener on [`writer::CHANNEL`], on a connection of its own.
 async fn listen(options: &PgConnectOptions) -> Result<PgListener> {

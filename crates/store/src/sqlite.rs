@@ -52,7 +52,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use self::checkpoint::Checkpointer;
@@ -61,12 +60,9 @@ use self::rows::{JOB_COLUMNS, job_from_row, sql_limit};
 use self::threads::ReadThreads;
 use self::writer::Command;
 use crate::exec::{Arg, Exec, args};
-use crate::model::{
-    Attempt, EventWrite, JobPatch, JobRecord, KeptEvent, NewSubmission, QueuedEntry, StateCount,
-    SubmitOutcome,
-};
+use crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
 use crate::writer::{Op, Reply};
-use crate::{Result, Store, StoreError};
+use crate::{Result, StoreError};
 
 /// Embedded migrations: (version, SQL). Append only; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -201,9 +197,7 @@ fn open_writer(location: &Location) -> Result<Conn> {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("commits", &self.commits.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        crate::debug_store(f, "SqliteStore", &self.commits)
     }
 }
 
@@ -217,10 +211,7 @@ impl SqliteStore {
     /// busy timeout for locks held by other processes.
     pub async fn open(url: &str) -> Result<SqliteStore> {
         if !url.starts_with("sqlite:") {
-            return Err(StoreError::InvalidUrl(format!(
-                "expected a sqlite: URL, got {:?}",
-                url.split(':').next().unwrap_or_default()
-            )));
+            return Err(crate::invalid_url("a sqlite:", url));
         }
         let location = Location::parse(url)?;
         let commits = Arc::new(AtomicU64::new(0));
@@ -275,6 +266,11 @@ impl SqliteStore {
     async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         crate::writer::send(&self.writes, make).await
     }
+
+    /// Sends a job write (see `writer::impl_store_with_job_writes!`).
+    async fn write_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        self.write(|reply| Command::Write(make(reply))).await
+    }
 }
 
 /// Applies the embedded migrations that this database has not seen, in one transaction.
@@ -311,12 +307,7 @@ static GET_JOBS: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn submit(&self, submission: NewSubmission) -> Result<SubmitOutcome> {
-        self.write(|reply| Command::Write(Op::Submit { submission, reply }))
-            .await
-    }
+crate::writer::impl_store_with_job_writes!(SqliteStore {
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
         // Each id once, so a job asked for twice is returned once, as with a single IN list.
@@ -350,87 +341,44 @@ impl Store for SqliteStore {
     }
 
     async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        {
-            let batch_id = batch_id.to_owned();
-            self.read(move |conn| block_on(crate::reads::batch_jobs(conn, &batch_id)))
-                .await
-        }
+        let batch_id = batch_id.to_owned();
+        self.read(move |conn| block_on(crate::reads::batch_jobs(conn, &batch_id)))
+            .await
     }
 
     async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::queued_unassigned(conn, &provider, limit)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::queued_unassigned(conn, &provider, limit)))
+            .await
     }
 
-    async fn create_attempt(
-        &self,
-        provider: &str,
-        idempotency_key: &str,
-        job_ids: &[String],
-        now_ms: i64,
-    ) -> Result<i64> {
-        self.write(|reply| {
-            Command::Write(Op::CreateAttempt {
-                provider: provider.to_owned(),
-                idempotency_key: idempotency_key.to_owned(),
-                job_ids: job_ids.to_vec(),
-                now_ms,
-                reply,
-            })
-        })
-        .await
-    }
 
     async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::open_attempts(conn, &provider)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::open_attempts(conn, &provider)))
+            .await
     }
 
-    async fn apply(&self, patches: Vec<JobPatch>, now_ms: i64) -> Result<Vec<JobRecord>> {
-        if patches.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write(|reply| {
-            Command::Write(Op::Apply {
-                patches,
-                now_ms,
-                reply,
-            })
-        })
-        .await
-    }
 
     async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::active_jobs(conn, &provider)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::active_jobs(conn, &provider)))
+            .await
     }
 
     async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::active_refs(conn, &provider)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::active_refs(conn, &provider)))
+            .await
     }
 
     async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        {
-            let provider = provider.to_owned();
-            let provider_ref = provider_ref.to_owned();
-            self.read(move |conn| {
-                block_on(crate::reads::find_by_ref(conn, &provider, &provider_ref))
-            })
-            .await
-        }
+        let provider = provider.to_owned();
+        let provider_ref = provider_ref.to_owned();
+        self.read(move |conn| {
+            block_on(crate::reads::find_by_ref(conn, &provider, &provider_ref))
+        })
+        .await
     }
 
     async fn correlation_candidates(
@@ -439,62 +387,38 @@ impl Store for SqliteStore {
         correlation_key: &str,
         limit: usize,
     ) -> Result<Vec<JobRecord>> {
-        {
-            let provider = provider.to_owned();
-            let correlation_key = correlation_key.to_owned();
-            self.read(move |conn| {
-                block_on(crate::reads::correlation_candidates(
-                    conn,
-                    &provider,
-                    &correlation_key,
-                    limit,
-                ))
-            })
-            .await
-        }
-    }
-
-    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        {
-            let provider = provider.to_owned();
-            let poll_key = poll_key.to_owned();
-            self.read(move |conn| {
-                block_on(crate::reads::jobs_by_poll_key(conn, &provider, &poll_key))
-            })
-            .await
-        }
-    }
-
-    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        {
-            self.read(move |conn| block_on(crate::reads::expired(conn, now_ms, limit)))
-                .await
-        }
-    }
-
-    async fn apply_event(
-        &self,
-        provider: &str,
-        write: EventWrite,
-        now_ms: i64,
-    ) -> Result<Option<Vec<JobRecord>>> {
-        self.write(|reply| {
-            Command::Write(Op::RecordDelivery {
-                provider: provider.to_owned(),
-                write,
-                now_ms,
-                reply,
-            })
+        let provider = provider.to_owned();
+        let correlation_key = correlation_key.to_owned();
+        self.read(move |conn| {
+            block_on(crate::reads::correlation_candidates(
+                conn,
+                &provider,
+                &correlation_key,
+                limit,
+            ))
         })
         .await
     }
 
+    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
+        let provider = provider.to_owned();
+        let poll_key = poll_key.to_owned();
+        self.read(move |conn| {
+            block_on(crate::reads::jobs_by_poll_key(conn, &provider, &poll_key))
+        })
+        .await
+    }
+
+    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        self.read(move |conn| block_on(crate::reads::expired(conn, now_ms, limit)))
+            .await
+    }
+
+
     async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::kept_events(conn, &provider, limit)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::kept_events(conn, &provider, limit)))
+            .await
     }
 
     async fn spend_since(
@@ -504,32 +428,26 @@ impl Store for SqliteStore {
         unit: &str,
         since_ms: i64,
     ) -> Result<i64> {
-        {
-            let caller = caller.to_owned();
-            let provider = provider.to_owned();
-            let unit = unit.to_owned();
-            self.read(move |conn| {
-                block_on(crate::reads::spend_since(
-                    conn, &caller, &provider, &unit, since_ms,
-                ))
-            })
-            .await
-        }
+        let caller = caller.to_owned();
+        let provider = provider.to_owned();
+        let unit = unit.to_owned();
+        self.read(move |conn| {
+            block_on(crate::reads::spend_since(
+                conn, &caller, &provider, &unit, since_ms,
+            ))
+        })
+        .await
     }
 
     async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        {
-            let provider = provider.to_owned();
-            self.read(move |conn| block_on(crate::reads::queued_entries(conn, &provider, limit)))
-                .await
-        }
+        let provider = provider.to_owned();
+        self.read(move |conn| block_on(crate::reads::queued_entries(conn, &provider, limit)))
+            .await
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        {
-            self.read(move |conn| block_on(crate::reads::count_by_state(conn)))
-                .await
-        }
+        self.read(move |conn| block_on(crate::reads::count_by_state(conn)))
+            .await
     }
 
     async fn list_jobs(
@@ -538,19 +456,17 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<JobRecord>> {
-        {
-            let filter = filter.clone();
-            let after = after.cloned();
-            self.read(move |conn| {
-                block_on(crate::reads::list_jobs(
-                    conn,
-                    &filter,
-                    after.as_ref(),
-                    limit,
-                ))
-            })
-            .await
-        }
+        let filter = filter.clone();
+        let after = after.cloned();
+        self.read(move |conn| {
+            block_on(crate::reads::list_jobs(
+                conn,
+                &filter,
+                after.as_ref(),
+                limit,
+            ))
+        })
+        .await
     }
 
     async fn list_batches(
@@ -559,19 +475,17 @@ impl Store for SqliteStore {
         after: Option<&crate::PageKey>,
         limit: usize,
     ) -> Result<crate::Page<crate::BatchSummary>> {
-        {
-            let filter = filter.clone();
-            let after = after.cloned();
-            self.read(move |conn| {
-                block_on(crate::reads::list_batches(
-                    conn,
-                    &filter,
-                    after.as_ref(),
-                    limit,
-                ))
-            })
-            .await
-        }
+        let filter = filter.clone();
+        let after = after.cloned();
+        self.read(move |conn| {
+            block_on(crate::reads::list_batches(
+                conn,
+                &filter,
+                after.as_ref(),
+                limit,
+            ))
+        })
+        .await
     }
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
@@ -711,21 +625,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn finish_custody(
-        &self,
-        write: crate::CustodyWrite,
-        now_ms: i64,
-    ) -> Result<Option<JobRecord>> {
-        self.write(|reply| {
-            Command::Write(Op::FinishCustody {
-                write,
-                now_ms,
-                reply,
-            })
-        })
-        .await
-        .map(|job| job.map(|j| *j))
-    }
 
     async fn reclaim_space(&self, pages: u32) -> Result<u64> {
         self.write(|reply| Command::Reclaim { pages, reply }).await
@@ -752,4 +651,4 @@ impl Store for SqliteStore {
         thread.join().await;
         self.reads.close().await;
     }
-}
+});

@@ -367,6 +367,92 @@ pub(crate) fn record_event<E: Exec>(
     }
 }
 
+/// `impl Store for $store`, with the job writes written once: each builds its [`Op`] and sends
+/// it through the backend's `write_op` (its writer channel), so the two backends differ only
+/// in the methods given in the braces, their reads and their other commands.
+///
+/// A macro rather than a supertrait with a blanket impl: `Store` is one public trait that
+/// callers use as `dyn Store`, and `#[async_trait]` must see these methods in the same impl.
+macro_rules! impl_store_with_job_writes {
+    ($store:ty { $($rest:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            async fn submit(
+                &self,
+                submission: $crate::model::NewSubmission,
+            ) -> $crate::Result<$crate::model::SubmitOutcome> {
+                self.write_op(|reply| $crate::writer::Op::Submit { submission, reply })
+                    .await
+            }
+
+            async fn create_attempt(
+                &self,
+                provider: &str,
+                idempotency_key: &str,
+                job_ids: &[String],
+                now_ms: i64,
+            ) -> $crate::Result<i64> {
+                self.write_op(|reply| $crate::writer::Op::CreateAttempt {
+                    provider: provider.to_owned(),
+                    idempotency_key: idempotency_key.to_owned(),
+                    job_ids: job_ids.to_vec(),
+                    now_ms,
+                    reply,
+                })
+                .await
+            }
+
+            async fn apply(
+                &self,
+                patches: Vec<$crate::model::JobPatch>,
+                now_ms: i64,
+            ) -> $crate::Result<Vec<$crate::model::JobRecord>> {
+                if patches.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.write_op(|reply| $crate::writer::Op::Apply {
+                    patches,
+                    now_ms,
+                    reply,
+                })
+                .await
+            }
+
+            async fn apply_event(
+                &self,
+                provider: &str,
+                write: $crate::model::EventWrite,
+                now_ms: i64,
+            ) -> $crate::Result<Option<Vec<$crate::model::JobRecord>>> {
+                self.write_op(|reply| $crate::writer::Op::RecordDelivery {
+                    provider: provider.to_owned(),
+                    write,
+                    now_ms,
+                    reply,
+                })
+                .await
+            }
+
+            async fn finish_custody(
+                &self,
+                write: $crate::model::CustodyWrite,
+                now_ms: i64,
+            ) -> $crate::Result<Option<$crate::model::JobRecord>> {
+                self.write_op(|reply| $crate::writer::Op::FinishCustody {
+                    write,
+                    now_ms,
+                    reply,
+                })
+                .await
+                .map(|job| job.map(|j| *j))
+            }
+
+            $($rest)*
+        }
+    };
+}
+pub(crate) use impl_store_with_job_writes;
+
 #[cfg(test)]
 mod tests {
     use super::*;
