@@ -136,11 +136,16 @@ fn provider_result(r: &JobRecord) -> (Option<prost_types::Struct>, Option<pb::St
         return (Some(json_to_struct(o)), None);
     }
     let ad = staticadslab_ad(o);
-    let mut rest = o.clone();
-    for k in STATICADSLAB_TYPED {
-        rest.remove(k);
-    }
-    let rest = (!rest.is_empty()).then(|| json_to_struct(&rest));
+    // Straight from the record: a copy of the whole resource to remove keys from cost more
+    // than the conversion itself.
+    let rest = prost_types::Struct {
+        fields: o
+            .iter()
+            .filter(|(k, _)| !STATICADSLAB_TYPED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    };
+    let rest = (!rest.fields.is_empty()).then_some(rest);
     (rest, Some(ad))
 }
 
@@ -250,6 +255,13 @@ fn job_error(e: &adgate_generator::JobError) -> pb::JobError {
 
 /// Make stored outputs' URLs absolute: `base` is the HTTP listener's public base URL.
 pub fn with_outputs_base(mut job: pb::Job, base: &str) -> pb::Job {
+    set_outputs_base(&mut job, base);
+    job
+}
+
+/// [`with_outputs_base`] in place: a `pb::Job` is large (hundreds of bytes), and BatchStatus
+/// builds a hundred per call, so each move of one shows in its profile.
+pub fn set_outputs_base(job: &mut pb::Job, base: &str) {
     if !base.is_empty() {
         for o in &mut job.outputs {
             if o.stored_url.starts_with('/') {
@@ -257,23 +269,38 @@ pub fn with_outputs_base(mut job: pb::Job, base: &str) -> pb::Job {
             }
         }
     }
-    job
 }
 
 /// A job with what its provider billed for it (see `Engine::cost`).
 pub fn job_billed(r: &JobRecord, cost: Option<adgate_engine::StoredCost>) -> pb::Job {
-    pb::Job {
-        cost: cost.map(|c| cost_of(&c.unit, c.micros)),
-        ..job(r)
+    let mut job = job(r);
+    job.cost = cost.map(stored_cost);
+    job
+}
+
+/// [`cost_of`] taking the unit it is given rather than copying it.
+fn stored_cost(c: adgate_engine::StoredCost) -> pb::Cost {
+    pb::Cost {
+        currency_code: if is_money(&c.unit) {
+            c.unit.clone()
+        } else {
+            String::new()
+        },
+        micros: c.micros,
+        unit: c.unit,
     }
+}
+
+/// Money units are three upper-case letters (ISO 4217); others are a provider's credits.
+fn is_money(unit: &str) -> bool {
+    unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// A cost in `unit`: money units (three upper-case letters, ISO 4217) also set
 /// `currency_code`.
 pub fn cost_of(unit: &str, micros: i64) -> pb::Cost {
-    let money = unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase());
     pb::Cost {
-        currency_code: if money {
+        currency_code: if is_money(unit) {
             unit.to_owned()
         } else {
             String::new()

@@ -1,13 +1,13 @@
 //! The `adgate.v1.GatewayService` implementation: request checks, then one engine call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use adgate_engine::eta::QueueEstimate;
+use adgate_engine::eta::{Estimates, QueueEstimate};
 use adgate_engine::{Engine, JobRequest, SubmitCommand};
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -69,34 +69,40 @@ fn place(job: &mut pb::Job, r: &adgate_engine::JobRecord, estimate: Option<&Queu
 impl Gateway {
     /// A job as the API shows it, with what its provider billed for it.
     fn job(&self, r: &adgate_engine::JobRecord) -> pb::Job {
-        convert::with_outputs_base(
-            convert::job_billed(r, self.engine.cost(r)),
-            &self.cfg.outputs_base,
-        )
+        self.job_billed(r, self.engine.cost(r))
     }
 
-    /// [`Gateway::job`] with the queue position and start estimate of a QUEUED job.
+    /// [`Gateway::job`] with its cost already known (`Engine::cost`).
+    fn job_billed(
+        &self,
+        r: &adgate_engine::JobRecord,
+        cost: Option<adgate_engine::StoredCost>,
+    ) -> pb::Job {
+        let mut job = convert::job_billed(r, cost);
+        convert::set_outputs_base(&mut job, &self.cfg.outputs_base);
+        job
+    }
+
+    /// [`Gateway::job_billed`] with the queue position and start estimate of a QUEUED job.
     fn job_estimated(
         &self,
         r: &adgate_engine::JobRecord,
-        estimates: &HashMap<String, QueueEstimate>,
+        cost: Option<adgate_engine::StoredCost>,
+        estimates: &Estimates,
     ) -> pb::Job {
-        let mut job = self.job(r);
+        let mut job = self.job_billed(r, cost);
         place(&mut job, r, estimates.get(&r.id));
         job
     }
 
     /// Estimates for the queued jobs among `records`; estimates are advice, so a failed
     /// read of the queue leaves them unset rather than failing the call.
-    async fn estimates(
-        &self,
-        records: &[&adgate_engine::JobRecord],
-    ) -> HashMap<String, QueueEstimate> {
+    async fn estimates(&self, records: &[&adgate_engine::JobRecord]) -> Estimates {
         match self.engine.queue_estimates(records).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "queue estimates unavailable");
-                HashMap::new()
+                Estimates::default()
             }
         }
     }
@@ -375,10 +381,12 @@ impl Gateway {
                     (jobs.into_iter().map(Arc::new).collect(), Vec::new())
                 }
             };
-        let billed: Vec<adgate_engine::StoredCost> =
-            records.iter().filter_map(|r| self.engine.cost(r)).collect();
-        let cost =
-            adgate_engine::pricing::sum_by_unit(billed.iter().map(|c| (c.unit.as_str(), c.micros)));
+        // Each job's cost once: for the sum and for the job itself.
+        let billed: Vec<Option<adgate_engine::StoredCost>> =
+            records.iter().map(|r| self.engine.cost(r)).collect();
+        let cost = adgate_engine::pricing::sum_by_unit(
+            billed.iter().flatten().map(|c| (c.unit.as_str(), c.micros)),
+        );
         let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
         let estimates = self.estimates(&refs).await;
         Ok(pb::BatchStatusResponse {
@@ -387,10 +395,11 @@ impl Gateway {
                 .engine
                 .completion_estimate(&refs, &estimates)
                 .map(convert::timestamp),
-            counts: convert::state_counts(records.iter().map(|r| &**r)),
-            jobs: records
+            counts: convert::state_counts(refs.iter().copied()),
+            jobs: refs
                 .iter()
-                .map(|r| self.job_estimated(r, &estimates))
+                .zip(billed)
+                .map(|(r, cost)| self.job_estimated(r, cost, &estimates))
                 .collect(),
             unknown_job_ids: unknown,
         })
@@ -405,7 +414,7 @@ impl Gateway {
         let rec = found.pop().ok_or(ApiError::JobNotFound(req.job_id))?;
         let estimates = self.estimates(&[&*rec]).await;
         Ok(pb::GetJobResponse {
-            job: Some(self.job_estimated(&rec, &estimates)),
+            job: Some(self.job_estimated(&rec, self.engine.cost(&rec), &estimates)),
         })
     }
 
@@ -485,7 +494,7 @@ impl Gateway {
                 let refs: Vec<&adgate_engine::JobRecord> = records.iter().map(|r| &**r).collect();
                 self.estimates(&refs).await
             }
-            _ => HashMap::new(),
+            _ => Estimates::default(),
         };
         Ok(self.spawn_watch(watch, ids.len(), permit, estimates))
     }
@@ -504,7 +513,7 @@ impl Gateway {
         watch: adgate_engine::Watch,
         snapshot_len: usize,
         permit: OwnedSemaphorePermit,
-        estimates: HashMap<String, QueueEstimate>,
+        estimates: Estimates,
     ) -> WatchStream {
         self.metrics.watch_streams.inc();
         Box::pin(ProgressStream {
@@ -540,7 +549,7 @@ struct ProgressStream {
     events: prometheus_client::metrics::counter::Counter,
     _permit: OwnedSemaphorePermit,
     /// Estimates for the snapshot's QUEUED jobs, taken when the stream opened.
-    estimates: HashMap<String, QueueEstimate>,
+    estimates: Estimates,
 }
 
 impl Stream for ProgressStream {

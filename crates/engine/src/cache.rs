@@ -23,8 +23,10 @@
 //! make room (a miss costs one store read, so no recency tracking is worth its overhead).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
 
 use adgate_store::JobRecord;
 
@@ -41,7 +43,9 @@ pub(crate) struct RecordCache {
 struct Shard {
     /// Bumped by every published change to a job of this shard.
     epoch: u64,
-    records: HashMap<String, Arc<JobRecord>>,
+    /// Its own seed (not `RecordCache::hasher`'s): keys of one shard share their shard hash's
+    /// low bits, which would all land in the same buckets of a map hashed the same way.
+    records: HashMap<String, Arc<JobRecord>, RandomState>,
 }
 
 impl RecordCache {
@@ -51,7 +55,7 @@ impl RecordCache {
         RecordCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

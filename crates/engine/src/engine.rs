@@ -725,9 +725,11 @@ impl Engine {
         ids: &[String],
     ) -> Result<(Vec<Arc<JobRecord>>, Vec<String>), EngineError> {
         let cache = &self.shared.cache;
-        let mut found: HashMap<&str, Arc<JobRecord>> = HashMap::with_capacity(ids.len());
+        // Per-call maps over ids the gateway generated: foldhash, as in the cache.
+        let mut found: HashMap<&str, Arc<JobRecord>, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(ids.len(), Default::default());
         let mut misses: Vec<String> = Vec::new();
-        let mut epochs: HashMap<&str, u64> = HashMap::new();
+        let mut epochs: HashMap<&str, u64, foldhash::fast::RandomState> = HashMap::default();
         for id in ids {
             if found.contains_key(id.as_str()) || epochs.contains_key(id.as_str()) {
                 continue;

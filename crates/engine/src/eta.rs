@@ -44,6 +44,10 @@ const TTL_PER_BUILD: u32 = 40;
 /// serves (further ones are extrapolated at the budget's steady rate).
 const SLOTS_AFTER_SNAPSHOT: usize = 1024;
 
+/// Estimates by job id. foldhash: BatchStatus looks up every job of the call here, and the
+/// ids are the gateway's own, so SipHash's DoS resistance buys nothing.
+pub type Estimates = HashMap<String, QueueEstimate, foldhash::fast::RandomState>;
+
 /// Where a queued job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueEstimate {
@@ -57,7 +61,7 @@ pub struct QueueEstimate {
 #[derive(Debug)]
 struct Plan {
     /// Job id → (jobs ahead, requests ahead).
-    at: HashMap<String, (i64, usize)>,
+    at: HashMap<String, (i64, usize), foldhash::fast::RandomState>,
     /// The requests the queue needs in all.
     requests: usize,
     /// Offsets from `taken` of the provider's next request slots (`slot_offsets`).
@@ -73,10 +77,7 @@ pub(crate) struct QueuePlans(Mutex<HashMap<String, Arc<Plan>>>);
 
 impl Engine {
     /// Estimates for the QUEUED jobs among `records` (others are absent from the answer).
-    pub async fn queue_estimates(
-        &self,
-        records: &[&JobRecord],
-    ) -> Result<HashMap<String, QueueEstimate>, EngineError> {
+    pub async fn queue_estimates(&self, records: &[&JobRecord]) -> Result<Estimates, EngineError> {
         let queued: Vec<(&str, &str)> = records
             .iter()
             .filter(|r| r.state == adgate_generator::JobState::Queued)
@@ -112,11 +113,8 @@ impl Engine {
     }
 
     /// Estimates for QUEUED jobs given as (id, provider).
-    async fn estimates_of_queued(
-        &self,
-        jobs: &[(&str, &str)],
-    ) -> Result<HashMap<String, QueueEstimate>, EngineError> {
-        let mut out = HashMap::new();
+    async fn estimates_of_queued(&self, jobs: &[(&str, &str)]) -> Result<Estimates, EngineError> {
+        let mut out = Estimates::with_capacity_and_hasher(jobs.len(), Default::default());
         let mut providers: Vec<&str> = jobs.iter().map(|(_, p)| *p).collect();
         providers.sort_unstable();
         providers.dedup();
@@ -133,6 +131,8 @@ impl Engine {
                 .collect();
             let per_request = rt.limits.max_items_per_submit.max(1);
             let since_snapshot = plan.taken.elapsed();
+            // Once per call, not per job: it takes the provider's pace lock.
+            let achieved = rt.achieved_spacing();
             let mut appended = 0usize;
             for id in queued {
                 // A job newer than the snapshot goes after it, in the order asked (what a
@@ -149,8 +149,8 @@ impl Engine {
                         at
                     }
                 };
-                let offset =
-                    slot_at(&plan.slots, rt, requests_ahead).saturating_sub(since_snapshot);
+                let offset = slot_at(&plan.slots, rt, achieved, requests_ahead)
+                    .saturating_sub(since_snapshot);
                 out.insert(
                     id.to_owned(),
                     QueueEstimate {
@@ -201,7 +201,7 @@ impl Engine {
                 .max()
                 .unwrap_or(0);
             let slots = slot_offsets(rt, last + 1);
-            let offset = slot_at(&slots, rt, last);
+            let offset = slot_at(&slots, rt, rt.achieved_spacing(), last);
             let start = now.saturating_add(i64::try_from(offset.as_millis()).unwrap_or(i64::MAX));
             latest = Some(latest.map_or(start, |l: i64| l.max(start)));
         }
@@ -214,16 +214,27 @@ impl Engine {
     pub fn completion_estimate(
         &self,
         records: &[&JobRecord],
-        estimates: &HashMap<String, QueueEstimate>,
+        estimates: &Estimates,
     ) -> Option<i64> {
         let now = self.shared.now_ms();
+        // The jobs of a call are mostly of one provider: its typical duration is looked up
+        // once per run of jobs of it rather than once per job.
+        let mut last: Option<(&str, Option<i64>)> = None;
         records
             .iter()
             .filter(|r| !r.state.is_terminal())
             .filter_map(|r| {
-                let rt = self.shared.providers.get(&r.provider)?;
-                let typical =
-                    i64::try_from(rt.limits.typical_job_duration.as_millis()).unwrap_or(i64::MAX);
+                let typical = match last {
+                    Some((p, t)) if p == r.provider => t,
+                    _ => {
+                        let t = self.shared.providers.get(&r.provider).map(|rt| {
+                            i64::try_from(rt.limits.typical_job_duration.as_millis())
+                                .unwrap_or(i64::MAX)
+                        });
+                        last = Some((&r.provider, t));
+                        t
+                    }
+                }?;
                 let start = match estimates.get(&r.id) {
                     Some(e) => e.start_ms,
                     None => r.updated_at_ms.min(now),
@@ -285,7 +296,7 @@ fn plan_of(
         })
         .collect();
     let order = FairOrder::plan(&entries, rt.limits.max_items_per_submit, callers, None);
-    let mut at = HashMap::with_capacity(queued.len());
+    let mut at = HashMap::with_capacity_and_hasher(queued.len(), Default::default());
     let mut ahead: i64 = 0;
     for (request, chunk) in order.iter().enumerate() {
         for &i in chunk {
@@ -310,10 +321,15 @@ fn slot_offsets(rt: &ProviderRuntime, count: usize) -> Vec<Duration> {
 }
 
 /// The offset of request `n` (0-based) ahead: the budget's projection, or the pace the
-/// dispatcher recently achieved under a backlog when that is slower.
-fn slot_at(slots: &[Duration], rt: &ProviderRuntime, n: usize) -> Duration {
-    let achieved = rt
-        .achieved_spacing()
+/// dispatcher recently achieved under a backlog when that is slower (`achieved`, the
+/// provider's [`ProviderRuntime::achieved_spacing`]).
+fn slot_at(
+    slots: &[Duration],
+    rt: &ProviderRuntime,
+    achieved: Option<Duration>,
+    n: usize,
+) -> Duration {
+    let achieved = achieved
         .map(|s| s.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
         .unwrap_or_default();
     if let Some(d) = slots.get(n) {
