@@ -314,6 +314,11 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
     let snapshots = Arc::new(AtomicU64::new(0));
     let ended_ok = Arc::new(AtomicU64::new(0));
     let already_done = Arc::new(AtomicU64::new(0));
+    // Why a stream did not deliver: failed to open, ended with an error, or ended OK without a
+    // terminal event (each would be a different fault than a completion that never happened).
+    let open_failed = Arc::new(AtomicU64::new(0));
+    let stream_errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ended_without_terminal = Arc::new(AtomicU64::new(0));
     let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(WATCH_STREAMS)));
     let opened = Instant::now();
     let mut tasks = Vec::with_capacity(WATCH_STREAMS);
@@ -326,6 +331,11 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
             already_done.clone(),
             samples.clone(),
         );
+        let (open_failed, stream_errors, ended_without_terminal) = (
+            open_failed.clone(),
+            stream_errors.clone(),
+            ended_without_terminal.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let Ok(resp) = GatewayServiceClient::new(ch)
                 .watch_progress(pb::WatchProgressRequest {
@@ -334,9 +344,11 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
                 })
                 .await
             else {
+                open_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             let mut stream = resp.into_inner();
+            let mut saw_terminal = false;
             loop {
                 match stream.message().await {
                     Ok(Some(msg)) => {
@@ -345,6 +357,7 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
                             continue;
                         };
                         let terminal = job.state() == pb::JobState::Completed;
+                        saw_terminal |= terminal;
                         if msg.snapshot {
                             snapshots.fetch_add(1, Ordering::Relaxed);
                             if terminal {
@@ -362,10 +375,19 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
                         }
                     }
                     Ok(None) => {
+                        if !saw_terminal {
+                            ended_without_terminal.fetch_add(1, Ordering::Relaxed);
+                        }
                         ended_ok.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    Err(_) => return,
+                    Err(status) => {
+                        stream_errors
+                            .lock()
+                            .await
+                            .push(format!("{:?}", status.code()));
+                        return;
+                    }
                 }
             }
         }));
@@ -380,13 +402,47 @@ pub async fn watch(ctx: &mut Ctx) -> Res<()> {
     let open = snapshots.load(Ordering::Relaxed);
     // Now let the provider run: every job completes while its stream is open.
     world.start_sims().await?;
+    let started_sims = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(90);
     while ended_ok.load(Ordering::Relaxed) < open && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let window_secs = started_sims.elapsed().as_secs_f64();
     for t in &tasks {
         t.abort();
     }
+    // What the gateway itself recorded for the watched jobs at the end of the window: tells a
+    // completion that never happened from one that happened but was not delivered.
+    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+    for chunk in ids.chunks(100) {
+        let reply = GatewayServiceClient::new(submit_ch[0].clone())
+            .batch_status(pb::BatchStatusRequest {
+                job_ids: chunk.to_vec(),
+                batch_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        for j in &reply.jobs {
+            let step = j.progress.as_ref().map_or("", |p| p.step.as_str());
+            *states.entry(format!("{:?}/{step}", j.state())).or_default() += 1;
+        }
+    }
+    let errors = std::mem::take(&mut *stream_errors.lock().await);
+    let mut by_code: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in &errors {
+        *by_code.entry(e.as_str()).or_default() += 1;
+    }
+    ctx.report.info(
+        "watch",
+        "streams and jobs at the end of the window",
+        format!(
+            "{window_secs:.1} s; gateway job states {states:?}; streams: {} failed to open, \
+             {} ended with an error {by_code:?}, {} ended OK without a terminal event",
+            open_failed.load(Ordering::Relaxed),
+            errors.len(),
+            ended_without_terminal.load(Ordering::Relaxed),
+        ),
+    );
     let mut lat = std::mem::take(&mut *samples.lock().await);
     lat.sort_unstable();
     let added = rss1.saturating_sub(rss0);

@@ -68,6 +68,20 @@ impl std::fmt::Debug for World {
     }
 }
 
+/// The gateway configuration every child of this world starts from. The simulators run
+/// without a Pictify plan (no caps, as the simulator's module docs say), so the gateway is
+/// told the largest plan: left at its default (Free: 10 items per batch, one running batch,
+/// 1,000 requests a day) it would split the scenarios' 100-job Submits into 10-item batches
+/// and stop sending at the daily cap, which in `watch` left a third of the 10,000 jobs QUEUED
+/// for the whole window.
+fn base_toml(spec: &WorldSpec) -> String {
+    let mut toml = format!("time_scale = {:?}\n", spec.time_scale);
+    if spec.sims.iter().any(|s| s.provider == PICTIFY) {
+        toml.push_str("providers.pictify.plan = \"business\"\n");
+    }
+    toml
+}
+
 fn secret(provider: &str) -> String {
     format!(
         "whsec_{}",
@@ -95,10 +109,7 @@ impl World {
                 "ADGATE_DATABASE_URL".to_owned(),
                 format!("sqlite://{}", dir.path().join("adgate.db").display()),
             ),
-            (
-                "ADGATE_BENCH_TOML".to_owned(),
-                format!("time_scale = {:?}\n", spec.time_scale),
-            ),
+            ("ADGATE_BENCH_TOML".to_owned(), base_toml(&spec)),
         ];
         if spec.webhooks {
             env.push(("ADGATE_PUBLIC_URL".to_owned(), format!("http://{http}")));
@@ -174,7 +185,7 @@ impl World {
 
     /// Gateway settings equal to the child's (for building adapters in this process).
     pub fn settings(&self) -> Res<adgate::config::Settings> {
-        let toml = format!("time_scale = {:?}\n", self.spec.time_scale);
+        let toml = base_toml(&self.spec);
         let env = self.env.clone();
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         Ok(adgate::config::Settings::from_toml(false, &toml, &lookup)?)
