@@ -31,6 +31,7 @@ pub mod retention;
 mod rows;
 pub mod search;
 pub mod sqlite;
+mod store_impl;
 mod writer;
 
 use async_trait::async_trait;

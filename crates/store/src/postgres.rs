@@ -113,7 +113,7 @@ use tokio::task::JoinHandle;
 
 use self::rows::{JOB_COLUMNS, db, jobs_from_rows, sql_limit};
 use self::writer::{Command, Op};
-use crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
+use crate::model::JobRecord;
 use crate::reads::ACTIVE;
 use crate::writer::Reply;
 use crate::{BudgetGrant, FeedEvent, Result, StoreError};
@@ -237,7 +237,17 @@ impl PgStore {
         })
     }
 
-    /// Sends an operation to the writer and waits for its answer (given after the commit).
+    /// Lends a pooled read connection to `read` (see `store_impl::impl_store!`).
+    async fn with_reader<T>(
+        &self,
+        read: impl for<'c> FnOnce(&'c mut PgConnection) -> crate::store_impl::Read<'c, T>,
+    ) -> Result<T> {
+        let mut conn = self.reads.acquire().await.map_err(db)?;
+        read(&mut conn).await
+    }
+
+    /// Sends a job write to the writer and waits for its answer (given after the commit; see
+    /// `store_impl::impl_store!`).
     async fn write_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
         crate::writer::send(&self.writes, |reply| Command::Write {
             op: make(reply),
@@ -418,7 +428,7 @@ impl PgStore {
     }
 }
 
-crate::writer::impl_store_with_job_writes!(PgStore {
+crate::store_impl::impl_store!(PgStore {
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
         if ids.is_empty() {
@@ -433,139 +443,23 @@ crate::writer::impl_store_with_job_writes!(PgStore {
         jobs_from_rows(&rows)
     }
 
-    async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        crate::reads::batch_jobs(&mut *self.reads.acquire().await.map_err(db)?, batch_id).await
-    }
-
-    async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        crate::reads::queued_unassigned(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            limit,
-        )
-        .await
-    }
 
 
-    async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        crate::reads::open_attempts(&mut *self.reads.acquire().await.map_err(db)?, provider).await
-    }
 
 
-    async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        crate::reads::active_jobs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
-    }
-
-    async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        crate::reads::active_refs(&mut *self.reads.acquire().await.map_err(db)?, provider).await
-    }
-
-    async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        crate::reads::find_by_ref(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            provider_ref,
-        )
-        .await
-    }
-
-    async fn correlation_candidates(
-        &self,
-        provider: &str,
-        correlation_key: &str,
-        limit: usize,
-    ) -> Result<Vec<JobRecord>> {
-        crate::reads::correlation_candidates(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            correlation_key,
-            limit,
-        )
-        .await
-    }
-
-    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        crate::reads::jobs_by_poll_key(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            poll_key,
-        )
-        .await
-    }
-
-    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        crate::reads::expired(&mut *self.reads.acquire().await.map_err(db)?, now_ms, limit).await
-    }
 
 
-    async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        crate::reads::kept_events(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            limit,
-        )
-        .await
-    }
 
-    async fn spend_since(
-        &self,
-        caller: &str,
-        provider: &str,
-        unit: &str,
-        since_ms: i64,
-    ) -> Result<i64> {
-        crate::reads::spend_since(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            caller,
-            provider,
-            unit,
-            since_ms,
-        )
-        .await
-    }
 
-    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        crate::reads::queued_entries(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            provider,
-            limit,
-        )
-        .await
-    }
 
-    async fn list_jobs(
-        &self,
-        filter: &crate::JobFilter,
-        after: Option<&crate::PageKey>,
-        limit: usize,
-    ) -> Result<crate::Page<JobRecord>> {
-        crate::reads::list_jobs(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            filter,
-            after,
-            limit,
-        )
-        .await
-    }
 
-    async fn list_batches(
-        &self,
-        filter: &crate::BatchFilter,
-        after: Option<&crate::PageKey>,
-        limit: usize,
-    ) -> Result<crate::Page<crate::BatchSummary>> {
-        crate::reads::list_batches(
-            &mut *self.reads.acquire().await.map_err(db)?,
-            filter,
-            after,
-            limit,
-        )
-        .await
-    }
 
-    async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        crate::reads::count_by_state(&mut *self.reads.acquire().await.map_err(db)?).await
-    }
+
+
+
+
+
+
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
         notify::set_endpoints_in_tx(&self.reads, &endpoints).await

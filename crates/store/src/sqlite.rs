@@ -60,7 +60,7 @@ use self::rows::{JOB_COLUMNS, job_from_row, sql_limit};
 use self::threads::ReadThreads;
 use self::writer::Command;
 use crate::exec::{Arg, Exec, args};
-use crate::model::{Attempt, JobRecord, KeptEvent, QueuedEntry, StateCount};
+use crate::model::JobRecord;
 use crate::writer::{Op, Reply};
 use crate::{Result, StoreError};
 
@@ -267,7 +267,15 @@ impl SqliteStore {
         crate::writer::send(&self.writes, make).await
     }
 
-    /// Sends a job write (see `writer::impl_store_with_job_writes!`).
+    /// Lends a read connection to `read`, on a read thread (see `store_impl::impl_store!`).
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        read: impl for<'c> FnOnce(&'c mut Conn) -> crate::store_impl::Read<'c, T> + Send + 'static,
+    ) -> Result<T> {
+        self.read(move |conn| block_on(read(conn))).await
+    }
+
+    /// Sends a job write (see `store_impl::impl_store!`).
     async fn write_op<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
         self.write(|reply| Command::Write(make(reply))).await
     }
@@ -307,7 +315,7 @@ static GET_JOBS: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
-crate::writer::impl_store_with_job_writes!(SqliteStore {
+crate::store_impl::impl_store!(SqliteStore {
 
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<JobRecord>> {
         // Each id once, so a job asked for twice is returned once, as with a single IN list.
@@ -340,153 +348,23 @@ crate::writer::impl_store_with_job_writes!(SqliteStore {
         .await
     }
 
-    async fn batch_jobs(&self, batch_id: &str) -> Result<Option<Vec<JobRecord>>> {
-        let batch_id = batch_id.to_owned();
-        self.read(move |conn| block_on(crate::reads::batch_jobs(conn, &batch_id)))
-            .await
-    }
-
-    async fn queued_unassigned(&self, provider: &str, limit: usize) -> Result<Vec<JobRecord>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::queued_unassigned(conn, &provider, limit)))
-            .await
-    }
 
 
-    async fn open_attempts(&self, provider: &str) -> Result<Vec<Attempt>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::open_attempts(conn, &provider)))
-            .await
-    }
 
 
-    async fn active_jobs(&self, provider: &str) -> Result<Vec<JobRecord>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::active_jobs(conn, &provider)))
-            .await
-    }
-
-    async fn active_refs(&self, provider: &str) -> Result<Vec<crate::ActiveRef>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::active_refs(conn, &provider)))
-            .await
-    }
-
-    async fn find_by_ref(&self, provider: &str, provider_ref: &str) -> Result<Option<JobRecord>> {
-        let provider = provider.to_owned();
-        let provider_ref = provider_ref.to_owned();
-        self.read(move |conn| {
-            block_on(crate::reads::find_by_ref(conn, &provider, &provider_ref))
-        })
-        .await
-    }
-
-    async fn correlation_candidates(
-        &self,
-        provider: &str,
-        correlation_key: &str,
-        limit: usize,
-    ) -> Result<Vec<JobRecord>> {
-        let provider = provider.to_owned();
-        let correlation_key = correlation_key.to_owned();
-        self.read(move |conn| {
-            block_on(crate::reads::correlation_candidates(
-                conn,
-                &provider,
-                &correlation_key,
-                limit,
-            ))
-        })
-        .await
-    }
-
-    async fn jobs_by_poll_key(&self, provider: &str, poll_key: &str) -> Result<Vec<JobRecord>> {
-        let provider = provider.to_owned();
-        let poll_key = poll_key.to_owned();
-        self.read(move |conn| {
-            block_on(crate::reads::jobs_by_poll_key(conn, &provider, &poll_key))
-        })
-        .await
-    }
-
-    async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
-        self.read(move |conn| block_on(crate::reads::expired(conn, now_ms, limit)))
-            .await
-    }
 
 
-    async fn kept_events(&self, provider: &str, limit: usize) -> Result<Vec<KeptEvent>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::kept_events(conn, &provider, limit)))
-            .await
-    }
 
-    async fn spend_since(
-        &self,
-        caller: &str,
-        provider: &str,
-        unit: &str,
-        since_ms: i64,
-    ) -> Result<i64> {
-        let caller = caller.to_owned();
-        let provider = provider.to_owned();
-        let unit = unit.to_owned();
-        self.read(move |conn| {
-            block_on(crate::reads::spend_since(
-                conn, &caller, &provider, &unit, since_ms,
-            ))
-        })
-        .await
-    }
 
-    async fn queued_entries(&self, provider: &str, limit: usize) -> Result<Vec<QueuedEntry>> {
-        let provider = provider.to_owned();
-        self.read(move |conn| block_on(crate::reads::queued_entries(conn, &provider, limit)))
-            .await
-    }
 
-    async fn count_by_state(&self) -> Result<Vec<StateCount>> {
-        self.read(move |conn| block_on(crate::reads::count_by_state(conn)))
-            .await
-    }
 
-    async fn list_jobs(
-        &self,
-        filter: &crate::JobFilter,
-        after: Option<&crate::PageKey>,
-        limit: usize,
-    ) -> Result<crate::Page<JobRecord>> {
-        let filter = filter.clone();
-        let after = after.cloned();
-        self.read(move |conn| {
-            block_on(crate::reads::list_jobs(
-                conn,
-                &filter,
-                after.as_ref(),
-                limit,
-            ))
-        })
-        .await
-    }
 
-    async fn list_batches(
-        &self,
-        filter: &crate::BatchFilter,
-        after: Option<&crate::PageKey>,
-        limit: usize,
-    ) -> Result<crate::Page<crate::BatchSummary>> {
-        let filter = filter.clone();
-        let after = after.cloned();
-        self.read(move |conn| {
-            block_on(crate::reads::list_batches(
-                conn,
-                &filter,
-                after.as_ref(),
-                limit,
-            ))
-        })
-        .await
-    }
+
+
+
+
+
+
 
     async fn set_notify_endpoints(&self, endpoints: Vec<crate::NotifyEndpoint>) -> Result<()> {
         self.write(|reply| Command::Notify(NotifyWrite::SetEndpoints { endpoints, reply }))

@@ -1215,13 +1215,7 @@ async fn same_request_id_on_two_replicas_creates_jobs_once() {
             "replay names the created jobs"
         );
     }
-    let total: u64 = a
-        .count_by_state()
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.count)
-        .sum();
+    let total = suite::job_count(&*a).await;
     assert_eq!(total, (REQUESTS * 3) as u64);
 
     // Different content under one id, concurrently: one creation, one conflict.

@@ -157,13 +157,7 @@ async fn bulk_submit_throughput() {
          ({} calls in {commits} commits)",
         CALLS / 2
     );
-    let total: u64 = store
-        .count_by_state()
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.count)
-        .sum();
+    let total = suite::job_count(&*store).await;
     assert_eq!(total, (CALLS * PER_CALL) as u64);
     assert!(concurrent > 2_000.0, "{concurrent:.0} jobs/s");
     store.close().await;

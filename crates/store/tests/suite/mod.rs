@@ -35,6 +35,17 @@ pub use search::{
 
 pub const T0: i64 = 1_700_000_000_000;
 
+/// How many jobs the store holds, in every state.
+pub async fn job_count(store: &dyn Store) -> u64 {
+    store
+        .count_by_state()
+        .await
+        .expect("count")
+        .iter()
+        .map(|c| c.count)
+        .sum()
+}
+
 pub fn job(id: &str, provider: &str) -> NewJob {
     NewJob {
         id: id.to_owned(),
