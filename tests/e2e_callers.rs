@@ -465,7 +465,9 @@ async fn spend_limit_refuses_and_validate_only_stores_nothing() {
     assert_eq!(first.estimated_cost, vec![usd(2_000_000)]);
 
     // $2 reserved of $3: two more ($2) would pass the limit — refused, nothing stored.
-    let before = gw.stored_jobs().await;
+    // Totals, not counts by state: the first Submit's jobs move on (QUEUED → PROCESSING)
+    // meanwhile, which is not storing anything.
+    let before: i64 = gw.stored_jobs().await.values().sum();
     let err = c
         .submit(authed(
             pb::SubmitRequest {
@@ -490,7 +492,7 @@ async fn spend_limit_refuses_and_validate_only_stores_nothing() {
     );
     assert!(!err.message().contains("tok-a"));
     assert_eq!(
-        gw.stored_jobs().await,
+        gw.stored_jobs().await.values().sum::<i64>(),
         before,
         "a refused Submit stored jobs"
     );
