@@ -21,6 +21,7 @@
 //! large backlog stay a small share of the CPU.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,7 +74,14 @@ struct Plan {
 
 /// The engine's cache of per-provider plans.
 #[derive(Debug, Default)]
-pub(crate) struct QueuePlans(Mutex<HashMap<String, Arc<Plan>>>);
+pub(crate) struct QueuePlans {
+    plans: Mutex<HashMap<String, Arc<Plan>>>,
+    /// Held while a snapshot is rebuilt, so that the calls arriving when one expires (10,000
+    /// watch streams opening, a burst of Submits) read the queue once, not once each.
+    rebuild: tokio::sync::Mutex<()>,
+    /// Snapshots built so far.
+    built: AtomicU64,
+}
 
 impl Engine {
     /// Estimates for the QUEUED jobs among `records` (others are absent from the answer).
@@ -245,12 +253,31 @@ impl Engine {
     }
 
     /// The provider's queue plan, from the cache when fresh.
+    ///
+    /// One call at a time rebuilds an expired snapshot. The others meanwhile get the expired
+    /// one (estimates from it allow for its age, see `estimates_of_queued`), or, when there is
+    /// none yet, wait for the rebuild and take its result.
     async fn plan(&self, rt: &ProviderRuntime) -> Result<Arc<Plan>, EngineError> {
-        if let Some(p) = self.cached_plan(&rt.name)
+        let cached = self.cached_plan(&rt.name);
+        if let Some(p) = &cached
             && p.taken.elapsed() < p.ttl
         {
-            return Ok(p);
+            return Ok(Arc::clone(p));
         }
+        let plans = &self.shared.queue_plans;
+        let _rebuilding = match (plans.rebuild.try_lock(), cached) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some(stale)) => return Ok(stale),
+            (Err(_), None) => {
+                let guard = plans.rebuild.lock().await;
+                if let Some(p) = self.cached_plan(&rt.name)
+                    && p.taken.elapsed() < p.ttl
+                {
+                    return Ok(p);
+                }
+                guard
+            }
+        };
         let started = Instant::now();
         let queued = self
             .shared
@@ -261,23 +288,28 @@ impl Engine {
         plan.slots = slot_offsets(rt, plan.requests + SLOTS_AFTER_SNAPSHOT);
         plan.ttl = SNAPSHOT_TTL.max(started.elapsed().saturating_mul(TTL_PER_BUILD));
         let plan = Arc::new(plan);
-        self.shared
-            .queue_plans
-            .0
+        plans
+            .plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(rt.name.clone(), plan.clone());
+        plans.built.fetch_add(1, Ordering::Relaxed);
         Ok(plan)
     }
 
     fn cached_plan(&self, provider: &str) -> Option<Arc<Plan>> {
         self.shared
             .queue_plans
-            .0
+            .plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(provider)
             .cloned()
+    }
+
+    /// How many queue snapshots (the reads behind start estimates) have been built.
+    pub fn queue_snapshots_built(&self) -> u64 {
+        self.shared.queue_plans.built.load(Ordering::Relaxed)
     }
 }
 

@@ -569,3 +569,71 @@ async fn a_drain_waits_for_in_flight_submits_and_loses_no_answer() {
     );
     adgate_store::Store::close(&store).await;
 }
+
+/// Calls that find no fresh queue snapshot (64 watch streams opening at once, say) read the
+/// queue once between them, not once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_estimates_share_one_queue_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    // Jobs stored before the engine starts: it has no snapshot of their queue yet.
+    let ids: Vec<String> = (0..300).map(|i| format!("job_{i}")).collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    {
+        let store = adgate_store::SqliteStore::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let submission = adgate_store::NewSubmission {
+            batch_id: "batch_1".into(),
+            caller: adgate_store::ANONYMOUS.into(),
+            request_id: None,
+            content_hash: "h".into(),
+            jobs: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| adgate_store::NewJob {
+                    id: id.clone(),
+                    provider: "fake".into(),
+                    spec: spec(i),
+                    group_key: None,
+                    correlation_key: None,
+                    client_ref: format!("ref-{i}"),
+                    labels: BTreeMap::new(),
+                    deadline_at_ms: now_ms + 7_200_000,
+                    priority: 2,
+                    cost: None,
+                    traceparent: None,
+                })
+                .collect(),
+            now_ms,
+            notify: None,
+        };
+        adgate_store::Store::submit(&store, submission)
+            .await
+            .unwrap();
+        adgate_store::Store::close(&store).await;
+    }
+    let fake = Fake::new(limits());
+    fake.state.lock().unwrap().job_duration = s(45.0);
+    let h = start(&fake, &db).await;
+    let records = h.store.get_jobs(&ids).await.unwrap();
+    assert_eq!(records.len(), 300);
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let engine = h.engine.clone();
+            let records = records.clone();
+            tokio::spawn(async move {
+                let refs: Vec<_> = records.iter().collect();
+                engine.queue_estimates(&refs).await.unwrap().len()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.unwrap() > 0, "every call gets estimates");
+    }
+    assert_eq!(h.engine.queue_snapshots_built(), 1);
+    h.stop().await;
+}
