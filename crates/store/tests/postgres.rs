@@ -1215,7 +1215,7 @@ async fn same_request_id_on_two_replicas_creates_jobs_once() {
             "replay names the created jobs"
         );
     }
-    let total = suite::job_count(&*a).await;
+    let total = suite::total_jobs(&*a).await;
     assert_eq!(total, (REQUESTS * 3) as u64);
 
     // Different content under one id, concurrently: one creation, one conflict.

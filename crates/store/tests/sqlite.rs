@@ -157,7 +157,7 @@ async fn bulk_submit_throughput() {
          ({} calls in {commits} commits)",
         CALLS / 2
     );
-    let total = suite::job_count(&*store).await;
+    let total = suite::total_jobs(&*store).await;
     assert_eq!(total, (CALLS * PER_CALL) as u64);
     assert!(concurrent > 2_000.0, "{concurrent:.0} jobs/s");
     store.close().await;

@@ -35,17 +35,6 @@ pub use search::{
 
 pub const T0: i64 = 1_700_000_000_000;
 
-/// How many jobs the store holds, in every state.
-pub async fn job_count(store: &dyn Store) -> u64 {
-    store
-        .count_by_state()
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.count)
-        .sum()
-}
-
 pub fn job(id: &str, provider: &str) -> NewJob {
     NewJob {
         id: id.to_owned(),
@@ -113,7 +102,8 @@ fn output(n: u32) -> Output {
     }
 }
 
-async fn total_jobs(store: &dyn Store) -> u64 {
+/// How many jobs the store holds, in every state.
+pub async fn total_jobs(store: &dyn Store) -> u64 {
     store
         .count_by_state()
         .await
