@@ -6,7 +6,11 @@
 //!   migrations). Writes from many callers are group-committed by a single writer thread: one
 //!   transaction and one fsync serve every call that arrived while the previous commit was
 //!   running.
+//! - [`postgres`]: the backend for several replicas (sqlx pool, one writer task per replica,
+//!   `SKIP LOCKED` claims, leases).
 //! - [`model`]: the records the store returns.
+//! - `store_impl`: the part of `impl Store` both backends write the same way (the job writes
+//!   and the shared reads), expanded by each backend with its own methods.
 //! - `reads` and `rows`: the read statements, their functions and the row decoding, written
 //!   once as functions over `exec::Exec`, which each backend's connection implements; the
 //!   writer statements, custody results, retention step, migration runner and outbox writes
@@ -15,9 +19,9 @@
 //! - [`retention`]: what [`Store::purge`] deletes (old terminal jobs, expired request and
 //!   delivery ids) and reports.
 //!
-//! The trait is written so that a PostgreSQL backend (several replicas, SPEC §8) can implement
-//! it without the engine changing: request-id dedupe is decided by a unique constraint inside
-//! the write, never by a read-then-write in the caller.
+//! The trait is written so that both backends implement it without the engine changing:
+//! request-id dedupe is decided by a unique constraint inside the write, never by a
+//! read-then-write in the caller.
 
 mod codec;
 mod custody;
