@@ -274,39 +274,23 @@ pub fn set_outputs_base(job: &mut pb::Job, base: &str) {
 /// A job with what its provider billed for it (see `Engine::cost`).
 pub fn job_billed(r: &JobRecord, cost: Option<adgate_engine::StoredCost>) -> pb::Job {
     let mut job = job(r);
-    job.cost = cost.map(stored_cost);
+    job.cost = cost.map(|c| cost_in(c.unit, c.micros));
     job
-}
-
-/// [`cost_of`] taking the unit it is given rather than copying it.
-fn stored_cost(c: adgate_engine::StoredCost) -> pb::Cost {
-    pb::Cost {
-        currency_code: if is_money(&c.unit) {
-            c.unit.clone()
-        } else {
-            String::new()
-        },
-        micros: c.micros,
-        unit: c.unit,
-    }
-}
-
-/// Money units are three upper-case letters (ISO 4217); others are a provider's credits.
-fn is_money(unit: &str) -> bool {
-    unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// A cost in `unit`: money units (three upper-case letters, ISO 4217) also set
 /// `currency_code`.
 pub fn cost_of(unit: &str, micros: i64) -> pb::Cost {
+    cost_in(unit.to_owned(), micros)
+}
+
+/// [`cost_of`] for a unit the caller gives away, so it is not copied.
+fn cost_in(unit: String, micros: i64) -> pb::Cost {
+    let money = unit.len() == 3 && unit.bytes().all(|b| b.is_ascii_uppercase());
     pb::Cost {
-        currency_code: if is_money(unit) {
-            unit.to_owned()
-        } else {
-            String::new()
-        },
+        currency_code: if money { unit.clone() } else { String::new() },
         micros,
-        unit: unit.to_owned(),
+        unit,
     }
 }
 

@@ -112,9 +112,8 @@ impl Engine {
         let completion = queued
             .iter()
             .filter_map(|(id, provider)| {
-                let typical = self.typical_job_ms(provider)?;
                 let start = estimates.get(*id).map_or(now, |e| e.start_ms);
-                Some(start.saturating_add(typical).max(now))
+                self.done_by(provider, start, now)
             })
             .max();
         Ok((start, completion))
@@ -225,31 +224,24 @@ impl Engine {
         estimates: &Estimates,
     ) -> Option<i64> {
         let now = self.shared.now_ms();
-        // The jobs of a call are mostly of one provider: its typical duration is looked up
-        // once per run of jobs of it rather than once per job.
-        let mut last: Option<(&str, Option<i64>)> = None;
         records
             .iter()
             .filter(|r| !r.state.is_terminal())
             .filter_map(|r| {
-                let typical = match last {
-                    Some((p, t)) if p == r.provider => t,
-                    _ => {
-                        let t = self.shared.providers.get(&r.provider).map(|rt| {
-                            i64::try_from(rt.limits.typical_job_duration.as_millis())
-                                .unwrap_or(i64::MAX)
-                        });
-                        last = Some((&r.provider, t));
-                        t
-                    }
-                }?;
                 let start = match estimates.get(&r.id) {
                     Some(e) => e.start_ms,
                     None => r.updated_at_ms.min(now),
                 };
-                Some(start.saturating_add(typical).max(now))
+                self.done_by(&r.provider, start, now)
             })
             .max()
+    }
+
+    /// When a job of `provider` that starts at `start_ms` is expected to be done: its start
+    /// plus the provider's typical job duration, never before `now_ms`.
+    fn done_by(&self, provider: &str, start_ms: i64, now_ms: i64) -> Option<i64> {
+        let typical = self.typical_job_ms(provider)?;
+        Some(start_ms.saturating_add(typical).max(now_ms))
     }
 
     /// The provider's queue plan, from the cache when fresh.
