@@ -204,7 +204,7 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` — `sqlite://adgate.db`,
     /// `sqlite:///abs/path.db`, or `sqlite::memory:` — applies the embedded migrations and
-    /// starts the writer task. Must be called inside a Tokio runtime.
+    /// starts the writer, read and checkpoint threads. Must be called inside a Tokio runtime.
     ///
     /// Settings: WAL journal (readers never block the writer), `synchronous = FULL` (a commit
     /// is durable when it returns; group commit amortises the fsync), foreign keys on, and a

@@ -6,7 +6,7 @@
 //! ~5% of all samples and the tail latency there). Instead, a thread of its own checkpoints from its own
 //! connection every [`INTERVAL`] with `PRAGMA wal_checkpoint(PASSIVE)`, which never blocks
 //! the writer or the readers (WAL lets a checkpoint run while a writer appends), and the
-//! writer's own auto-checkpoint is raised to a backstop that only fires if this task falls
+//! writer's own auto-checkpoint is raised to a backstop that only fires if this thread falls
 //! far behind.
 //!
 //! Durability is unchanged: a commit is durable once its WAL frames are fsynced

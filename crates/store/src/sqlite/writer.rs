@@ -1,7 +1,7 @@
-//! The writer task: the only code that writes to the database.
+//! The writer thread's loop: the only code that writes to the database.
 //!
 //! It owns one connection. Callers send [`Command`]s over a bounded channel, each carrying a
-//! oneshot for its answer. The task takes everything that is queued (up to [`MAX_GROUP`]),
+//! oneshot for its answer. The thread takes everything that is queued (up to [`MAX_GROUP`]),
 //! runs it inside one `BEGIN IMMEDIATE … COMMIT`, and answers every caller only after the
 //! commit returned, so an answer always means "on disk" (synchronous = FULL).
 //!
