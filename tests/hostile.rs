@@ -728,7 +728,13 @@ async fn secrets_never_appear_in_output() {
     let all = outputs.join("\n");
     assert!(all.len() > 1000, "suspiciously little output captured");
     for s in &secrets {
-        assert!(!all.contains(s.as_str()), "secret {s} appears in output");
+        // On failure, say where: the line, with the secret masked.
+        if let Some(line) = all.lines().find(|l| l.contains(s.as_str())) {
+            panic!(
+                "a secret appears in output: {}",
+                line.replace(s.as_str(), "<SECRET>")
+            );
+        }
     }
     println!(
         "secrets: {} secrets absent from {} bytes of output",

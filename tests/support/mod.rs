@@ -24,8 +24,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_adgate");
 /// A port that was free a moment ago (the gateway binds it itself, so it must be known ahead:
 /// the simulators deliver webhooks to it across restarts).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    adgate_sim::free_port().unwrap()
 }
 
 /// Names and secrets of one simulated provider account.

@@ -132,10 +132,9 @@ pub fn cpu_of(pid: u32) -> Res<Duration> {
     Ok(Duration::from_millis((utime + stime) * 1000 / ticks))
 }
 
-/// A free loopback port (bound then released; the child binds it again at once).
+/// A free loopback port for a child to bind (see `adgate_sim::free_port`).
 pub fn free_port() -> Res<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(adgate_sim::free_port()?)
 }
 
 fn runtime() -> Res<tokio::runtime::Runtime> {

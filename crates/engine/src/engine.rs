@@ -270,6 +270,7 @@ impl Engine {
                 notify: Arc::new(config.notify),
                 notify_wake: Arc::new(Notify::new()),
                 notify_reload: AtomicBool::new(false),
+                deadline_alarm: Default::default(),
                 custody,
             }),
         };
@@ -603,6 +604,7 @@ impl Engine {
             });
         }
         let created_providers: Vec<String> = jobs.iter().map(|j| j.provider.clone()).collect();
+        let earliest_deadline = jobs.iter().map(|j| j.deadline_at_ms).min();
         let outcome = self
             .shared
             .store
@@ -621,6 +623,9 @@ impl Engine {
             .await?;
         match outcome {
             SubmitOutcome::Created { batch_id, job_ids } => {
+                if let Some(at) = earliest_deadline {
+                    self.shared.deadline_alarm.arm(at);
+                }
                 for (provider, n) in &per_provider {
                     self.shared
                         .metrics

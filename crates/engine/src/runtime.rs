@@ -267,6 +267,8 @@ pub(crate) struct Shared {
     pub notify_wake: Arc<Notify>,
     /// Set by a redelivery: the deliverer re-reads which endpoints are disabled.
     pub notify_reload: AtomicBool,
+    /// When the deadline sweeper should next look.
+    pub(crate) deadline_alarm: crate::sweeper::DeadlineAlarm,
     /// Output custody, when on.
     pub(crate) custody: Option<Arc<crate::custody::CustodyRuntime>>,
 }

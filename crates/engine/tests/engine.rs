@@ -11,7 +11,7 @@ use std::time::Duration;
 use adgate_engine::{JobRequest, SubmitCommand, codes};
 use adgate_generator::{GenError, JobState, Progress, ProviderUpdate, UpdateTarget};
 use adgate_store::JobPatch;
-use fake::{Fake, Harness, limits, s, spec, start, wait_until};
+use fake::{Fake, Harness, limits, s, spec, start, start_with, wait_until};
 
 fn job(n: usize, deadline: Option<Duration>) -> JobRequest {
     JobRequest {
@@ -316,6 +316,44 @@ async fn jobs_fail_at_their_deadline() {
         assert_eq!(j.state, JobState::Failed);
         assert_eq!(j.error.as_ref().unwrap().code, codes::DEADLINE_EXCEEDED);
     }
+    h.stop().await;
+}
+
+/// A deadline is kept to the millisecond it names, not to the sweeper's next periodic pass:
+/// here the periodic pass is 60 s away, and a job submitted later with an earlier deadline
+/// than the one the sweeper waits for still fails on time.
+#[tokio::test]
+async fn a_deadline_fails_its_job_at_that_deadline_not_at_the_next_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(limits());
+    fake.state.lock().unwrap().job_duration = s(3600.0);
+    let h = start_with(&fake, &dir.path().join("a.db"), |c| {
+        c.sweep_interval = Duration::from_secs(60);
+    })
+    .await;
+    let later = submit(&h, 1, Some(Duration::from_secs(3))).await;
+    let sooner_submitted = std::time::Instant::now();
+    let sooner = submit(&h, 1, Some(Duration::from_millis(300))).await;
+    wait_terminal(&h, &sooner, Duration::from_secs(2)).await;
+    assert!(
+        sooner_submitted.elapsed() >= Duration::from_millis(300),
+        "failed before its deadline"
+    );
+    let (jobs, _) = h.engine.get_jobs(&sooner).await.unwrap();
+    assert_eq!(
+        jobs[0].error.as_ref().unwrap().code,
+        codes::DEADLINE_EXCEEDED
+    );
+    assert!(
+        !states(&h, &later).await[0].is_terminal(),
+        "the 3 s deadline has not passed yet"
+    );
+    wait_terminal(&h, &later, Duration::from_secs(5)).await;
+    let (jobs, _) = h.engine.get_jobs(&later).await.unwrap();
+    assert_eq!(
+        jobs[0].error.as_ref().unwrap().code,
+        codes::DEADLINE_EXCEEDED
+    );
     h.stop().await;
 }
 

@@ -15,6 +15,7 @@
 //! - [`bannerbear`]: v5 images, 202 + pending polling, HMAC-signed webhooks, 402, no idempotency.
 //! - [`signing`]: the simulators' own webhook signing (independent of the adapters' verifier).
 //! - [`conformance`]: the suite every adapter runs against its simulator.
+//! - [`free_port`]: a port for a child process to bind, chosen outside the ephemeral range.
 //! - `props` (feature `props`): property-test support shared by the adapters' tests.
 
 pub mod abyssale;
@@ -32,6 +33,25 @@ pub use common::{Faults, Ledger, SimConfig, SimHandle, WebhookTarget};
 
 use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
+
+/// A loopback port that was free a moment ago, for a process that must bind a port known
+/// ahead (the simulators deliver webhooks to a gateway that is not started yet). Chosen below
+/// Linux's ephemeral range (32768–60999): a port from that range, released, can be handed to
+/// an outgoing connection or a port-0 listener before the child binds it, which made tests
+/// fail now and then with a gateway that could not start.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut last = None;
+    for attempt in 0u64..200 {
+        let port = 20_000 + u16::try_from(seed.hash_one(attempt) % 12_000).unwrap_or(0);
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
 
 /// Starts a simulator on a bound listener.
 pub type SpawnOn = fn(TcpListener, SimConfig) -> BoxFuture<'static, std::io::Result<SimHandle>>;

@@ -210,6 +210,9 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-terminal jobs whose deadline is at or before `now_ms`.
     async fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
 
+    /// The earliest deadline of a non-terminal job, if any (one index lookup).
+    async fn next_deadline(&self) -> Result<Option<i64>>;
+
     /// Remember a webhook delivery id and apply the patches it carries, in one transaction:
     /// `None` (and nothing applied) for a delivery seen before, else the changed jobs as
     /// [`Store::apply`] returns them. One transaction, so a delivery is on record exactly when

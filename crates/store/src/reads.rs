@@ -44,6 +44,7 @@ pub(crate) struct Statements {
     pub correlation_candidates: String,
     pub by_poll_key: String,
     pub expired: String,
+    pub next_deadline: String,
     pub open_attempts: String,
     pub kept_events: String,
     pub spend_since: String,
@@ -126,6 +127,7 @@ impl Statements {
                 "SELECT id FROM jobs WHERE {ACTIVE} AND deadline_at <= ? \
                  ORDER BY deadline_at LIMIT ?"
             )),
+            next_deadline: p(format!("SELECT MIN(deadline_at) FROM jobs WHERE {ACTIVE}")),
             // Driven from `jobs` (provider, state = QUEUED, attempt_id set) so the cost follows
             // the open work, not the ever-growing attempts table.
             open_attempts: p(format!(
@@ -297,6 +299,16 @@ pub(crate) fn expired<E: Exec>(
         let sql = &statements(E::DIALECT).expired;
         conn.rows(sql, &args![now_ms, sql_limit(limit)], |row| row.text(0))
             .await
+    }
+}
+
+pub(crate) fn next_deadline<E: Exec>(
+    conn: &mut E,
+) -> impl Future<Output = Result<Option<i64>>> + Send {
+    async move {
+        let sql = &statements(E::DIALECT).next_deadline;
+        let rows = conn.rows(sql, &args![], |row| row.opt_int(0)).await?;
+        Ok(rows.into_iter().next().flatten())
     }
 }
 

@@ -168,6 +168,13 @@ macro_rules! impl_store {
                 .await
             }
 
+            async fn next_deadline(&self) -> $crate::Result<Option<i64>> {
+                self.with_reader(move |conn| {
+                    Box::pin(async move { $crate::reads::next_deadline(conn).await })
+                })
+                .await
+            }
+
             async fn kept_events(&self, provider: &str, limit: usize) -> $crate::Result<Vec<$crate::model::KeptEvent>> {
                 let provider = provider.to_owned();
                 self.with_reader(move |conn| {

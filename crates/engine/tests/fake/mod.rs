@@ -273,24 +273,31 @@ impl Harness {
 }
 
 pub async fn start(fake: &Fake, db: &std::path::Path) -> Harness {
+    start_with(fake, db, |_| {}).await
+}
+
+/// [`start`], with the engine's configuration adjusted by `adjust`.
+pub async fn start_with(
+    fake: &Fake,
+    db: &std::path::Path,
+    adjust: impl FnOnce(&mut EngineConfig),
+) -> Harness {
     let url = format!("sqlite://{}", db.display());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
     let shutdown = CancellationToken::new();
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig {
-            providers: vec![ProviderSetup {
-                prices: Default::default(),
-                generator: Arc::new(fake.clone()),
-                limits: fake.limits.clone(),
-            }],
-            sweep_interval: s(1.0),
-            ..EngineConfig::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let mut config = EngineConfig {
+        providers: vec![ProviderSetup {
+            prices: Default::default(),
+            generator: Arc::new(fake.clone()),
+            limits: fake.limits.clone(),
+        }],
+        sweep_interval: s(1.0),
+        ..EngineConfig::default()
+    };
+    adjust(&mut config);
+    let engine = Engine::start(store.clone(), config, shutdown.clone())
+        .await
+        .unwrap();
     Harness {
         engine,
         store,

@@ -778,6 +778,11 @@ pub async fn tracking_lookups(store: &dyn Store) {
 
 /// expired: non-terminal jobs whose deadline is at or before now, limited.
 pub async fn expiry(store: &dyn Store) {
+    assert_eq!(
+        store.next_deadline().await.expect("next"),
+        None,
+        "no jobs yet"
+    );
     let with_deadline = |id: &str, at: i64| {
         let mut j = job(id, "staticadslab");
         j.deadline_at_ms = at;
@@ -803,6 +808,8 @@ pub async fn expiry(store: &dyn Store) {
     let mut running = JobPatch::new("job_mid");
     running.state = Some(JobState::Processing);
     store.apply(vec![running], T0 + 1).await.expect("apply");
+    // The cancelled job's earlier deadline no longer counts.
+    assert_eq!(store.next_deadline().await.expect("next"), Some(T0 + 100));
 
     assert!(
         store
