@@ -536,3 +536,41 @@ async fn the_daily_cap_holds_requests_back() {
     assert_eq!(sim.ledger().count_429(), 0);
     gw.stop().await;
 }
+
+/// On the Business plan batches render side by side, so `render.completed` events arrive for
+/// jobs hundreds of places apart in submission order, most of them past the oldest few hundred
+/// unfinished jobs of the template that a scan reads. Each event still names its job at once
+/// (by the fingerprint of its template and variables): none is kept for a later pass, and
+/// every job completes with its own image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_batches_complete_every_job_without_keeping_an_event() {
+    let (http, addr) = http_listener().await;
+    let cfg = SimConfig {
+        job_duration: (Duration::from_secs(1), Duration::from_secs(2)),
+        ..sim_cfg(0.02)
+    };
+    let sim = pictify_sim(addr, cfg, Some(Plan::Business)).await;
+    let gw = start(0.02, &secrets_toml("plan = \"business\""), http, &sim).await;
+    let mut client = gw.client().await;
+    let mut batches = Vec::new();
+    for b in 0..5 {
+        let jobs = (0..100)
+            .map(|i| pictify_job("tmpl_side_by_side", &format!("n{}", b * 100 + i)))
+            .collect();
+        batches.push(submit(&mut client, jobs).await.batch_id);
+    }
+    let mut urls = std::collections::HashSet::new();
+    for batch in &batches {
+        for j in wait_batch_terminal(&client, batch, Duration::from_secs(60)).await {
+            assert_eq!(j.state(), pb::JobState::Completed, "{j:?}");
+            assert_eq!(j.outputs.len(), 1, "{j:?}");
+            urls.insert(j.outputs[0].url.clone());
+        }
+    }
+    assert_eq!(urls.len(), 500, "every job has its own image");
+    let applied = gw.webhooks(PICTIFY, "applied");
+    let kept = gw.webhooks(PICTIFY, "kept");
+    println!("render.completed: {applied} applied, {kept} kept");
+    assert_eq!(kept, 0, "an event was kept although its job was known");
+    gw.stop().await;
+}

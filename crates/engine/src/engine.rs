@@ -205,6 +205,7 @@ impl Engine {
         config: EngineConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
+        let shared_store = store.is_shared();
         let mut providers = HashMap::new();
         for setup in config.providers {
             let name = setup.generator.name().to_owned();
@@ -234,13 +235,13 @@ impl Engine {
                 inbox_wake: Notify::new(),
                 correlating: tokio::sync::Mutex::new(()),
                 correlation_claims: Mutex::new(HashMap::new()),
+                exact_correlation: crate::correlation::ExactIndex::new(!shared_store),
                 awaiting: AtomicBool::new(false),
                 reconcile_window: reconcile_window(&setup_limits),
                 links: crate::trace::JobLinks::default(),
             };
             providers.insert(name, Arc::new(rt));
         }
-        let shared_store = store.is_shared();
         let custody = match config.custody {
             Some(c) => Some(Arc::new(crate::custody::CustodyRuntime::new(c).map_err(
                 |e| EngineError::Internal(format!("custody HTTP client: {e}")),
@@ -605,6 +606,17 @@ impl Engine {
         }
         let created_providers: Vec<String> = jobs.iter().map(|j| j.provider.clone()).collect();
         let earliest_deadline = jobs.iter().map(|j| j.deadline_at_ms).min();
+        // Computed before the jobs move into the store call, indexed once they are stored.
+        let fingerprints: Vec<(&ProviderRuntime, u64, String)> = jobs
+            .iter()
+            .filter_map(|j| {
+                let rt = self.shared.providers.get(&j.provider)?;
+                if !rt.exact_correlation.enabled() {
+                    return None;
+                }
+                Some((&**rt, rt.generator.job_fingerprint(&j.spec)?, j.id.clone()))
+            })
+            .collect();
         let outcome = self
             .shared
             .store
@@ -625,6 +637,9 @@ impl Engine {
             SubmitOutcome::Created { batch_id, job_ids } => {
                 if let Some(at) = earliest_deadline {
                     self.shared.deadline_alarm.arm(at);
+                }
+                for (rt, fingerprint, id) in &fingerprints {
+                    rt.exact_correlation.insert(*fingerprint, id);
                 }
                 for (provider, n) in &per_provider {
                     self.shared

@@ -354,28 +354,49 @@ async fn correlated_patch(
     arrived_ms: i64,
     claims: &mut Claims,
 ) -> Result<Resolution, StoreError> {
-    // Events mostly name one of the oldest unfinished jobs: read a few candidates first and
-    // the full list only when none of them matches.
+    let eligible = |job: &JobRecord, claims: &Claims, in_flight: &HashMap<String, usize>| {
+        let expected = rt.generator.expected_outputs(&job.spec).max(1);
+        let have = job.outputs.len()
+            + claims.per_job.get(&job.id).copied().unwrap_or(0)
+            + in_flight.get(&job.id).copied().unwrap_or(0);
+        // A job submitted after the event arrived cannot have produced it: a kept event
+        // must never complete a later job with the same template and variables.
+        job.created_at_ms <= arrived_ms
+            && have < expected
+            && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
+    };
     let mut found = None;
+    // An event that echoes everything a job of this process was submitted with: one lookup
+    // (see the `correlation` module), the oldest such job first, as the scan would pick.
+    let exact = fields
+        .and_then(|f| rt.generator.event_fingerprint(key, f))
+        .map(|fingerprint| rt.exact_correlation.get(fingerprint))
+        .unwrap_or_default();
+    if !exact.is_empty() {
+        let mut jobs = shared.store.get_jobs(&exact).await?;
+        jobs.retain(|j| !j.state.is_terminal() && j.attempt_id.is_some());
+        jobs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        let in_flight = lock(&rt.correlation_claims);
+        found = jobs
+            .into_iter()
+            .find(|job| eligible(job, claims, &in_flight));
+    }
+    // Otherwise events mostly name one of the oldest unfinished jobs: read a few candidates
+    // first and the full list only when none of them matches.
     for limit in [CORRELATION_FIRST_READ, CORRELATION_CANDIDATES] {
+        if found.is_some() {
+            break;
+        }
         let candidates = shared
             .store
             .correlation_candidates(&rt.name, key, limit)
             .await?;
         let read = candidates.len();
         let in_flight = lock(&rt.correlation_claims);
-        found = candidates.into_iter().find(|job| {
-            let expected = rt.generator.expected_outputs(&job.spec).max(1);
-            let have = job.outputs.len()
-                + claims.per_job.get(&job.id).copied().unwrap_or(0)
-                + in_flight.get(&job.id).copied().unwrap_or(0);
-            // A job submitted after the event arrived cannot have produced it: a kept event
-            // must never complete a later job with the same template and variables.
-            job.created_at_ms <= arrived_ms
-                && have < expected
-                && fields.is_none_or(|f| rt.generator.correlates(&job.spec, f))
-        });
-        if found.is_some() || read < limit {
+        found = candidates
+            .into_iter()
+            .find(|job| eligible(job, claims, &in_flight));
+        if read < limit {
             break;
         }
     }

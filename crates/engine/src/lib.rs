@@ -18,6 +18,7 @@
 //!   deliveries) every `push_check_interval` and keeps the reading for health.
 //! - [`tracker`]: per provider, batch-polls in-flight jobs on the provider's schedule and opens
 //!   push streams for watched jobs.
+//! - `correlation`: unfinished jobs by the fingerprint an event would echo (exact matches).
 //! - `events`: resolves updates from polls, streams and webhooks to jobs and applies them; keeps
 //!   webhook events that match no job yet (the inbox) and applies them once their job is known.
 //! - [`pricing`]: what jobs cost (documented prices, the operator's overrides), the estimate
@@ -46,6 +47,7 @@ pub mod bus;
 mod cache;
 mod cancel;
 pub mod clock;
+mod correlation;
 mod custody;
 mod custody_copy;
 pub mod dispatcher;

@@ -70,6 +70,8 @@ pub(crate) struct ProviderRuntime {
     /// outputs each took. Changed only under `correlating`, so a resolver never sees a job
     /// neither as taken here nor as finished in the store.
     pub correlation_claims: Mutex<HashMap<String, usize>>,
+    /// Unfinished jobs this process stored, by the fingerprint an event would echo.
+    pub(crate) exact_correlation: crate::correlation::ExactIndex,
     /// How long a job whose submit outcome is unknown waits for a callback (see
     /// `dispatcher::reconcile`): the provider's longest documented job plus a fifth.
     pub reconcile_window: Duration,
@@ -335,6 +337,9 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
+                if let Some(fingerprint) = rt.generator.job_fingerprint(&rec.spec) {
+                    rt.exact_correlation.remove(fingerprint, &rec.id);
+                }
                 rt.links.forget(&rec.id);
                 // A batch may have ended: a submit waiting for a running slot re-checks; a
                 // held job may wait for this one.

@@ -312,6 +312,26 @@ pub trait Generator: Send + Sync + 'static {
         false
     }
 
+    /// A fingerprint of everything a job with `spec` was submitted with that an event may
+    /// echo back (Pictify: the template and every variable, as printed). Equal to
+    /// [`Generator::event_fingerprint`] of an event that carries exactly that, which lets the
+    /// engine find the job in one lookup among thousands of unfinished jobs of one template
+    /// instead of scanning them. A hint only: a job it names is still checked with
+    /// [`Generator::correlates`]. `None` (the default): correlation is by scan only.
+    fn job_fingerprint(&self, _spec: &Value) -> Option<u64> {
+        None
+    }
+
+    /// The fingerprint of an event with correlation `key` carrying `fields` (see
+    /// [`Generator::job_fingerprint`]).
+    fn event_fingerprint(
+        &self,
+        _key: &str,
+        _fields: &serde_json::Map<String, Value>,
+    ) -> Option<u64> {
+        None
+    }
+
     /// The key polls are made by. Several jobs may share one (a Pictify batch).
     fn poll_key(&self, provider_ref: &str) -> String {
         provider_ref.to_owned()

@@ -400,6 +400,17 @@ impl Generator for Pictify {
         Spec::parse(spec).is_ok_and(|s| spec::variables_match(&s.variables, fields))
     }
 
+    fn job_fingerprint(&self, spec: &Value) -> Option<u64> {
+        Spec::parse(spec)
+            .ok()
+            .map(|s| spec::fingerprint(&s.correlation_key(), &s.variables))
+    }
+
+    fn event_fingerprint(&self, key: &str, fields: &serde_json::Map<String, Value>) -> Option<u64> {
+        // The correlation key is the template (`spec::correlation_key`).
+        Some(spec::fingerprint(key, fields))
+    }
+
     fn poll_key(&self, provider_ref: &str) -> String {
         provider_ref
             .rsplit_once(':')

@@ -251,6 +251,28 @@ pub fn correlation_key(template_uid: &str) -> String {
     template_uid.to_owned()
 }
 
+/// A fingerprint of a template and variables as an event would print them: equal for a job
+/// and an event that carries every one of its variables with the same printed value (in any
+/// order), so that `variables_match` holds between them. Stable within one process only (it
+/// indexes jobs in memory, never on disk).
+pub fn fingerprint(template_uid: &str, variables: &Map<String, Value>) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut h = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
+    h.write(template_uid.as_bytes());
+    h.write_u8(0xff);
+    for name in names {
+        h.write(name.as_bytes());
+        h.write_u8(0xff);
+        if let Some(value) = variables.get(name) {
+            h.write(printed(value).as_bytes());
+        }
+        h.write_u8(0xfe);
+    }
+    h.finish()
+}
+
 /// Whether an event's variables name a job with `job` variables: every variable the event
 /// carries must be one the job set, with the same value as the provider would print it (the
 /// document's example payload carries only `title`; a provider may echo `5` for `"5"` or `1`
@@ -418,6 +440,30 @@ mod tests {
         // Nothing carried: any job of the template (the oldest is chosen by the engine).
         assert!(variables_match(&job, &Map::new()));
         assert_eq!(correlation_key("tmpl_a"), "tmpl_a");
+    }
+
+    #[test]
+    fn a_fingerprint_is_equal_exactly_when_an_event_echoes_every_variable() {
+        let job = map(r#"{"title": "Spring sale", "price": 5, "n": {"y": [1], "x": null}}"#);
+        let fp = fingerprint("tmpl_a", &job);
+        // Every variable, printed alike, in another order.
+        let echoed = map(r#"{"n": {"x": null, "y": [1]}, "price": "5", "title": "Spring sale"}"#);
+        assert!(variables_match(&job, &echoed));
+        assert_eq!(fingerprint("tmpl_a", &echoed), fp);
+        // A subset still matches by scan but is not an exact echo; another template or value
+        // is another fingerprint.
+        assert_ne!(
+            fingerprint("tmpl_a", &map(r#"{"title": "Spring sale"}"#)),
+            fp
+        );
+        assert_ne!(fingerprint("tmpl_b", &job), fp);
+        let other = map(r#"{"title": "Spring sale", "price": 6, "n": {"y": [1], "x": null}}"#);
+        assert_ne!(fingerprint("tmpl_a", &other), fp);
+        // Names and values cannot run into each other.
+        assert_ne!(
+            fingerprint("t", &map(r#"{"ab": "c"}"#)),
+            fingerprint("t", &map(r#"{"a": "bc"}"#))
+        );
     }
 
     #[test]
