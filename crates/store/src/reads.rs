@@ -52,6 +52,35 @@ pub(crate) struct Statements {
     pub count_by_state: String,
 }
 
+#[cfg(test)]
+impl Statements {
+    /// Every statement, by name.
+    pub(crate) fn all(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("batch_jobs", &self.batch_jobs),
+            ("batch_known", &self.batch_known),
+            ("queued_unassigned", &self.queued_unassigned),
+            ("active_jobs", &self.active_jobs),
+            ("active_refs", &self.active_refs),
+            ("find_by_ref", &self.find_by_ref),
+            ("correlation_candidates", &self.correlation_candidates),
+            ("by_poll_key", &self.by_poll_key),
+            ("expired", &self.expired),
+            ("next_deadline", &self.next_deadline),
+            ("open_attempts", &self.open_attempts),
+            ("kept_events", &self.kept_events),
+            ("spend_since", &self.spend_since),
+            ("queued_entries", &self.queued_entries),
+            ("count_by_state", &self.count_by_state),
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sqlite_statements() -> &'static Statements {
+    statements(Dialect::Sqlite)
+}
+
 impl Dialect {
     /// SQL written with `?` placeholders, numbered for PostgreSQL (`$1`, `$2`, …). The
     /// statements given here have no `?` inside literals.
@@ -77,10 +106,14 @@ impl Statements {
         let queued = JobState::Queued.as_i64();
         // SQLite's planner, given `created_at >= ?`, prefers the creation-time index and
         // walks every caller's jobs since then; the spend index answers from one range.
-        let spend_hint = match dialect {
-            Dialect::Sqlite => " INDEXED BY jobs_caller_spend",
-            Dialect::Postgres => "",
+        // SQLite's planner has no statistics: without a hint it prefers an index that yields
+        // the ORDER BY over the one that finds the few rows asked for (see `sqlite::plans`).
+        let hint = |index: &str| match dialect {
+            Dialect::Sqlite => format!(" INDEXED BY {index}"),
+            Dialect::Postgres => String::new(),
         };
+        let spend_hint = hint("jobs_caller_spend");
+        let deadline_hint = hint("jobs_deadline");
         let p = |sql: String| dialect.params(&sql);
         Statements {
             batch_jobs: p(format!(
@@ -111,9 +144,11 @@ impl Statements {
                 "SELECT id, provider_ref, poll_key FROM jobs WHERE provider = ? AND {ACTIVE} \
                  AND provider_ref IS NOT NULL ORDER BY created_at, {tie}"
             )),
+            // `+created_at`: ordering the few rows found is cheap; an index that yields the
+            // order (all of the provider's jobs) is not a way to find them.
             find_by_ref: p(format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND provider_ref = ? \
-                 ORDER BY created_at, {tie} LIMIT 1"
+                 ORDER BY +created_at, {tie} LIMIT 1"
             )),
             correlation_candidates: p(format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND correlation_key = ? \
@@ -121,13 +156,15 @@ impl Statements {
             )),
             by_poll_key: p(format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE provider = ? AND poll_key = ? \
-                 ORDER BY created_at, {tie}"
+                 ORDER BY +created_at, {tie}"
             )),
             expired: p(format!(
-                "SELECT id FROM jobs WHERE {ACTIVE} AND deadline_at <= ? \
+                "SELECT id FROM jobs{deadline_hint} WHERE {ACTIVE} AND deadline_at <= ? \
                  ORDER BY deadline_at LIMIT ?"
             )),
-            next_deadline: p(format!("SELECT MIN(deadline_at) FROM jobs WHERE {ACTIVE}")),
+            next_deadline: p(format!(
+                "SELECT MIN(deadline_at) FROM jobs{deadline_hint} WHERE {ACTIVE}"
+            )),
             // Driven from `jobs` (provider, state = QUEUED, attempt_id set) so the cost follows
             // the open work, not the ever-growing attempts table.
             open_attempts: p(format!(

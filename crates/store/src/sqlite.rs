@@ -40,6 +40,8 @@
 mod checkpoint;
 mod conn;
 mod notify;
+#[cfg(test)]
+mod plans;
 use notify::NotifyWrite;
 mod custody;
 mod retention;
