@@ -170,9 +170,11 @@ fn open_writer(location: &Location) -> Result<Conn> {
     let mut conn = location.open(BUSY_TIMEOUT)?;
     conn.pragma("synchronous", "FULL")?;
     // The writer is the only connection that changes pages, so its cache stays valid from
-    // one transaction to the next; 32 MiB (the default is 2 MiB) keeps the hot index pages
-    // of a large table in memory instead of re-reading them per group.
-    conn.pragma("cache_size", "-32768")?;
+    // one transaction to the next; 8 MiB (the default is 2 MiB) keeps the hot index pages in
+    // memory. 32 MiB was no faster (Submit of 1 and of 100 jobs per call within 3 %, same
+    // run) and held 30 MB more resident once full (BENCHMARKS.md, "writer page cache"); a
+    // page it misses is a read from the OS page cache.
+    conn.pragma("cache_size", "-8192")?;
     // Statement journals (a multi-row INSERT inside a transaction needs one, so that a
     // constraint failure undoes that statement alone) and SAVEPOINT journals go to memory
     // instead of a temp file: profiles showed their pwrite()s at ~10% of the writer's time.
