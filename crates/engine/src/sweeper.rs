@@ -1,6 +1,6 @@
-//! The deadline sweeper: every non-terminal job whose deadline has passed fails, at that
-//! deadline (see [`DeadlineAlarm`]), with
-//! `UNKNOWN_OUTCOME` when it was waiting to reconcile an unknown submit outcome.
+//! The deadline sweeper: every non-terminal job whose deadline has passed fails at that
+//! deadline (see [`DeadlineAlarm`]), with `UNKNOWN_OUTCOME` when it was waiting to reconcile
+//! an unknown submit outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -60,9 +60,11 @@ pub(crate) async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
         }
         loop {
             let earliest = alarm.earliest_ms.load(Ordering::Acquire);
+            // Capped at `every`, which bounds the wait anyway (no instant far in the future).
             let until_earliest = Duration::from_millis(
                 u64::try_from(earliest.saturating_sub(shared.now_ms())).unwrap_or(0),
-            );
+            )
+            .min(every);
             let at_earliest =
                 (tokio::time::Instant::now() + until_earliest).max(passed_at + MIN_GAP);
             let wake_at = at_earliest.min(passed_at + every);
