@@ -337,7 +337,9 @@ impl Shared {
                 && let Some(rt) = self.providers.get(&rec.provider)
             {
                 rt.tracker.remove_job(rec);
-                if let Some(fingerprint) = rt.generator.job_fingerprint(&rec.spec) {
+                if rt.exact_correlation.enabled()
+                    && let Some(fingerprint) = rt.generator.job_fingerprint(&rec.spec)
+                {
                     rt.exact_correlation.remove(fingerprint, &rec.id);
                 }
                 rt.links.forget(&rec.id);

@@ -51,11 +51,13 @@ pub(crate) async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
     let alarm = &shared.deadline_alarm;
     loop {
         let passed_at = tokio::time::Instant::now();
-        sweep_due(&shared).await;
+        let swept = sweep_due(&shared).await;
         // Reset before reading the store: a submit that stores an earlier deadline after the
         // read arms the alarm again, one stored before it is in the read.
         alarm.earliest_ms.store(i64::MAX, Ordering::Release);
-        if let Ok(Some(next)) = shared.store.next_deadline().await {
+        // After a failed pass the next one waits for the periodic tick: the due deadline is
+        // still due, and retrying it every MIN_GAP would only hammer a failing store.
+        if swept && let Ok(Some(next)) = shared.store.next_deadline().await {
             alarm.earliest_ms.fetch_min(next, Ordering::AcqRel);
         }
         loop {
@@ -78,17 +80,18 @@ pub(crate) async fn sweep_deadlines(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-async fn sweep_due(shared: &Shared) {
+/// Fails every job due now. False when a read or the commit failed.
+async fn sweep_due(shared: &Shared) -> bool {
     loop {
         let Ok(ids) = shared.store.expired(shared.now_ms(), 1000).await else {
-            return;
+            return false;
         };
         if ids.is_empty() {
-            return;
+            return true;
         }
         let n = ids.len();
         let Ok(jobs) = shared.store.get_jobs(&ids).await else {
-            return;
+            return false;
         };
         let patches = jobs
             .into_iter()
@@ -99,8 +102,11 @@ async fn sweep_due(shared: &Shared) {
                 ..JobPatch::new(j.id)
             })
             .collect();
-        if shared.commit(patches).await.is_err() || n < 1000 {
-            return;
+        if shared.commit(patches).await.is_err() {
+            return false;
+        }
+        if n < 1000 {
+            return true;
         }
     }
 }

@@ -54,24 +54,42 @@ pub(crate) struct Statements {
 
 #[cfg(test)]
 impl Statements {
-    /// Every statement, by name.
+    /// Every statement, by name. Destructured, so a statement added to the struct and not
+    /// here does not compile.
     pub(crate) fn all(&self) -> Vec<(&'static str, &str)> {
+        let Statements {
+            batch_jobs,
+            batch_known,
+            queued_unassigned,
+            active_jobs,
+            active_refs,
+            find_by_ref,
+            correlation_candidates,
+            by_poll_key,
+            expired,
+            next_deadline,
+            open_attempts,
+            kept_events,
+            spend_since,
+            queued_entries,
+            count_by_state,
+        } = self;
         vec![
-            ("batch_jobs", &self.batch_jobs),
-            ("batch_known", &self.batch_known),
-            ("queued_unassigned", &self.queued_unassigned),
-            ("active_jobs", &self.active_jobs),
-            ("active_refs", &self.active_refs),
-            ("find_by_ref", &self.find_by_ref),
-            ("correlation_candidates", &self.correlation_candidates),
-            ("by_poll_key", &self.by_poll_key),
-            ("expired", &self.expired),
-            ("next_deadline", &self.next_deadline),
-            ("open_attempts", &self.open_attempts),
-            ("kept_events", &self.kept_events),
-            ("spend_since", &self.spend_since),
-            ("queued_entries", &self.queued_entries),
-            ("count_by_state", &self.count_by_state),
+            ("batch_jobs", batch_jobs),
+            ("batch_known", batch_known),
+            ("queued_unassigned", queued_unassigned),
+            ("active_jobs", active_jobs),
+            ("active_refs", active_refs),
+            ("find_by_ref", find_by_ref),
+            ("correlation_candidates", correlation_candidates),
+            ("by_poll_key", by_poll_key),
+            ("expired", expired),
+            ("next_deadline", next_deadline),
+            ("open_attempts", open_attempts),
+            ("kept_events", kept_events),
+            ("spend_since", spend_since),
+            ("queued_entries", queued_entries),
+            ("count_by_state", count_by_state),
         ]
     }
 }
@@ -104,15 +122,18 @@ impl Statements {
     pub(crate) fn new(dialect: Dialect) -> Statements {
         let tie = dialect.insertion_order();
         let queued = JobState::Queued.as_i64();
-        // SQLite's planner, given `created_at >= ?`, prefers the creation-time index and
-        // walks every caller's jobs since then; the spend index answers from one range.
-        // SQLite's planner has no statistics: without a hint it prefers an index that yields
-        // the ORDER BY over the one that finds the few rows asked for (see `sqlite::plans`).
+        // SQLite's planner has no statistics: without a hint it can prefer an index that
+        // yields the ORDER BY over the one that finds the few rows asked for (checked by
+        // `sqlite::plans`). PostgreSQL plans from statistics and gets no hint.
         let hint = |index: &str| match dialect {
             Dialect::Sqlite => format!(" INDEXED BY {index}"),
             Dialect::Postgres => String::new(),
         };
+        // Given `created_at >= ?`, SQLite prefers the creation-time index and walks every
+        // caller's jobs since then; the spend index answers from one range.
         let spend_hint = hint("jobs_caller_spend");
+        // Ordered by `deadline_at`, SQLite picked `jobs_state_created` and walked every
+        // unfinished job.
         let deadline_hint = hint("jobs_deadline");
         let p = |sql: String| dialect.params(&sql);
         Statements {
