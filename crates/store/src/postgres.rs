@@ -6,9 +6,10 @@
 //!
 //! # Writes: group commit
 //!
-//! As on SQLite, one writer task (the private `writer` module) owns a dedicated connection and
+//! As on SQLite, a writer task (the private `writer` module) owns a dedicated connection and
 //! commits every write that queued up while the previous commit ran in one transaction, so
-//! concurrent Submits share one WAL flush. Submissions are coalesced into array statements
+//! concurrent Submits share one WAL flush. [`WRITERS`] such tasks take groups from one queue,
+//! so the next group runs while the previous one's commit waits for its flush. Submissions are coalesced into array statements
 //! (`submit`), patches applied in one read and one write per call (`patch`); savepoints, one
 //! per call, are used only to redo a group in which something failed. Each committed job change is
 //! announced with `pg_notify` in the same transaction (see *Change feed*). Reads, claims,
@@ -142,6 +143,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/postgres/0010_orphan_index.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_lean_indexes.sql"),
+    ),
 ];
 
 /// Pool connections for reads, claims and leases.
@@ -150,8 +155,17 @@ const READ_CONNECTIONS: u32 = 8;
 /// Pool connections for the shared budget (asynchronous commit; see the module docs).
 const BUDGET_CONNECTIONS: u32 = 4;
 
-/// Commands that may wait for the writer (backpressure beyond this).
+/// Commands that may wait for the writers (backpressure beyond this).
 const WRITE_QUEUE: usize = 4096;
+
+/// Writer tasks, each with its own connection, taking groups from one queue. With one, the
+/// database worked on one group at a time: a Submit's rows, index entries and NOTIFYs ran
+/// one statement after another on one backend while the machine sat partly idle. A second
+/// writer builds and runs the next group while the first one's commit waits for its flush.
+/// Writers of one process meet each other exactly as writers of two replicas do (row locks,
+/// request-id conflicts, deadlock victims carried over; see `writer`), which the replica
+/// suite already proves.
+const WRITERS: usize = 2;
 
 /// Events a change feed buffers for a slow reader before it drops them for a `Gap`.
 const FEED_BUFFER: usize = 4096;
@@ -167,7 +181,7 @@ pub struct PgStore {
     budget: PgPool,
     options: PgConnectOptions,
     commits: Arc<AtomicU64>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writers: Mutex<Vec<JoinHandle<()>>>,
     /// Set to true by `close()`; change feeds stop when it changes (or is dropped).
     stop: watch::Sender<bool>,
     /// Replicas that said goodbye through this handle. Lease-extending statements hold the
@@ -202,6 +216,10 @@ impl PgStore {
             // 0 rows) stayed in use until autovacuum analysed the table a minute or more later:
             // measured, `id = ANY($1) FOR UPDATE` scanning 63,000 rows in 30-95 ms per write
             // group. A custom plan costs a fraction of a millisecond and reads the live size.
+            // Planning is still about a quarter of the database's CPU per Submit (profiled),
+            // but letting the writers cache generic plans (with sequential scans disabled, so
+            // the trap above stays closed) measured worse: fewer Submits per second and a p99
+            // of 52 ms instead of 12-15 ms (BENCHMARKS.md).
             .options([("plan_cache_mode", "force_custom_plan")]);
 
         let mut conn = options.connect().await.map_err(db)?;
@@ -222,7 +240,21 @@ impl PgStore {
 
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let handle = tokio::spawn(writer::run(conn, options.clone(), rx, Arc::clone(&commits)));
+        let rx = Arc::new(Mutex::new(rx));
+        let mut writers = Vec::with_capacity(WRITERS);
+        let mut first = Some(conn);
+        for _ in 0..WRITERS {
+            let conn = match first.take() {
+                Some(c) => c,
+                None => options.connect().await.map_err(db)?,
+            };
+            writers.push(tokio::spawn(writer::run(
+                conn,
+                options.clone(),
+                Arc::clone(&rx),
+                Arc::clone(&commits),
+            )));
+        }
         let (stop, _) = watch::channel(false);
         Ok(PgStore {
             writes: tx,
@@ -230,7 +262,7 @@ impl PgStore {
             budget,
             options,
             commits,
-            writer: Mutex::new(Some(handle)),
+            writers: Mutex::new(writers),
             stop,
             released: RwLock::new(HashSet::new()),
             identities: Mutex::new(Vec::new()),
@@ -678,13 +710,17 @@ crate::store_impl::impl_store!(PgStore {
     /// Commits every write already queued, stops the writer, the change feeds and the pools.
     /// Writes after this fail with [`StoreError::Closed`], and so do reads.
     async fn close(&self) {
-        let mut writer = self.writer.lock().await;
-        let Some(handle) = writer.take() else {
+        let mut writers = self.writers.lock().await;
+        if writers.is_empty() {
             return;
-        };
+        }
+        // One `Shutdown` closes the shared queue; every writer commits what it took and the
+        // rest of the queue, then stops.
         drop(self.writes.send(Command::Shutdown).await);
-        if let Err(e) = handle.await {
-            tracing::error!(error = %e, "store writer task failed");
+        for handle in writers.drain(..) {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "store writer task failed");
+            }
         }
         self.stop.send_replace(true);
         self.reads.close().await;

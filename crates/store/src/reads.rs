@@ -130,8 +130,9 @@ impl Statements {
             Dialect::Postgres => String::new(),
         };
         // Given `created_at >= ?`, SQLite prefers the creation-time index and walks every
-        // caller's jobs since then; the spend index answers from one range.
-        let spend_hint = hint("jobs_caller_spend");
+        // caller's jobs since then; the caller's own index answers from one range (the
+        // caller's jobs since the start of the day, the provider filtered from those rows).
+        let spend_hint = hint("jobs_caller_created");
         // Ordered by `deadline_at`, SQLite picked `jobs_state_created` and walked every
         // unfinished job.
         let deadline_hint = hint("jobs_deadline");

@@ -76,6 +76,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_notify.sql")),
     (7, include_str!("../migrations/0007_custody.sql")),
     (8, include_str!("../migrations/0008_retention.sql")),
+    (9, include_str!("../migrations/0009_lean_indexes.sql")),
 ];
 
 /// Read connections. WAL readers run in parallel; four cover the engine's concurrent lookups

@@ -183,7 +183,7 @@ async fn migrations_are_recorded_and_idempotent_under_concurrent_opens() {
             .await
             .expect("versions");
 
-    assert_eq!(versions, (1..=10).map(|v| (v,)).collect::<Vec<(i64,)>>());
+    assert_eq!(versions, (1..=11).map(|v| (v,)).collect::<Vec<(i64,)>>());
     conn.close().await.expect("close");
 }
 
@@ -1656,5 +1656,95 @@ async fn submits_survive_killed_connections() {
         .expect("count");
     assert_eq!(rows, (CALLERS * EACH) as i64, "every job stored once");
     conn.close().await.expect("close");
+    store.close().await;
+}
+
+/// A write group waiting on a row lock (another replica's transaction, a long-running
+/// statement) does not hold up the writes queued behind it: the second writer commits them.
+/// With one writer the Submit below waits until the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_waiting_on_a_row_lock_does_not_hold_up_a_submit() {
+    let db = TestDb::create().await;
+    let store = Arc::new(db.open().await);
+    submit_ok(
+        &*store,
+        submission("batch_locked", vec![job("job_locked", "pictify")], T0),
+    )
+    .await;
+    // Another session holds the job's row.
+    let mut holder = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM jobs WHERE id = 'job_locked' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .expect("lock the row");
+    let blocked = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .apply(
+                    vec![JobPatch {
+                        state: Some(JobState::Processing),
+                        ..JobPatch::new("job_locked".to_owned())
+                    }],
+                    T0 + 1,
+                )
+                .await
+        }
+    });
+    // Until the patch's group is waiting on the lock: its writer's statement shows as waiting.
+    let waiting = async {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        loop {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("activity");
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        conn.close().await.expect("close");
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the patch never waited on the lock");
+    let submitted = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.submit(submission(
+            "batch_free",
+            vec![job("job_free", "pictify")],
+            T0 + 2,
+        )),
+    )
+    .await
+    .expect("the Submit waited behind the blocked group")
+    .expect("submit");
+    assert!(
+        matches!(submitted, SubmitOutcome::Created { .. }),
+        "{submitted:?}"
+    );
+    assert!(
+        !blocked.is_finished(),
+        "the patch ran although the row was locked"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    holder.close().await.expect("close");
+    let patched = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the patch never finished")
+        .expect("task")
+        .expect("apply");
+    assert_eq!(patched[0].state, JobState::Processing);
     store.close().await;
 }

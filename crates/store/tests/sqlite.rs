@@ -100,7 +100,7 @@ async fn migrations_are_recorded_and_idempotent() {
         .expect("versions")
         .collect::<Result<_, _>>()
         .expect("versions");
-    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=9).collect::<Vec<i64>>());
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .expect("journal mode");
@@ -187,12 +187,12 @@ async fn jobs_stored_before_provider_result_still_read() {
             "ALTER TABLE batches DROP COLUMN notify_url_events",
             "ALTER TABLE batches DROP COLUMN notify",
             "ALTER TABLE batches DROP COLUMN open_jobs",
-            "DROP INDEX jobs_caller_spend",
+            "DROP INDEX jobs_unsuccessful",
+            // Version 9 dropped a version-1 index; a version-2 database has it.
+            "CREATE INDEX jobs_provider_state ON jobs (provider, state, attempt_id, created_at)",
             "DROP INDEX jobs_queue",
             "DROP INDEX jobs_created",
             "DROP INDEX jobs_caller_created",
-            "DROP INDEX jobs_state_created",
-            "DROP INDEX jobs_provider_created",
             "DROP INDEX batches_created",
             "DROP INDEX batches_caller_created",
             "DROP INDEX jobs_retention",

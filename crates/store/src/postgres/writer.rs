@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 
 use super::patch::apply;
 use super::rows::{db, sqlstate};
@@ -102,34 +102,41 @@ fn lost_store_error(e: &StoreError) -> bool {
 pub(super) async fn run(
     conn: PgConnection,
     options: PgConnectOptions,
-    mut rx: mpsc::Receiver<Command>,
+    rx: Arc<Mutex<mpsc::Receiver<Command>>>,
     commits: Arc<AtomicU64>,
 ) {
     let mut conn = Some(conn);
     let mut queued: Vec<Command> = Vec::with_capacity(MAX_GROUP);
     let mut carried: Vec<Item> = Vec::new();
     loop {
-        if carried.is_empty() {
-            // Wait for the first command, then take whatever else is queued: the group.
-            if rx.recv_many(&mut queued, MAX_GROUP).await == 0 {
-                break;
-            }
-        } else {
-            // Deadlock victims are waiting: do not block, add what is queued and go.
-            while queued.len() + carried.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(c) => queued.push(c),
-                    Err(_) => break,
+        {
+            // The queue is shared by the writers: the one holding it waits for the next group
+            // while the others run theirs.
+            let mut rx = rx.lock().await;
+            if carried.is_empty() {
+                // Wait for the first command, then take whatever else is queued: the group.
+                if rx.recv_many(&mut queued, MAX_GROUP).await == 0 {
+                    break;
                 }
+            } else {
+                // Deadlock victims are waiting: do not block, add what is queued and go.
+                while queued.len() + carried.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(c) => queued.push(c),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if queued.iter().any(|c| matches!(c, Command::Shutdown)) {
+                // Closing the queue fails every later send (→ `StoreError::Closed`) and keeps
+                // what was sent before, which the writers still commit.
+                rx.close();
             }
         }
         let mut group: Vec<Item> = std::mem::take(&mut carried);
         for command in queued.drain(..) {
-            match command {
-                // Closing the receiver fails every later send (→ `StoreError::Closed`) and
-                // keeps what was sent before, which the loop still commits.
-                Command::Shutdown => rx.close(),
-                Command::Write { op, tries } => group.push(Item { op, tries }),
+            if let Command::Write { op, tries } = command {
+                group.push(Item { op, tries });
             }
         }
         if group.is_empty() {

@@ -22,8 +22,8 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     ("next_deadline", Some("jobs_deadline")),
     ("open_attempts", None),
     ("kept_events", Some("kept_events_provider")),
-    ("spend_since", Some("jobs_caller_spend")),
-    ("queued_entries", Some("jobs_provider_state")),
+    ("spend_since", Some("jobs_caller_created")),
+    ("queued_entries", Some("jobs_queue")),
     // Counts every job by design (the gauges); a covering index, not the table.
     ("count_by_state", None),
 ];
@@ -70,6 +70,85 @@ fn every_read_searches_its_index() {
                 steps.iter().any(|s| s.contains(&format!("INDEX {index} "))
                     || s.ends_with(&format!("INDEX {index}"))),
                 "{name} does not search {index}: {steps:?}"
+            );
+        }
+    }
+}
+
+/// Each search walks an index in page order (newest first) and stops after one page: none
+/// sorts what it found, which on a provider's or a state's jobs means sorting hundreds of
+/// thousands of rows for one page.
+#[test]
+fn every_search_walks_an_index_in_page_order() {
+    use crate::search::{Dialect, JobFilter, PageKey, jobs_query};
+    use adgate_generator::JobState;
+
+    let conn = rusqlite::Connection::open_in_memory().expect("memory db");
+    for (_, sql) in MIGRATIONS {
+        conn.execute_batch(sql).expect("migration");
+    }
+    let texts = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let cases: Vec<(&str, JobFilter, &str)> = vec![
+        ("no filter", JobFilter::default(), "jobs_created"),
+        (
+            "caller",
+            JobFilter {
+                callers: texts(&["team-b"]),
+                ..JobFilter::default()
+            },
+            "jobs_caller_created",
+        ),
+        (
+            "provider",
+            JobFilter {
+                providers: texts(&["pictify"]),
+                ..JobFilter::default()
+            },
+            "jobs_created",
+        ),
+        (
+            "state = QUEUED",
+            JobFilter {
+                states: vec![JobState::Queued],
+                ..JobFilter::default()
+            },
+            "jobs_created",
+        ),
+        (
+            "state = FAILED and a label",
+            JobFilter {
+                states: vec![JobState::Failed],
+                labels: vec![("campaign".into(), "spring".into())],
+                ..JobFilter::default()
+            },
+            "jobs_unsuccessful",
+        ),
+        (
+            "provider and state = CANCELLED",
+            JobFilter {
+                providers: texts(&["pictify"]),
+                states: vec![JobState::Cancelled],
+                ..JobFilter::default()
+            },
+            "jobs_unsuccessful",
+        ),
+    ];
+    let after = PageKey {
+        created_at_ms: 1,
+        id: "job_1".into(),
+    };
+    for (name, filter, index) in cases {
+        for page in [None, Some(&after)] {
+            let q = jobs_query(Dialect::Sqlite, "id", &filter, page, 100);
+            let steps = plan(&conn, &q.text);
+            assert!(
+                steps.iter().any(|s| s.contains(&format!("INDEX {index} "))
+                    || s.ends_with(&format!("INDEX {index}"))),
+                "{name}: does not walk {index}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+                "{name}: sorts its rows: {steps:?}"
             );
         }
     }
