@@ -18,6 +18,7 @@
 //! - [`metrics`]: gRPC counters and call latency next to the engine's Prometheus families.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (the standard `OTEL_*` variables).
 //! - [`rpc_trace`]: the tower layer giving each gRPC call its span and latency.
+//! - [`codec`]: the generated services' codec (prost with a small per-stream encode buffer).
 //!
 //! [`App::start`] opens the store and starts the engine; [`serve`] runs both listeners until a
 //! shutdown future resolves and then drains. Both take already-bound listeners, so tests can
@@ -25,6 +26,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod config_custody;
 pub mod console;
