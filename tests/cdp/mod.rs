@@ -148,6 +148,19 @@ impl Browser {
     }
 
     async fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+        match self.send_checked(method, params, session).await {
+            Ok(result) => result,
+            Err(err) => panic!("CDP {method} failed: {err}"),
+        }
+    }
+
+    /// [`Browser::send`] with the browser's error object returned instead of failing the test.
+    async fn send_checked(
+        &mut self,
+        method: &str,
+        params: Value,
+        session: Option<String>,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -178,9 +191,9 @@ impl Browser {
                 continue; // an event, or a reply to nothing we wait for
             }
             if let Some(err) = v.get("error") {
-                panic!("CDP {method} failed: {err}");
+                return Err(err.clone());
             }
-            return v["result"].clone();
+            return Ok(v["result"].clone());
         }
     }
 
@@ -218,8 +231,27 @@ impl Browser {
         done: impl Fn(&Value) -> bool,
     ) -> Value {
         let start = Instant::now();
+        let session = self.session.clone();
         loop {
-            let v = self.eval(expression).await;
+            let evaluated = self
+                .send_checked(
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+                    Some(session.clone()),
+                )
+                .await;
+            let v = match evaluated {
+                Ok(r) => {
+                    if let Some(ex) = r.get("exceptionDetails") {
+                        panic!("script threw: {ex}\n{expression}");
+                    }
+                    r["result"]["value"].clone()
+                }
+                // What is awaited is often a navigation, and an evaluation that meets the page
+                // between two documents fails; the next one runs in the new document.
+                Err(err) if between_documents(&err) => Value::Null,
+                Err(err) => panic!("CDP Runtime.evaluate failed: {err}"),
+            };
             if done(&v) {
                 return v;
             }
@@ -258,4 +290,12 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CDP error meaning the page was navigating when a command reached it.
+fn between_documents(err: &Value) -> bool {
+    let message = err["message"].as_str().unwrap_or_default();
+    message.contains("navigated or closed")
+        || message.contains("Cannot find context")
+        || message.contains("Execution context was destroyed")
 }

@@ -25,7 +25,18 @@ pub(super) async fn record_finished(
     if finished.is_empty() {
         return Ok(());
     }
-    let (ids, counts): (Vec<String>, Vec<i64>) = finished_per_batch(finished).into_iter().unzip();
+    // In batch id order, locked before the UPDATE: two writers (of this process or of two
+    // replicas) finishing jobs of the same batches then take those rows in the same order,
+    // never waiting on each other in a cycle (which PostgreSQL breaks only after
+    // `deadlock_timeout`, failing one group).
+    let mut per_batch = finished_per_batch(finished);
+    per_batch.sort_unstable();
+    let (ids, counts): (Vec<String>, Vec<i64>) = per_batch.into_iter().unzip();
+    sqlx::query("SELECT 1 FROM batches WHERE id = ANY($1) AND notify = 1 ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     let rows = sqlx::query(
         "UPDATE batches AS b SET open_jobs = b.open_jobs - t.n \
          FROM UNNEST($1::text[], $2::bigint[]) AS t(id, n) \
