@@ -9,9 +9,10 @@
 //! As on SQLite, a writer task (the private `writer` module) owns a dedicated connection and
 //! commits every write that queued up while the previous commit ran in one transaction, so
 //! concurrent Submits share one WAL flush. [`WRITERS`] such tasks take groups from one queue,
-//! so the next group runs while the previous one's commit waits for its flush. Submissions are coalesced into array statements
-//! (`submit`), patches applied in one read and one write per call (`patch`); savepoints, one
-//! per call, are used only to redo a group in which something failed. Each committed job change is
+//! so the next group runs while the previous one's commit waits for its flush. Submissions
+//! are coalesced into array statements (`submit`), patches applied in one read and one write
+//! per call (`patch`); savepoints, one per call, are used only to redo a group in which
+//! something failed. Each committed job change is
 //! announced with `pg_notify` in the same transaction (see *Change feed*). Reads, claims,
 //! leases and the budget use a pool of [`READ_CONNECTIONS`] connections.
 //!

@@ -133,8 +133,8 @@ impl Statements {
         // caller's jobs since then; the caller's own index answers from one range (the
         // caller's jobs since the start of the day, the provider filtered from those rows).
         let spend_hint = hint("jobs_caller_created");
-        // Ordered by `deadline_at`, SQLite picked `jobs_state_created` and walked every
-        // unfinished job.
+        // Ordered by `deadline_at`, SQLite picked a `(state, created_at)` index (since
+        // dropped) and walked every unfinished job.
         let deadline_hint = hint("jobs_deadline");
         let p = |sql: String| dialect.params(&sql);
         Statements {

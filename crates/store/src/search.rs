@@ -156,7 +156,8 @@ pub(crate) fn jobs_query(
     if !f.states.is_empty() && f.states.iter().all(|s| UNSUCCESSFUL.contains(s)) {
         // Spelled as the partial index `jobs_unsuccessful` is: SQLite uses a partial index
         // only for a query holding its WHERE term word for word.
-        q.text.push_str(" AND state IN (4, 5)");
+        let [a, b] = UNSUCCESSFUL.map(JobState::as_i64);
+        q.text.push_str(&format!(" AND state IN ({a}, {b})"));
     }
     q.each("state", "<>", states(&f.not_states));
     // No index leads with the provider any more (a handful of values, one in three jobs):

@@ -25,18 +25,24 @@ pub(super) async fn record_finished(
     if finished.is_empty() {
         return Ok(());
     }
-    // In batch id order, locked before the UPDATE: two writers (of this process or of two
-    // replicas) finishing jobs of the same batches then take those rows in the same order,
-    // never waiting on each other in a cycle (which PostgreSQL breaks only after
-    // `deadlock_timeout`, failing one group).
+    // The notifying batches are locked in id order before the UPDATE: two writers (of this
+    // process or of two replicas) finishing jobs of the same batches then take those rows in
+    // the same order, never waiting on each other in a cycle (which PostgreSQL breaks only
+    // after `deadlock_timeout`, failing one group). Most batches do not notify: then this
+    // read finds nothing and is the only statement.
     let mut per_batch = finished_per_batch(finished);
     per_batch.sort_unstable();
     let (ids, counts): (Vec<String>, Vec<i64>) = per_batch.into_iter().unzip();
-    sqlx::query("SELECT 1 FROM batches WHERE id = ANY($1) AND notify = 1 ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+    let notifying = sqlx::query(
+        "SELECT 1 FROM batches WHERE id = ANY($1) AND notify = 1 ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    if notifying.is_empty() {
+        return Ok(());
+    }
     let rows = sqlx::query(
         "UPDATE batches AS b SET open_jobs = b.open_jobs - t.n \
          FROM UNNEST($1::text[], $2::bigint[]) AS t(id, n) \

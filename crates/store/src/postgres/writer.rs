@@ -109,17 +109,20 @@ pub(super) async fn run(
     let mut queued: Vec<Command> = Vec::with_capacity(MAX_GROUP);
     let mut carried: Vec<Item> = Vec::new();
     loop {
-        {
-            // The queue is shared by the writers: the one holding it waits for the next group
-            // while the others run theirs.
+        // The queue is shared by the writers: the one holding it waits for the next group
+        // while the others run theirs.
+        let held = if carried.is_empty() {
+            // Wait for the first command, then take whatever else is queued: the group.
             let mut rx = rx.lock().await;
-            if carried.is_empty() {
-                // Wait for the first command, then take whatever else is queued: the group.
-                if rx.recv_many(&mut queued, MAX_GROUP).await == 0 {
-                    break;
-                }
-            } else {
-                // Deadlock victims are waiting: do not block, add what is queued and go.
+            if rx.recv_many(&mut queued, MAX_GROUP).await == 0 {
+                break;
+            }
+            Some(rx)
+        } else {
+            // Deadlock victims are waiting: do not block, not even on the queue while another
+            // writer holds it waiting for commands; add what is queued if it is free, and go.
+            let mut rx = rx.try_lock().ok();
+            if let Some(rx) = rx.as_mut() {
                 while queued.len() + carried.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(c) => queued.push(c),
@@ -127,11 +130,14 @@ pub(super) async fn run(
                     }
                 }
             }
-            if queued.iter().any(|c| matches!(c, Command::Shutdown)) {
-                // Closing the queue fails every later send (→ `StoreError::Closed`) and keeps
-                // what was sent before, which the writers still commit.
-                rx.close();
-            }
+            rx
+        };
+        if let Some(mut rx) = held
+            && queued.iter().any(|c| matches!(c, Command::Shutdown))
+        {
+            // Closing the queue fails every later send (→ `StoreError::Closed`) and keeps what
+            // was sent before, which the writers still commit.
+            rx.close();
         }
         let mut group: Vec<Item> = std::mem::take(&mut carried);
         for command in queued.drain(..) {
