@@ -29,7 +29,14 @@ struct Sandbox {
 impl Sandbox {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (grpc_port, http_port) = (free_port(), free_port());
+        let grpc_port = free_port();
+        // Two draws can land on the same free port; the gateway would then fail to bind.
+        let http_port = loop {
+            let p = free_port();
+            if p != grpc_port {
+                break p;
+            }
+        };
         let mut env = vec![
             (
                 "ADGATE_GRPC_ADDR".to_owned(),
@@ -51,27 +58,32 @@ impl Sandbox {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let log = File::create(dir.path().join("gateway.log")).unwrap();
-        let child = run_binary(
+        let mut child = run_binary(
             &["serve".to_owned(), "--sandbox".to_owned()],
             &env,
             log.try_clone().unwrap(),
             log,
         );
         let grpc = format!("http://127.0.0.1:{grpc_port}");
-        // Up once it answers an RPC (UNAUTHENTICATED counts: the gateway answered).
-        support::wait_for("the sandbox gateway", Duration::from_secs(30), || {
-            let url = grpc.clone();
-            async move {
-                let Ok(mut c) = GatewayServiceClient::connect(url).await else {
-                    return false;
-                };
+        // Up once it answers an RPC (UNAUTHENTICATED counts: the gateway answered). A gateway
+        // that exits or never answers fails the test with its log.
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(mut c) = GatewayServiceClient::connect(grpc.clone()).await {
                 match c.list_providers(pb::ListProvidersRequest {}).await {
-                    Ok(_) => true,
-                    Err(st) => st.code() == tonic::Code::Unauthenticated,
+                    Ok(_) => break,
+                    Err(st) if st.code() == tonic::Code::Unauthenticated => break,
+                    Err(_) => {}
                 }
             }
-        })
-        .await;
+            let exited = child.try_wait().unwrap();
+            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                let log =
+                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+                panic!("the sandbox gateway did not come up (exit: {exited:?}); its log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Self {
             _gateway: Gateway { child },
             dir,
