@@ -364,7 +364,11 @@ async fn a_receiver_down_for_a_while_gets_everything_later() {
     rx.stop(); // down: connections refused
     let http_port = free_port();
     let sims = Sims::start(SCALE, http_port, "notifydown", |_, _| {}).await;
-    let spec = GatewaySpec::new(http_port, &config(""), sims.env());
+    // Thirty jobs' events fail and retry together: the endpoint's run of failures went from
+    // 13 to 29 in half a second (measured), so the default disable_after = 30 was reached
+    // whenever the receiver took longer than that to come back (CI once); the endpoint was
+    // then disabled and everything parked, which is another test's subject.
+    let spec = GatewaySpec::new(http_port, &config("disable_after = 100000\n"), sims.env());
     let mut gw = spec.spawn();
     let mut client = spec.connect(&mut gw, Duration::from_secs(30)).await;
     let reply = client
