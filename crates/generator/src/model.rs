@@ -97,7 +97,10 @@ pub struct Output {
     pub url: String,
     pub width: u32,
     pub height: u32,
-    /// Provider format name, e.g. `facebook-feed`; empty when the provider has none.
+    /// Provider format name, e.g. `facebook-feed`; empty when the provider has none. Stored
+    /// rows are JSON: an empty name is not written (12 bytes of every retained job of a
+    /// provider without formats), and `default` reads it back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub format: String,
     pub mime_type: String,
     /// The provider's own object for this output, verbatim, minus the fields mapped above
@@ -377,6 +380,23 @@ mod tests {
         assert!(text.contains(r#""state":"stored""#), "{text}");
         let back: Output = serde_json::from_str(&text).unwrap();
         assert_eq!(back, o);
+
+        // A provider without formats: no `format` key is written, and rows written with an
+        // empty one (before it was skipped) read back the same.
+        let unnamed = Output {
+            format: String::new(),
+            ..o.clone()
+        };
+        let text = serde_json::to_string(&unnamed).unwrap();
+        assert!(!text.contains("format"), "{text}");
+        assert_eq!(serde_json::from_str::<Output>(&text).unwrap(), unnamed);
+        let written_before = r#"{"url":"u","width":1,"height":2,"format":"","mime_type":"m"}"#;
+        assert_eq!(
+            serde_json::from_str::<Output>(written_before)
+                .unwrap()
+                .format,
+            ""
+        );
 
         let u = ProviderUpdate::completed(UpdateTarget::ProviderRef("r".into()), vec![o]);
         let mut v = serde_json::to_value(&u).unwrap();
