@@ -172,6 +172,7 @@ pub fn apply_overrides(mut l: Limits, o: &LimitOverrides, time_scale: f64) -> Li
         l.default_retry_after = scale(l.default_retry_after);
         l.typical_job_duration = scale(l.typical_job_duration);
         l.longest_job_duration = scale(l.longest_job_duration);
+        l.lost_push_bound = scale(l.lost_push_bound);
         if let Some(d) = &mut l.daily_budget {
             d.per = scale(d.per);
         }
@@ -208,6 +209,7 @@ mod tests {
             default_deadline: Duration::from_secs(900),
             typical_job_duration: Duration::from_secs(30),
             longest_job_duration: Duration::from_secs(600),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             max_running_poll_keys: None,
             daily_budget: None,
             push_check_interval: None,
@@ -229,6 +231,7 @@ mod tests {
         assert_eq!(l.min_poll_interval, Duration::from_secs(1));
         assert_eq!(l.max_poll_interval, Some(Duration::from_secs(15)));
         assert_eq!(l.max_items_per_submit, 20);
+        assert_eq!(l.lost_push_bound, Duration::from_secs(30));
         assert_eq!(
             l.default_deadline,
             Duration::from_secs(900),

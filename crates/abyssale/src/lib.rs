@@ -203,6 +203,7 @@ impl Generator for Abyssale {
             // current spec sets no hard bound [AB-TS]. The stricter reading for reconciling
             // an unknown outcome is the longer wait that still ends: 10 minutes.
             longest_job_duration: Duration::from_secs(10 * 60),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             max_running_poll_keys: None,
             daily_budget: None,
             push_check_interval: None,

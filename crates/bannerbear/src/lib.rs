@@ -264,6 +264,7 @@ impl Generator for Bannerbear {
             // GUESS: no maximum is documented; the official MCP gives up on an image after
             // 120 s of polling [MCP] client.ts, so a render is taken to end by then.
             longest_job_duration: Duration::from_secs(120),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             max_running_poll_keys: None,
             daily_budget: None,
             push_check_interval: None,

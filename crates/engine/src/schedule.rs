@@ -17,9 +17,9 @@ use tokio::time::Instant;
 /// With signed webhooks configured, the provider pushes every completion, so polls are only a
 /// backstop for a lost delivery. The first backstop poll waits for the provider's typical job
 /// duration (a push usually arrives before it, costing no poll at all); the spacing then
-/// doubles from there up to [`BACKSTOP_CAP_FACTOR`] × the provider's longest poll spacing
-/// (Abyssale 30 s → 57 s), so a push that never comes costs at most about a minute beyond the
-/// job's real completion. A webhook's poll hint still polls a key at once, and a restart polls
+/// doubles from there up to the provider's `lost_push_bound` (a minute), or
+/// [`BACKSTOP_CAP_FACTOR`] × its longest poll spacing if that is longer, so a push that never
+/// comes costs at most about a minute beyond the job's real completion. A webhook's poll hint still polls a key at once, and a restart polls
 /// everything at once (deliveries may have been missed while down).
 const BACKSTOP_CAP_FACTOR: f64 = 1.9;
 
@@ -34,6 +34,7 @@ pub fn backstop_schedule(limits: &adgate_generator::Limits) -> Option<(Duration,
             .max_poll_interval
             .unwrap_or(limits.poll_interval)
             .mul_f64(BACKSTOP_CAP_FACTOR)
+            .max(limits.lost_push_bound)
             .max(limits.min_poll_interval);
         let first = limits
             .typical_job_duration
@@ -579,6 +580,7 @@ mod tests {
             default_deadline: Duration::from_secs(900),
             typical_job_duration: Duration::from_secs(30),
             longest_job_duration: Duration::from_secs(60),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             max_running_poll_keys: None,
             daily_budget: None,
             push_check_interval: None,
@@ -600,5 +602,66 @@ mod tests {
         assert_eq!(due, ["dt_1"]);
         t.reschedule("dt_1", &limits, Instant::now());
         assert_eq!(t.next_due().unwrap() - start, Duration::from_secs(4));
+    }
+
+    /// With webhooks, backstop polls grow apart up to the lost-push bound (a minute) however
+    /// short the provider's poll spacing (Pictify's 5 s gave 9.5 s before the bound); a longer
+    /// spacing keeps 1.9 × its own.
+    #[test]
+    fn backstop_polls_grow_to_the_lost_push_bound() {
+        let limits = |poll_secs: u64, max_poll_secs: Option<u64>| adgate_generator::Limits {
+            max_items_per_submit: 100,
+            max_keys_per_poll: 1,
+            min_poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(poll_secs),
+            max_poll_interval: max_poll_secs.map(Duration::from_secs),
+            first_poll_after: Duration::from_secs(2),
+            budget: adgate_generator::RequestBudget {
+                requests: 100,
+                per: Duration::from_secs(60),
+            },
+            default_retry_after: Duration::from_secs(60),
+            max_concurrent_submits: 1,
+            idempotency: true,
+            push: adgate_generator::PushChannels {
+                sse: false,
+                webhooks: true,
+            },
+            cancel: adgate_generator::CancelSupport::None,
+            default_deadline: Duration::from_secs(900),
+            typical_job_duration: Duration::from_secs(10),
+            longest_job_duration: Duration::from_secs(600),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
+            max_running_poll_keys: None,
+            daily_budget: None,
+            push_check_interval: None,
+        };
+        let s = Duration::from_secs;
+        assert_eq!(backstop_schedule(&limits(5, None)), Some((s(10), s(60))));
+        assert_eq!(
+            backstop_schedule(&limits(5, Some(30))),
+            Some((s(10), s(60)))
+        );
+        assert_eq!(
+            backstop_schedule(&limits(5, Some(60))),
+            Some((s(10), s(114)))
+        );
+        let mut off = limits(5, None);
+        off.push.webhooks = false;
+        assert_eq!(backstop_schedule(&off), None);
+        // A key found still running: 10 s, then doubling to the bound and staying there.
+        let pictify = limits(5, None);
+        let t = TrackerState::new(&pictify);
+        let mut j = job("p", JobState::Processing);
+        j.provider_ref = Some("b_1".to_owned());
+        j.poll_key = Some("b_1".to_owned());
+        t.add(&j, pictify.first_poll_after);
+        let mut gaps = Vec::new();
+        for _ in 0..5 {
+            t.reschedule("b_1", &pictify, Instant::now());
+            let interval = t.lock().keys.get("b_1").map(|k| k.interval);
+            gaps.push(interval.unwrap_or_default().as_secs());
+        }
+        assert_eq!(gaps, [10, 20, 40, 60, 60]);
     }
 }

@@ -81,7 +81,18 @@ pub struct Limits {
     pub daily_budget: Option<RequestBudget>,
     /// How often the engine calls [`Generator::check_push`]; `None` = never (nothing to check).
     pub push_check_interval: Option<Duration>,
+    /// With webhooks, backstop polls may drift this far apart (or 1.9 × the longest poll
+    /// spacing, if longer): the most a lost push costs beyond its job's end. A gateway promise
+    /// rather than a provider fact, so every adapter sets [`LOST_PUSH_BOUND`]; it is a field
+    /// because `time_scale` scales it with the other durations.
+    pub lost_push_bound: Duration,
 }
+
+/// "A lost push costs at most about a minute" (README, events in any order). Without this
+/// floor a provider with a short poll spacing had its webhook backstop 1.9 × that spacing
+/// apart: Pictify (5 s) was polled every 9.5 s for batch after batch waiting in line behind
+/// its plan's concurrency cap, 0.33 requests per job where its budget target is 0.1.
+pub const LOST_PUSH_BOUND: Duration = Duration::from_secs(60);
 
 /// The state of one push subscription at the provider, as the adapter read it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,9 +34,9 @@ pub const TRACE_TARGET: &str = "adgate::otel";
 pub use context::{Build, ProviderContext};
 pub use error::{FieldViolation, GenError, WebhookError};
 pub use generator::{
-    Accepted, CancelSupport, Generator, Limits, Observed, PushAction, PushChannels, PushHealth,
-    PushSubscription, RateLimitSnapshot, RequestBudget, SubmitBatch, SubmitItem, UpdateStream,
-    WebhookEvent,
+    Accepted, CancelSupport, Generator, LOST_PUSH_BOUND, Limits, Observed, PushAction,
+    PushChannels, PushHealth, PushSubscription, RateLimitSnapshot, RequestBudget, SubmitBatch,
+    SubmitItem, UpdateStream, WebhookEvent,
 };
 pub use model::{
     Custody, CustodyState, JobError, JobState, JobView, Output, Price, Progress, ProviderUpdate,

@@ -351,6 +351,7 @@ impl Generator for Pictify {
             typical_job_duration: Duration::from_secs(10),
             // GUESS: nothing documented; the deadline's default is the outer bound anyway.
             longest_job_duration: Duration::from_secs(10 * 60),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             // A batch runs from its submit until it is terminal; the plan caps how many run.
             max_running_poll_keys: Some(plan.concurrent_batches()),
             daily_budget: Some(RequestBudget {

@@ -265,6 +265,7 @@ impl Generator for StaticAdsLab {
             // inform ListProviders.
             typical_job_duration: Duration::from_secs(45),
             longest_job_duration: Duration::from_secs(60),
+            lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
             max_running_poll_keys: None,
             daily_budget: None,
             push_check_interval: None,
