@@ -19,8 +19,9 @@ use tokio::time::Instant;
 /// duration (a push usually arrives before it, costing no poll at all); the spacing then
 /// doubles from there up to the provider's `lost_push_bound` (a minute), or
 /// [`BACKSTOP_CAP_FACTOR`] × its longest poll spacing if that is longer, so a push that never
-/// comes costs at most about a minute beyond the job's real completion. A webhook's poll hint still polls a key at once, and a restart polls
-/// everything at once (deliveries may have been missed while down).
+/// comes costs at most about a minute beyond the job's real completion. A webhook's poll hint
+/// still polls a key at once, and a restart polls everything at once (deliveries may have been
+/// missed while down).
 const BACKSTOP_CAP_FACTOR: f64 = 1.9;
 
 /// How long a finished job is remembered (see `Inner::finished`).
