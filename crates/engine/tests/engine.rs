@@ -84,7 +84,12 @@ async fn a_burst_of_1000_jobs_never_exceeds_the_budget() {
         "1000 jobs: {} provider requests ({per_job:.3} per job), peak {peak}/60 s",
         calls.len()
     );
-    assert!(per_job <= 1.2, "{per_job} requests per job");
+    // The budget above is this test's subject. Requests per job is issue 9's figure, measured by
+    // `adgate-bench providers` against the simulators (1.03-1.08); here, at SCALE = 0.01, a poll
+    // round is 40 ms of real time and a loaded machine splits rounds: 1.025 on a quiet machine,
+    // 1.05-1.06 with both cores saturated by busy loops, 1.206 once in CI (206 polls instead of
+    // about 25). The bound still catches a real regression (a poll per job would be 2.0).
+    assert!(per_job <= 1.5, "{per_job} requests per job");
     h.stop().await;
 }
 

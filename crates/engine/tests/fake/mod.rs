@@ -50,7 +50,7 @@ pub fn limits() -> Limits {
         default_deadline: s(900.0),
         typical_job_duration: s(30.0),
         longest_job_duration: s(600.0),
-        lost_push_bound: adgate_generator::LOST_PUSH_BOUND,
+        lost_push_bound: s(60.0),
         max_running_poll_keys: None,
         daily_budget: None,
         push_check_interval: None,
