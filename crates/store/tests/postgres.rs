@@ -1152,11 +1152,24 @@ async fn a_full_feed_drops_events_for_a_gap() {
             submission("batch_after", vec![job("job_after", "pictify")], T0),
         )
         .await;
+        // More Gaps are possible, and honest: a Gap takes the slot the reader just freed, so a
+        // notification of the burst still arriving while the reader drains the events ahead of
+        // it is dropped for another Gap (CI saw it once, with two writers sending). Each Gap
+        // stands for at least one dropped event, and only the burst's tail beyond the buffer
+        // (and job_last) can have been dropped.
+        let droppable = 5 * 1_000 + 1 - BUFFER;
+        let mut more_gaps = 0;
         loop {
             match next_event(&mut feed).await {
                 FeedEvent::Changed { job_id, .. } if job_id == "job_after" => break,
                 FeedEvent::Changed { .. } => {}
-                FeedEvent::Gap => panic!("a second gap without drops"),
+                FeedEvent::Gap => {
+                    more_gaps += 1;
+                    assert!(
+                        more_gaps <= droppable,
+                        "{more_gaps} more gaps: more than the events that could be dropped"
+                    );
+                }
                 e @ FeedEvent::Released { .. } => panic!("nobody released a lease: {e:?}"),
             }
         }
